@@ -1,0 +1,108 @@
+//! Regression evaluation (aggregator): R^2, RMSE and MAE of a prediction
+//! column against a target column, from mergeable partial sums. The result
+//! is a JSON metrics document; the stage also logs `r2 = ...`.
+//!
+//! ```toml
+//! [stage.evaluate.config]
+//! target = "target"
+//! prediction = "prediction"   # default
+//! ```
+//!
+//! Rows where either value is null or NaN are not counted.
+
+use serde::{Deserialize, Serialize};
+use wasmpipe_sdk::{Batch, Estimator, Outcome, Result, Task};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    target: String,
+    #[serde(default = "default_prediction")]
+    prediction: String,
+}
+
+fn default_prediction() -> String {
+    "prediction".into()
+}
+
+/// Mergeable partials: count, target mean and spread (Chan's update),
+/// squared and absolute error sums.
+#[derive(Serialize, Deserialize, Default)]
+struct State {
+    n: u64,
+    mean: f64,
+    m2: f64,
+    sse: f64,
+    sae: f64,
+}
+
+/// The metrics document.
+#[derive(Serialize, Deserialize)]
+struct Metrics {
+    rows: u64,
+    r2: f64,
+    rmse: f64,
+    mae: f64,
+}
+
+struct Evaluate;
+
+impl Estimator for Evaluate {
+    type State = State;
+    type Carry = ();
+    type Model = Metrics;
+
+    fn begin(_task: &Task, _carry: Option<()>) -> Result<State> {
+        let _: Config = wasmpipe_sdk::config()?;
+        Ok(State::default())
+    }
+
+    fn update(s: &mut State, batch: &Batch) -> Result<()> {
+        let config: Config = wasmpipe_sdk::config()?;
+        let y = batch.f64s(&config.target)?;
+        let p = batch.f64s(&config.prediction)?;
+        for (&y, &p) in y.iter().zip(&p) {
+            if !(y.is_finite() && p.is_finite()) {
+                continue;
+            }
+            s.n += 1;
+            let delta = y - s.mean;
+            s.mean += delta / s.n as f64;
+            s.m2 += delta * (y - s.mean);
+            s.sse += (y - p) * (y - p);
+            s.sae += (y - p).abs();
+        }
+        Ok(())
+    }
+
+    fn merge(a: State, b: State) -> Result<State> {
+        if a.n == 0 {
+            return Ok(b);
+        }
+        if b.n == 0 {
+            return Ok(a);
+        }
+        let n = a.n + b.n;
+        let delta = b.mean - a.mean;
+        Ok(State {
+            n,
+            mean: a.mean + delta * (b.n as f64 / n as f64),
+            m2: a.m2 + b.m2 + delta * delta * (a.n as f64 * b.n as f64 / n as f64),
+            sse: a.sse + b.sse,
+            sae: a.sae + b.sae,
+        })
+    }
+
+    fn finalize(s: State, _pass: u32) -> Result<Outcome<Metrics, ()>> {
+        if s.n == 0 {
+            wasmpipe_sdk::fail!("no rows with both a target and a prediction to evaluate");
+        }
+        let n = s.n as f64;
+        let metrics = Metrics { rows: s.n, r2: 1.0 - s.sse / s.m2, rmse: (s.sse / n).sqrt(), mae: s.sae / n };
+        wasmpipe_sdk::info!("r2 = {:.4}", metrics.r2);
+        wasmpipe_sdk::info!("rmse = {:.4}, mae = {:.4} over {} rows", metrics.rmse, metrics.mae, metrics.rows);
+        Ok(Outcome::Done(metrics))
+    }
+}
+
+wasmpipe_sdk::export_aggregator!(Evaluate);

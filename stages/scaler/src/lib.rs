@@ -1,0 +1,135 @@
+//! Standard scaler (estimator): learns each column's mean and population
+//! standard deviation, then maps x to (x - mean) / std, as scikit-learn's
+//! `StandardScaler`. Partition states merge exactly with Chan et al.'s
+//! pairwise update, so the result does not depend on partitioning beyond
+//! floating-point rounding. Nulls are skipped when fitting and stay null.
+//!
+//! ```toml
+//! [stage.scale.config]
+//! columns = ["age", "bmi"]
+//! ```
+
+use serde::{Deserialize, Serialize};
+use wasmpipe_sdk::{Batch, Column, Estimator, Outcome, Predictor, Result, Task};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    columns: Vec<String>,
+}
+
+/// Running moments of one column.
+#[derive(Serialize, Deserialize, Clone, Copy, Default)]
+struct Moments {
+    n: u64,
+    mean: f64,
+    m2: f64,
+}
+
+impl Moments {
+    fn push(&mut self, x: f64) {
+        self.n += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.n as f64;
+        self.m2 += delta * (x - self.mean);
+    }
+
+    fn merge(a: Moments, b: Moments) -> Moments {
+        if a.n == 0 {
+            return b;
+        }
+        if b.n == 0 {
+            return a;
+        }
+        let n = a.n + b.n;
+        let delta = b.mean - a.mean;
+        let mean = a.mean + delta * (b.n as f64 / n as f64);
+        let m2 = a.m2 + b.m2 + delta * delta * (a.n as f64 * b.n as f64 / n as f64);
+        Moments { n, mean, m2 }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    columns: Vec<String>,
+    moments: Vec<Moments>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Model {
+    columns: Vec<String>,
+    mean: Vec<f64>,
+    std: Vec<f64>,
+}
+
+struct Scaler;
+
+impl Estimator for Scaler {
+    type State = State;
+    type Carry = ();
+    type Model = Model;
+
+    fn begin(_task: &Task, _carry: Option<()>) -> Result<State> {
+        let config: Config = wasmpipe_sdk::config()?;
+        let moments = vec![Moments::default(); config.columns.len()];
+        Ok(State { columns: config.columns, moments })
+    }
+
+    fn update(state: &mut State, batch: &Batch) -> Result<()> {
+        for (name, m) in state.columns.iter().zip(&mut state.moments) {
+            let column = batch.column(name)?;
+            let values = column.read_f64()?;
+            match column.validity() {
+                None => values.iter().for_each(|&x| m.push(x)),
+                Some(valid) => values.iter().zip(valid).filter(|(_, v)| *v).for_each(|(&x, _)| m.push(x)),
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(mut left: State, right: State) -> Result<State> {
+        for (l, r) in left.moments.iter_mut().zip(right.moments) {
+            *l = Moments::merge(*l, r);
+        }
+        Ok(left)
+    }
+
+    fn finalize(state: State, _pass: u32) -> Result<Outcome<Model, ()>> {
+        let mean = state.moments.iter().map(|m| m.mean).collect();
+        let std = state
+            .moments
+            .iter()
+            .map(|m| {
+                let sd = if m.n == 0 { 0.0 } else { (m.m2 / m.n as f64).sqrt() };
+                // A constant column scales by 1, as scikit-learn does.
+                if sd == 0.0 { 1.0 } else { sd }
+            })
+            .collect();
+        for (name, m) in state.columns.iter().zip(&state.moments) {
+            wasmpipe_sdk::debug!("{name}: n = {}, mean = {}", m.n, m.mean);
+        }
+        Ok(Outcome::Done(Model { columns: state.columns, mean, std }))
+    }
+}
+
+struct Apply(Model);
+
+impl Predictor for Apply {
+    type Model = Model;
+
+    fn open(_task: &Task, model: Model) -> Result<Self> {
+        Ok(Apply(model))
+    }
+
+    fn transform(&mut self, mut batch: Batch) -> Result<Option<Batch>> {
+        let m = &self.0;
+        for ((name, mean), std) in m.columns.iter().zip(&m.mean).zip(&m.std) {
+            let column = batch.column(name)?;
+            let scaled: Vec<f64> = column.read_f64()?.iter().map(|x| (x - mean) / std).collect();
+            batch = batch.with_column(name, &Column::from_f64(&scaled, column.validity().as_deref())?)?;
+        }
+        Ok(Some(batch))
+    }
+}
+
+wasmpipe_sdk::export_estimator!(Scaler, Apply);

@@ -1,0 +1,327 @@
+//! The core of the wasmpipe stage SDK: data handles, config, logging and
+//! the stage traits. Stage authors depend on `wasmpipe-sdk`, which
+//! re-exports all of this with the export macros.
+//!
+//! (The generated export glue of each world lives in its own crate, because
+//! wit-bindgen's export macros for two worlds cannot share one crate.)
+//!
+//! The wasmpipe stage SDK.
+//!
+//! A stage is a WebAssembly component that the wasmpipe host runs once per
+//! partition of its input. This crate hides the generated WIT bindings behind
+//! three traits, one per kind of stage, and one macro each to export them:
+//!
+//! * [`Transformer`] + [`export_transformer!`]: a parallel map over batches;
+//! * [`Estimator`] + [`Predictor`] + [`export_estimator!`]: learn a model from
+//!   every partition (partial states, merged), then apply it;
+//! * [`Estimator`] + [`export_aggregator!`]: fold the input into one result,
+//!   such as evaluation metrics.
+//!
+//! Data stays in the host: a [`Batch`] and its [`Column`]s are handles.
+//! Reading metadata copies nothing; [`Column::read_f64`] and friends copy a
+//! column into the guest in one call, and [`Column::from_f64`] hands values
+//! back in one call.
+//!
+//! ```ignore
+//! use wasmpipe_sdk::{Batch, Result, Task, Transformer};
+//!
+//! struct Double;
+//! impl Transformer for Double {
+//!     fn open(_task: &Task) -> Result<Self> { Ok(Double) }
+//!     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
+//!         let x: Vec<f64> = batch.column("x")?.read_f64()?.iter().map(|v| v * 2.0).collect();
+//!         Ok(Some(batch.with_column("x", &wasmpipe_sdk::Column::from_f64(&x, None)?)?))
+//!     }
+//! }
+//! wasmpipe_sdk::export_transformer!(Double);
+//! ```
+
+use std::any::Any;
+use std::cell::RefCell;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+#[doc(hidden)]
+pub mod bindings {
+    //! Generated bindings. Stage authors never use these directly.
+
+    /// Imports shared by every world, generated once.
+    pub mod imports {
+        wit_bindgen::generate!({
+            path: "../../../wit",
+            world: "stage-base",
+            default_bindings_module: "wasmpipe_sdk_core::bindings::imports",
+        });
+    }
+}
+
+use bindings::imports::wasmpipe::stage::{host, types};
+
+pub use types::{Batch, Column, DataType, Error, Field, Schema, TimeUnit};
+
+/// Result with the stage [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Return early with [`Error::StageFailed`] and a formatted message.
+#[macro_export]
+macro_rules! fail {
+    ($($arg:tt)*) => {
+        return ::core::result::Result::Err($crate::Error::StageFailed(::std::format!($($arg)*)))
+    };
+}
+
+/// Facts about the task this instance is running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// Pipeline name from the manifest.
+    pub pipeline: String,
+    /// Stage name from the manifest.
+    pub stage: String,
+    /// This task's partition, `0 .. partitions`.
+    pub partition: u32,
+    /// Number of partitions in this phase.
+    pub partitions: u32,
+    /// Fit pass, from 0.
+    pub pass: u32,
+}
+
+impl From<host::TaskInfo> for Task {
+    fn from(t: host::TaskInfo) -> Self {
+        Task { pipeline: t.pipeline, stage: t.stage, partition: t.partition, partitions: t.partitions, pass: t.pass }
+    }
+}
+
+/// Decode the stage's `config` table from the manifest into `T`.
+///
+/// Give `T` `#[serde(deny_unknown_fields)]` so that a misspelt key is an
+/// error rather than a silently ignored setting.
+pub fn config<T: DeserializeOwned>() -> Result<T> {
+    let json = host::config();
+    serde_json::from_str(&json).map_err(|e| Error::InvalidConfig(e.to_string()))
+}
+
+/// Logging into the task's log, shown by the host with stage and partition.
+pub mod log {
+    pub use crate::bindings::imports::wasmpipe::stage::host::Level;
+
+    /// Record `message` at `level`.
+    pub fn write(level: Level, message: &str) {
+        crate::bindings::imports::wasmpipe::stage::host::log(level, message);
+    }
+}
+
+/// Log at info level with `format!` syntax.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Info, &::std::format!($($arg)*)) };
+}
+
+/// Log at warn level with `format!` syntax.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Warn, &::std::format!($($arg)*)) };
+}
+
+/// Log at debug level with `format!` syntax.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log::write($crate::log::Level::Debug, &::std::format!($($arg)*)) };
+}
+
+impl Batch {
+    /// Copy the named column into the guest as f64 (nulls read as NaN).
+    pub fn f64s(&self, name: &str) -> Result<Vec<f64>> {
+        self.column(name)?.read_f64()
+    }
+
+    /// Names of the columns, in order.
+    pub fn column_names(&self) -> Vec<String> {
+        self.schema().into_iter().map(|f| f.name).collect()
+    }
+
+    /// Set column `name` to f64 `values` (no nulls).
+    pub fn with_f64s(&self, name: &str, values: &[f64]) -> Result<Batch> {
+        self.with_column(name, &Column::from_f64(values, None)?)
+    }
+
+    /// Keep the rows where `keep` is true.
+    pub fn filter_rows(&self, keep: &[bool]) -> Result<Batch> {
+        self.filter(&Column::from_bool(keep, None)?)
+    }
+}
+
+impl Column {
+    /// True at each row that is null.
+    pub fn null_mask(&self) -> Vec<bool> {
+        match self.validity() {
+            Some(valid) => valid.into_iter().map(|v| !v).collect(),
+            None => vec![false; self.len() as usize],
+        }
+    }
+}
+
+/// Encode a state, carry or model for the host. JSON: readable in the
+/// object store, exact for f64 (shortest round-trip form).
+#[doc(hidden)]
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::InvalidArgument(format!("cannot encode state: {e}")))
+}
+
+#[doc(hidden)]
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::InvalidArgument(format!("cannot decode {what}: {e}")))
+}
+
+/// A parallel map: one instance per partition sees its batches in order.
+pub trait Transformer: Sized + 'static {
+    /// Start a task: read configuration, set up state.
+    fn open(task: &Task) -> Result<Self>;
+    /// Map one batch to zero or one batch.
+    fn transform(&mut self, batch: Batch) -> Result<Option<Batch>>;
+    /// End the task; may emit a final batch.
+    fn close(&mut self) -> Result<Option<Batch>> {
+        Ok(None)
+    }
+}
+
+/// What [`Estimator::finalize`] decides.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome<M, C> {
+    /// Fitting is done; this is the model (or an aggregator's result).
+    Done(M),
+    /// Run another pass; every partition's next `begin` receives this.
+    NextPass(C),
+}
+
+/// Learns from data: fold each partition into a `State`, merge states,
+/// finalize. Iterative estimators return [`Outcome::NextPass`] with a
+/// `Carry` (e.g. current weights) until they converge.
+pub trait Estimator: 'static {
+    /// One partition's partial state. Must merge associatively.
+    type State: Serialize + DeserializeOwned;
+    /// What one pass hands the next; `()` for single-pass estimators.
+    type Carry: Serialize + DeserializeOwned;
+    /// The finished model, or for an aggregator its result.
+    type Model: Serialize + DeserializeOwned;
+
+    /// The empty state for one partition in `task.pass`.
+    fn begin(task: &Task, carry: Option<Self::Carry>) -> Result<Self::State>;
+    /// Fold one batch into the state.
+    fn update(state: &mut Self::State, batch: &Batch) -> Result<()>;
+    /// Combine two partial states.
+    fn merge(left: Self::State, right: Self::State) -> Result<Self::State>;
+    /// Finish pass `pass` from the fully merged state.
+    fn finalize(state: Self::State, pass: u32) -> Result<Outcome<Self::Model, Self::Carry>>;
+}
+
+/// The transform half of an estimator: applies the fitted model.
+pub trait Predictor: Sized + 'static {
+    /// The model type, as the estimator produced it.
+    type Model: DeserializeOwned;
+    /// Start a task with the fitted model.
+    fn open(task: &Task, model: Self::Model) -> Result<Self>;
+    /// Map one batch with the model.
+    fn transform(&mut self, batch: Batch) -> Result<Option<Batch>>;
+}
+
+thread_local! {
+    /// The live instance state between calls: the transformer, predictor or
+    /// partial fit state of the current task. Components are single-threaded.
+    static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+#[doc(hidden)]
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        log::write(log::Level::Error, &format!("panic: {info}"));
+    }));
+}
+
+#[doc(hidden)]
+pub fn with_state<T: 'static, R>(f: impl FnOnce(&mut T) -> Result<R>) -> Result<R> {
+    STATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        match slot.as_mut().and_then(|b| b.downcast_mut::<T>()) {
+            Some(state) => f(state),
+            None => Err(Error::InvalidArgument("stage called before open".into())),
+        }
+    })
+}
+
+#[doc(hidden)]
+pub fn take_state<T: 'static>() -> Result<T> {
+    STATE.with(|cell| {
+        cell.borrow_mut()
+            .take()
+            .and_then(|b| b.downcast::<T>().ok())
+            .map(|b| *b)
+            .ok_or_else(|| Error::InvalidArgument("stage closed before open".into()))
+    })
+}
+
+#[doc(hidden)]
+pub fn put_state<T: 'static>(value: T) {
+    STATE.with(|cell| *cell.borrow_mut() = Some(Box::new(value)));
+}
+
+
+#[doc(hidden)]
+pub mod glue {
+    //! Shared adapter logic for the world crates' export glue.
+    use super::*;
+    pub use bindings::imports::wasmpipe::stage::host::TaskInfo;
+
+    /// `transform.open` for a [`Transformer`].
+    pub fn transformer_open<T: Transformer>(task: TaskInfo) -> Result<()> {
+        install_panic_hook();
+        let stage = T::open(&task.into())?;
+        put_state(stage);
+        Ok(())
+    }
+
+    /// `transform.open` for a [`Predictor`]: decodes the model first.
+    pub fn predictor_open<P: Predictor>(task: TaskInfo, model: Option<Vec<u8>>) -> Result<()> {
+        install_panic_hook();
+        let Some(model) = model else {
+            return Err(Error::InvalidArgument("estimator opened for transform without a model".into()));
+        };
+        let model: P::Model = decode(&model, "model")?;
+        put_state(P::open(&task.into(), model)?);
+        Ok(())
+    }
+
+    /// `fit.fit-open`.
+    pub fn fit_open<E: Estimator>(task: TaskInfo, carry: Option<Vec<u8>>) -> Result<()> {
+        install_panic_hook();
+        let carry = carry.map(|c| decode::<E::Carry>(&c, "carry")).transpose()?;
+        put_state(E::begin(&task.into(), carry)?);
+        Ok(())
+    }
+
+    /// `fit.fit-batch`.
+    pub fn fit_batch<E: Estimator>(input: Batch) -> Result<()> {
+        with_state::<E::State, _>(|s| E::update(s, &input))
+    }
+
+    /// `fit.fit-close`.
+    pub fn fit_close<E: Estimator>() -> Result<Vec<u8>> {
+        encode(&take_state::<E::State>()?)
+    }
+
+    /// `fit.merge`.
+    pub fn merge<E: Estimator>(left: Vec<u8>, right: Vec<u8>) -> Result<Vec<u8>> {
+        install_panic_hook();
+        let merged = E::merge(decode(&left, "state")?, decode(&right, "state")?)?;
+        encode(&merged)
+    }
+
+    /// `fit.finalize`, with the outcome's payload encoded.
+    pub fn finalize<E: Estimator>(state: Vec<u8>, pass: u32) -> Result<Outcome<Vec<u8>, Vec<u8>>> {
+        install_panic_hook();
+        Ok(match E::finalize(decode(&state, "state")?, pass)? {
+            Outcome::Done(model) => Outcome::Done(encode(&model)?),
+            Outcome::NextPass(carry) => Outcome::NextPass(encode(&carry)?),
+        })
+    }
+}
