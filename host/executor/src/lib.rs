@@ -1,1 +1,157 @@
-//! placeholder
+//! The wasmpipe executor: plans a pipeline from its manifest and runs it.
+//!
+//! Stages run in dependency order. Each stage's input is split into
+//! partitions (Parquet row groups, CSV files), and a fresh sandboxed
+//! instance of the stage runs each partition, `parallelism` at a time on a
+//! rayon pool; I/O is async (`object_store`) and driven from those threads.
+//!
+//! * a transformer maps each partition to one Parquet part;
+//! * an estimator folds every partition into a partial state (in parallel),
+//!   merges the states, finalizes them into a model (repeating passes while
+//!   it asks for more), stores the model, then transforms each partition
+//!   with it;
+//! * an aggregator does the fitting half only: its "model" is its result.
+//!
+//! A stage's outputs become visible only through its commit record, written
+//! after every task succeeded (see `wasmpipe_storage::commit`).
+
+mod error;
+mod plan;
+mod task;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmpipe_manifest::Manifest;
+use wasmpipe_runtime::{LogSink, Runtime, RuntimeConfig, StageKind};
+use wasmpipe_storage::Storage;
+use wasmpipe_storage::commit::Model;
+
+pub use error::{RunError, TaskFailure};
+
+/// How to run.
+#[derive(Clone)]
+pub struct ExecutorConfig {
+    /// Most tasks at once, for every stage (a stage's own `parallelism`
+    /// may lower it).
+    pub parallelism: usize,
+    /// Where stages without an `output` write: `<store>/<pipeline>/<stage>`.
+    /// A URL or an absolute path.
+    pub store: String,
+    /// Receives every log line of every task as it happens.
+    pub sink: Option<LogSink>,
+}
+
+impl ExecutorConfig {
+    /// Defaults: one task per core, store `./wasmpipe-data`.
+    pub fn new(store: impl Into<String>) -> Self {
+        ExecutorConfig {
+            parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            store: store.into(),
+            sink: None,
+        }
+    }
+}
+
+/// What one stage did.
+#[derive(Debug, Clone)]
+pub struct StageReport {
+    /// Stage name.
+    pub name: String,
+    /// Its kind.
+    pub kind: StageKind,
+    /// SHA-256 of its component.
+    pub component: String,
+    /// Component size in bytes.
+    pub component_bytes: usize,
+    /// Tasks run (fit and transform tasks together).
+    pub tasks: usize,
+    /// Fit passes (0 for transformers).
+    pub passes: u32,
+    /// Rows read by transform tasks (or by the last fit pass for aggregators).
+    pub rows_in: u64,
+    /// Rows committed.
+    pub rows_out: u64,
+    /// Bytes read from storage.
+    pub bytes_read: u64,
+    /// Bytes of committed parts.
+    pub bytes_written: u64,
+    /// Wall time of the stage.
+    pub wall: Duration,
+    /// Where the output is.
+    pub output: String,
+    /// The model or result, for fit stages.
+    pub model: Option<Model>,
+    /// The model or result bytes, for fit stages.
+    pub model_bytes: Option<Arc<[u8]>>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    /// Identity of this run, recorded in every commit.
+    pub run_id: String,
+    /// One report per stage, in the order run.
+    pub stages: Vec<StageReport>,
+    /// Wall time of the run.
+    pub wall: Duration,
+}
+
+/// Runs pipelines. Holds the one engine of the process, so create it once
+/// and run as many pipelines as needed.
+pub struct Executor {
+    runtime: Arc<Runtime>,
+    io: tokio::runtime::Runtime,
+    pool: rayon::ThreadPool,
+    config: ExecutorConfig,
+}
+
+impl Executor {
+    /// Start the engine, the I/O runtime and the task pool.
+    pub fn new(config: ExecutorConfig) -> Result<Self, RunError> {
+        let parallelism = config.parallelism.max(1);
+        let runtime = Runtime::new(RuntimeConfig {
+            // Tasks plus one merge instance, with room to spare.
+            max_instances: parallelism as u32 + 2,
+            ..RuntimeConfig::default()
+        })
+        .map_err(RunError::Runtime)?;
+        let io = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("wasmpipe-io")
+            .enable_all()
+            .build()
+            .expect("start the I/O runtime");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(parallelism)
+            .thread_name(|i| format!("wasmpipe-task-{i}"))
+            .build()
+            .expect("start the task pool");
+        Ok(Executor { runtime: Arc::new(runtime), io, pool, config: ExecutorConfig { parallelism, ..config } })
+    }
+
+    /// The engine.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Run `manifest`; relative paths in it are relative to `base_dir`.
+    pub fn run(&self, manifest: &Manifest, base_dir: &Path) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let run_id = new_run_id();
+        let storage = Storage::new(base_dir);
+        let stages = plan::load_stages(&self.runtime, manifest, base_dir)?;
+        let mut reports: Vec<StageReport> = Vec::new();
+        for stage in stages {
+            let report = task::run_stage(self, &storage, manifest, &stage, &run_id, &reports)?;
+            reports.push(report);
+        }
+        Ok(RunReport { run_id, stages: reports, wall: started.elapsed() })
+    }
+}
+
+fn new_run_id() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}-{:08x}", now.as_secs(), (now.subsec_nanos() ^ std::process::id().rotate_left(16)))
+}

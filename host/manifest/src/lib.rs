@@ -1,1 +1,362 @@
-//! placeholder
+//! The pipeline manifest, `wasmpipe.toml`: which stages run, on what data,
+//! with which settings.
+//!
+//! The file is versioned (`version = 1`) and strict: an unknown key is an
+//! error, never a silently ignored setting. [`Manifest::parse`] checks the
+//! syntax and the pipeline's shape (stage references resolve, no cycles,
+//! limits in range); paths stay as written and are resolved against the
+//! manifest's directory by the executor.
+//!
+//! ```
+//! let m = wasmpipe_manifest::Manifest::parse(r#"
+//!     version = 1
+//!     name = "demo"
+//!     [stage.clean]
+//!     component = "stages/clean"
+//!     inputs = ["data/in.csv"]
+//! "#).unwrap();
+//! assert_eq!(m.order(), vec!["clean"]);
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+/// The manifest format version this crate reads.
+pub const VERSION: u32 = 1;
+
+/// A parsed, validated pipeline.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Format version; must be [`VERSION`].
+    pub version: u32,
+    /// Pipeline name: letters, digits, `-` and `_`. Names the default output
+    /// prefix and appears in lineage.
+    pub name: String,
+    /// Settings every stage inherits unless it sets its own.
+    #[serde(default)]
+    pub defaults: Settings,
+    /// The stages, by name, in the order written.
+    #[serde(rename = "stage")]
+    pub stages: IndexMap<String, Stage>,
+}
+
+/// Execution settings, set in `[defaults]` or per stage.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Most tasks of the stage that run at once (default: the number of
+    /// cores, or `--parallelism`).
+    pub parallelism: Option<u32>,
+    /// Linear-memory cap of each instance, in MiB (default 256).
+    pub memory_mib: Option<u64>,
+    /// CPU time each instance may spend in the stage's code, in seconds
+    /// (default 300).
+    pub timeout_s: Option<f64>,
+    /// Rows per batch handed to the stage (default 8192).
+    pub batch_rows: Option<usize>,
+    /// Rows per row group in the Parquet the stage writes (default: one row
+    /// group per input batch size, 8192 rows). Smaller row groups give
+    /// downstream stages more partitions.
+    pub row_group_rows: Option<usize>,
+    /// Most passes an iterative estimator may ask for (default 100).
+    pub max_passes: Option<u32>,
+}
+
+/// Built-in defaults for [`Settings`].
+pub mod defaults {
+    /// Instance memory cap: enough for a stage that copies a few columns
+    /// of a default-sized batch, small enough for many at once.
+    pub const MEMORY_MIB: u64 = 256;
+    /// CPU time per instance.
+    pub const TIMEOUT_S: f64 = 300.0;
+    /// Rows per batch: Arrow's usual batch size.
+    pub const BATCH_ROWS: usize = 8192;
+    /// Fit passes.
+    pub const MAX_PASSES: u32 = 100;
+}
+
+impl Settings {
+    /// `self` where set, else `fallback`.
+    pub fn or(&self, fallback: &Settings) -> Settings {
+        Settings {
+            parallelism: self.parallelism.or(fallback.parallelism),
+            memory_mib: self.memory_mib.or(fallback.memory_mib),
+            timeout_s: self.timeout_s.or(fallback.timeout_s),
+            batch_rows: self.batch_rows.or(fallback.batch_rows),
+            row_group_rows: self.row_group_rows.or(fallback.row_group_rows),
+            max_passes: self.max_passes.or(fallback.max_passes),
+        }
+    }
+}
+
+/// One stage of the pipeline.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// The stage's code: a `.wasm` file (component or core module), or a
+    /// stage crate directory that `wasmpipe build` compiles. Relative paths
+    /// are relative to the manifest.
+    pub component: ComponentSource,
+    /// What the stage reads: object-store URLs or paths (a file, or a
+    /// directory/prefix of files), or `stage:NAME` for an upstream stage's
+    /// committed output.
+    pub inputs: Vec<Input>,
+    /// Where the stage writes: a URL or path. Default:
+    /// `<store>/<pipeline>/<stage>`.
+    pub output: Option<String>,
+    /// Input format; default from the file extension (`.csv`, `.parquet`).
+    pub format: Option<Format>,
+    /// Read only these columns (projection); default all.
+    pub columns: Option<Vec<String>>,
+    /// Overrides of `[defaults]`.
+    #[serde(default)]
+    pub limits: Settings,
+    /// The stage's own configuration, handed to it as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// Where a stage's code comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// A compiled `.wasm` file.
+    Wasm(PathBuf),
+    /// A stage crate to build.
+    Crate(PathBuf),
+}
+
+impl<'de> Deserialize<'de> for ComponentSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(serde::de::Error::custom("`component` is empty: give a .wasm file or a stage crate directory"));
+        }
+        Ok(if s.ends_with(".wasm") { ComponentSource::Wasm(s.into()) } else { ComponentSource::Crate(s.into()) })
+    }
+}
+
+/// One input of a stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// The committed output of the named upstream stage.
+    Stage(String),
+    /// An object-store URL or a local path.
+    Location(String),
+}
+
+impl<'de> Deserialize<'de> for Input {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.strip_prefix("stage:") {
+            Some(name) => Ok(Input::Stage(name.to_string())),
+            None if s.is_empty() => Err(serde::de::Error::custom("an input is empty")),
+            None => Ok(Input::Location(s)),
+        }
+    }
+}
+
+/// Input file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Apache Parquet.
+    Parquet,
+    /// Comma-separated values with a header row; types are inferred.
+    Csv,
+}
+
+/// Why a manifest was rejected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read manifest {path}: {source}")]
+    Read {
+        /// The manifest path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or not the manifest schema.
+    #[error("{0}")]
+    Syntax(String),
+    /// Valid syntax, but the pipeline does not make sense.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl Manifest {
+    /// Read and parse a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        Manifest::parse(&text).map_err(|e| match e {
+            ManifestError::Syntax(m) => ManifestError::Syntax(format!("{}: {m}", path.display())),
+            ManifestError::Invalid(m) => ManifestError::Invalid(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parse and validate manifest text.
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        // Check the version before the schema, so that a newer file gets
+        // a version message rather than a confusing unknown-key one.
+        if let Ok(table) = text.parse::<toml::Table>() {
+            match table.get("version") {
+                None => {
+                    return Err(ManifestError::Invalid(format!(
+                        "missing `version`: add `version = {VERSION}` at the top"
+                    )));
+                }
+                Some(toml::Value::Integer(v)) if *v != VERSION as i64 => {
+                    return Err(ManifestError::Invalid(format!(
+                        "manifest version {v} is not supported: this wasmpipe reads version {VERSION}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        let manifest: Manifest =
+            toml::from_str(text).map_err(|e| ManifestError::Syntax(e.to_string().trim_end().to_string()))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |m: String| Err(ManifestError::Invalid(m));
+        if !valid_name(&self.name) {
+            return invalid(format!("pipeline name {:?} must be letters, digits, '-' or '_'", self.name));
+        }
+        if self.stages.is_empty() {
+            return invalid("the pipeline has no stages: add a [stage.NAME] table".into());
+        }
+        check_settings("[defaults]", &self.defaults)?;
+        for (name, stage) in &self.stages {
+            if !valid_name(name) {
+                return invalid(format!("stage name {name:?} must be letters, digits, '-' or '_'"));
+            }
+            if stage.inputs.is_empty() {
+                return invalid(format!("stage {name:?} has no inputs: set `inputs = [...]`"));
+            }
+            for input in &stage.inputs {
+                if let Input::Stage(up) = input {
+                    if up == name {
+                        return invalid(format!("stage {name:?} reads its own output"));
+                    }
+                    if !self.stages.contains_key(up) {
+                        let known: Vec<&str> = self.stages.keys().map(String::as_str).collect();
+                        return invalid(format!(
+                            "stage {name:?} reads `stage:{up}`, but there is no stage {up:?} (stages: {})",
+                            known.join(", ")
+                        ));
+                    }
+                }
+            }
+            if let Some(cols) = &stage.columns
+                && cols.is_empty()
+            {
+                return invalid(format!("stage {name:?} selects no columns: remove `columns` or list some"));
+            }
+            check_settings(&format!("[stage.{name}.limits]"), &stage.limits)?;
+        }
+        self.check_acyclic()?;
+        let mut outputs = BTreeSet::new();
+        for (name, stage) in &self.stages {
+            if let Some(out) = &stage.output
+                && !outputs.insert(out.trim_end_matches('/'))
+            {
+                return invalid(format!("stage {name:?} writes to {out:?}, which another stage also writes"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_acyclic(&self) -> Result<(), ManifestError> {
+        if self.order().len() == self.stages.len() {
+            return Ok(());
+        }
+        let placed: BTreeSet<&str> = self.order().into_iter().collect();
+        let stuck: Vec<&str> = self.stages.keys().map(String::as_str).filter(|s| !placed.contains(s)).collect();
+        Err(ManifestError::Invalid(format!("stages {} depend on each other in a cycle", stuck.join(", "))))
+    }
+
+    /// Stage names in an order where every stage comes after the stages it
+    /// reads; among ready stages, the order written. (Stages in a cycle are
+    /// left out; a parsed manifest has none.)
+    pub fn order(&self) -> Vec<&str> {
+        let mut done: Vec<&str> = Vec::new();
+        loop {
+            let next = self.stages.iter().find(|(name, stage)| {
+                !done.contains(&name.as_str()) && self.upstream(stage).all(|up| done.contains(&up))
+            });
+            match next {
+                Some((name, _)) => done.push(name),
+                None => return done,
+            }
+        }
+    }
+
+    /// Names of the stages `stage` reads from.
+    pub fn upstream<'a>(&'a self, stage: &'a Stage) -> impl Iterator<Item = &'a str> + 'a {
+        stage.inputs.iter().filter_map(|i| match i {
+            Input::Stage(s) => Some(s.as_str()),
+            Input::Location(_) => None,
+        })
+    }
+}
+
+fn check_settings(place: &str, s: &Settings) -> Result<(), ManifestError> {
+    let bad = |key: &str, why: &str| Err(ManifestError::Invalid(format!("{place} {key} {why}")));
+    if s.parallelism == Some(0) {
+        return bad("parallelism", "must be at least 1");
+    }
+    if let Some(m) = s.memory_mib
+        && !(1..=65536).contains(&m)
+    {
+        return bad("memory_mib", "must be between 1 and 65536 (64 GiB)");
+    }
+    if let Some(t) = s.timeout_s
+        && !(t > 0.0 && t <= 86_400.0)
+    {
+        return bad("timeout_s", "must be more than 0 and at most 86400 (one day)");
+    }
+    if s.batch_rows == Some(0) {
+        return bad("batch_rows", "must be at least 1");
+    }
+    if s.row_group_rows == Some(0) {
+        return bad("row_group_rows", "must be at least 1");
+    }
+    if s.max_passes == Some(0) {
+        return bad("max_passes", "must be at least 1");
+    }
+    Ok(())
+}
+
+/// Convert a stage's TOML config to the JSON object handed to the guest.
+/// TOML dates and times become RFC 3339 strings.
+pub fn config_json(config: &toml::Table) -> String {
+    fn convert(v: &toml::Value) -> serde_json::Value {
+        match v {
+            toml::Value::String(s) => serde_json::Value::String(s.clone()),
+            toml::Value::Integer(i) => serde_json::Value::from(*i),
+            toml::Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number)
+            }
+            toml::Value::Boolean(b) => serde_json::Value::Bool(*b),
+            toml::Value::Datetime(d) => serde_json::Value::String(d.to_string()),
+            toml::Value::Array(a) => serde_json::Value::Array(a.iter().map(convert).collect()),
+            toml::Value::Table(t) => {
+                serde_json::Value::Object(t.iter().map(|(k, v)| (k.clone(), convert(v))).collect())
+            }
+        }
+    }
+    convert(&toml::Value::Table(config.clone())).to_string()
+}

@@ -1,1 +1,245 @@
-//! placeholder
+//! Building stage crates into components: `wasmpipe build`.
+//!
+//! wasmpipe finds a wasm32 Rust toolchain on its own, in this order:
+//!
+//! 1. rustup with the `wasm32-wasip2` target: cargo emits a component;
+//! 2. rustup with the `wasm32-unknown-unknown` target: cargo emits a core
+//!    module, which is componentized with `wit-component`;
+//! 3. Debian's packaged Rust (`rustc-web`, `cargo-web`, `rust-web-src`,
+//!    `lld-16`), which ships no prebuilt wasm32 standard library: std is
+//!    built from source with `-Zbuild-std`, then componentized as in 2.
+//!
+//! `WASMPIPE_TOOLCHAIN` (`wasip2`, `unknown`, `build-std`) forces one.
+//! `scripts/install-wasm-toolchain.sh` installs one where none exists.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+
+/// How stage crates get compiled on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Toolchain {
+    /// rustup's cargo with an installed wasm32 target.
+    Rustup {
+        /// `wasm32-wasip2` or `wasm32-unknown-unknown`.
+        target: &'static str,
+    },
+    /// Debian's Rust with std built from source.
+    BuildStd {
+        /// Debian's cargo.
+        cargo: PathBuf,
+        /// Debian's rustc.
+        rustc: PathBuf,
+        /// The wasm linker (`wasm-ld-16` or `wasm-ld`).
+        linker: PathBuf,
+    },
+}
+
+impl std::fmt::Display for Toolchain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Toolchain::Rustup { target } => write!(f, "rustup, target {target}"),
+            Toolchain::BuildStd { rustc, .. } => {
+                write!(f, "{} with -Zbuild-std, target wasm32-unknown-unknown", rustc.display())
+            }
+        }
+    }
+}
+
+/// Why a stage could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ToolchainError {
+    /// No wasm32 toolchain on this machine.
+    #[error(
+        "no wasm32 Rust toolchain found ({tried})\n  hint: run scripts/install-wasm-toolchain.sh, or `rustup target add wasm32-unknown-unknown`"
+    )]
+    NotFound {
+        /// What was looked for.
+        tried: String,
+    },
+    /// The directory is not a stage crate.
+    #[error(
+        "{path}: not a stage crate (no Cargo.toml)\n  hint: give the directory of a crate that depends on wasmpipe-sdk, or a .wasm file"
+    )]
+    NotACrate {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// cargo could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// cargo failed (its diagnostics went to stderr).
+    #[error("building {path} failed (cargo exited with {status}); see cargo's messages above")]
+    Cargo {
+        /// The crate.
+        path: PathBuf,
+        /// cargo's exit status.
+        status: std::process::ExitStatus,
+    },
+    /// cargo succeeded but produced no `.wasm` (not a cdylib?).
+    #[error("{path}: cargo built no .wasm\n  hint: the stage crate needs `[lib] crate-type = [\"cdylib\"]`")]
+    NoArtifact {
+        /// The crate.
+        path: PathBuf,
+    },
+    /// The core module could not be componentized.
+    #[error("{path}: {reason}")]
+    Componentize {
+        /// The module.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing the artifact failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A built stage component.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The component file.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+}
+
+fn rustup_targets() -> Vec<String> {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn debian_build_std() -> Option<Toolchain> {
+    let cargo = PathBuf::from("/usr/bin/cargo");
+    let rustc = PathBuf::from("/usr/bin/rustc");
+    if !cargo.is_file() || !rustc.is_file() {
+        return None;
+    }
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output().ok()?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if !sysroot.join("lib/rustlib/src/rust/library/Cargo.lock").is_file() {
+        return None;
+    }
+    let linker = find_in_path("wasm-ld-16").or_else(|| find_in_path("wasm-ld"))?;
+    Some(Toolchain::BuildStd { cargo, rustc, linker })
+}
+
+/// Find a wasm32 toolchain (see the crate docs for the order).
+pub fn detect() -> Result<Toolchain, ToolchainError> {
+    let forced = std::env::var("WASMPIPE_TOOLCHAIN").ok();
+    let targets = rustup_targets();
+    let has = |t: &str| targets.iter().any(|x| x == t);
+    let choice = match forced.as_deref() {
+        Some("wasip2") => has("wasm32-wasip2").then_some(Toolchain::Rustup { target: "wasm32-wasip2" }),
+        Some("unknown") => {
+            has("wasm32-unknown-unknown").then_some(Toolchain::Rustup { target: "wasm32-unknown-unknown" })
+        }
+        Some("build-std") => debian_build_std(),
+        _ if has("wasm32-wasip2") => Some(Toolchain::Rustup { target: "wasm32-wasip2" }),
+        _ if has("wasm32-unknown-unknown") => Some(Toolchain::Rustup { target: "wasm32-unknown-unknown" }),
+        _ => debian_build_std(),
+    };
+    choice.ok_or_else(|| ToolchainError::NotFound {
+        tried: match forced {
+            Some(f) => format!("WASMPIPE_TOOLCHAIN={f} is not available"),
+            None => "rustup targets wasm32-wasip2 and wasm32-unknown-unknown; Debian rustc-web with rust-web-src and wasm-ld".into(),
+        },
+    })
+}
+
+impl Toolchain {
+    fn target(&self) -> &'static str {
+        match self {
+            Toolchain::Rustup { target } => target,
+            Toolchain::BuildStd { .. } => "wasm32-unknown-unknown",
+        }
+    }
+
+    fn command(&self) -> Command {
+        match self {
+            Toolchain::Rustup { target } => {
+                let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+                c.args(["build", "--release", "--target", target]);
+                c
+            }
+            Toolchain::BuildStd { cargo, rustc, linker } => {
+                let mut c = Command::new(cargo);
+                c.args(["build", "--release", "--target", "wasm32-unknown-unknown", "-Zbuild-std=std,panic_abort"])
+                    // build-std is a nightly feature; Debian's stable rustc
+                    // allows it with the bootstrap switch.
+                    .env("RUSTC_BOOTSTRAP", "1")
+                    .env("RUSTC", rustc)
+                    .env_remove("RUSTC_WRAPPER")
+                    .env_remove("RUSTUP_TOOLCHAIN")
+                    .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", linker);
+                c
+            }
+        }
+    }
+}
+
+/// Compile the stage crate in `crate_dir` and return its component.
+pub fn build(crate_dir: &Path, toolchain: &Toolchain) -> Result<Built, ToolchainError> {
+    let manifest = crate_dir.join("Cargo.toml");
+    if !manifest.is_file() {
+        return Err(ToolchainError::NotACrate { path: crate_dir.to_owned() });
+    }
+    let mut cmd = toolchain.command();
+    cmd.arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let program = format!("{:?}", cmd.get_program());
+    let output = cmd.output().map_err(|source| ToolchainError::Spawn { program, source })?;
+    if !output.status.success() {
+        return Err(ToolchainError::Cargo { path: crate_dir.to_owned(), status: output.status });
+    }
+    let canonical = manifest.canonicalize().unwrap_or(manifest.clone());
+    let artifact = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter(|m| m["manifest_path"].as_str().is_some_and(|p| Path::new(p) == canonical))
+        .flat_map(|m| m["filenames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|f| f.as_str().map(PathBuf::from))
+        .find(|f| f.extension().is_some_and(|e| e == "wasm"))
+        .ok_or_else(|| ToolchainError::NoArtifact { path: crate_dir.to_owned() })?;
+
+    let bytes = std::fs::read(&artifact).map_err(|source| ToolchainError::Io { path: artifact.clone(), source })?;
+    let (path, bytes) = if toolchain.target() == "wasm32-wasip2" {
+        (artifact, bytes)
+    } else {
+        let component = wasmpipe_runtime::componentize(&bytes)
+            .map_err(|reason| ToolchainError::Componentize { path: artifact.clone(), reason })?;
+        let out = artifact.with_extension("component.wasm");
+        std::fs::write(&out, &component).map_err(|source| ToolchainError::Io { path: out.clone(), source })?;
+        (out, component)
+    };
+    Ok(Built { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), path })
+}

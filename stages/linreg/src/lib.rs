@@ -118,7 +118,11 @@ impl Estimator for LinReg {
         let config: Config = wasmpipe_sdk::config()?;
         let k = state.xty.len();
         if (state.rows as usize) < k && config.alpha == 0.0 {
-            wasmpipe_sdk::fail!("{} usable rows cannot determine {} coefficients; add rows or set alpha > 0", state.rows, k);
+            wasmpipe_sdk::fail!(
+                "{} usable rows cannot determine {} coefficients; add rows or set alpha > 0",
+                state.rows,
+                k
+            );
         }
         // Mirror the upper triangle and add the ridge term (not on the intercept).
         for a in 0..k {

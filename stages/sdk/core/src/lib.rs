@@ -265,7 +265,6 @@ pub fn put_state<T: 'static>(value: T) {
     STATE.with(|cell| *cell.borrow_mut() = Some(Box::new(value)));
 }
 
-
 #[doc(hidden)]
 pub mod glue {
     //! Shared adapter logic for the world crates' export glue.

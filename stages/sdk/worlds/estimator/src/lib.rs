@@ -4,9 +4,9 @@
 #![doc(hidden)]
 
 use wasmpipe_sdk_core::glue::*;
-use wasmpipe_sdk_core::{Batch, Result};
 #[allow(unused_imports)]
 use wasmpipe_sdk_core::*;
+use wasmpipe_sdk_core::{Batch, Result};
 
 /// Generated bindings of the world, sharing the core crate's imports.
 pub mod bindings {
@@ -48,7 +48,9 @@ impl<E: Estimator, P: Predictor<Model = E::Model>> bindings::exports::wasmpipe::
     }
 }
 
-impl<E: Estimator, P: Predictor<Model = E::Model>> bindings::exports::wasmpipe::stage::transform::Guest for Adapter<E, P> {
+impl<E: Estimator, P: Predictor<Model = E::Model>> bindings::exports::wasmpipe::stage::transform::Guest
+    for Adapter<E, P>
+{
     fn open(task: TaskInfo, model: Option<Vec<u8>>) -> Result<()> {
         predictor_open::<P>(task, model)
     }

@@ -4,9 +4,9 @@
 #![doc(hidden)]
 
 use wasmpipe_sdk_core::glue::*;
-use wasmpipe_sdk_core::{Batch, Result};
 #[allow(unused_imports)]
 use wasmpipe_sdk_core::*;
+use wasmpipe_sdk_core::{Batch, Result};
 
 /// Generated bindings of the world, sharing the core crate's imports.
 pub mod bindings {

@@ -1,0 +1,84 @@
+//! Run errors: each names the stage (and partition) it happened in.
+
+use wasmpipe_runtime::{CallError, RuntimeError};
+use wasmpipe_storage::StorageError;
+use wasmpipe_toolchain::ToolchainError;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The engine could not start.
+    #[error(transparent)]
+    Runtime(RuntimeError),
+    /// A stage crate did not build.
+    #[error("stage {stage:?}: {source}")]
+    Build {
+        /// The stage.
+        stage: String,
+        /// What went wrong.
+        source: ToolchainError,
+    },
+    /// A stage component did not load.
+    #[error("stage {stage:?}: {source}")]
+    Load {
+        /// The stage.
+        stage: String,
+        /// What went wrong.
+        source: RuntimeError,
+    },
+    /// Storage failed outside a task (listing inputs, committing).
+    #[error("stage {stage:?}: {source}")]
+    Storage {
+        /// The stage.
+        stage: String,
+        /// What went wrong.
+        source: StorageError,
+    },
+    /// A task failed.
+    #[error("stage {stage:?}, {task}: {cause}{more}", more = more_failures(*.others))]
+    Task {
+        /// The stage.
+        stage: String,
+        /// Which task: `partition 3 of 8 (file:///...#rg3)`, `merge`...
+        task: String,
+        /// What went wrong.
+        cause: TaskFailure,
+        /// How many other tasks of the stage failed too.
+        others: usize,
+    },
+    /// An iterative estimator kept asking for passes.
+    #[error(
+        "stage {stage:?}: did not finish fitting within {passes} passes\n  hint: raise `max_passes` in the stage's [limits], or check the estimator's convergence test"
+    )]
+    TooManyPasses {
+        /// The stage.
+        stage: String,
+        /// The limit.
+        passes: u32,
+    },
+}
+
+fn more_failures(others: usize) -> String {
+    match others {
+        0 => String::new(),
+        1 => "\n  (1 more task of this stage failed)".into(),
+        n => format!("\n  ({n} more tasks of this stage failed)"),
+    }
+}
+
+/// What went wrong inside a task.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskFailure {
+    /// The stage failed, trapped or hit a limit.
+    #[error(transparent)]
+    Stage(#[from] CallError),
+    /// Reading input or writing output failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A bug in wasmpipe or a library it uses (a panic), caught so that
+    /// only this task fails.
+    #[error("internal error: {0}\n  hint: this is a wasmpipe bug; please report it with the input that caused it")]
+    Internal(String),
+}

@@ -1,0 +1,362 @@
+//! Running one stage: its tasks in parallel, the fit passes, the commit.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::{ObjectStoreExt, PutPayload};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use wasmpipe_manifest::{Format as ManifestFormat, Input, Manifest};
+use wasmpipe_runtime::{CallError, FitOutcome, InstanceLimits, InstanceSetup, StageInstance, StageKind, TaskInfo};
+use wasmpipe_storage::commit::{self, COMMIT_FORMAT, CommitRecord, Model, Part};
+use wasmpipe_storage::read::{self, Format, InputFile, Partition};
+use wasmpipe_storage::write::{PartWriter, part_name};
+use wasmpipe_storage::{Location, Storage, StorageError};
+
+use crate::plan::PlannedStage;
+use crate::{Executor, RunError, StageReport, TaskFailure};
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Everything a stage's tasks share.
+struct StageRun<'a> {
+    exec: &'a Executor,
+    pipeline: &'a str,
+    stage: &'a PlannedStage,
+    columns: Option<&'a [String]>,
+    partitions: Vec<Partition>,
+    output: Location,
+    /// Hash of what determines every task's output besides its partition.
+    identity: String,
+}
+
+/// What a transform task did.
+struct TransformOutcome {
+    part: Option<Part>,
+    rows_in: u64,
+}
+
+pub(crate) fn run_stage(
+    exec: &Executor,
+    storage: &Storage,
+    manifest: &Manifest,
+    stage: &PlannedStage,
+    run_id: &str,
+    done: &[StageReport],
+) -> Result<StageReport, RunError> {
+    let started = Instant::now();
+    let spec = &manifest.stages[&stage.name];
+    let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
+
+    let output_url = match &spec.output {
+        Some(o) => o.clone(),
+        None => format!("{}/{}/{}", exec.config.store.trim_end_matches('/'), manifest.name, stage.name),
+    };
+    let output = storage.resolve(&output_url).map_err(storage_err)?;
+
+    // Inputs, with their lineage.
+    let format = spec.format.map(|f| match f {
+        ManifestFormat::Parquet => Format::Parquet,
+        ManifestFormat::Csv => Format::Csv,
+    });
+    let mut files: Vec<InputFile> = Vec::new();
+    let mut lineage = Vec::new();
+    for input in &spec.inputs {
+        let (location, upstream) = match input {
+            Input::Stage(up) => {
+                let report = done.iter().find(|r| &r.name == up).expect("stages run in dependency order");
+                (storage.resolve(&report.output).map_err(storage_err)?, Some(up))
+            }
+            Input::Location(l) => (storage.resolve(l).map_err(storage_err)?, None),
+        };
+        let listing = exec.io.block_on(read::list(&location, format)).map_err(storage_err)?;
+        match (&listing.commit, upstream) {
+            (Some(c), _) => lineage.push(format!("{}@{}", location.url(), c.run_id)),
+            (None, Some(up)) => {
+                return Err(storage_err(StorageError::CorruptCommit {
+                    url: location.url().into(),
+                    reason: format!("stage {up:?} committed no output"),
+                }));
+            }
+            (None, None) => lineage.push(location.url().to_string()),
+        }
+        files.extend(listing.files);
+    }
+    let partitions = exec.io.block_on(read::partitions(&files)).map_err(storage_err)?;
+
+    let identity = sha256_hex(&[
+        stage.component.hash().as_bytes(),
+        stage.config_json.as_bytes(),
+        &(stage.batch_rows() as u64).to_le_bytes(),
+        &(stage.row_group_rows() as u64).to_le_bytes(),
+        format!("{:?}", spec.columns).as_bytes(),
+    ]);
+    let run = StageRun {
+        exec,
+        pipeline: &manifest.name,
+        stage,
+        columns: spec.columns.as_deref(),
+        partitions,
+        output,
+        identity,
+    };
+
+    let bytes_per_pass: u64 = run.partitions.iter().map(|p| p.bytes).sum();
+    let mut report = StageReport {
+        name: stage.name.clone(),
+        kind: stage.component.kind(),
+        component: stage.component.hash().to_string(),
+        component_bytes: stage.component.size(),
+        tasks: 0,
+        passes: 0,
+        rows_in: 0,
+        rows_out: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        wall: Default::default(),
+        output: run.output.url().to_string(),
+        model: None,
+        model_bytes: None,
+    };
+
+    // Fit, for estimators and aggregators.
+    let mut model_bytes: Option<Vec<u8>> = None;
+    if matches!(report.kind, StageKind::Estimator | StageKind::Aggregator) {
+        let (bytes, passes, rows) = run.fit()?;
+        report.passes = passes;
+        report.tasks += passes as usize * run.partitions.len().max(1) + passes as usize;
+        report.bytes_read += bytes_per_pass * passes as u64;
+        if report.kind == StageKind::Aggregator {
+            report.rows_in = rows;
+        }
+        let sha = sha256_hex(&[&bytes]);
+        let name = format!("_model-{}.bin", &sha[..16]);
+        let at = run.output.child(&name);
+        exec.io
+            .block_on(at.store().put(at.path(), PutPayload::from(Bytes::from(bytes.clone()))))
+            .map_err(|source| storage_err(StorageError::Store { url: at.url().into(), source }))?;
+        report.model = Some(Model { name, sha256: sha, bytes: bytes.len() as u64, passes });
+        model_bytes = Some(bytes);
+    }
+
+    // Transform, for transformers and estimators.
+    let mut parts = Vec::new();
+    if matches!(report.kind, StageKind::Transformer | StageKind::Estimator) {
+        let model_id = report.model.as_ref().map(|m| m.sha256.clone()).unwrap_or_default();
+        let outcomes = run.parallel("transform", |i| run.transform_task(i, model_bytes.as_deref(), &model_id))?;
+        report.tasks += run.partitions.len();
+        report.bytes_read += bytes_per_pass;
+        for o in outcomes {
+            report.rows_in += o.rows_in;
+            parts.extend(o.part);
+        }
+    }
+
+    report.rows_out = parts.iter().map(|p| p.rows).sum();
+    report.bytes_written = parts.iter().map(|p| p.bytes).sum::<u64>() + report.model.as_ref().map_or(0, |m| m.bytes);
+    let record = CommitRecord {
+        format: COMMIT_FORMAT.into(),
+        pipeline: manifest.name.clone(),
+        stage: stage.name.clone(),
+        run_id: run_id.into(),
+        component: stage.component.hash().into(),
+        config: sha256_hex(&[stage.config_json.as_bytes()]),
+        inputs: lineage,
+        rows: report.rows_out,
+        parts,
+        model: report.model.clone(),
+        committed_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
+    exec.io.block_on(commit::write(&run.output, &record)).map_err(storage_err)?;
+    report.model_bytes = model_bytes.map(Arc::from);
+    report.wall = started.elapsed();
+    Ok(report)
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+impl StageRun<'_> {
+    fn task_id(&self, index: usize, salt: &str) -> String {
+        let part = self.partitions.get(index).map(Partition::identity).unwrap_or_default();
+        sha256_hex(&[self.identity.as_bytes(), part.as_bytes(), salt.as_bytes()])
+    }
+
+    fn describe(&self, phase: &str, index: usize) -> String {
+        let n = self.partitions.len();
+        match self.partitions.get(index) {
+            Some(p) => {
+                let what = match p.row_group {
+                    Some(rg) => format!("{} row group {rg}", p.file.location.url()),
+                    None => p.file.location.url().to_string(),
+                };
+                format!("{phase} partition {index} of {n} ({what})")
+            }
+            None => format!("{phase} (no input partitions)"),
+        }
+    }
+
+    fn instantiate(&self, label: String) -> Result<StageInstance, CallError> {
+        let limits = InstanceLimits { memory_bytes: self.stage.memory_bytes(), cpu: self.stage.cpu() };
+        let setup =
+            InstanceSetup { config_json: self.stage.config_json.clone(), label, sink: self.exec.config.sink.clone() };
+        self.exec.runtime.instantiate(&self.stage.component, &limits, setup)
+    }
+
+    fn task_info(&self, index: usize, pass: u32) -> TaskInfo {
+        TaskInfo {
+            pipeline: self.pipeline.to_string(),
+            stage: self.stage.name.clone(),
+            partition: index as u32,
+            partitions: self.partitions.len() as u32,
+            pass,
+        }
+    }
+
+    /// Run `task` for every partition (at least one task, for empty inputs
+    /// of fit phases), `parallelism` at a time. After the first failure no
+    /// new task starts; the error names the first failed partition.
+    fn parallel<T: Send>(
+        &self,
+        phase: &str,
+        task: impl Fn(usize) -> Result<T, TaskFailure> + Sync,
+    ) -> Result<Vec<T>, RunError> {
+        self.parallel_n(phase, self.partitions.len(), task)
+    }
+
+    fn parallel_n<T: Send>(
+        &self,
+        phase: &str,
+        n: usize,
+        task: impl Fn(usize) -> Result<T, TaskFailure> + Sync,
+    ) -> Result<Vec<T>, RunError> {
+        let failed = AtomicBool::new(false);
+        let run_one = |i: usize| -> Option<Result<T, TaskFailure>> {
+            if failed.load(Ordering::Relaxed) {
+                return None;
+            }
+            let result = catch_unwind(AssertUnwindSafe(|| task(i)))
+                .unwrap_or_else(|p| Err(TaskFailure::Internal(panic_message(p))));
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            Some(result)
+        };
+        let limit = self.stage.settings.parallelism.map_or(usize::MAX, |p| p as usize);
+        let collect = || (0..n).into_par_iter().with_max_len(1).map(run_one).collect::<Vec<_>>();
+        let results = if limit < self.exec.config.parallelism {
+            rayon::ThreadPoolBuilder::new().num_threads(limit).build().expect("task pool").install(collect)
+        } else {
+            self.exec.pool.install(collect)
+        };
+        let mut out = Vec::with_capacity(n);
+        let mut first: Option<(usize, TaskFailure)> = None;
+        let mut others = 0;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Some(Ok(v)) => out.push(v),
+                Some(Err(e)) if first.is_none() => first = Some((i, e)),
+                Some(Err(_)) => others += 1,
+                None => {}
+            }
+        }
+        match first {
+            None => Ok(out),
+            Some((i, cause)) => {
+                Err(RunError::Task { stage: self.stage.name.clone(), task: self.describe(phase, i), cause, others })
+            }
+        }
+    }
+
+    /// Stream partition `index` through `each`.
+    async fn each_batch(
+        &self,
+        index: usize,
+        mut each: impl AsyncFnMut(arrow::record_batch::RecordBatch) -> Result<(), TaskFailure>,
+    ) -> Result<u64, TaskFailure> {
+        let Some(part) = self.partitions.get(index) else {
+            return Ok(0);
+        };
+        let mut stream = read::open(part, self.columns, self.stage.batch_rows()).await?;
+        let mut rows = 0;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            rows += batch.num_rows() as u64;
+            each(batch).await?;
+        }
+        Ok(rows)
+    }
+
+    fn transform_task(
+        &self,
+        index: usize,
+        model: Option<&[u8]>,
+        model_id: &str,
+    ) -> Result<TransformOutcome, TaskFailure> {
+        let task_id = self.task_id(index, model_id);
+        let mut inst = self.instantiate(format!("{}[{index}]", self.stage.name))?;
+        inst.open(&self.task_info(index, 0), model)?;
+        let mut writer =
+            PartWriter::new(&self.output, part_name(index, &task_id), task_id, self.stage.row_group_rows());
+        self.exec.io.block_on(async {
+            let rows_in = self
+                .each_batch(index, async |batch| {
+                    if let Some(out) = inst.transform(batch)? {
+                        writer.write(&out).await?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            if let Some(out) = inst.close()? {
+                writer.write(&out).await?;
+            }
+            Ok(TransformOutcome { part: writer.finish().await?, rows_in })
+        })
+    }
+
+    fn fit_task(&self, index: usize, pass: u32, carry: Option<&[u8]>) -> Result<(Vec<u8>, u64), TaskFailure> {
+        let mut inst = self.instantiate(format!("{}[fit {index}]", self.stage.name))?;
+        inst.fit_open(&self.task_info(index, pass), carry)?;
+        let rows = self.exec.io.block_on(self.each_batch(index, async |batch| Ok(inst.fit_batch(batch)?)))?;
+        Ok((inst.fit_close()?, rows))
+    }
+
+    /// All passes of the fit; returns the finished bytes, the passes and
+    /// the rows of the last pass.
+    fn fit(&self) -> Result<(Vec<u8>, u32, u64), RunError> {
+        let mut carry: Option<Vec<u8>> = None;
+        for pass in 0..self.stage.max_passes() {
+            let tasks = self.partitions.len().max(1);
+            let phase = format!("fit pass {pass},");
+            let states = self.parallel_n(&phase, tasks, |i| self.fit_task(i, pass, carry.as_deref()))?;
+            let rows = states.iter().map(|(_, r)| r).sum();
+            let merged = self.parallel_n(&format!("merge of fit pass {pass},"), 1, |_| {
+                let mut inst = self.instantiate(format!("{}[merge]", self.stage.name))?;
+                let mut states = states.iter().map(|(s, _)| s);
+                let first = states.next().expect("at least one fit task").clone();
+                let state = states.try_fold(first, |acc, s| inst.merge(&acc, s))?;
+                Ok(inst.finalize(&state, pass)?)
+            })?;
+            match merged.into_iter().next().expect("one merge task") {
+                FitOutcome::Done(bytes) => return Ok((bytes, pass + 1, rows)),
+                FitOutcome::NextPass(next) => carry = Some(next),
+            }
+        }
+        Err(RunError::TooManyPasses { stage: self.stage.name.clone(), passes: self.stage.max_passes() })
+    }
+}

@@ -1,0 +1,28 @@
+//! The one place host bindings are generated from `wit/`.
+//!
+//! Bindings are generated for the `estimator` world because it exports both
+//! stage interfaces; a component of another world is driven through the
+//! per-interface `GuestIndices` of just the interfaces it exports (see
+//! [`crate::instance`]). Imports are the same in every world.
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "estimator",
+    with: {
+        "wasmpipe:stage/types.column": crate::host::ColumnHandle,
+        "wasmpipe:stage/types.batch": crate::host::BatchHandle,
+    },
+    // Resource-table failures (a dead handle) trap; ordinary failures are
+    // returned to the guest as the WIT `error`.
+    imports: { default: trappable },
+});
+
+pub use exports::wasmpipe::stage::fit::FitOutcome;
+pub use wasmpipe::stage::host::{Level, TaskInfo};
+pub use wasmpipe::stage::types::{DataType, Error as WitError, Field, TimeUnit};
+
+/// Fully qualified names of the exported interfaces, as they appear in a
+/// component's type.
+pub const TRANSFORM_INTERFACE: &str = "wasmpipe:stage/transform@0.1.0";
+/// See [`TRANSFORM_INTERFACE`].
+pub const FIT_INTERFACE: &str = "wasmpipe:stage/fit@0.1.0";

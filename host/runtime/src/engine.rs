@@ -1,0 +1,217 @@
+//! The process-wide engine: configuration, the epoch ticker that enforces
+//! CPU deadlines, the linker with the host imports, and component loading
+//! (componentize core modules, compile once, cache on disk).
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::{Estimator, FIT_INTERFACE, TRANSFORM_INTERFACE};
+use crate::error::RuntimeError;
+use crate::host::StageState;
+use crate::instance::StageComponent;
+
+/// How often the epoch advances. A deadline is a whole number of ticks, so
+/// this is the deadline's resolution; 10 ms costs nothing measurable.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings fixed for the life of a [`Runtime`].
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Most stage instances alive at once (the pooling allocator's slots).
+    /// The executor never runs more tasks at once than this.
+    pub max_instances: u32,
+    /// Largest linear memory any instance may have, in bytes. Each stage's
+    /// own cap is at most this.
+    pub max_memory_bytes: u64,
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig { max_instances: 64, max_memory_bytes: 4 << 30, cache_dir: default_cache_dir() }
+    }
+}
+
+/// `$WASMPIPE_CACHE_DIR`, else `$XDG_CACHE_HOME/wasmpipe`, else
+/// `~/.cache/wasmpipe`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("WASMPIPE_CACHE_DIR") {
+        return Some(dir.into());
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("wasmpipe"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wasmpipe"))
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wasmpipe-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn the epoch thread");
+        EpochTicker { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The engine, linker and component cache shared by every stage of a run.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<StageState>,
+    pub(crate) config: RuntimeConfig,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Build the engine: Cranelift, component model, pooling allocator sized
+    /// by `config`, epoch interruption for deadlines.
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let n = config.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(n)
+            // A component from wit-component holds the stage module plus a
+            // few small shim modules; 8 core instances and 4 tables each is
+            // ample.
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .max_memory_size(config.max_memory_bytes as usize)
+            // Instances come and go per task; keep their pages resident
+            // rather than unmapping and faulting them back in.
+            .linear_memory_keep_resident(1 << 20);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let mut linker = Linker::new(&engine);
+        Estimator::add_to_linker::<_, wasmtime::component::HasSelf<StageState>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        // Components built for wasm32-wasip2 import WASI; they get a context
+        // that denies everything (see `instance::deny_all_wasi`).
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Runtime { engine, linker, config, _ticker: ticker })
+    }
+
+    /// The settings this runtime was built with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Load a stage from a file: a component, or a core module carrying
+    /// wit-bindgen's component metadata (componentized here).
+    pub fn load_file(&self, path: &Path) -> Result<StageComponent, RuntimeError> {
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Cache { path: path.to_owned(), source })?;
+        self.load(&bytes, path)
+    }
+
+    /// Load a stage from bytes; `origin` names it in errors.
+    pub fn load(&self, bytes: &[u8], origin: &Path) -> Result<StageComponent, RuntimeError> {
+        let component_bytes = to_component(bytes, origin)?;
+        let hash = hex::encode(Sha256::digest(&component_bytes));
+        let component = self.compile_cached(&component_bytes, &hash, origin)?;
+
+        let exports: Vec<String> =
+            component.component_type().exports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let transform = exports.iter().any(|e| e == TRANSFORM_INTERFACE);
+        let fit = exports.iter().any(|e| e == FIT_INTERFACE);
+        if !transform && !fit {
+            return Err(RuntimeError::NotAStage { path: origin.to_owned(), exports: exports.join(", ") });
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| RuntimeError::Link { path: origin.to_owned(), reason: format!("{e:#}") })?;
+        StageComponent::new(pre, hash, component_bytes.len(), transform, fit, origin)
+    }
+
+    fn compile_cached(&self, bytes: &[u8], hash: &str, origin: &Path) -> Result<Component, RuntimeError> {
+        let compile = || {
+            Component::new(&self.engine, bytes)
+                .map_err(|e| RuntimeError::Compile { path: origin.to_owned(), reason: format!("{e:#}") })
+        };
+        let Some(dir) = &self.config.cache_dir else {
+            return compile();
+        };
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        let file = dir.join(format!("{hash}-{:016x}.cwasm", h.finish()));
+        if file.exists() {
+            // SAFETY: the file was written by `Engine::precompile_component`
+            // of an engine with the same compatibility hash (it is in the
+            // name), and wasmtime checks its header again on load.
+            match unsafe { Component::deserialize_file(&self.engine, &file) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!("ignoring unreadable cache entry {}: {e:#}", file.display()),
+            }
+        }
+        let serialized = self
+            .engine
+            .precompile_component(bytes)
+            .map_err(|e| RuntimeError::Compile { path: origin.to_owned(), reason: format!("{e:#}") })?;
+        let cache_err = |source| RuntimeError::Cache { path: file.clone(), source };
+        std::fs::create_dir_all(dir).map_err(cache_err)?;
+        // Write beside, then rename: a concurrent reader never sees half a file.
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &serialized).map_err(cache_err)?;
+        std::fs::rename(&tmp, &file).map_err(cache_err)?;
+        // SAFETY: produced just above by this engine.
+        unsafe { Component::deserialize(&self.engine, &serialized) }
+            .map_err(|e| RuntimeError::Compile { path: origin.to_owned(), reason: format!("{e:#}") })
+    }
+}
+
+/// Return component bytes: as they are for a component, encoded with
+/// wit-component for a core module with component-type metadata.
+fn to_component(bytes: &[u8], origin: &Path) -> Result<Vec<u8>, RuntimeError> {
+    if wasmparser::Parser::is_component(bytes) {
+        return Ok(bytes.to_vec());
+    }
+    if !wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(RuntimeError::NotWasm { path: origin.to_owned() });
+    }
+    componentize(bytes).map_err(|reason| RuntimeError::Componentize { path: origin.to_owned(), reason })
+}
+
+/// Encode a core module with wit-bindgen metadata as a component.
+pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
+    wit_component::ComponentEncoder::default()
+        .module(module)
+        .and_then(|e| e.validate(true).encode())
+        .map_err(|e| format!("{e:#}"))
+}

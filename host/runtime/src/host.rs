@@ -1,0 +1,564 @@
+//! Host side of the `types` and `host` imports: Arrow arrays and record
+//! batches held in the store's resource table, handed to the guest as
+//! handles, plus logging and configuration.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow::buffer::NullBuffer;
+use arrow::compute::kernels::cast::cast;
+use arrow::datatypes::{DataType as ArrowType, Field as ArrowField, Schema as ArrowSchema};
+use arrow::record_batch::RecordBatch;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{ResourceLimiter, Result};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::wasmpipe::stage::{host, types};
+use crate::bindings::{DataType, Field, Level, TimeUnit, WitError};
+
+/// A column handle's host data: an immutable Arrow array.
+pub struct ColumnHandle(pub ArrayRef);
+
+/// A batch handle's host data: an immutable Arrow record batch.
+pub struct BatchHandle(pub RecordBatch);
+
+/// Caps an instance's linear memory and remembers whether the cap was hit,
+/// so that the failure that follows (an allocation error, usually a trap)
+/// can be reported as what it is.
+pub struct MemoryCap {
+    /// Largest linear memory, in bytes.
+    pub cap: usize,
+    /// The size a refused growth asked for, once one was refused.
+    pub refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+        if desired > self.cap {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> Result<bool> {
+        // Tables hold function references; a million entries is far beyond
+        // any real stage and bounds host memory per instance.
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// One line of a task's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    /// Severity.
+    pub level: Level,
+    /// The text the stage logged (or wrote to stdout/stderr).
+    pub message: String,
+}
+
+/// Receives log lines as a task runs (e.g. to print them live).
+pub type LogSink = Arc<dyn Fn(&str, &LogRecord) + Send + Sync>;
+
+/// Everything a store holds for one stage instance.
+pub struct StageState {
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: MemoryCap,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) config_json: Arc<str>,
+    pub(crate) label: String,
+    pub(crate) log: Vec<LogRecord>,
+    pub(crate) sink: Option<LogSink>,
+}
+
+impl StageState {
+    fn push_log(&mut self, record: LogRecord) {
+        if let Some(sink) = &self.sink {
+            sink(&self.label, &record);
+        }
+        // Bound the kept log so a chatty stage cannot grow host memory
+        // without limit; the sink has already seen every line.
+        const KEEP: usize = 10_000;
+        if self.log.len() < KEEP {
+            self.log.push(record);
+        }
+    }
+
+    /// Put a batch into the table and return the guest's handle to it.
+    pub(crate) fn push_batch(&mut self, batch: RecordBatch) -> Result<Resource<BatchHandle>> {
+        Ok(self.table.push(BatchHandle(batch))?)
+    }
+
+    /// Take a batch the guest returned out of the table.
+    pub(crate) fn take_batch(&mut self, handle: Resource<BatchHandle>) -> Result<RecordBatch> {
+        Ok(self.table.delete(handle)?.0)
+    }
+}
+
+impl WasiView for StageState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Map an Arrow type to the WIT data type.
+pub fn data_type(t: &ArrowType) -> DataType {
+    use arrow::datatypes::TimeUnit as U;
+    match t {
+        ArrowType::Boolean => DataType::Boolean,
+        ArrowType::Int32 => DataType::Int32,
+        ArrowType::Int64 => DataType::Int64,
+        ArrowType::Float32 => DataType::Float32,
+        ArrowType::Float64 => DataType::Float64,
+        ArrowType::Utf8 => DataType::Utf8,
+        ArrowType::Timestamp(u, _) => DataType::Timestamp(match u {
+            U::Second => TimeUnit::Second,
+            U::Millisecond => TimeUnit::Millisecond,
+            U::Microsecond => TimeUnit::Microsecond,
+            U::Nanosecond => TimeUnit::Nanosecond,
+        }),
+        other => DataType::Other(other.to_string()),
+    }
+}
+
+fn type_mismatch(expected: &str, actual: &ArrowType) -> WitError {
+    WitError::TypeMismatch(format!("expected {expected}, found {actual}"))
+}
+
+fn validity(values_len: usize, validity: Option<Vec<bool>>) -> Result<Option<NullBuffer>, WitError> {
+    match validity {
+        None => Ok(None),
+        Some(v) if v.len() != values_len => {
+            Err(WitError::LengthMismatch(format!("{values_len} values but {} validity flags", v.len())))
+        }
+        Some(v) => Ok(Some(NullBuffer::from(v))),
+    }
+}
+
+/// Cast a numeric or boolean column to `to`, for the `read-*` copies.
+fn cast_numeric(array: &ArrayRef, to: &ArrowType, accepts: &[ArrowType], name: &str) -> Result<ArrayRef, WitError> {
+    if !accepts.contains(array.data_type())
+        && !matches!((array.data_type(), to), (ArrowType::Timestamp(..), ArrowType::Int64))
+    {
+        return Err(type_mismatch(name, array.data_type()));
+    }
+    let source = match array.data_type() {
+        // Timestamps read as their raw counts.
+        ArrowType::Timestamp(..) => cast(array, &ArrowType::Int64),
+        _ => Ok(array.clone()),
+    }
+    .map_err(|e| WitError::TypeMismatch(e.to_string()))?;
+    cast(&source, to).map_err(|e| WitError::TypeMismatch(e.to_string()))
+}
+
+const NUMERIC: [ArrowType; 5] =
+    [ArrowType::Boolean, ArrowType::Int32, ArrowType::Int64, ArrowType::Float32, ArrowType::Float64];
+
+impl types::HostColumn for StageState {
+    fn from_f64(
+        &mut self,
+        values: Vec<f64>,
+        valid: Option<Vec<bool>>,
+    ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let nulls = match validity(values.len(), valid) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        let array: ArrayRef = Arc::new(Float64Array::new(values.into(), nulls));
+        Ok(Ok(self.table.push(ColumnHandle(array))?))
+    }
+
+    fn from_f32(
+        &mut self,
+        values: Vec<f32>,
+        valid: Option<Vec<bool>>,
+    ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let nulls = match validity(values.len(), valid) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        let array: ArrayRef = Arc::new(Float32Array::new(values.into(), nulls));
+        Ok(Ok(self.table.push(ColumnHandle(array))?))
+    }
+
+    fn from_i64(
+        &mut self,
+        values: Vec<i64>,
+        valid: Option<Vec<bool>>,
+    ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let nulls = match validity(values.len(), valid) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        let array: ArrayRef = Arc::new(Int64Array::new(values.into(), nulls));
+        Ok(Ok(self.table.push(ColumnHandle(array))?))
+    }
+
+    fn from_i32(
+        &mut self,
+        values: Vec<i32>,
+        valid: Option<Vec<bool>>,
+    ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let nulls = match validity(values.len(), valid) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        let array: ArrayRef = Arc::new(Int32Array::new(values.into(), nulls));
+        Ok(Ok(self.table.push(ColumnHandle(array))?))
+    }
+
+    fn from_bool(
+        &mut self,
+        values: Vec<bool>,
+        valid: Option<Vec<bool>>,
+    ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let nulls = match validity(values.len(), valid) {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        let array: ArrayRef = Arc::new(BooleanArray::new(values.into(), nulls));
+        Ok(Ok(self.table.push(ColumnHandle(array))?))
+    }
+
+    fn from_utf8(&mut self, values: Vec<Option<String>>) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let array: ArrayRef = Arc::new(StringArray::from(values));
+        Ok(Ok(self.table.push(ColumnHandle(array))?))
+    }
+
+    fn len(&mut self, this: Resource<ColumnHandle>) -> Result<u64> {
+        Ok(self.table.get(&this)?.0.len() as u64)
+    }
+
+    fn data_type(&mut self, this: Resource<ColumnHandle>) -> Result<DataType> {
+        Ok(data_type(self.table.get(&this)?.0.data_type()))
+    }
+
+    fn null_count(&mut self, this: Resource<ColumnHandle>) -> Result<u64> {
+        Ok(self.table.get(&this)?.0.null_count() as u64)
+    }
+
+    fn slice(
+        &mut self,
+        this: Resource<ColumnHandle>,
+        offset: u64,
+        length: u64,
+    ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let array = &self.table.get(&this)?.0;
+        if offset.checked_add(length).is_none_or(|end| end > array.len() as u64) {
+            return Ok(Err(WitError::InvalidArgument(format!(
+                "slice {offset}..{offset}+{length} runs past the column's {} rows",
+                array.len()
+            ))));
+        }
+        let sliced = array.slice(offset as usize, length as usize);
+        Ok(Ok(self.table.push(ColumnHandle(sliced))?))
+    }
+
+    fn validity(&mut self, this: Resource<ColumnHandle>) -> Result<Option<Vec<bool>>> {
+        let array = &self.table.get(&this)?.0;
+        Ok(array.logical_nulls().filter(|n| n.null_count() > 0).map(|n| n.iter().collect()))
+    }
+
+    fn read_f64(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<f64>, WitError>> {
+        let array = &self.table.get(&this)?.0;
+        Ok(cast_numeric(array, &ArrowType::Float64, &NUMERIC, "a numeric column").map(|a| {
+            let a = a.as_any().downcast_ref::<Float64Array>().expect("cast to f64");
+            match a.nulls() {
+                None => a.values().to_vec(),
+                Some(_) => a.iter().map(|v| v.unwrap_or(f64::NAN)).collect(),
+            }
+        }))
+    }
+
+    fn read_f32(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<f32>, WitError>> {
+        let array = &self.table.get(&this)?.0;
+        Ok(cast_numeric(array, &ArrowType::Float32, &NUMERIC, "a numeric column").map(|a| {
+            let a = a.as_any().downcast_ref::<Float32Array>().expect("cast to f32");
+            match a.nulls() {
+                None => a.values().to_vec(),
+                Some(_) => a.iter().map(|v| v.unwrap_or(f32::NAN)).collect(),
+            }
+        }))
+    }
+
+    fn read_i64(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<i64>, WitError>> {
+        let array = &self.table.get(&this)?.0;
+        let accepts = [ArrowType::Boolean, ArrowType::Int32, ArrowType::Int64];
+        Ok(cast_numeric(array, &ArrowType::Int64, &accepts, "an integer, boolean or timestamp column").map(|a| {
+            let a = a.as_any().downcast_ref::<Int64Array>().expect("cast to i64");
+            a.iter().map(|v| v.unwrap_or(0)).collect()
+        }))
+    }
+
+    fn read_i32(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<i32>, WitError>> {
+        let array = &self.table.get(&this)?.0;
+        let accepts = [ArrowType::Boolean, ArrowType::Int32];
+        Ok(cast_numeric(array, &ArrowType::Int32, &accepts, "an int32 or boolean column").map(|a| {
+            let a = a.as_any().downcast_ref::<Int32Array>().expect("cast to i32");
+            a.iter().map(|v| v.unwrap_or(0)).collect()
+        }))
+    }
+
+    fn read_bool(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<bool>, WitError>> {
+        let array = &self.table.get(&this)?.0;
+        Ok(match array.as_any().downcast_ref::<BooleanArray>() {
+            Some(a) => Ok(a.iter().map(|v| v.unwrap_or(false)).collect()),
+            None => Err(type_mismatch("a boolean column", array.data_type())),
+        })
+    }
+
+    fn read_utf8(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<Option<String>>, WitError>> {
+        let array = &self.table.get(&this)?.0;
+        Ok(match array.as_any().downcast_ref::<StringArray>() {
+            Some(a) => Ok(a.iter().map(|v| v.map(str::to_owned)).collect()),
+            None => Err(type_mismatch("a utf8 column", array.data_type())),
+        })
+    }
+
+    fn drop(&mut self, rep: Resource<ColumnHandle>) -> Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+/// Build a batch from named arrays, checking lengths and names.
+fn assemble(columns: Vec<(String, ArrayRef)>) -> Result<RecordBatch, WitError> {
+    let Some(first) = columns.first() else {
+        return Err(WitError::InvalidArgument("a batch needs at least one column".into()));
+    };
+    let rows = first.1.len();
+    let mut fields = Vec::with_capacity(columns.len());
+    for (i, (name, array)) in columns.iter().enumerate() {
+        if array.len() != rows {
+            return Err(WitError::LengthMismatch(format!(
+                "column {name:?} has {} rows but column {:?} has {rows}",
+                array.len(),
+                first.0
+            )));
+        }
+        if columns[..i].iter().any(|(n, _)| n == name) {
+            return Err(WitError::InvalidArgument(format!("column name {name:?} appears twice")));
+        }
+        fields.push(ArrowField::new(name, array.data_type().clone(), array.null_count() > 0));
+    }
+    let arrays = columns.into_iter().map(|(_, a)| a).collect();
+    RecordBatch::try_new(Arc::new(ArrowSchema::new(fields)), arrays)
+        .map_err(|e| WitError::InvalidArgument(e.to_string()))
+}
+
+/// Replace or append columns, keeping the nullability of untouched fields.
+fn replace_columns(batch: &RecordBatch, set: Vec<(String, ArrayRef)>) -> Result<RecordBatch, WitError> {
+    let schema = batch.schema();
+    let mut fields: Vec<ArrowField> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
+    for (name, array) in set {
+        if array.len() != batch.num_rows() {
+            return Err(WitError::LengthMismatch(format!(
+                "column {name:?} has {} rows but the batch has {}",
+                array.len(),
+                batch.num_rows()
+            )));
+        }
+        let field = ArrowField::new(&name, array.data_type().clone(), array.null_count() > 0);
+        match fields.iter().position(|f| f.name() == &name) {
+            Some(i) => {
+                let nullable = fields[i].is_nullable() || field.is_nullable();
+                fields[i] = field.with_nullable(nullable);
+                arrays[i] = array;
+            }
+            None => {
+                fields.push(field);
+                arrays.push(array);
+            }
+        }
+    }
+    let schema = ArrowSchema::new_with_metadata(fields, schema.metadata().clone());
+    RecordBatch::try_new(Arc::new(schema), arrays).map_err(|e| WitError::InvalidArgument(e.to_string()))
+}
+
+fn column_index(batch: &RecordBatch, name: &str) -> Result<usize, WitError> {
+    batch.schema().index_of(name).map_err(|_| {
+        let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        WitError::ColumnNotFound(format!("{name:?} (the batch has {})", names.join(", ")))
+    })
+}
+
+impl StageState {
+    fn push_result_batch(
+        &mut self,
+        r: Result<RecordBatch, WitError>,
+    ) -> Result<Result<Resource<BatchHandle>, WitError>> {
+        Ok(match r {
+            Ok(b) => Ok(self.table.push(BatchHandle(b))?),
+            Err(e) => Err(e),
+        })
+    }
+
+    fn push_result_column(
+        &mut self,
+        r: Result<ArrayRef, WitError>,
+    ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        Ok(match r {
+            Ok(a) => Ok(self.table.push(ColumnHandle(a))?),
+            Err(e) => Err(e),
+        })
+    }
+}
+
+impl types::HostBatch for StageState {
+    fn from_columns(
+        &mut self,
+        columns: Vec<(String, Resource<ColumnHandle>)>,
+    ) -> Result<Result<Resource<BatchHandle>, WitError>> {
+        let mut arrays = Vec::with_capacity(columns.len());
+        for (name, handle) in &columns {
+            arrays.push((name.clone(), self.table.get(handle)?.0.clone()));
+        }
+        let batch = assemble(arrays);
+        self.push_result_batch(batch)
+    }
+
+    fn num_rows(&mut self, this: Resource<BatchHandle>) -> Result<u64> {
+        Ok(self.table.get(&this)?.0.num_rows() as u64)
+    }
+
+    fn schema(&mut self, this: Resource<BatchHandle>) -> Result<Vec<Field>> {
+        let batch = &self.table.get(&this)?.0;
+        Ok(batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| Field { name: f.name().clone(), data_type: data_type(f.data_type()), nullable: f.is_nullable() })
+            .collect())
+    }
+
+    fn column(
+        &mut self,
+        this: Resource<BatchHandle>,
+        name: String,
+    ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let batch = &self.table.get(&this)?.0;
+        let column = column_index(batch, &name).map(|i| batch.column(i).clone());
+        self.push_result_column(column)
+    }
+
+    fn column_at(
+        &mut self,
+        this: Resource<BatchHandle>,
+        index: u32,
+    ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let batch = &self.table.get(&this)?.0;
+        let column = match batch.columns().get(index as usize) {
+            Some(c) => Ok(c.clone()),
+            None => Err(WitError::InvalidArgument(format!(
+                "column index {index} is past the batch's {} columns",
+                batch.num_columns()
+            ))),
+        };
+        self.push_result_column(column)
+    }
+
+    fn with_column(
+        &mut self,
+        this: Resource<BatchHandle>,
+        name: String,
+        values: Resource<ColumnHandle>,
+    ) -> Result<Result<Resource<BatchHandle>, WitError>> {
+        let array = self.table.get(&values)?.0.clone();
+        let batch = replace_columns(&self.table.get(&this)?.0, vec![(name, array)]);
+        self.push_result_batch(batch)
+    }
+
+    fn select(
+        &mut self,
+        this: Resource<BatchHandle>,
+        names: Vec<String>,
+    ) -> Result<Result<Resource<BatchHandle>, WitError>> {
+        let batch = &self.table.get(&this)?.0;
+        let selected = names
+            .iter()
+            .map(|n| column_index(batch, n))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|idx| batch.project(&idx).map_err(|e| WitError::InvalidArgument(e.to_string())));
+        self.push_result_batch(selected)
+    }
+
+    fn drop_columns(
+        &mut self,
+        this: Resource<BatchHandle>,
+        names: Vec<String>,
+    ) -> Result<Result<Resource<BatchHandle>, WitError>> {
+        let batch = &self.table.get(&this)?.0;
+        let kept = names.iter().map(|n| column_index(batch, n)).collect::<Result<Vec<_>, _>>().and_then(|gone| {
+            let keep: Vec<usize> = (0..batch.num_columns()).filter(|i| !gone.contains(i)).collect();
+            batch.project(&keep).map_err(|e| WitError::InvalidArgument(e.to_string()))
+        });
+        self.push_result_batch(kept)
+    }
+
+    fn filter(
+        &mut self,
+        this: Resource<BatchHandle>,
+        mask: Resource<ColumnHandle>,
+    ) -> Result<Result<Resource<BatchHandle>, WitError>> {
+        let mask = self.table.get(&mask)?.0.clone();
+        let batch = &self.table.get(&this)?.0;
+        let filtered = match mask.as_any().downcast_ref::<BooleanArray>() {
+            None => Err(type_mismatch("a boolean mask", mask.data_type())),
+            Some(_) if mask.len() != batch.num_rows() => Err(WitError::LengthMismatch(format!(
+                "mask has {} rows but the batch has {}",
+                mask.len(),
+                batch.num_rows()
+            ))),
+            Some(m) => {
+                arrow::compute::filter_record_batch(batch, m).map_err(|e| WitError::InvalidArgument(e.to_string()))
+            }
+        };
+        self.push_result_batch(filtered)
+    }
+
+    fn slice(
+        &mut self,
+        this: Resource<BatchHandle>,
+        offset: u64,
+        length: u64,
+    ) -> Result<Result<Resource<BatchHandle>, WitError>> {
+        let batch = &self.table.get(&this)?.0;
+        let sliced = if offset.checked_add(length).is_none_or(|end| end > batch.num_rows() as u64) {
+            Err(WitError::InvalidArgument(format!(
+                "slice {offset}..{offset}+{length} runs past the batch's {} rows",
+                batch.num_rows()
+            )))
+        } else {
+            Ok(batch.slice(offset as usize, length as usize))
+        };
+        self.push_result_batch(sliced)
+    }
+
+    fn drop(&mut self, rep: Resource<BatchHandle>) -> Result<()> {
+        self.table.delete(rep)?;
+        Ok(())
+    }
+}
+
+impl types::Host for StageState {}
+
+impl host::Host for StageState {
+    fn log(&mut self, level: Level, message: String) -> Result<()> {
+        self.push_log(LogRecord { level, message });
+        Ok(())
+    }
+
+    fn config(&mut self) -> Result<String> {
+        Ok(self.config_json.to_string())
+    }
+}
+
+impl StageState {
+    /// Record what the guest wrote to WASI stdout/stderr as log lines.
+    pub(crate) fn capture_stdio(&mut self, level: Level, bytes: &[u8]) {
+        for line in String::from_utf8_lossy(bytes).lines().filter(|l| !l.trim().is_empty()) {
+            self.push_log(LogRecord { level, message: line.to_string() });
+        }
+    }
+}

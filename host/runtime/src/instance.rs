@@ -1,0 +1,354 @@
+//! Loaded stages and running instances: one [`StageInstance`] per task,
+//! created from the stage's `InstancePre`, with its own memory cap, CPU
+//! budget, resource table and deny-all WASI context.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use wasmtime::component::InstancePre;
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
+
+use crate::bindings::exports::wasmpipe::stage::{fit, transform};
+use crate::bindings::{FitOutcome, Level, TaskInfo, WitError};
+use crate::engine::{EPOCH_TICK, Runtime};
+use crate::error::{CallError, RuntimeError};
+use crate::host::{LogRecord, LogSink, MemoryCap, StageState};
+
+/// What a stage component can do, read from its exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageKind {
+    /// Exports `transform` only.
+    Transformer,
+    /// Exports `fit` and `transform`.
+    Estimator,
+    /// Exports `fit` only.
+    Aggregator,
+}
+
+impl std::fmt::Display for StageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StageKind::Transformer => "transformer",
+            StageKind::Estimator => "estimator",
+            StageKind::Aggregator => "aggregator",
+        })
+    }
+}
+
+/// A compiled, linked stage, ready to instantiate once per task.
+#[derive(Clone)]
+pub struct StageComponent {
+    pre: InstancePre<StageState>,
+    transform: Option<transform::GuestIndices>,
+    fit: Option<fit::GuestIndices>,
+    kind: StageKind,
+    hash: String,
+    size: usize,
+    origin: PathBuf,
+}
+
+impl StageComponent {
+    pub(crate) fn new(
+        pre: InstancePre<StageState>,
+        hash: String,
+        size: usize,
+        transform: bool,
+        fit: bool,
+        origin: &Path,
+    ) -> Result<Self, RuntimeError> {
+        let link = |e: wasmtime::Error| RuntimeError::Link { path: origin.to_owned(), reason: format!("{e:#}") };
+        let transform = transform.then(|| transform::GuestIndices::new(&pre)).transpose().map_err(link)?;
+        let fit = fit.then(|| fit::GuestIndices::new(&pre)).transpose().map_err(link)?;
+        let kind = match (transform.is_some(), fit.is_some()) {
+            (true, true) => StageKind::Estimator,
+            (true, false) => StageKind::Transformer,
+            _ => StageKind::Aggregator,
+        };
+        Ok(StageComponent { pre, transform, fit, kind, hash, size, origin: origin.to_owned() })
+    }
+
+    /// Transformer, estimator or aggregator.
+    pub fn kind(&self) -> StageKind {
+        self.kind
+    }
+
+    /// SHA-256 of the component's bytes, hex: the stage's code identity.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Size of the component in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Where the component was loaded from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+}
+
+/// Per-instance settings.
+#[derive(Clone)]
+pub struct InstanceLimits {
+    /// Linear memory cap in bytes.
+    pub memory_bytes: u64,
+    /// CPU time the instance may spend in guest calls, over its whole life.
+    pub cpu: Duration,
+}
+
+/// The per-task inputs of an instance besides its limits.
+#[derive(Clone)]
+pub struct InstanceSetup {
+    /// The stage's config as a JSON object.
+    pub config_json: Arc<str>,
+    /// Tag for log lines, e.g. `clean[3]`.
+    pub label: String,
+    /// Receives log lines as they happen.
+    pub sink: Option<LogSink>,
+}
+
+/// A stopped clock: stages get no time unless the host grants it, and
+/// outputs stay reproducible.
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// Captured WASI stdout/stderr, folded into the log after each call.
+struct Stdio {
+    out: MemoryOutputPipe,
+    err: MemoryOutputPipe,
+    seen_out: usize,
+    seen_err: usize,
+}
+
+/// Bytes of stdout or stderr kept per instance.
+const STDIO_CAPACITY: usize = 1 << 20;
+
+/// One live instance of a stage, running one task.
+pub struct StageInstance {
+    store: Store<StageState>,
+    transform: Option<transform::Guest>,
+    fit: Option<fit::Guest>,
+    cpu_left: Duration,
+    cpu_limit: Duration,
+    memory_cap: u64,
+    stdio: Stdio,
+    poisoned: bool,
+}
+
+impl Runtime {
+    /// Instantiate `stage` for one task.
+    pub fn instantiate(
+        &self,
+        stage: &StageComponent,
+        limits: &InstanceLimits,
+        setup: InstanceSetup,
+    ) -> Result<StageInstance, CallError> {
+        let out = MemoryOutputPipe::new(STDIO_CAPACITY);
+        let err = MemoryOutputPipe::new(STDIO_CAPACITY);
+        // No preopened directories, no environment, no arguments, no
+        // network, a frozen clock: a stage that imports WASI gets nothing.
+        let wasi = WasiCtxBuilder::new()
+            .stdout(out.clone())
+            .stderr(err.clone())
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .allow_ip_name_lookup(false)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .build();
+        let cap = limits.memory_bytes.min(self.config.max_memory_bytes);
+        let state = StageState {
+            table: wasmtime::component::ResourceTable::new(),
+            limits: MemoryCap { cap: cap as usize, refused: None },
+            wasi,
+            config_json: setup.config_json,
+            label: setup.label,
+            log: Vec::new(),
+            sink: setup.sink,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let mut instance = StageInstance {
+            store,
+            transform: None,
+            fit: None,
+            cpu_left: limits.cpu,
+            cpu_limit: limits.cpu,
+            memory_cap: cap,
+            stdio: Stdio { out, err, seen_out: 0, seen_err: 0 },
+            poisoned: false,
+        };
+        let inst = instance.guarded(|store| stage.pre.instantiate(store))?;
+        let store = &mut instance.store;
+        instance.transform = match &stage.transform {
+            Some(idx) => Some(idx.load(&mut *store, &inst).map_err(|e| CallError::Trap { detail: format!("{e:#}") })?),
+            None => None,
+        };
+        instance.fit = match &stage.fit {
+            Some(idx) => Some(idx.load(&mut *store, &inst).map_err(|e| CallError::Trap { detail: format!("{e:#}") })?),
+            None => None,
+        };
+        Ok(instance)
+    }
+}
+
+fn stage_error(e: WitError) -> CallError {
+    CallError::Stage(e.to_string())
+}
+
+impl StageInstance {
+    /// Run one guest call with the remaining CPU budget, then classify a
+    /// failure as deadline, memory cap or trap. Any failure poisons the
+    /// instance: a trapped instance must not be entered again.
+    fn guarded<R>(&mut self, call: impl FnOnce(&mut Store<StageState>) -> wasmtime::Result<R>) -> Result<R, CallError> {
+        if self.poisoned {
+            return Err(CallError::Poisoned);
+        }
+        let ticks = (self.cpu_left.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
+        self.store.set_epoch_deadline(ticks);
+        let started = Instant::now();
+        let result = call(&mut self.store);
+        self.cpu_left = self.cpu_left.saturating_sub(started.elapsed());
+        self.drain_stdio();
+        result.map_err(|e| {
+            self.poisoned = true;
+            self.classify(e)
+        })
+    }
+
+    fn classify(&mut self, e: wasmtime::Error) -> CallError {
+        if let Some(asked) = self.store.data().limits.refused {
+            return CallError::Memory { cap_mib: self.memory_cap >> 20, asked_mib: (asked as u64) >> 20 };
+        }
+        if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+            return CallError::Deadline { limit_ms: self.cpu_limit.as_millis() as u64 };
+        }
+        let last_error =
+            self.store.data().log.iter().rev().find(|r| r.level == Level::Error).map(|r| r.message.clone());
+        let detail = match last_error {
+            Some(msg) => format!("{msg}\n  {e:#}"),
+            None => format!("{e:#}"),
+        };
+        CallError::Trap { detail }
+    }
+
+    fn drain_stdio(&mut self) {
+        let out = self.stdio.out.contents();
+        let err = self.stdio.err.contents();
+        let state = self.store.data_mut();
+        state.capture_stdio(Level::Info, &out[self.stdio.seen_out..]);
+        state.capture_stdio(Level::Warn, &err[self.stdio.seen_err..]);
+        self.stdio.seen_out = out.len();
+        self.stdio.seen_err = err.len();
+    }
+
+    fn transform_guest(&self) -> Result<transform::Guest, CallError> {
+        self.transform.clone().ok_or_else(|| CallError::Stage("this stage does not export transform".into()))
+    }
+
+    fn fit_guest(&self) -> Result<fit::Guest, CallError> {
+        self.fit.clone().ok_or_else(|| CallError::Stage("this stage does not export fit".into()))
+    }
+
+    /// The log lines this instance has produced so far.
+    pub fn log(&self) -> &[LogRecord] {
+        &self.store.data().log
+    }
+
+    /// CPU time spent in guest calls so far.
+    pub fn cpu_used(&self) -> Duration {
+        self.cpu_limit.saturating_sub(self.cpu_left)
+    }
+
+    /// `transform.open`.
+    pub fn open(&mut self, task: &TaskInfo, model: Option<&[u8]>) -> Result<(), CallError> {
+        let g = self.transform_guest()?;
+        self.guarded(|s| g.call_open(s, task, model))?.map_err(stage_error)
+    }
+
+    /// `transform.transform`: hands `batch` to the guest, returns its output.
+    pub fn transform(&mut self, batch: RecordBatch) -> Result<Option<RecordBatch>, CallError> {
+        let g = self.transform_guest()?;
+        let out = self.guarded(|s| {
+            let handle = s.data_mut().push_batch(batch)?;
+            g.call_transform(s, handle)
+        })?;
+        self.take_output(out)
+    }
+
+    /// `transform.close`.
+    pub fn close(&mut self) -> Result<Option<RecordBatch>, CallError> {
+        let g = self.transform_guest()?;
+        let out = self.guarded(|s| g.call_close(s))?;
+        self.take_output(out)
+    }
+
+    fn take_output(
+        &mut self,
+        out: Result<Option<wasmtime::component::Resource<crate::host::BatchHandle>>, WitError>,
+    ) -> Result<Option<RecordBatch>, CallError> {
+        match out.map_err(stage_error)? {
+            None => Ok(None),
+            Some(handle) => {
+                let batch = self.guarded(|s| s.data_mut().take_batch(handle))?;
+                Ok(Some(batch))
+            }
+        }
+    }
+
+    /// `fit.fit-open`.
+    pub fn fit_open(&mut self, task: &TaskInfo, carry: Option<&[u8]>) -> Result<(), CallError> {
+        let g = self.fit_guest()?;
+        self.guarded(|s| g.call_fit_open(s, task, carry))?.map_err(stage_error)
+    }
+
+    /// `fit.fit-batch`.
+    pub fn fit_batch(&mut self, batch: RecordBatch) -> Result<(), CallError> {
+        let g = self.fit_guest()?;
+        self.guarded(|s| {
+            let handle = s.data_mut().push_batch(batch)?;
+            g.call_fit_batch(s, handle)
+        })?
+        .map_err(stage_error)
+    }
+
+    /// `fit.fit-close`: the partition's partial state.
+    pub fn fit_close(&mut self) -> Result<Vec<u8>, CallError> {
+        let g = self.fit_guest()?;
+        self.guarded(|s| g.call_fit_close(s))?.map_err(stage_error)
+    }
+
+    /// `fit.merge`.
+    pub fn merge(&mut self, left: &[u8], right: &[u8]) -> Result<Vec<u8>, CallError> {
+        let g = self.fit_guest()?;
+        self.guarded(|s| g.call_merge(s, left, right))?.map_err(stage_error)
+    }
+
+    /// `fit.finalize`.
+    pub fn finalize(&mut self, state: &[u8], pass: u32) -> Result<FitOutcome, CallError> {
+        let g = self.fit_guest()?;
+        self.guarded(|s| g.call_finalize(s, state, pass))?.map_err(stage_error)
+    }
+}

@@ -1,0 +1,83 @@
+//! Storage errors; each names the object or URL involved.
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The location is not a URL or path wasmpipe can use.
+    #[error("invalid location {url:?}: {reason}")]
+    InvalidLocation {
+        /// As written.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Nothing exists at the location.
+    #[error(
+        "{url}: no such file or object\n  hint: check the path in the manifest (relative paths are relative to the manifest's directory)"
+    )]
+    NotFound {
+        /// The location.
+        url: String,
+    },
+    /// The object store failed.
+    #[error("{url}: {source}")]
+    Store {
+        /// The location.
+        url: String,
+        /// The store's error.
+        source: object_store::Error,
+    },
+    /// A Parquet file could not be read or written.
+    #[error("{url}: Parquet: {source}")]
+    Parquet {
+        /// The file.
+        url: String,
+        /// The decoder's error.
+        source: parquet::errors::ParquetError,
+    },
+    /// A CSV file could not be parsed.
+    #[error("{url}: CSV: {source}")]
+    Csv {
+        /// The file.
+        url: String,
+        /// The parser's error.
+        source: arrow::error::ArrowError,
+    },
+    /// The format of an input cannot be told from its name.
+    #[error(
+        "{url}: cannot tell the format from the name\n  hint: set `format = \"parquet\"` or `format = \"csv\"` on the stage"
+    )]
+    UnknownFormat {
+        /// The file.
+        url: String,
+    },
+    /// A commit record is unreadable.
+    #[error("{url}: corrupt commit record: {reason}\n  hint: rerun the stage that writes it")]
+    CorruptCommit {
+        /// The record.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A projected column is not in the file.
+    #[error("{url}: no column {column:?} (it has: {available})\n  hint: fix `columns` in the stage")]
+    MissingColumn {
+        /// The file.
+        url: String,
+        /// The missing name.
+        column: String,
+        /// The columns the file has.
+        available: String,
+    },
+    /// A task's output batches do not share one schema.
+    #[error(
+        "{url}: the stage's output schema changed between batches: {detail}\n  hint: every batch a stage emits must have the same columns and types"
+    )]
+    SchemaMismatch {
+        /// The part being written.
+        url: String,
+        /// The difference.
+        detail: String,
+    },
+}

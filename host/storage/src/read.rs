@@ -1,0 +1,364 @@
+//! Finding, partitioning and streaming a stage's input.
+
+use std::io::Cursor;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::csv::ReaderBuilder;
+use arrow::csv::reader::Format as CsvFormat;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use bytes::{Buf, Bytes};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+
+use crate::commit::{self, CommitRecord};
+use crate::{Location, StorageError};
+
+/// Formats wasmpipe reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Apache Parquet.
+    Parquet,
+    /// CSV with a header row; column types are inferred.
+    Csv,
+}
+
+impl Format {
+    /// The format a name's extension implies.
+    pub fn from_name(name: &str) -> Option<Format> {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".parquet") || lower.ends_with(".parq") || lower.ends_with(".pq") {
+            Some(Format::Parquet)
+        } else if lower.ends_with(".csv") {
+            Some(Format::Csv)
+        } else {
+            None
+        }
+    }
+}
+
+/// One input object.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    /// Where it is.
+    pub location: Location,
+    /// Its size in bytes.
+    pub size: u64,
+    /// How to read it.
+    pub format: Format,
+}
+
+/// What an input location holds.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    /// The files to read, in name order.
+    pub files: Vec<InputFile>,
+    /// The commit record, when the location is a committed stage output.
+    pub commit: Option<CommitRecord>,
+}
+
+fn store_err(loc: &Location) -> impl Fn(object_store::Error) -> StorageError + '_ {
+    move |source| match source {
+        object_store::Error::NotFound { .. } => StorageError::NotFound { url: loc.url().into() },
+        source => StorageError::Store { url: loc.url().into(), source },
+    }
+}
+
+/// List what `location` holds. A single object yields itself; a committed
+/// stage output yields exactly the parts its commit lists; a prefix yields
+/// every object below it whose name does not start with `_` or `.`.
+/// `format` overrides the format implied by file names.
+pub async fn list(location: &Location, format: Option<Format>) -> Result<Listing, StorageError> {
+    let format_of = |loc: &Location| {
+        format
+            .or_else(|| Format::from_name(&loc.name()))
+            .ok_or_else(|| StorageError::UnknownFormat { url: loc.url().into() })
+    };
+    match location.store().head(location.path()).await {
+        Ok(meta) => {
+            return Ok(Listing {
+                files: vec![InputFile { format: format_of(location)?, size: meta.size, location: location.clone() }],
+                commit: None,
+            });
+        }
+        Err(object_store::Error::NotFound { .. }) => {}
+        // A directory on the local store reports itself as not a file.
+        Err(_) if !location.path().as_ref().is_empty() => {}
+        Err(e) => return Err(store_err(location)(e)),
+    }
+    if let Some(record) = commit::read(location).await? {
+        let mut files = Vec::with_capacity(record.parts.len());
+        for part in &record.parts {
+            let loc = location.child(&part.name);
+            files.push(InputFile { size: part.bytes, format: Format::Parquet, location: loc });
+        }
+        return Ok(Listing { files, commit: Some(record) });
+    }
+    let mut metas: Vec<_> =
+        location.store().list(Some(location.path())).try_collect().await.map_err(store_err(location))?;
+    metas.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut files = Vec::new();
+    for meta in metas {
+        let rel: Vec<String> = match meta.location.prefix_match(location.path()) {
+            Some(parts) => parts.map(|p| p.as_ref().to_string()).collect(),
+            None => continue,
+        };
+        if rel.iter().any(|p| p.starts_with('_') || p.starts_with('.')) {
+            continue;
+        }
+        let loc = location.at(meta.location.clone());
+        files.push(InputFile { format: format_of(&loc)?, size: meta.size, location: loc });
+    }
+    if files.is_empty() {
+        return Err(StorageError::NotFound { url: location.url().into() });
+    }
+    Ok(Listing { files, commit: None })
+}
+
+/// A unit of parallel work: one Parquet row group, or one whole CSV file.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    /// The file.
+    pub file: InputFile,
+    /// The row group, for Parquet.
+    pub row_group: Option<usize>,
+    /// Rows, when known before reading.
+    pub rows: Option<u64>,
+    /// Bytes the partition reads from storage (compressed row group size,
+    /// or the whole file).
+    pub bytes: u64,
+    metadata: Option<ArrowReaderMetadata>,
+}
+
+impl Partition {
+    /// A stable description of what the partition covers, for task identity.
+    pub fn identity(&self) -> String {
+        match self.row_group {
+            Some(rg) => format!("{}#rg{rg}@{}", self.file.location.url(), self.file.size),
+            None => format!("{}@{}", self.file.location.url(), self.file.size),
+        }
+    }
+}
+
+fn parquet_reader(file: &InputFile) -> ObjectReader {
+    ObjectReader { location: file.location.clone(), size: file.size }
+}
+
+/// Parquet's view of an object: ranged reads only, so reading a footer or
+/// one row group never downloads the whole file.
+struct ObjectReader {
+    location: Location,
+    size: u64,
+}
+
+/// Bytes fetched from the end of a file in the first footer read; most
+/// footers fit, sparing a second request.
+const FOOTER_PREFETCH: usize = 64 * 1024;
+
+impl AsyncFileReader for ObjectReader {
+    fn get_bytes(&mut self, range: std::ops::Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.location
+                .store()
+                .get_range(self.location.path(), range)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.location
+                .store()
+                .get_ranges(self.location.path(), &ranges)
+                .await
+                .map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        _options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        let size = self.size;
+        async move {
+            let metadata = ParquetMetaDataReader::new()
+                .with_prefetch_hint(Some(FOOTER_PREFETCH))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Split files into partitions, reading only Parquet footers.
+pub async fn partitions(files: &[InputFile]) -> Result<Vec<Partition>, StorageError> {
+    let mut out = Vec::new();
+    for file in files {
+        match file.format {
+            Format::Csv => out.push(Partition {
+                file: file.clone(),
+                row_group: None,
+                rows: None,
+                bytes: file.size,
+                metadata: None,
+            }),
+            Format::Parquet => {
+                let mut reader = parquet_reader(file);
+                let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+                    .await
+                    .map_err(|source| StorageError::Parquet { url: file.location.url().into(), source })?;
+                for (i, rg) in metadata.metadata().row_groups().iter().enumerate() {
+                    out.push(Partition {
+                        file: file.clone(),
+                        row_group: Some(i),
+                        rows: Some(rg.num_rows().max(0) as u64),
+                        bytes: rg.compressed_size().max(0) as u64,
+                        metadata: Some(metadata.clone()),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A stream of record batches.
+pub type BatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, StorageError>> + Send>>;
+
+fn project(schema: &SchemaRef, columns: &[String], url: &str) -> Result<Vec<usize>, StorageError> {
+    columns
+        .iter()
+        .map(|c| {
+            schema.index_of(c).map_err(|_| StorageError::MissingColumn {
+                url: url.into(),
+                column: c.clone(),
+                available: schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", "),
+            })
+        })
+        .collect()
+}
+
+/// Stream a partition's rows in batches of at most `batch_rows`, reading
+/// only `columns` when given.
+pub async fn open(
+    part: &Partition,
+    columns: Option<&[String]>,
+    batch_rows: usize,
+) -> Result<BatchStream, StorageError> {
+    let url: Arc<str> = part.file.location.url().into();
+    match part.file.format {
+        Format::Parquet => {
+            let metadata = match &part.metadata {
+                Some(m) => m.clone(),
+                None => ArrowReaderMetadata::load_async(&mut parquet_reader(&part.file), ArrowReaderOptions::new())
+                    .await
+                    .map_err(|source| StorageError::Parquet { url: url.to_string(), source })?,
+            };
+            let mut builder =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(parquet_reader(&part.file), metadata.clone())
+                    .with_batch_size(batch_rows);
+            if let Some(cols) = columns {
+                let indices = project(metadata.schema(), cols, &url)?;
+                builder = builder.with_projection(ProjectionMask::roots(metadata.parquet_schema(), indices));
+            }
+            if let Some(rg) = part.row_group {
+                builder = builder.with_row_groups(vec![rg]);
+            }
+            let stream = builder.build().map_err(|source| StorageError::Parquet { url: url.to_string(), source })?;
+            Ok(stream.map_err(move |source| StorageError::Parquet { url: url.to_string(), source }).boxed())
+        }
+        Format::Csv => open_csv(&part.file, columns, batch_rows).await,
+    }
+}
+
+/// Bytes read before inferring a CSV schema.
+const CSV_INFER_BYTES: usize = 1 << 20;
+
+async fn open_csv(
+    file: &InputFile,
+    columns: Option<&[String]>,
+    batch_rows: usize,
+) -> Result<BatchStream, StorageError> {
+    let url = file.location.url().to_string();
+    let csv_err = |source| StorageError::Csv { url: url.clone(), source };
+    let mut chunks =
+        file.location.store().get(file.location.path()).await.map_err(store_err(&file.location))?.into_stream();
+
+    // Infer the schema from the first complete lines.
+    let mut head = Vec::new();
+    let mut eof = false;
+    while head.len() < CSV_INFER_BYTES {
+        match chunks.next().await {
+            Some(chunk) => head.extend_from_slice(&chunk.map_err(store_err(&file.location))?),
+            None => {
+                eof = true;
+                break;
+            }
+        }
+    }
+    let complete = if eof { head.len() } else { head.iter().rposition(|b| *b == b'\n').map_or(head.len(), |i| i + 1) };
+    let (schema, _) = CsvFormat::default()
+        .with_header(true)
+        .infer_schema(Cursor::new(&head[..complete]), Some(10_000))
+        .map_err(csv_err)?;
+    let schema = Arc::new(schema);
+    let mut builder = ReaderBuilder::new(schema.clone()).with_header(true).with_batch_size(batch_rows);
+    if let Some(cols) = columns {
+        builder = builder.with_projection(project(&schema, cols, &url)?);
+    }
+    let decoder = builder.build_decoder();
+
+    struct State {
+        decoder: arrow::csv::reader::Decoder,
+        pending: Bytes,
+        chunks: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+        done: bool,
+        url: String,
+    }
+    let state = State { decoder, pending: Bytes::from(head), chunks: chunks.boxed(), done: false, url };
+    let stream = futures::stream::try_unfold(state, |mut s| async move {
+        loop {
+            if s.done {
+                return Ok(None);
+            }
+            if s.pending.is_empty() {
+                match s.chunks.next().await {
+                    Some(chunk) => {
+                        s.pending = chunk.map_err(|source| StorageError::Store { url: s.url.clone(), source })?;
+                        continue;
+                    }
+                    None => {
+                        // End of input: flush whatever the decoder holds.
+                        s.done = true;
+                        let batch =
+                            s.decoder.flush().map_err(|source| StorageError::Csv { url: s.url.clone(), source })?;
+                        return Ok(batch.map(|b| (b, s)));
+                    }
+                }
+            }
+            let used =
+                s.decoder.decode(&s.pending).map_err(|source| StorageError::Csv { url: s.url.clone(), source })?;
+            s.pending.advance(used);
+            if s.decoder.capacity() == 0 {
+                let batch = s.decoder.flush().map_err(|source| StorageError::Csv { url: s.url.clone(), source })?;
+                if let Some(b) = batch {
+                    return Ok(Some((b, s)));
+                }
+            }
+        }
+    });
+    Ok(stream.boxed())
+}

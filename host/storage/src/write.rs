@@ -1,0 +1,93 @@
+//! Writing a task's output as one Parquet part.
+
+use arrow::record_batch::RecordBatch;
+use object_store::buffered::BufWriter;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::commit::Part;
+use crate::{Location, StorageError};
+
+/// The deterministic object name of a task's part: its index (so parts
+/// sort in task order) and its identity (so a retried task rewrites the
+/// same object and a changed task writes a new one).
+pub fn part_name(task_index: usize, task_id: &str) -> String {
+    format!("part-{task_index:05}-{}.parquet", &task_id[..task_id.len().min(16)])
+}
+
+/// Writes one part; the file is created at the first batch, so a task
+/// that emits no rows writes nothing.
+pub struct PartWriter {
+    output: Location,
+    name: String,
+    task_id: String,
+    row_group_rows: usize,
+    writer: Option<AsyncArrowWriter<BufWriter>>,
+    schema: Option<arrow::datatypes::SchemaRef>,
+    rows: u64,
+}
+
+impl PartWriter {
+    /// Prepare to write `name` under `output`.
+    pub fn new(output: &Location, name: String, task_id: String, row_group_rows: usize) -> Self {
+        PartWriter { output: output.clone(), name, task_id, row_group_rows, writer: None, schema: None, rows: 0 }
+    }
+
+    fn err(&self, source: parquet::errors::ParquetError) -> StorageError {
+        StorageError::Parquet { url: self.output.child(&self.name).url().into(), source }
+    }
+
+    /// Append a batch. Every batch must have the schema of the first.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), StorageError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.writer.is_none() {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .set_max_row_group_row_count(Some(self.row_group_rows))
+                .set_created_by(format!("wasmpipe {}", env!("CARGO_PKG_VERSION")))
+                .build();
+            let at = self.output.child(&self.name);
+            // Buffered: small parts are one put, large ones a multipart upload.
+            let sink = BufWriter::new(at.store().clone(), at.path().clone());
+            let w = AsyncArrowWriter::try_new(sink, batch.schema(), Some(props)).map_err(|e| self.err(e))?;
+            self.writer = Some(w);
+            self.schema = Some(batch.schema());
+        }
+        let first = self.schema.as_ref().expect("set with the writer");
+        if schema_differs(first, &batch.schema()) {
+            let detail = format!("expected {:?}, got {:?}", first.fields(), batch.schema().fields());
+            return Err(StorageError::SchemaMismatch { url: self.output.child(&self.name).url().into(), detail });
+        }
+        let writer = self.writer.as_mut().expect("created above");
+        let result = writer.write(batch).await;
+        result.map_err(|e| self.err(e))?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Finish the file. `None` when no rows were written.
+    pub async fn finish(mut self) -> Result<Option<Part>, StorageError> {
+        let Some(writer) = self.writer.take() else {
+            return Ok(None);
+        };
+        let result = writer.close().await;
+        let _metadata = result.map_err(|e| self.err(e))?;
+        let at = self.output.child(&self.name);
+        use object_store::ObjectStoreExt;
+        let bytes = at
+            .store()
+            .head(at.path())
+            .await
+            .map_err(|source| StorageError::Store { url: at.url().into(), source })?
+            .size;
+        Ok(Some(Part { name: self.name, rows: self.rows, bytes, task: self.task_id }))
+    }
+}
+
+fn schema_differs(a: &arrow::datatypes::SchemaRef, b: &arrow::datatypes::SchemaRef) -> bool {
+    a.fields().len() != b.fields().len()
+        || a.fields().iter().zip(b.fields()).any(|(x, y)| x.name() != y.name() || x.data_type() != y.data_type())
+}
