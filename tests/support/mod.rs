@@ -1,1 +1,115 @@
-//! placeholder
+//! Shared helpers for the end-to-end tests: repository paths, stage
+//! components built once per test binary, executors with captured logs,
+//! and the Python interpreter that runs the independent reference checks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use wasmpipe_executor::{Executor, ExecutorConfig, RunError, RunReport};
+use wasmpipe_manifest::Manifest;
+use wasmpipe_runtime::LogRecord;
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// `../shared/testdata`, beside the repository.
+pub fn testdata() -> PathBuf {
+    let dir = repo().join("../shared/testdata");
+    assert!(dir.is_dir(), "{} is missing: the shared test data must sit beside the checkout", dir.display());
+    dir
+}
+
+/// Build the stage crate `stages/<name>` (once per test binary) and
+/// return its component.
+pub fn component(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = built.get(name) {
+        return p.clone();
+    }
+    let toolchain = wasmpipe_toolchain::detect().expect("a wasm32 toolchain (run scripts/install-wasm-toolchain.sh)");
+    let out = wasmpipe_toolchain::build(&repo().join("stages").join(name), &toolchain, wasmpipe_toolchain::Progress::OnFailure)
+        .unwrap_or_else(|e| panic!("building stage {name}: {e}"));
+    built.insert(name.into(), out.path.clone());
+    out.path
+}
+
+/// Log lines captured from a run: `(label, record)`.
+pub type Logs = Arc<Mutex<Vec<(String, LogRecord)>>>;
+
+/// An executor writing under `store`, capturing every log line.
+pub fn executor(store: &Path, parallelism: usize) -> (Executor, Logs) {
+    let logs: Logs = Default::default();
+    let sink = logs.clone();
+    let mut config = ExecutorConfig::new(store.display().to_string());
+    config.parallelism = parallelism;
+    config.sink = Some(Arc::new(move |label: &str, r: &LogRecord| {
+        sink.lock().unwrap().push((label.to_string(), r.clone()));
+    }));
+    (Executor::new(config).expect("executor starts"), logs)
+}
+
+/// Parse `text` as a manifest and run it with paths relative to `base`.
+pub fn run_text(exec: &Executor, text: &str, base: &Path) -> Result<RunReport, RunError> {
+    let manifest = Manifest::parse(text).unwrap_or_else(|e| panic!("test manifest is invalid: {e}\n{text}"));
+    exec.run(&manifest, base)
+}
+
+/// TOML string literal for a path.
+pub fn toml_path(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// The Python with pyarrow, DuckDB, numpy and scikit-learn that
+/// `scripts/install-test-deps.sh` sets up.
+pub fn python() -> PathBuf {
+    let py = repo().join(".tools/venv/bin/python");
+    assert!(py.is_file(), "{} is missing: run scripts/install-test-deps.sh (make test does)", py.display());
+    py
+}
+
+/// Run `tests/python/<script>` with `args`; return its stdout as JSON.
+pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(repo().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .expect("start python");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The `wasmpipe` binary of this build.
+pub fn wasmpipe_bin() -> PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>/wasmpipe
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("wasmpipe");
+    assert!(bin.is_file(), "{} is missing: build it with `cargo build --release -p wasmpipe-cli`", bin.display());
+    bin
+}
+
+/// Read every row of a committed stage output, in commit order.
+pub fn read_committed(output_dir: &Path) -> Vec<arrow::record_batch::RecordBatch> {
+    let commit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(output_dir.join("_wasmpipe_commit.json")).expect("commit record"))
+            .expect("commit JSON");
+    let mut batches = Vec::new();
+    for part in commit["parts"].as_array().expect("parts") {
+        let file = std::fs::File::open(output_dir.join(part["name"].as_str().unwrap())).expect("part file");
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .expect("part is Parquet")
+            .build()
+            .expect("reader");
+        batches.extend(reader.map(|b| b.expect("batch")));
+    }
+    batches
+}

@@ -93,7 +93,7 @@ fn print_error(err: &anyhow::Error) {
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let toolchain = wasmpipe_toolchain::detect()?;
     eprintln!("building {} with {toolchain}", args.crate_dir.display());
-    let built = wasmpipe_toolchain::build(&args.crate_dir, &toolchain)?;
+    let built = wasmpipe_toolchain::build(&args.crate_dir, &toolchain, wasmpipe_toolchain::Progress::Show)?;
     println!("{}", built.path.display());
     println!("size   {} bytes", built.size);
     println!("sha256 {}", built.sha256);

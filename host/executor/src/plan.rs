@@ -59,7 +59,7 @@ pub(crate) fn load_stages(
                     }
                 };
                 tracing::info!(stage = name, "building {}", dir.display());
-                wasmpipe_toolchain::build(&base_dir.join(dir), &tc)
+                wasmpipe_toolchain::build(&base_dir.join(dir), &tc, wasmpipe_toolchain::Progress::OnFailure)
                     .map_err(|source| RunError::Build { stage: name.into(), source })?
                     .path
             }

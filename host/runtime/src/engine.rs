@@ -136,7 +136,7 @@ impl Runtime {
     /// Load a stage from a file: a component, or a core module carrying
     /// wit-bindgen's component metadata (componentized here).
     pub fn load_file(&self, path: &Path) -> Result<StageComponent, RuntimeError> {
-        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Cache { path: path.to_owned(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| RuntimeError::Read { path: path.to_owned(), source })?;
         self.load(&bytes, path)
     }
 
@@ -171,29 +171,41 @@ impl Runtime {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
         let file = dir.join(format!("{hash}-{:016x}.cwasm", h.finish()));
-        if file.exists() {
-            // SAFETY: the file was written by `Engine::precompile_component`
+        // Read the entry into memory rather than mapping it: a mapped file
+        // truncated by another process would crash this one (SIGBUS).
+        if let Ok(cached) = std::fs::read(&file) {
+            // SAFETY: the entry was written by `Engine::precompile_component`
             // of an engine with the same compatibility hash (it is in the
-            // name), and wasmtime checks its header again on load.
-            match unsafe { Component::deserialize_file(&self.engine, &file) } {
+            // name); wasmtime checks its header again, and a damaged entry
+            // fails that check and is replaced below.
+            match unsafe { Component::deserialize(&self.engine, &cached) } {
                 Ok(c) => return Ok(c),
-                Err(e) => tracing::warn!("ignoring unreadable cache entry {}: {e:#}", file.display()),
+                Err(e) => tracing::warn!("replacing unreadable cache entry {}: {e:#}", file.display()),
             }
         }
         let serialized = self
             .engine
             .precompile_component(bytes)
             .map_err(|e| RuntimeError::Compile { path: origin.to_owned(), reason: format!("{e:#}") })?;
-        let cache_err = |source| RuntimeError::Cache { path: file.clone(), source };
-        std::fs::create_dir_all(dir).map_err(cache_err)?;
-        // Write beside, then rename: a concurrent reader never sees half a file.
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &serialized).map_err(cache_err)?;
-        std::fs::rename(&tmp, &file).map_err(cache_err)?;
+        // The cache only saves time: failing to write it is not an error.
+        if let Err(e) = write_atomically(dir, &file, &serialized) {
+            tracing::warn!("cannot cache the compiled component at {}: {e}", file.display());
+        }
         // SAFETY: produced just above by this engine.
         unsafe { Component::deserialize(&self.engine, &serialized) }
             .map_err(|e| RuntimeError::Compile { path: origin.to_owned(), reason: format!("{e:#}") })
     }
+}
+
+/// Write to a unique temporary file beside `file`, then rename: readers,
+/// and concurrent writers of the same entry, never see half a file.
+fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(file).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Return component bytes: as they are for a component, encoded with

@@ -53,10 +53,10 @@ pub enum RuntimeError {
         /// The linker's complaint.
         reason: String,
     },
-    /// Reading or writing the compiled-component cache failed.
-    #[error("component cache {path}: {source}")]
-    Cache {
-        /// The cache file.
+    /// The component file could not be read.
+    #[error("cannot read component {path}: {source}\n  hint: check `component` in the manifest (relative paths are relative to the manifest)")]
+    Read {
+        /// The file.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,

@@ -51,6 +51,17 @@ pub struct StageComponent {
     origin: PathBuf,
 }
 
+impl std::fmt::Debug for StageComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageComponent")
+            .field("kind", &self.kind)
+            .field("hash", &self.hash)
+            .field("size", &self.size)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
 impl StageComponent {
     pub(crate) fn new(
         pre: InstancePre<StageState>,
@@ -214,8 +225,18 @@ impl Runtime {
     }
 }
 
+/// The stage's own error, in words.
 fn stage_error(e: WitError) -> CallError {
-    CallError::Stage(e.to_string())
+    CallError::Stage(match e {
+        WitError::InvalidConfig(m) => {
+            format!("invalid config: {m}\n  hint: fix the stage's [stage.NAME.config] table in the manifest")
+        }
+        WitError::ColumnNotFound(m) => format!("column not found: {m}"),
+        WitError::TypeMismatch(m) => format!("type mismatch: {m}"),
+        WitError::LengthMismatch(m) => format!("length mismatch: {m}"),
+        WitError::InvalidArgument(m) => format!("invalid argument: {m}"),
+        WitError::StageFailed(m) => m,
+    })
 }
 
 impl StageInstance {

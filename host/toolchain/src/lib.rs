@@ -75,13 +75,15 @@ pub enum ToolchainError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// cargo failed (its diagnostics went to stderr).
-    #[error("building {path} failed (cargo exited with {status}); see cargo's messages above")]
+    /// cargo failed.
+    #[error("building {path} failed (cargo exited with {status})\n{messages}")]
     Cargo {
         /// The crate.
         path: PathBuf,
         /// cargo's exit status.
         status: std::process::ExitStatus,
+        /// cargo's diagnostics, when they were kept rather than shown live.
+        messages: String,
     },
     /// cargo succeeded but produced no `.wasm` (not a cdylib?).
     #[error("{path}: cargo built no .wasm\n  hint: the stage crate needs `[lib] crate-type = [\"cdylib\"]`")]
@@ -203,8 +205,18 @@ impl Toolchain {
     }
 }
 
+/// Where cargo's progress and diagnostics go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Shown live on stderr (`wasmpipe build`).
+    Show,
+    /// Kept, and shown only in the error when the build fails
+    /// (`wasmpipe run`, tests).
+    OnFailure,
+}
+
 /// Compile the stage crate in `crate_dir` and return its component.
-pub fn build(crate_dir: &Path, toolchain: &Toolchain) -> Result<Built, ToolchainError> {
+pub fn build(crate_dir: &Path, toolchain: &Toolchain, progress: Progress) -> Result<Built, ToolchainError> {
     let manifest = crate_dir.join("Cargo.toml");
     if !manifest.is_file() {
         return Err(ToolchainError::NotACrate { path: crate_dir.to_owned() });
@@ -214,11 +226,15 @@ pub fn build(crate_dir: &Path, toolchain: &Toolchain) -> Result<Built, Toolchain
         .arg(&manifest)
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(match progress {
+            Progress::Show => Stdio::inherit(),
+            Progress::OnFailure => Stdio::piped(),
+        });
     let program = format!("{:?}", cmd.get_program());
     let output = cmd.output().map_err(|source| ToolchainError::Spawn { program, source })?;
     if !output.status.success() {
-        return Err(ToolchainError::Cargo { path: crate_dir.to_owned(), status: output.status });
+        let messages = String::from_utf8_lossy(&output.stderr).trim_end().to_string();
+        return Err(ToolchainError::Cargo { path: crate_dir.to_owned(), status: output.status, messages });
     }
     let canonical = manifest.canonicalize().unwrap_or(manifest.clone());
     let artifact = String::from_utf8_lossy(&output.stdout)

@@ -7,6 +7,9 @@
 //!   reports what it got as a one-row batch (must get nothing);
 //! * `panic`: panics (the host must name the stage and the message);
 //! * `fail`: returns a stage error.
+//!
+//! With `partition = N` it misbehaves only in partition N and passes the
+//! other partitions' batches through.
 
 use serde::Deserialize;
 use wasmpipe_sdk::{Batch, Column, Result, Task, Transformer};
@@ -15,6 +18,8 @@ use wasmpipe_sdk::{Batch, Column, Result, Task, Transformer};
 #[serde(deny_unknown_fields)]
 struct Config {
     mode: String,
+    /// Misbehave only in this partition; pass batches through elsewhere.
+    partition: Option<u32>,
 }
 
 struct Hostile(Config);
@@ -27,12 +32,17 @@ fn outcome<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> String {
 }
 
 impl Transformer for Hostile {
-    fn open(_task: &Task) -> Result<Self> {
-        Ok(Hostile(wasmpipe_sdk::config()?))
+    fn open(task: &Task) -> Result<Self> {
+        let mut config: Config = wasmpipe_sdk::config()?;
+        if config.partition.is_some_and(|p| p != task.partition) {
+            config.mode = "pass".into();
+        }
+        Ok(Hostile(config))
     }
 
     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
         match self.0.mode.as_str() {
+            "pass" => Ok(Some(batch)),
             "spin" => {
                 let mut x: u64 = 0;
                 loop {

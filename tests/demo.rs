@@ -1,0 +1,146 @@
+//! The demo pipeline end to end: real components on the diabetes data,
+//! checked against numpy, pyarrow and DuckDB, through the library and the
+//! `wasmpipe` binary.
+
+use std::process::Command;
+
+use wasmpipe_manifest::Manifest;
+use wasmpipe_tests::*;
+
+fn demo_manifest() -> (Manifest, std::path::PathBuf) {
+    let dir = repo().join("examples/diabetes");
+    (Manifest::load(&dir.join("wasmpipe.toml")).expect("demo manifest parses"), dir)
+}
+
+fn result_json(report: &wasmpipe_executor::RunReport, stage: &str) -> serde_json::Value {
+    let s = report.stages.iter().find(|s| s.name == stage).expect("stage in report");
+    serde_json::from_slice(s.model_bytes.as_ref().expect("fit stages keep their result")).expect("JSON result")
+}
+
+#[test]
+fn demo_matches_numpy_least_squares() {
+    let store = tempfile::tempdir().unwrap();
+    let (exec, logs) = executor(store.path(), 3);
+    let (manifest, dir) = demo_manifest();
+    let report = exec.run(&manifest, &dir).expect("demo runs");
+
+    // 442 rows in row groups of 64: every stage after ingest runs 7 tasks.
+    let clean = report.stages.iter().find(|s| s.name == "clean").unwrap();
+    assert_eq!(clean.tasks, 7);
+    assert_eq!((clean.rows_in, clean.rows_out), (442, 442));
+
+    let fit_dir = store.path().join("diabetes/fit");
+    let reference =
+        python_json("reference.py", &[dir.join("diabetes.csv").to_str().unwrap(), fit_dir.to_str().unwrap()]);
+    let ours = result_json(&report, "evaluate");
+    let r2 = ours["r2"].as_f64().unwrap();
+    assert!((reference["numpy_r2"].as_f64().unwrap() - 0.5177).abs() < 5e-5, "{reference}");
+    assert!((r2 - reference["numpy_r2"].as_f64().unwrap()).abs() < 1e-9, "wasmpipe r2 {r2} vs {reference}");
+    assert_eq!(ours["rows"], 442);
+    assert_eq!(reference["rows"], 442);
+    assert_eq!(reference["targets_in_order"], true, "parts keep the CSV's row order");
+    assert!(reference["max_abs_prediction_diff"].as_f64().unwrap() < 1e-8, "{reference}");
+    assert_eq!(reference["duckdb_rows"], 442);
+    assert!(reference["duckdb_sum_diff"].as_f64().unwrap() < 1e-6, "{reference}");
+
+    // The stages' logs arrive tagged with stage and partition.
+    let logs = logs.lock().unwrap();
+    assert!(logs.iter().any(|(label, r)| label == "evaluate[merge]" && r.message == format!("r2 = {r2:.4}")));
+    assert_eq!(logs.iter().filter(|(label, r)| label.starts_with("clean[") && r.message.starts_with("kept")).count(), 7);
+}
+
+#[test]
+fn results_do_not_depend_on_partitioning_or_parallelism() {
+    let (manifest, dir) = demo_manifest();
+    let mut coefficients = Vec::new();
+    for (rows, parallelism) in [(442, 1), (64, 3), (17, 8)] {
+        let mut m = manifest.clone();
+        m.defaults.batch_rows = Some(rows);
+        m.defaults.row_group_rows = Some(rows);
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), parallelism);
+        let report = exec.run(&m, &dir).expect("demo runs");
+        let fit = report.stages.iter().find(|s| s.name == "fit").unwrap();
+        assert_eq!(fit.tasks, 2 * 442usize.div_ceil(rows) + 1, "fit tasks, transform tasks and one merge");
+        let model = result_json(&report, "fit");
+        let mut c: Vec<f64> = model["coefficients"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        c.push(model["intercept"].as_f64().unwrap());
+        coefficients.push(c);
+    }
+    for other in &coefficients[1..] {
+        for (a, b) in coefficients[0].iter().zip(other) {
+            assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{:?} vs {:?}", coefficients[0], other);
+        }
+    }
+}
+
+#[test]
+fn rerun_commits_anew_and_removes_what_the_new_commit_does_not_list() {
+    let (manifest, dir) = demo_manifest();
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let first = exec.run(&manifest, &dir).expect("first run");
+    let mut coarser = manifest.clone();
+    coarser.defaults.row_group_rows = Some(200);
+    coarser.defaults.batch_rows = Some(200);
+    let second = exec.run(&coarser, &dir).expect("second run");
+    assert_ne!(first.run_id, second.run_id);
+
+    let clean = store.path().join("diabetes/clean");
+    let commit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(clean.join("_wasmpipe_commit.json")).unwrap()).unwrap();
+    assert_eq!(commit["run_id"], second.run_id.as_str());
+    let listed: Vec<String> = commit["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().into()).collect();
+    assert_eq!(listed.len(), 3, "442 rows in row groups of 200");
+    let mut on_disk: Vec<String> =
+        std::fs::read_dir(&clean).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    on_disk.sort();
+    let mut expected = listed.clone();
+    expected.push("_wasmpipe_commit.json".into());
+    expected.sort();
+    assert_eq!(on_disk, expected, "only committed parts remain");
+    let rows: usize = read_committed(&clean).iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 442);
+    // Lineage: the commit names its input's commit and the component.
+    assert!(commit["inputs"][0].as_str().unwrap().ends_with(&format!("diabetes/ingest@{}", second.run_id)));
+    assert_eq!(commit["component"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn the_binary_runs_the_demo_and_prints_the_summary() {
+    let store = tempfile::tempdir().unwrap();
+    let out = Command::new(wasmpipe_bin())
+        .args(["run", "examples/diabetes/wasmpipe.toml", "--parallelism", "2", "--store"])
+        .arg(store.path())
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.lines().any(|l| l == "r2 = 0.5177"), "{stdout}");
+    for header in ["stage", "tasks", "rows in", "rows out", "read", "written", "time"] {
+        assert!(stdout.contains(header), "summary lacks {header:?}:\n{stdout}");
+    }
+    assert!(stderr.contains("[clean[0]] kept 64 of 64 rows"), "{stderr}");
+    assert!(store.path().join("diabetes/evaluate/_wasmpipe_commit.json").is_file());
+}
+
+#[test]
+fn wasmpipe_build_prints_path_size_and_hash_of_a_component() {
+    let out = Command::new(wasmpipe_bin()).args(["build", "stages/passthrough"]).current_dir(repo()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = stdout.lines();
+    let path = std::path::PathBuf::from(lines.next().unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(wasmparser_is_component(&bytes), "{} is not a component", path.display());
+    assert_eq!(lines.next().unwrap(), format!("size   {} bytes", bytes.len()));
+    let hash = lines.next().unwrap().strip_prefix("sha256 ").unwrap();
+    assert_eq!(hash.len(), 64);
+}
+
+/// A component's preamble: magic, then version 0x0d with layer 1.
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() > 8 && &bytes[0..4] == b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
+}

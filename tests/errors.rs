@@ -1,0 +1,111 @@
+//! Bad input ends in one clear error that names the thing and the fix:
+//! no panic, no partial output.
+
+use std::process::Command;
+
+use wasmpipe_executor::RunError;
+use wasmpipe_tests::*;
+
+fn pipeline(component: &str, input: &str, extra: &str) -> String {
+    format!(
+        r#"
+        version = 1
+        name = "bad"
+        [stage.copy]
+        component = {component}
+        inputs = [{input}]
+        {extra}
+        "#
+    )
+}
+
+fn passthrough() -> String {
+    toml_path(&component("passthrough"))
+}
+
+#[test]
+fn a_missing_input_names_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(dir.path(), 1);
+    let err = run_text(&exec, &pipeline(&passthrough(), "\"no/such/data.csv\"", ""), dir.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RunError::Storage { .. }), "{text}");
+    assert!(text.contains("no/such/data.csv") && text.contains("no such file"), "{text}");
+    assert!(!dir.path().join("bad").exists(), "nothing written");
+}
+
+#[test]
+fn a_corrupt_parquet_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("broken.parquet"), b"PAR1 this is not really parquet PAR1").unwrap();
+    let (exec, _) = executor(dir.path(), 1);
+    let err = run_text(&exec, &pipeline(&passthrough(), "\"broken.parquet\"", ""), dir.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("broken.parquet") && text.contains("Parquet"), "{text}");
+}
+
+#[test]
+fn a_ragged_csv_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ragged.csv"), "a,b\n1,2\n3,4,5\n").unwrap();
+    let (exec, _) = executor(dir.path(), 1);
+    let err = run_text(&exec, &pipeline(&passthrough(), "\"ragged.csv\"", ""), dir.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("ragged.csv") && text.contains("CSV"), "{text}");
+}
+
+#[test]
+fn an_unknown_format_asks_for_format() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.txt"), "a\n1\n").unwrap();
+    let (exec, _) = executor(dir.path(), 1);
+    let err = run_text(&exec, &pipeline(&passthrough(), "\"data.txt\"", ""), dir.path()).unwrap_err();
+    assert!(err.to_string().contains("format = \"parquet\""), "{err}");
+    // ...and with the format given, it reads.
+    run_text(&exec, &pipeline(&passthrough(), "\"data.txt\"", "format = \"csv\""), dir.path()).expect("csv by config");
+}
+
+#[test]
+fn a_missing_projected_column_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(dir.path(), 1);
+    let iris = toml_path(&testdata().join("ml/iris.csv"));
+    let err = run_text(&exec, &pipeline(&passthrough(), &iris, "columns = [\"petal_lenght\"]"), dir.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("petal_lenght") && text.contains("columns"), "{text}");
+}
+
+#[test]
+fn a_missing_or_bogus_component_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(dir.path(), 1);
+    let iris = toml_path(&testdata().join("ml/iris.csv"));
+
+    let err = run_text(&exec, &pipeline("\"gone.wasm\"", &iris, ""), dir.path()).unwrap_err();
+    assert!(matches!(err, RunError::Load { .. }) && err.to_string().contains("gone.wasm"), "{err}");
+
+    std::fs::write(dir.path().join("text.wasm"), "not wasm").unwrap();
+    let err = run_text(&exec, &pipeline("\"text.wasm\"", &iris, ""), dir.path()).unwrap_err();
+    assert!(err.to_string().contains("text.wasm: not a WebAssembly component or module"), "{err}");
+
+    let err = run_text(&exec, &pipeline("\"no/such/crate\"", &iris, ""), dir.path()).unwrap_err();
+    assert!(matches!(err, RunError::Build { .. }) && err.to_string().contains("no/such/crate"), "{err}");
+}
+
+#[test]
+fn the_binary_reports_a_bad_manifest_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("wasmpipe.toml");
+    std::fs::write(&manifest, "version = 1\nname = \"x\"\n[stage.a]\ncomponent = \"a.wasm\"\ninput = [\"x.csv\"]\n").unwrap();
+    let out = Command::new(wasmpipe_bin()).arg("run").arg(&manifest).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("wasmpipe.toml") && stderr.contains("unknown field `input`"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = Command::new(wasmpipe_bin()).args(["run", "/no/such/wasmpipe.toml"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot read manifest /no/such/wasmpipe.toml"), "{stderr}");
+}
