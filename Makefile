@@ -9,9 +9,11 @@ STAGES := passthrough clean scaler linreg evaluate hostile
 demo: stages
 	$(WASMPIPE) run examples/diabetes/wasmpipe.toml
 
-## Everything CI checks: formatting, lints, and the whole test suite.
+## Everything CI checks: formatting, lints, and the whole test suite
+## (host workspace, then the stage SDK and stages' unit tests natively).
 test: test-deps stages lint
 	$(CARGO) test --release --workspace
+	cd stages && $(CARGO) test --workspace
 
 toolchain:
 	scripts/install-wasm-toolchain.sh
@@ -28,7 +30,9 @@ test-deps: toolchain
 
 lint:
 	$(CARGO) fmt --all --check
+	cd stages && $(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	cd stages && $(CARGO) clippy --workspace --all-targets -- -D warnings
 
 bench: stages
 	$(CARGO) bench -p wasmpipe-benches

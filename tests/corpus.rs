@@ -45,7 +45,8 @@ fn passthrough(file: &Path) -> (Result<(), String>, tempfile::TempDir, bool) {
     std::thread::spawn(move || {
         let (exec, _) = executor(&root, 2);
         let result = run_text(&exec, &text, &root);
-        let internal = matches!(result, Err(RunError::Task { cause: TaskFailure::Internal(_), .. }));
+        let internal =
+            matches!(&result, Err(RunError::Task { cause, .. }) if matches!(**cause, TaskFailure::Internal(_)));
         let _ = tx.send((result.map(|_| ()).map_err(|e| e.to_string()), internal));
     });
     let (result, internal) =

@@ -46,7 +46,10 @@ fn demo_matches_numpy_least_squares() {
     // The stages' logs arrive tagged with stage and partition.
     let logs = logs.lock().unwrap();
     assert!(logs.iter().any(|(label, r)| label == "evaluate[merge]" && r.message == format!("r2 = {r2:.4}")));
-    assert_eq!(logs.iter().filter(|(label, r)| label.starts_with("clean[") && r.message.starts_with("kept")).count(), 7);
+    assert_eq!(
+        logs.iter().filter(|(label, r)| label.starts_with("clean[") && r.message.starts_with("kept")).count(),
+        7
+    );
 }
 
 #[test]
@@ -90,7 +93,8 @@ fn rerun_commits_anew_and_removes_what_the_new_commit_does_not_list() {
     let commit: serde_json::Value =
         serde_json::from_slice(&std::fs::read(clean.join("_wasmpipe_commit.json")).unwrap()).unwrap();
     assert_eq!(commit["run_id"], second.run_id.as_str());
-    let listed: Vec<String> = commit["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().into()).collect();
+    let listed: Vec<String> =
+        commit["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().into()).collect();
     assert_eq!(listed.len(), 3, "442 rows in row groups of 200");
     let mut on_disk: Vec<String> =
         std::fs::read_dir(&clean).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

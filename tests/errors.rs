@@ -70,7 +70,8 @@ fn a_missing_projected_column_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (exec, _) = executor(dir.path(), 1);
     let iris = toml_path(&testdata().join("ml/iris.csv"));
-    let err = run_text(&exec, &pipeline(&passthrough(), &iris, "columns = [\"petal_lenght\"]"), dir.path()).unwrap_err();
+    let err =
+        run_text(&exec, &pipeline(&passthrough(), &iris, "columns = [\"petal_lenght\"]"), dir.path()).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("petal_lenght") && text.contains("columns"), "{text}");
 }
@@ -96,7 +97,8 @@ fn a_missing_or_bogus_component_is_named() {
 fn the_binary_reports_a_bad_manifest_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("wasmpipe.toml");
-    std::fs::write(&manifest, "version = 1\nname = \"x\"\n[stage.a]\ncomponent = \"a.wasm\"\ninput = [\"x.csv\"]\n").unwrap();
+    std::fs::write(&manifest, "version = 1\nname = \"x\"\n[stage.a]\ncomponent = \"a.wasm\"\ninput = [\"x.csv\"]\n")
+        .unwrap();
     let out = Command::new(wasmpipe_bin()).arg("run").arg(&manifest).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

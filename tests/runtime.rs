@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int32Array, Int64Array, StringArray, TimestampMillisecondArray,
+};
 use arrow::record_batch::RecordBatch;
 use wasmpipe_runtime::{InstanceLimits, InstanceSetup, Runtime, RuntimeConfig, RuntimeError, StageKind, TaskInfo};
 use wasmpipe_tests::*;

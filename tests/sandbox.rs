@@ -28,7 +28,13 @@ fn ingest_iris(exec: &wasmpipe_executor::Executor, store: &Path) -> String {
     store.join("iris/ingest").display().to_string()
 }
 
-fn hostile(exec: &wasmpipe_executor::Executor, input: &str, store: &Path, config: &str, limits: &str) -> Result<(), RunError> {
+fn hostile(
+    exec: &wasmpipe_executor::Executor,
+    input: &str,
+    store: &Path,
+    config: &str,
+    limits: &str,
+) -> Result<(), RunError> {
     let text = format!(
         r#"
         version = 1
@@ -57,7 +63,7 @@ fn task_failure(err: RunError) -> (String, String, TaskFailure) {
     match err {
         RunError::Task { stage, task, cause, .. } => {
             assert_eq!(stage, "hostile", "{text}");
-            (task, text, cause)
+            (task, text, *cause)
         }
         other => panic!("expected a task failure, got: {other}"),
     }
@@ -129,7 +135,10 @@ fn a_stage_error_fails_the_run_and_leaves_the_previous_commit_in_force() {
 
     let err = hostile(&exec, &input, store.path(), "mode = \"fail\"\npartition = 1", "").unwrap_err();
     let (task, text, cause) = task_failure(err);
-    assert!(matches!(cause, TaskFailure::Stage(CallError::Stage(ref m)) if m == "hostile stage failed on purpose"), "{text}");
+    assert!(
+        matches!(cause, TaskFailure::Stage(CallError::Stage(ref m)) if m == "hostile stage failed on purpose"),
+        "{text}"
+    );
     assert!(task.starts_with("transform partition 1 of 5"), "{text}");
 
     assert_eq!(std::fs::read(out.join("_wasmpipe_commit.json")).unwrap(), before, "the failed run committed nothing");

@@ -32,8 +32,12 @@ pub fn component(name: &str) -> PathBuf {
         return p.clone();
     }
     let toolchain = wasmpipe_toolchain::detect().expect("a wasm32 toolchain (run scripts/install-wasm-toolchain.sh)");
-    let out = wasmpipe_toolchain::build(&repo().join("stages").join(name), &toolchain, wasmpipe_toolchain::Progress::OnFailure)
-        .unwrap_or_else(|e| panic!("building stage {name}: {e}"));
+    let out = wasmpipe_toolchain::build(
+        &repo().join("stages").join(name),
+        &toolchain,
+        wasmpipe_toolchain::Progress::OnFailure,
+    )
+    .unwrap_or_else(|e| panic!("building stage {name}: {e}"));
     built.insert(name.into(), out.path.clone());
     out.path
 }
@@ -74,18 +78,16 @@ pub fn python() -> PathBuf {
 
 /// Run `tests/python/<script>` with `args`; return its stdout as JSON.
 pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(repo().join("tests/python").join(script))
-        .args(args)
-        .output()
-        .expect("start python");
+    let out =
+        Command::new(python()).arg(repo().join("tests/python").join(script)).args(args).output().expect("start python");
     assert!(
         out.status.success(),
         "{script} failed:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The `wasmpipe` binary of this build.

@@ -42,8 +42,8 @@ pub enum RunError {
         stage: String,
         /// Which task: `partition 3 of 8 (file:///...#rg3)`, `merge`...
         task: String,
-        /// What went wrong.
-        cause: TaskFailure,
+        /// What went wrong (boxed: it is large, and rare).
+        cause: Box<TaskFailure>,
         /// How many other tasks of the stage failed too.
         others: usize,
     },

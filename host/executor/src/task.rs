@@ -277,9 +277,12 @@ impl StageRun<'_> {
         }
         match first {
             None => Ok(out),
-            Some((i, cause)) => {
-                Err(RunError::Task { stage: self.stage.name.clone(), task: self.describe(phase, i), cause, others })
-            }
+            Some((i, cause)) => Err(RunError::Task {
+                stage: self.stage.name.clone(),
+                task: self.describe(phase, i),
+                cause: Box::new(cause),
+                others,
+            }),
         }
     }
 

@@ -54,7 +54,9 @@ pub enum RuntimeError {
         reason: String,
     },
     /// The component file could not be read.
-    #[error("cannot read component {path}: {source}\n  hint: check `component` in the manifest (relative paths are relative to the manifest)")]
+    #[error(
+        "cannot read component {path}: {source}\n  hint: check `component` in the manifest (relative paths are relative to the manifest)"
+    )]
     Read {
         /// The file.
         path: PathBuf,

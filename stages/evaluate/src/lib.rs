@@ -106,3 +106,34 @@ impl Estimator for Evaluate {
 }
 
 wasmpipe_sdk::export_aggregator!(Evaluate);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(pairs: &[(f64, f64)]) -> State {
+        let mut s = State::default();
+        for &(y, p) in pairs {
+            s.n += 1;
+            let delta = y - s.mean;
+            s.mean += delta / s.n as f64;
+            s.m2 += delta * (y - s.mean);
+            s.sse += (y - p) * (y - p);
+            s.sae += (y - p).abs();
+        }
+        s
+    }
+
+    #[test]
+    fn merging_partials_gives_the_whole() {
+        let pairs: Vec<(f64, f64)> = (0..100).map(|i| (i as f64, i as f64 + (i % 7) as f64 - 3.0)).collect();
+        let whole = state(&pairs);
+        let merged = pairs.chunks(13).map(state).try_fold(State::default(), Evaluate::merge).unwrap();
+        assert_eq!(merged.n, whole.n);
+        for (a, b) in
+            [(merged.mean, whole.mean), (merged.m2, whole.m2), (merged.sse, whole.sse), (merged.sae, whole.sae)]
+        {
+            assert!((a - b).abs() < 1e-9 * b.abs().max(1.0), "{a} vs {b}");
+        }
+    }
+}

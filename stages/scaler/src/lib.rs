@@ -133,3 +133,34 @@ impl Predictor for Apply {
 }
 
 wasmpipe_sdk::export_estimator!(Scaler, Apply);
+
+#[cfg(test)]
+mod tests {
+    use super::Moments;
+
+    fn moments(xs: &[f64]) -> Moments {
+        let mut m = Moments::default();
+        xs.iter().for_each(|&x| m.push(x));
+        m
+    }
+
+    #[test]
+    fn merged_moments_equal_one_pass_moments() {
+        let xs: Vec<f64> = (0..1000).map(|i| ((i * 7919) % 1000) as f64 * 0.37 + 1e6).collect();
+        let whole = moments(&xs);
+        let merged = xs.chunks(77).map(moments).fold(Moments::default(), Moments::merge);
+        assert_eq!(merged.n, whole.n);
+        assert!((merged.mean - whole.mean).abs() < 1e-9 * whole.mean.abs());
+        assert!((merged.m2 - whole.m2).abs() < 1e-9 * whole.m2);
+    }
+
+    #[test]
+    fn empty_partitions_merge_as_identity() {
+        let m = moments(&[1.0, 2.0, 4.0]);
+        let left = Moments::merge(Moments::default(), m);
+        let right = Moments::merge(m, Moments::default());
+        for r in [left, right] {
+            assert_eq!((r.n, r.mean, r.m2), (m.n, m.mean, m.m2));
+        }
+    }
+}

@@ -324,3 +324,57 @@ pub mod glue {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_exactly() {
+        let values = vec![0.1, 1.0 / 3.0, f64::MAX, f64::MIN_POSITIVE, -0.0, 123456789.12345679, 2.0f64.powi(-1074)];
+        let bytes = encode(&values).unwrap();
+        let back: Vec<f64> = decode(&bytes, "state").unwrap();
+        assert_eq!(
+            back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn undecodable_bytes_are_an_invalid_argument_naming_what() {
+        match decode::<Vec<f64>>(b"{not json", "carry") {
+            Err(Error::InvalidArgument(m)) => assert!(m.starts_with("cannot decode carry"), "{m}"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn task_info_converts() {
+        let info = host::TaskInfo { pipeline: "p".into(), stage: "s".into(), partition: 2, partitions: 5, pass: 1 };
+        assert_eq!(
+            Task::from(info),
+            Task { pipeline: "p".into(), stage: "s".into(), partition: 2, partitions: 5, pass: 1 }
+        );
+    }
+
+    #[test]
+    fn instance_state_is_typed() {
+        put_state(41u32);
+        with_state::<u32, _>(|v| {
+            *v += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert!(matches!(with_state::<String, _>(|_| Ok(())), Err(Error::InvalidArgument(_))));
+        assert_eq!(take_state::<u32>().unwrap(), 42);
+        assert!(take_state::<u32>().is_err(), "taken once");
+    }
+
+    #[test]
+    fn fail_macro_returns_a_stage_error() {
+        fn f(n: u32) -> Result<()> {
+            crate::fail!("bad n = {n}");
+        }
+        assert!(matches!(f(3), Err(Error::StageFailed(m)) if m == "bad n = 3"));
+    }
+}
