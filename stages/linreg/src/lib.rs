@@ -95,11 +95,10 @@ impl Estimator for LinReg {
             for (j, col) in x.iter().enumerate() {
                 row[j + 1] = col[i];
             }
-            for a in 0..k {
-                let ra = row[a];
+            for (a, &ra) in row.iter().enumerate() {
                 state.xty[a] += ra * y[i];
-                for b in a..k {
-                    state.xtx[a * k + b] += ra * row[b];
+                for (b, &rb) in row.iter().enumerate().skip(a) {
+                    state.xtx[a * k + b] += ra * rb;
                 }
             }
             state.rows += 1;
