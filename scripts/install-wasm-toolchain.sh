@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Make sure a wasm32 Rust toolchain exists for building stages.
 #
-# 1. rustup with wasm32-wasip2 or wasm32-unknown-unknown already installed: done.
-# 2. `rustup target add wasm32-unknown-unknown` (needs the rustup server).
-# 3. Offline fallback: Debian's packaged Rust, whose std is built from source
+# Required: a toolchain that emits core modules, which wasmpipe componentizes:
+# 1. rustup's wasm32-unknown-unknown target (installed when rustup can fetch it);
+# 2. offline fallback: Debian's packaged Rust, whose std is built from source
 #    by `wasmpipe build` (-Zbuild-std): rustc-web cargo-web rust-web-src lld-16.
-#
-# `wasmpipe build` detects whichever is present (host/toolchain).
+# Best effort: rustup's wasm32-wasip2 target, which emits components that
+# import WASI; wasmpipe prefers it where present (host/toolchain).
 set -euo pipefail
 
 have_target() {
     command -v rustup >/dev/null 2>&1 &&
-        rustup target list --installed 2>/dev/null | grep -qE '^wasm32-(wasip2|unknown-unknown)$'
+        rustup target list --installed 2>/dev/null | grep -qx "$1"
 }
 
 have_debian() {
@@ -20,20 +20,19 @@ have_debian() {
         { command -v wasm-ld-16 >/dev/null 2>&1 || command -v wasm-ld >/dev/null 2>&1; }
 }
 
-if have_target; then
-    echo "wasm32 toolchain: rustup target $(rustup target list --installed | grep -E '^wasm32-' | head -n1)"
+if command -v rustup >/dev/null 2>&1; then
+    for target in wasm32-unknown-unknown wasm32-wasip2; do
+        have_target "$target" || timeout 120 rustup target add "$target" ||
+            echo "rustup could not install $target"
+    done
+fi
+if have_target wasm32-unknown-unknown; then
+    echo "wasm32 toolchain: rustup target wasm32-unknown-unknown"
     exit 0
 fi
 if have_debian; then
     echo "wasm32 toolchain: Debian rustc-web with -Zbuild-std"
     exit 0
-fi
-if command -v rustup >/dev/null 2>&1; then
-    echo "installing the wasm32-unknown-unknown target with rustup..."
-    if timeout 300 rustup target add wasm32-unknown-unknown && have_target; then
-        exit 0
-    fi
-    echo "rustup could not install the target; trying Debian's packaged toolchain"
 fi
 if command -v apt-get >/dev/null 2>&1; then
     SUDO=""

@@ -286,21 +286,24 @@ impl StageRun<'_> {
         }
     }
 
-    /// Stream partition `index` through `each`.
-    async fn each_batch(
+    /// Stream partition `index` through `each`. I/O is driven on the I/O
+    /// runtime one batch at a time; `each` (guest code) runs outside any
+    /// async context, since WASI's synchronous host calls block on their own.
+    fn each_batch(
         &self,
         index: usize,
-        mut each: impl AsyncFnMut(arrow::record_batch::RecordBatch) -> Result<(), TaskFailure>,
+        mut each: impl FnMut(arrow::record_batch::RecordBatch) -> Result<(), TaskFailure>,
     ) -> Result<u64, TaskFailure> {
         let Some(part) = self.partitions.get(index) else {
             return Ok(0);
         };
-        let mut stream = read::open(part, self.columns, self.stage.batch_rows()).await?;
+        let io = &self.exec.io;
+        let mut stream = io.block_on(read::open(part, self.columns, self.stage.batch_rows()))?;
         let mut rows = 0;
-        while let Some(batch) = stream.next().await {
+        while let Some(batch) = io.block_on(stream.next()) {
             let batch = batch?;
             rows += batch.num_rows() as u64;
-            each(batch).await?;
+            each(batch)?;
         }
         Ok(rows)
     }
@@ -314,28 +317,25 @@ impl StageRun<'_> {
         let task_id = self.task_id(index, model_id);
         let mut inst = self.instantiate(format!("{}[{index}]", self.stage.name))?;
         inst.open(&self.task_info(index, 0), model)?;
+        let io = &self.exec.io;
         let mut writer =
             PartWriter::new(&self.output, part_name(index, &task_id), task_id, self.stage.row_group_rows());
-        self.exec.io.block_on(async {
-            let rows_in = self
-                .each_batch(index, async |batch| {
-                    if let Some(out) = inst.transform(batch)? {
-                        writer.write(&out).await?;
-                    }
-                    Ok(())
-                })
-                .await?;
-            if let Some(out) = inst.close()? {
-                writer.write(&out).await?;
+        let rows_in = self.each_batch(index, |batch| {
+            if let Some(out) = inst.transform(batch)? {
+                io.block_on(writer.write(&out))?;
             }
-            Ok(TransformOutcome { part: writer.finish().await?, rows_in })
-        })
+            Ok(())
+        })?;
+        if let Some(out) = inst.close()? {
+            io.block_on(writer.write(&out))?;
+        }
+        Ok(TransformOutcome { part: io.block_on(writer.finish())?, rows_in })
     }
 
     fn fit_task(&self, index: usize, pass: u32, carry: Option<&[u8]>) -> Result<(Vec<u8>, u64), TaskFailure> {
         let mut inst = self.instantiate(format!("{}[fit {index}]", self.stage.name))?;
         inst.fit_open(&self.task_info(index, pass), carry)?;
-        let rows = self.exec.io.block_on(self.each_batch(index, async |batch| Ok(inst.fit_batch(batch)?)))?;
+        let rows = self.each_batch(index, |batch| Ok(inst.fit_batch(batch)?))?;
         Ok((inst.fit_close()?, rows))
     }
 

@@ -174,7 +174,24 @@ pub fn detect() -> Result<Toolchain, ToolchainError> {
     })
 }
 
+/// Find a toolchain that emits core modules (rustup's
+/// `wasm32-unknown-unknown`, else Debian's build-std route): the form that
+/// needs componentizing, as opposed to `wasm32-wasip2`'s components.
+pub fn detect_core_module() -> Result<Toolchain, ToolchainError> {
+    if rustup_targets().iter().any(|t| t == "wasm32-unknown-unknown") {
+        return Ok(Toolchain::Rustup { target: "wasm32-unknown-unknown" });
+    }
+    debian_build_std().ok_or_else(|| ToolchainError::NotFound {
+        tried: "rustup target wasm32-unknown-unknown; Debian rustc-web with rust-web-src and wasm-ld".into(),
+    })
+}
+
 impl Toolchain {
+    /// Whether cargo emits a core module that must be componentized.
+    pub fn emits_core_module(&self) -> bool {
+        self.target() != "wasm32-wasip2"
+    }
+
     fn target(&self) -> &'static str {
         match self {
             Toolchain::Rustup { target } => target,
@@ -248,7 +265,7 @@ pub fn build(crate_dir: &Path, toolchain: &Toolchain, progress: Progress) -> Res
         .ok_or_else(|| ToolchainError::NoArtifact { path: crate_dir.to_owned() })?;
 
     let bytes = std::fs::read(&artifact).map_err(|source| ToolchainError::Io { path: artifact.clone(), source })?;
-    let (path, bytes) = if toolchain.target() == "wasm32-wasip2" {
+    let (path, bytes) = if !toolchain.emits_core_module() {
         (artifact, bytes)
     } else {
         let component = wasmpipe_runtime::componentize(&bytes)
