@@ -4,10 +4,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow::array::{
+    Array, ArrayRef, ArrowPrimitiveType, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array,
+    PrimitiveArray, StringArray,
+};
 use arrow::buffer::NullBuffer;
 use arrow::compute::kernels::cast::cast;
 use arrow::datatypes::{DataType as ArrowType, Field as ArrowField, Schema as ArrowSchema};
+use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type};
 use arrow::record_batch::RecordBatch;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{ResourceLimiter, Result};
@@ -160,12 +164,7 @@ impl types::HostColumn for StageState {
         values: Vec<f64>,
         valid: Option<Vec<bool>>,
     ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
-        let nulls = match validity(values.len(), valid) {
-            Ok(n) => n,
-            Err(e) => return Ok(Err(e)),
-        };
-        let array: ArrayRef = Arc::new(Float64Array::new(values.into(), nulls));
-        Ok(Ok(self.table.push(ColumnHandle(array))?))
+        self.push_primitive::<Float64Type>(values, valid)
     }
 
     fn from_f32(
@@ -173,12 +172,7 @@ impl types::HostColumn for StageState {
         values: Vec<f32>,
         valid: Option<Vec<bool>>,
     ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
-        let nulls = match validity(values.len(), valid) {
-            Ok(n) => n,
-            Err(e) => return Ok(Err(e)),
-        };
-        let array: ArrayRef = Arc::new(Float32Array::new(values.into(), nulls));
-        Ok(Ok(self.table.push(ColumnHandle(array))?))
+        self.push_primitive::<Float32Type>(values, valid)
     }
 
     fn from_i64(
@@ -186,12 +180,7 @@ impl types::HostColumn for StageState {
         values: Vec<i64>,
         valid: Option<Vec<bool>>,
     ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
-        let nulls = match validity(values.len(), valid) {
-            Ok(n) => n,
-            Err(e) => return Ok(Err(e)),
-        };
-        let array: ArrayRef = Arc::new(Int64Array::new(values.into(), nulls));
-        Ok(Ok(self.table.push(ColumnHandle(array))?))
+        self.push_primitive::<Int64Type>(values, valid)
     }
 
     fn from_i32(
@@ -199,12 +188,7 @@ impl types::HostColumn for StageState {
         values: Vec<i32>,
         valid: Option<Vec<bool>>,
     ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
-        let nulls = match validity(values.len(), valid) {
-            Ok(n) => n,
-            Err(e) => return Ok(Err(e)),
-        };
-        let array: ArrayRef = Arc::new(Int32Array::new(values.into(), nulls));
-        Ok(Ok(self.table.push(ColumnHandle(array))?))
+        self.push_primitive::<Int32Type>(values, valid)
     }
 
     fn from_bool(
@@ -384,6 +368,17 @@ fn column_index(batch: &RecordBatch, name: &str) -> Result<usize, WitError> {
 }
 
 impl StageState {
+    /// A primitive column from guest values and optional validity.
+    fn push_primitive<T: ArrowPrimitiveType>(
+        &mut self,
+        values: Vec<T::Native>,
+        valid: Option<Vec<bool>>,
+    ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let column = validity(values.len(), valid)
+            .map(|nulls| Arc::new(PrimitiveArray::<T>::new(values.into(), nulls)) as ArrayRef);
+        self.push_result_column(column)
+    }
+
     fn push_result_batch(
         &mut self,
         r: Result<RecordBatch, WitError>,

@@ -325,6 +325,36 @@ pub mod glue {
     }
 }
 
+/// Implement a world's generated `fit` `Guest` trait for an adapter type by
+/// forwarding to [`glue`]; the aggregator and estimator glue crates share it.
+/// `$fit` is the world's `fit` export module; `E` must be the estimator.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __impl_fit_guest {
+    ([$($gen:tt)*] $ty:ty, $($fit:ident)::+) => {
+        impl<$($gen)*> $($fit)::+::Guest for $ty {
+            fn fit_open(task: $crate::glue::TaskInfo, carry: Option<Vec<u8>>) -> $crate::Result<()> {
+                $crate::glue::fit_open::<E>(task, carry)
+            }
+            fn fit_batch(input: $crate::Batch) -> $crate::Result<()> {
+                $crate::glue::fit_batch::<E>(input)
+            }
+            fn fit_close() -> $crate::Result<Vec<u8>> {
+                $crate::glue::fit_close::<E>()
+            }
+            fn merge(left: Vec<u8>, right: Vec<u8>) -> $crate::Result<Vec<u8>> {
+                $crate::glue::merge::<E>(left, right)
+            }
+            fn finalize(state: Vec<u8>, pass: u32) -> $crate::Result<$($fit)::+::FitOutcome> {
+                Ok(match $crate::glue::finalize::<E>(state, pass)? {
+                    $crate::Outcome::Done(m) => $($fit)::+::FitOutcome::Done(m),
+                    $crate::Outcome::NextPass(c) => $($fit)::+::FitOutcome::NextPass(c),
+                })
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

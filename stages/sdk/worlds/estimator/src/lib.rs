@@ -3,10 +3,8 @@
 
 #![doc(hidden)]
 
-use wasmpipe_sdk_core::glue::*;
-#[allow(unused_imports)]
-use wasmpipe_sdk_core::*;
-use wasmpipe_sdk_core::{Batch, Result};
+use wasmpipe_sdk_core::glue::{TaskInfo, predictor_open};
+use wasmpipe_sdk_core::{Batch, Estimator, Predictor, Result, take_state, with_state};
 
 /// Generated bindings of the world, sharing the core crate's imports.
 pub mod bindings {
@@ -26,27 +24,7 @@ pub mod bindings {
 /// Adapts an [`Estimator`] (fit) and its [`Predictor`] (transform).
 pub struct Adapter<E, P>(std::marker::PhantomData<(E, P)>);
 
-impl<E: Estimator, P: Predictor<Model = E::Model>> bindings::exports::wasmpipe::stage::fit::Guest for Adapter<E, P> {
-    fn fit_open(task: TaskInfo, carry: Option<Vec<u8>>) -> Result<()> {
-        fit_open::<E>(task, carry)
-    }
-    fn fit_batch(input: Batch) -> Result<()> {
-        fit_batch::<E>(input)
-    }
-    fn fit_close() -> Result<Vec<u8>> {
-        fit_close::<E>()
-    }
-    fn merge(left: Vec<u8>, right: Vec<u8>) -> Result<Vec<u8>> {
-        merge::<E>(left, right)
-    }
-    fn finalize(state: Vec<u8>, pass: u32) -> Result<bindings::exports::wasmpipe::stage::fit::FitOutcome> {
-        use bindings::exports::wasmpipe::stage::fit::FitOutcome;
-        Ok(match finalize::<E>(state, pass)? {
-            Outcome::Done(m) => FitOutcome::Done(m),
-            Outcome::NextPass(c) => FitOutcome::NextPass(c),
-        })
-    }
-}
+wasmpipe_sdk_core::__impl_fit_guest!([E: Estimator, P: Predictor<Model = E::Model>] Adapter<E, P>, bindings::exports::wasmpipe::stage::fit);
 
 impl<E: Estimator, P: Predictor<Model = E::Model>> bindings::exports::wasmpipe::stage::transform::Guest
     for Adapter<E, P>

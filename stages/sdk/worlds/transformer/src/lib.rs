@@ -3,10 +3,8 @@
 
 #![doc(hidden)]
 
-use wasmpipe_sdk_core::glue::*;
-#[allow(unused_imports)]
-use wasmpipe_sdk_core::*;
-use wasmpipe_sdk_core::{Batch, Result};
+use wasmpipe_sdk_core::glue::{TaskInfo, transformer_open};
+use wasmpipe_sdk_core::{Batch, Result, Transformer, take_state, with_state};
 
 /// Generated bindings of the world, sharing the core crate's imports.
 pub mod bindings {
