@@ -26,6 +26,7 @@ mod engine;
 mod error;
 mod host;
 mod instance;
+pub mod kernels;
 
 pub use bindings::{FitOutcome, Level, TaskInfo};
 pub use engine::{EPOCH_TICK, Runtime, RuntimeConfig, componentize, default_cache_dir};

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use wasmpipe_sdk::{Batch, Result, Task, Transformer};
+use wasmpipe_sdk::{Batch, Column, Compare, Result, Task, Transformer};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +29,11 @@ struct Range {
     max: Option<f64>,
 }
 
+/// Rows where `mask` is true (booleans sum as 0/1; nulls are skipped).
+fn count(mask: &Column) -> Result<u64> {
+    Ok(mask.summarize()?.sum as u64)
+}
+
 struct Clean {
     config: Config,
     rows_in: u64,
@@ -42,44 +47,62 @@ impl Transformer for Clean {
     }
 
     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
-        let rows = batch.num_rows() as usize;
-        self.rows_in += rows as u64;
-        let mut keep = vec![true; rows];
+        let rows = batch.num_rows();
+        self.rows_in += rows;
 
+        // Masks are built in the host from the column handles; the stage
+        // only counts and filters.
         let not_null = match &self.config.not_null {
             Some(cols) => cols.clone(),
             None => batch.column_names(),
         };
+        let mut has_null: Option<Column> = None;
         for name in &not_null {
             let column = batch.column(name)?;
             if column.null_count() == 0 {
                 continue;
             }
-            for (k, null) in keep.iter_mut().zip(column.null_mask()) {
-                if *k && null {
-                    *k = false;
-                    self.dropped_null += 1;
-                }
-            }
+            let nulls = column.is_null();
+            has_null = Some(match has_null {
+                Some(m) => m.or(&nulls)?,
+                None => nulls,
+            });
         }
 
+        let mut in_range: Option<Column> = None;
         for (name, range) in &self.config.ranges {
-            let values = batch.f64s(name)?;
-            let lo = range.min.unwrap_or(f64::NEG_INFINITY);
-            let hi = range.max.unwrap_or(f64::INFINITY);
-            for (k, v) in keep.iter_mut().zip(values) {
-                // NaN fails both comparisons, so it is out of range.
-                if *k && !(v >= lo && v <= hi) {
-                    *k = false;
-                    self.dropped_range += 1;
-                }
+            let column = batch.column(name)?;
+            // A null is out of range, and so is NaN (it compares false).
+            let mut ok = column.is_null().not()?;
+            if let Some(lo) = range.min {
+                ok = ok.and(&column.compare(Compare::Ge, lo)?)?;
             }
+            if let Some(hi) = range.max {
+                ok = ok.and(&column.compare(Compare::Le, hi)?)?;
+            }
+            in_range = Some(match in_range {
+                Some(m) => m.and(&ok)?,
+                None => ok,
+            });
         }
 
-        if keep.iter().all(|k| *k) {
+        let dropped_null = match &has_null {
+            Some(m) => count(m)?,
+            None => 0,
+        };
+        let keep = match (&has_null, &in_range) {
+            (None, None) => return Ok(Some(batch)),
+            (Some(n), None) => n.not()?,
+            (None, Some(r)) => r.and(&r.is_null().not()?)?,
+            (Some(n), Some(r)) => n.not()?.and(r)?,
+        };
+        let kept = count(&keep)?;
+        self.dropped_null += dropped_null;
+        self.dropped_range += rows - kept - dropped_null;
+        if kept == rows {
             return Ok(Some(batch));
         }
-        Ok(Some(batch.filter_rows(&keep)?))
+        Ok(Some(batch.filter(&keep)?))
     }
 
     fn close(&mut self) -> Result<Option<Batch>> {

@@ -12,8 +12,10 @@
 //! alpha = 0.0                 # default
 //! ```
 //!
-//! Rows with a null or NaN in any feature or the target are skipped when
-//! fitting; their prediction is null.
+//! Rows with a null, NaN or infinity in any feature or the target are
+//! skipped when fitting. A row with a null feature gets a null prediction
+//! (a NaN feature, a NaN one). Fitting and prediction run on native host
+//! kernels (`gram`, `matvec`): no column values are copied into the sandbox.
 
 use serde::{Deserialize, Serialize};
 use wasmpipe_sdk::{Batch, Column, Estimator, Outcome, Predictor, Result, Task};
@@ -33,7 +35,7 @@ fn default_prediction() -> String {
     "prediction".into()
 }
 
-/// Partial normal equations over `[1, x_1 .. x_p]`.
+/// Partial normal equations over `[1, x_1 .. x_p]` (X^T X row-major).
 #[derive(Serialize, Deserialize)]
 struct State {
     rows: u64,
@@ -51,19 +53,9 @@ struct Model {
     rows: u64,
 }
 
-/// Read the feature columns (as f64) and a row-validity mask.
-fn features(batch: &Batch, names: &[String]) -> Result<(Vec<Vec<f64>>, Vec<bool>)> {
-    let rows = batch.num_rows() as usize;
-    let mut valid = vec![true; rows];
-    let mut cols = Vec::with_capacity(names.len());
-    for name in names {
-        let values = batch.f64s(name)?;
-        for (v, x) in valid.iter_mut().zip(&values) {
-            *v &= x.is_finite();
-        }
-        cols.push(values);
-    }
-    Ok((cols, valid))
+/// The named columns of `batch`, as handles.
+fn columns(batch: &Batch, names: &[String]) -> Result<Vec<Column>> {
+    names.iter().map(|n| batch.column(n)).collect()
 }
 
 struct LinReg;
@@ -81,28 +73,14 @@ impl Estimator for LinReg {
 
     fn update(state: &mut State, batch: &Batch) -> Result<()> {
         let config: Config = wasmpipe_sdk::config()?;
-        let (x, mut valid) = features(batch, &config.features)?;
-        let y = batch.f64s(&config.target)?;
-        for (v, t) in valid.iter_mut().zip(&y) {
-            *v &= t.is_finite();
-        }
-        let k = x.len() + 1;
-        let mut row = vec![1.0; k];
-        for i in 0..y.len() {
-            if !valid[i] {
-                continue;
-            }
-            for (j, col) in x.iter().enumerate() {
-                row[j + 1] = col[i];
-            }
-            for (a, &ra) in row.iter().enumerate() {
-                state.xty[a] += ra * y[i];
-                for (b, &rb) in row.iter().enumerate().skip(a) {
-                    state.xtx[a * k + b] += ra * rb;
-                }
-            }
-            state.rows += 1;
-        }
+        let x = columns(batch, &config.features)?;
+        let y = batch.column(&config.target)?;
+        // X^T X and X^T y computed natively in the host, over the rows
+        // where every value is present and finite.
+        let g = wasmpipe_sdk::gram(&x.iter().collect::<Vec<_>>(), &y, true)?;
+        state.rows += g.rows;
+        state.xtx.iter_mut().zip(g.xtx).for_each(|(a, b)| *a += b);
+        state.xty.iter_mut().zip(g.xty).for_each(|(a, b)| *a += b);
         Ok(())
     }
 
@@ -196,15 +174,9 @@ impl Predictor for Predict {
 
     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
         let m = &self.0;
-        let (x, valid) = features(&batch, &m.features)?;
-        let mut yhat = vec![m.intercept; valid.len()];
-        for (col, beta) in x.iter().zip(&m.coefficients) {
-            for (p, v) in yhat.iter_mut().zip(col) {
-                *p += beta * v;
-            }
-        }
-        let validity = if valid.iter().all(|v| *v) { None } else { Some(valid) };
-        Ok(Some(batch.with_column(&m.prediction, &Column::from_f64(&yhat, validity.as_deref())?)?))
+        let x = columns(&batch, &m.features)?;
+        let yhat = wasmpipe_sdk::matvec(&x.iter().collect::<Vec<_>>(), &m.coefficients, m.intercept)?;
+        Ok(Some(batch.with_column(&m.prediction, &yhat)?))
     }
 }
 

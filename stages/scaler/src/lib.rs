@@ -2,7 +2,9 @@
 //! standard deviation, then maps x to (x - mean) / std, as scikit-learn's
 //! `StandardScaler`. Partition states merge exactly with Chan et al.'s
 //! pairwise update, so the result does not depend on partitioning beyond
-//! floating-point rounding. Nulls are skipped when fitting and stay null.
+//! floating-point rounding. Null and NaN values are skipped when fitting
+//! (as scikit-learn does) and stay null or NaN. Both halves run on native
+//! host kernels: no column values are copied into the sandbox.
 //!
 //! ```toml
 //! [stage.scale.config]
@@ -10,7 +12,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Column, Estimator, Outcome, Predictor, Result, Task};
+use wasmpipe_sdk::{Batch, Estimator, Outcome, Predictor, Result, Task};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +29,7 @@ struct Moments {
 }
 
 impl Moments {
+    #[cfg(test)]
     fn push(&mut self, x: f64) {
         self.n += 1;
         let delta = x - self.mean;
@@ -76,13 +79,10 @@ impl Estimator for Scaler {
     }
 
     fn update(state: &mut State, batch: &Batch) -> Result<()> {
+        // The host summarizes each column natively; no values are copied in.
         for (name, m) in state.columns.iter().zip(&mut state.moments) {
-            let column = batch.column(name)?;
-            let values = column.read_f64()?;
-            match column.validity() {
-                None => values.iter().for_each(|&x| m.push(x)),
-                Some(valid) => values.iter().zip(valid).filter(|(_, v)| *v).for_each(|(&x, _)| m.push(x)),
-            }
+            let s = batch.column(name)?.summarize()?;
+            *m = Moments::merge(*m, Moments { n: s.count, mean: s.mean, m2: s.m2 });
         }
         Ok(())
     }
@@ -124,9 +124,9 @@ impl Predictor for Apply {
     fn transform(&mut self, mut batch: Batch) -> Result<Option<Batch>> {
         let m = &self.0;
         for ((name, mean), std) in m.columns.iter().zip(&m.mean).zip(&m.std) {
-            let column = batch.column(name)?;
-            let scaled: Vec<f64> = column.read_f64()?.iter().map(|x| (x - mean) / std).collect();
-            batch = batch.with_column(name, &Column::from_f64(&scaled, column.validity().as_deref())?)?;
+            // (x - mean) / std in the host, handle to handle.
+            let scaled = batch.column(name)?.sub_scalar(*mean)?.div_scalar(*std)?;
+            batch = batch.with_column(name, &scaled)?;
         }
         Ok(Some(batch))
     }

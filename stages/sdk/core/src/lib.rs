@@ -161,6 +161,96 @@ impl Column {
     }
 }
 
+use bindings::imports::wasmpipe::stage::kernels as k;
+pub use bindings::imports::wasmpipe::stage::kernels::{Arith, Compare, NormalEquations, Summary};
+
+/// Native kernels: each runs in the host, vectorized, on the handles, and
+/// returns a new handle (or a small result). No values enter the guest.
+/// Numeric inputs of any type are widened to f64; elementwise results
+/// propagate nulls (see `wit/kernels.wit` for the exact rules).
+impl Column {
+    /// `self + other`, row by row.
+    pub fn add(&self, other: &Column) -> Result<Column> {
+        k::arith_columns(Arith::Add, self, other)
+    }
+    /// `self - other`, row by row.
+    pub fn sub(&self, other: &Column) -> Result<Column> {
+        k::arith_columns(Arith::Sub, self, other)
+    }
+    /// `self * other`, row by row.
+    pub fn mul(&self, other: &Column) -> Result<Column> {
+        k::arith_columns(Arith::Mul, self, other)
+    }
+    /// `self / other`, row by row (IEEE: x / 0 is ±inf).
+    pub fn div(&self, other: &Column) -> Result<Column> {
+        k::arith_columns(Arith::Div, self, other)
+    }
+    /// `self + x` for every row.
+    pub fn add_scalar(&self, x: f64) -> Result<Column> {
+        k::arith_scalar(Arith::Add, self, x)
+    }
+    /// `self - x` for every row.
+    pub fn sub_scalar(&self, x: f64) -> Result<Column> {
+        k::arith_scalar(Arith::Sub, self, x)
+    }
+    /// `self * x` for every row.
+    pub fn mul_scalar(&self, x: f64) -> Result<Column> {
+        k::arith_scalar(Arith::Mul, self, x)
+    }
+    /// `self / x` for every row.
+    pub fn div_scalar(&self, x: f64) -> Result<Column> {
+        k::arith_scalar(Arith::Div, self, x)
+    }
+    /// Boolean mask of `self op x` (IEEE: NaN compares false, `ne` true).
+    pub fn compare(&self, op: Compare, x: f64) -> Result<Column> {
+        k::compare_scalar(op, self, x)
+    }
+    /// Boolean mask of `self op other`, row by row.
+    pub fn compare_column(&self, op: Compare, other: &Column) -> Result<Column> {
+        k::compare_columns(op, self, other)
+    }
+    /// Mask AND (Kleene).
+    pub fn and(&self, other: &Column) -> Result<Column> {
+        k::and(self, other)
+    }
+    /// Mask OR (Kleene).
+    pub fn or(&self, other: &Column) -> Result<Column> {
+        k::or(self, other)
+    }
+    /// Mask NOT.
+    pub fn not(&self) -> Result<Column> {
+        k::not(self)
+    }
+    /// True where the row is null.
+    pub fn is_null(&self) -> Column {
+        k::is_null(self)
+    }
+    /// True where the value is NaN.
+    pub fn is_nan(&self) -> Result<Column> {
+        k::is_nan(self)
+    }
+    /// Count, sum, mean, sum of squared deviations, min and max of the
+    /// non-null, non-NaN values.
+    pub fn summarize(&self) -> Result<Summary> {
+        k::summarize(self)
+    }
+    /// Sum of `self[i] * other[i]` over rows where both are non-null.
+    pub fn dot(&self, other: &Column) -> Result<f64> {
+        k::dot(self, other)
+    }
+}
+
+/// X^T X and X^T y over the rows where every feature and the target are
+/// non-null and finite; `intercept` prepends a column of ones.
+pub fn gram(features: &[&Column], target: &Column, intercept: bool) -> Result<NormalEquations> {
+    k::gram(features, target, intercept)
+}
+
+/// `bias + sum_j weights[j] * columns[j]`, row by row.
+pub fn matvec(columns: &[&Column], weights: &[f64], bias: f64) -> Result<Column> {
+    k::matvec(columns, weights, bias)
+}
+
 /// Encode a state, carry or model for the host. JSON: readable in the
 /// object store, exact for f64 (shortest round-trip form).
 #[doc(hidden)]

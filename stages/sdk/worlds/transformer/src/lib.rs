@@ -14,6 +14,7 @@ pub mod bindings {
         with: {
             "wasmpipe:stage/types@0.1.0": wasmpipe_sdk_core::bindings::imports::wasmpipe::stage::types,
             "wasmpipe:stage/host@0.1.0": wasmpipe_sdk_core::bindings::imports::wasmpipe::stage::host,
+            "wasmpipe:stage/kernels@0.1.0": wasmpipe_sdk_core::bindings::imports::wasmpipe::stage::kernels,
         },
         default_bindings_module: "wasmpipe_sdk_transformer::bindings",
         pub_export_macro: true,
