@@ -1,8 +1,6 @@
 //! The demo pipeline end to end: real components on the diabetes data,
-//! checked against numpy, pyarrow and DuckDB, through the library and the
-//! `wasmpipe` binary.
-
-use std::process::Command;
+//! checked against numpy, pyarrow and DuckDB. (The `wasmpipe` binary's own
+//! tests are in `host/cli/tests/`.)
 
 use wasmpipe_manifest::Manifest;
 use wasmpipe_tests::*;
@@ -108,43 +106,4 @@ fn rerun_commits_anew_and_removes_what_the_new_commit_does_not_list() {
     // Lineage: the commit names its input's commit and the component.
     assert!(commit["inputs"][0].as_str().unwrap().ends_with(&format!("diabetes/ingest@{}", second.run_id)));
     assert_eq!(commit["component"].as_str().unwrap().len(), 64);
-}
-
-#[test]
-fn the_binary_runs_the_demo_and_prints_the_summary() {
-    let store = tempfile::tempdir().unwrap();
-    let out = Command::new(wasmpipe_bin())
-        .args(["run", "examples/diabetes/wasmpipe.toml", "--parallelism", "2", "--store"])
-        .arg(store.path())
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.lines().any(|l| l == "r2 = 0.5177"), "{stdout}");
-    for header in ["stage", "tasks", "rows in", "rows out", "read", "written", "time"] {
-        assert!(stdout.contains(header), "summary lacks {header:?}:\n{stdout}");
-    }
-    assert!(stderr.contains("[clean[0]] kept 64 of 64 rows"), "{stderr}");
-    assert!(store.path().join("diabetes/evaluate/_wasmpipe_commit.json").is_file());
-}
-
-#[test]
-fn wasmpipe_build_prints_path_size_and_hash_of_a_component() {
-    let out = Command::new(wasmpipe_bin()).args(["build", "stages/passthrough"]).current_dir(repo()).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let mut lines = stdout.lines();
-    let path = std::path::PathBuf::from(lines.next().unwrap());
-    let bytes = std::fs::read(&path).unwrap();
-    assert!(wasmparser_is_component(&bytes), "{} is not a component", path.display());
-    assert_eq!(lines.next().unwrap(), format!("size   {} bytes", bytes.len()));
-    let hash = lines.next().unwrap().strip_prefix("sha256 ").unwrap();
-    assert_eq!(hash.len(), 64);
-}
-
-/// A component's preamble: magic, then version 0x0d with layer 1.
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
-    bytes.len() > 8 && &bytes[0..4] == b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
 }

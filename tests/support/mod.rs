@@ -90,15 +90,6 @@ pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
-/// The `wasmpipe` binary of this build.
-pub fn wasmpipe_bin() -> PathBuf {
-    // target/<profile>/deps/<test> -> target/<profile>/wasmpipe
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("wasmpipe");
-    assert!(bin.is_file(), "{} is missing: build it with `cargo build --release -p wasmpipe-cli`", bin.display());
-    bin
-}
-
 /// Read every row of a committed stage output, in commit order.
 pub fn read_committed(output_dir: &Path) -> Vec<arrow::record_batch::RecordBatch> {
     let commit: serde_json::Value =

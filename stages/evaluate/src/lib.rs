@@ -1,6 +1,7 @@
 //! Regression evaluation (aggregator): R^2, RMSE and MAE of a prediction
 //! column against a target column, from mergeable partial sums. The result
-//! is a JSON metrics document; the stage also logs `r2 = ...`.
+//! is a JSON metrics document; the stage also logs `r2 = ...`. The sums are
+//! computed by native host kernels; no values are copied into the sandbox.
 //!
 //! ```toml
 //! [stage.evaluate.config]
@@ -11,7 +12,7 @@
 //! Rows where either value is null or NaN are not counted.
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Estimator, Outcome, Result, Task};
+use wasmpipe_sdk::{Batch, Column, Compare, Estimator, Outcome, Result, Task, Unary};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,19 +60,24 @@ impl Estimator for Evaluate {
 
     fn update(s: &mut State, batch: &Batch) -> Result<()> {
         let config: Config = wasmpipe_sdk::config()?;
-        let y = batch.f64s(&config.target)?;
-        let p = batch.f64s(&config.prediction)?;
-        for (&y, &p) in y.iter().zip(&p) {
-            if !(y.is_finite() && p.is_finite()) {
-                continue;
-            }
-            s.n += 1;
-            let delta = y - s.mean;
-            s.mean += delta / s.n as f64;
-            s.m2 += delta * (y - s.mean);
-            s.sse += (y - p) * (y - p);
-            s.sae += (y - p).abs();
-        }
+        let (y, p) = (batch.column(&config.target)?, batch.column(&config.prediction)?);
+        // Everything runs on host kernels: keep rows where both are finite,
+        // summarize the target, and reduce the residuals.
+        let finite = |c: &Column| -> Result<Column> {
+            c.compare(Compare::Gt, f64::NEG_INFINITY)?.and(&c.compare(Compare::Lt, f64::INFINITY)?)
+        };
+        let keep = finite(&y)?.and(&finite(&p)?)?;
+        let (y, p) = (y.filter_by(&keep)?, p.filter_by(&keep)?);
+        let t = y.summarize()?;
+        let residual = y.sub(&p)?;
+        let part = State {
+            n: t.count,
+            mean: t.mean,
+            m2: t.m2,
+            sse: residual.dot(&residual)?,
+            sae: residual.map(Unary::Abs)?.summarize()?.sum,
+        };
+        *s = Evaluate::merge(std::mem::take(s), part)?;
         Ok(())
     }
 

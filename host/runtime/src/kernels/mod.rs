@@ -15,8 +15,11 @@ use arrow::datatypes::DataType as ArrowType;
 use wasmtime::Result;
 use wasmtime::component::Resource;
 
+use crate::bindings::DataType;
 use crate::bindings::WitError;
-use crate::bindings::wasmpipe::stage::kernels::{self, Arith, Compare, NormalEquations as Gram, Summary as Moments};
+use crate::bindings::wasmpipe::stage::kernels::{
+    self, Arith, Compare, NormalEquations as Gram, SortKey, Summary as Moments, Unary,
+};
 use crate::host::{ColumnHandle, StageState};
 
 type KernelResult<T> = std::result::Result<T, WitError>;
@@ -169,6 +172,63 @@ fn finite_rows(columns: &[Arc<Float64Array>]) -> (u64, Vec<Vec<f64>>, bool) {
     let filtered =
         columns.iter().map(|c| c.values().iter().zip(&keep).filter(|(_, k)| **k).map(|(v, _)| *v).collect()).collect();
     (keep.iter().filter(|k| **k).count() as u64, filtered, false)
+}
+
+/// The Arrow type for a WIT data type, for `cast`.
+fn arrow_type(t: &DataType) -> KernelResult<ArrowType> {
+    use crate::bindings::TimeUnit;
+    use arrow::datatypes::TimeUnit as U;
+    Ok(match t {
+        DataType::Boolean => ArrowType::Boolean,
+        DataType::Int32 => ArrowType::Int32,
+        DataType::Int64 => ArrowType::Int64,
+        DataType::Float32 => ArrowType::Float32,
+        DataType::Float64 => ArrowType::Float64,
+        DataType::Utf8 => ArrowType::Utf8,
+        DataType::Timestamp(u) => ArrowType::Timestamp(
+            match u {
+                TimeUnit::Second => U::Second,
+                TimeUnit::Millisecond => U::Millisecond,
+                TimeUnit::Microsecond => U::Microsecond,
+                TimeUnit::Nanosecond => U::Nanosecond,
+            },
+            None,
+        ),
+        DataType::Other(name) => return Err(WitError::TypeMismatch(format!("cannot cast to {name}"))),
+    })
+}
+
+/// `f(x)` for every value, keeping nulls.
+fn map_f64(values: &Float64Array, f: impl Fn(f64) -> f64) -> ArrayRef {
+    Arc::new(values.unary::<_, arrow::datatypes::Float64Type>(f))
+}
+
+/// Append row `i` of `array` to `buf` for hashing: a tag byte (null or
+/// value) and the value's bytes.
+fn hash_bytes(array: &dyn Array, i: usize, buf: &mut Vec<u8>) -> KernelResult<()> {
+    use arrow::array::{AsArray, StringArray};
+    use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type};
+    if array.is_null(i) {
+        buf.push(0);
+        return Ok(());
+    }
+    buf.push(1);
+    match array.data_type() {
+        ArrowType::Boolean => buf.push(u8::from(array.as_boolean().value(i))),
+        ArrowType::Int32 => buf.extend_from_slice(&i64::from(array.as_primitive::<Int32Type>().value(i)).to_le_bytes()),
+        ArrowType::Int64 => buf.extend_from_slice(&array.as_primitive::<Int64Type>().value(i).to_le_bytes()),
+        ArrowType::Float32 => {
+            buf.extend_from_slice(&f64::from(array.as_primitive::<Float32Type>().value(i)).to_le_bytes())
+        }
+        ArrowType::Float64 => buf.extend_from_slice(&array.as_primitive::<Float64Type>().value(i).to_le_bytes()),
+        ArrowType::Utf8 => {
+            let s = array.as_any().downcast_ref::<StringArray>().expect("utf8").value(i);
+            buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        }
+        other => return Err(WitError::TypeMismatch(format!("cannot hash a {other} column"))),
+    }
+    Ok(())
 }
 
 impl kernels::Host for StageState {
@@ -356,6 +416,229 @@ impl kernels::Host for StageState {
         })();
         self.push_kernel_column(out)
     }
+    fn map_unary(&mut self, op: Unary, values: Resource<ColumnHandle>) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let out = self.f64_column(&values)?.map(|v| match op {
+            Unary::Neg => map_f64(&v, |x| -x),
+            Unary::Abs => map_f64(&v, f64::abs),
+            Unary::Sqrt => map_f64(&v, f64::sqrt),
+            Unary::Exp => map_f64(&v, f64::exp),
+            Unary::Ln => map_f64(&v, f64::ln),
+        });
+        self.push_kernel_column(out)
+    }
+
+    fn pow(&mut self, values: Resource<ColumnHandle>, exponent: f64) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let out = self.f64_column(&values)?.map(|v| map_f64(&v, |x| x.powf(exponent)));
+        self.push_kernel_column(out)
+    }
+
+    fn clamp(
+        &mut self,
+        values: Resource<ColumnHandle>,
+        lo: f64,
+        hi: f64,
+    ) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let out = if lo > hi || lo.is_nan() || hi.is_nan() {
+            Err(WitError::InvalidArgument(format!("clamp bounds [{lo}, {hi}] are not an interval")))
+        } else {
+            self.f64_column(&values)?.map(|v| map_f64(&v, |x| x.clamp(lo, hi)))
+        };
+        self.push_kernel_column(out)
+    }
+
+    fn axpy(
+        &mut self,
+        a: f64,
+        x: Resource<ColumnHandle>,
+        y: Resource<ColumnHandle>,
+    ) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let (xs, ys) = (self.f64_column(&x)?, self.f64_column(&y)?);
+        let out = xs.and_then(|xs| {
+            ys.and_then(|ys| {
+                same_len(xs.as_ref(), ys.as_ref())?;
+                let values: Vec<f64> = xs.values().iter().zip(ys.values().iter()).map(|(x, y)| a * x + y).collect();
+                let nulls = NullBuffer::union(xs.nulls(), ys.nulls());
+                Ok(Arc::new(Float64Array::new(values.into(), nulls)) as ArrayRef)
+            })
+        });
+        self.push_kernel_column(out)
+    }
+
+    fn cast(&mut self, values: Resource<ColumnHandle>, to: DataType) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let array = self.array(&values)?;
+        let out = arrow_type(&to).and_then(|t| {
+            if !arrow::compute::can_cast_types(array.data_type(), &t) {
+                return Err(WitError::TypeMismatch(format!("cannot cast {} to {t}", array.data_type())));
+            }
+            let options = arrow::compute::CastOptions { safe: true, ..Default::default() };
+            arrow::compute::cast_with_options(&array, &t, &options).map_err(arrow_err)
+        });
+        self.push_kernel_column(out)
+    }
+
+    fn fill_null(
+        &mut self,
+        values: Resource<ColumnHandle>,
+        value: f64,
+    ) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let out = self.f64_column(&values)?.map(|v| {
+            let filled: Vec<f64> = v.iter().map(|x| x.unwrap_or(value)).collect();
+            Arc::new(Float64Array::from(filled)) as ArrayRef
+        });
+        self.push_kernel_column(out)
+    }
+
+    fn if_then_else(
+        &mut self,
+        mask: Resource<ColumnHandle>,
+        then: Resource<ColumnHandle>,
+        otherwise: Resource<ColumnHandle>,
+    ) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let (m, t, o) = (self.array(&mask)?, self.array(&then)?, self.array(&otherwise)?);
+        let out = as_bool(&m).and_then(|m| {
+            same_len(m, t.as_ref())?;
+            same_len(m, o.as_ref())?;
+            if t.data_type() != o.data_type() {
+                let msg = format!("then is {} but otherwise is {}", t.data_type(), o.data_type());
+                return Err(WitError::TypeMismatch(msg));
+            }
+            arrow::compute::kernels::zip::zip(m, &t, &o).map_err(arrow_err)
+        });
+        self.push_kernel_column(out)
+    }
+
+    fn filter(
+        &mut self,
+        values: Resource<ColumnHandle>,
+        mask: Resource<ColumnHandle>,
+    ) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let (v, m) = (self.array(&values)?, self.array(&mask)?);
+        let out = as_bool(&m).and_then(|m| {
+            same_len(v.as_ref(), m)?;
+            arrow::compute::filter(&v, m).map_err(arrow_err)
+        });
+        self.push_kernel_column(out)
+    }
+
+    fn take(
+        &mut self,
+        values: Resource<ColumnHandle>,
+        indices: Resource<ColumnHandle>,
+    ) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let (v, i) = (self.array(&values)?, self.array(&indices)?);
+        let out = if !i.data_type().is_integer() {
+            Err(WitError::TypeMismatch(format!("indices must be integers, found {}", i.data_type())))
+        } else {
+            let options = arrow::compute::TakeOptions { check_bounds: true };
+            arrow::compute::take(&v, &i, Some(options)).map_err(arrow_err)
+        };
+        self.push_kernel_column(out)
+    }
+
+    fn concat(&mut self, columns: Vec<Resource<ColumnHandle>>) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let arrays = columns.iter().map(|c| self.array(c)).collect::<Result<Vec<_>>>()?;
+        let out = match arrays.first() {
+            None => Err(WitError::InvalidArgument("concat of no columns".into())),
+            Some(first) if arrays.iter().any(|a| a.data_type() != first.data_type()) => {
+                Err(WitError::TypeMismatch("concat of columns of different types".into()))
+            }
+            Some(_) => {
+                let refs: Vec<&dyn Array> = arrays.iter().map(|a| a.as_ref()).collect();
+                arrow::compute::concat(&refs).map_err(arrow_err)
+            }
+        };
+        self.push_kernel_column(out)
+    }
+
+    fn sort_to_indices(
+        &mut self,
+        columns: Vec<Resource<ColumnHandle>>,
+        keys: Vec<SortKey>,
+    ) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let arrays = columns.iter().map(|c| self.array(c)).collect::<Result<Vec<_>>>()?;
+        let out = if arrays.len() != keys.len() || arrays.is_empty() {
+            Err(WitError::InvalidArgument(format!("{} columns but {} sort keys", arrays.len(), keys.len())))
+        } else {
+            let sort: Vec<arrow::compute::SortColumn> = arrays
+                .iter()
+                .zip(&keys)
+                .map(|(a, k)| arrow::compute::SortColumn {
+                    values: a.clone(),
+                    options: Some(arrow::compute::SortOptions { descending: k.descending, nulls_first: k.nulls_first }),
+                })
+                .collect();
+            arrow::compute::lexsort_to_indices(&sort, None).map(|i| Arc::new(i) as ArrayRef).map_err(arrow_err)
+        };
+        self.push_kernel_column(out)
+    }
+
+    fn histogram(
+        &mut self,
+        values: Resource<ColumnHandle>,
+        bins: u32,
+        lo: f64,
+        hi: f64,
+    ) -> Result<KernelResult<Vec<u64>>> {
+        if bins == 0 || lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
+            let msg = format!("histogram needs bins > 0 and lo < hi (got {bins} bins over [{lo}, {hi}])");
+            return Ok(Err(WitError::InvalidArgument(msg)));
+        }
+        Ok(self.f64_column(&values)?.map(|v| {
+            let mut counts = vec![0u64; bins as usize];
+            let width = (hi - lo) / bins as f64;
+            for x in v.iter().flatten() {
+                if x >= lo && x <= hi {
+                    let bin = (((x - lo) / width) as usize).min(bins as usize - 1);
+                    counts[bin] += 1;
+                }
+            }
+            counts
+        }))
+    }
+
+    fn distinct_count(&mut self, values: Resource<ColumnHandle>) -> Result<KernelResult<u64>> {
+        let array = self.array(&values)?;
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = Vec::new();
+        for i in 0..array.len() {
+            if array.is_null(i) {
+                continue;
+            }
+            buf.clear();
+            if let Err(e) = hash_bytes(array.as_ref(), i, &mut buf) {
+                return Ok(Err(e));
+            }
+            seen.insert(buf.clone());
+        }
+        Ok(Ok(seen.len() as u64))
+    }
+
+    fn hash_rows(
+        &mut self,
+        columns: Vec<Resource<ColumnHandle>>,
+        seed: u64,
+    ) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let arrays = columns.iter().map(|c| self.array(c)).collect::<Result<Vec<_>>>()?;
+        let out = (|| {
+            let Some(first) = arrays.first() else {
+                return Err(WitError::InvalidArgument("hash of no columns".into()));
+            };
+            for a in &arrays {
+                same_len(a.as_ref(), first.as_ref())?;
+            }
+            let mut hashes = Vec::with_capacity(first.len());
+            let mut buf = Vec::new();
+            for i in 0..first.len() {
+                buf.clear();
+                for a in &arrays {
+                    hash_bytes(a.as_ref(), i, &mut buf)?;
+                }
+                hashes.push(xxhash_rust::xxh3::xxh3_64_with_seed(&buf, seed));
+            }
+            Ok(Arc::new(arrow::array::UInt64Array::from(hashes)) as ArrayRef)
+        })();
+        self.push_kernel_column(out)
+    }
 }
 
 #[cfg(test)]
@@ -433,5 +716,231 @@ mod tests {
         let (rows, filtered, borrowed) = finite_rows(&[a, y]);
         assert_eq!((rows, borrowed), (2, false));
         assert_eq!(filtered, vec![vec![1.0, 5.0], vec![1.0, 5.0]]);
+    }
+}
+
+/// The kernels through the `Host` trait, as a guest calls them: handles in,
+/// handles out, against straightforward scalar references.
+#[cfg(test)]
+mod host_tests {
+    use arrow::array::{Int64Array, StringArray, UInt32Array, UInt64Array};
+    use kernels::Host;
+
+    use super::*;
+    use crate::host::MemoryCap;
+
+    fn state() -> StageState {
+        StageState {
+            table: wasmtime::component::ResourceTable::new(),
+            limits: MemoryCap { cap: 1 << 20, refused: None },
+            wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
+            config_json: "{}".into(),
+            label: "test".into(),
+            log: Vec::new(),
+            sink: None,
+        }
+    }
+
+    fn put(s: &mut StageState, a: ArrayRef) -> Resource<ColumnHandle> {
+        s.table.push(ColumnHandle(a)).unwrap()
+    }
+
+    fn get(s: &StageState, h: KernelResult<Resource<ColumnHandle>>) -> ArrayRef {
+        s.table.get(&h.expect("kernel succeeds")).unwrap().0.clone()
+    }
+
+    fn f64_of(a: &ArrayRef) -> Vec<Option<f64>> {
+        a.as_any().downcast_ref::<Float64Array>().unwrap().iter().collect()
+    }
+
+    /// Random values with nulls, NaN and infinities mixed in.
+    fn random(n: usize, seed: u64) -> Vec<Option<f64>> {
+        let mut x = seed;
+        (0..n)
+            .map(|i| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                match i % 17 {
+                    3 => None,
+                    5 => Some(f64::NAN),
+                    7 => Some(f64::INFINITY),
+                    _ => Some((x >> 11) as f64 / (1u64 << 53) as f64 * 20.0 - 10.0),
+                }
+            })
+            .collect()
+    }
+
+    fn same(a: &[Option<f64>], b: &[Option<f64>]) -> bool {
+        a.len() == b.len()
+            && a.iter().zip(b).all(|(x, y)| match (x, y) {
+                (None, None) => true,
+                (Some(x), Some(y)) => x == y || (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-12 * x.abs().max(1.0),
+                _ => false,
+            })
+    }
+
+    #[test]
+    fn elementwise_kernels_match_scalar_references() {
+        let mut s = state();
+        let (xv, yv) = (random(1000, 1), random(1000, 2));
+        let x = put(&mut s, Arc::new(Float64Array::from(xv.clone())));
+        let y = put(&mut s, Arc::new(Float64Array::from(yv.clone())));
+        let both = |f: fn(f64, f64) -> f64| -> Vec<Option<f64>> {
+            xv.iter().zip(&yv).map(|(a, b)| Some(f((*a)?, (*b)?))).collect()
+        };
+        for (op, f) in [
+            (Arith::Add, (|a, b| a + b) as fn(f64, f64) -> f64),
+            (Arith::Sub, |a, b| a - b),
+            (Arith::Mul, |a, b| a * b),
+            (Arith::Div, |a, b| a / b),
+        ] {
+            let r = s.arith_columns(op, Resource::new_borrow(x.rep()), Resource::new_borrow(y.rep())).unwrap();
+            assert!(same(&f64_of(&get(&s, r)), &both(f)), "{op:?}");
+        }
+        let one = |f: fn(f64) -> f64| -> Vec<Option<f64>> { xv.iter().map(|a| a.map(f)).collect() };
+        for (op, f) in [
+            (Unary::Neg, (|a: f64| -a) as fn(f64) -> f64),
+            (Unary::Abs, f64::abs),
+            (Unary::Sqrt, f64::sqrt),
+            (Unary::Exp, f64::exp),
+            (Unary::Ln, f64::ln),
+        ] {
+            let r = s.map_unary(op, Resource::new_borrow(x.rep())).unwrap();
+            assert!(same(&f64_of(&get(&s, r)), &one(f)), "{op:?}");
+        }
+        let r = s.pow(Resource::new_borrow(x.rep()), 2.0).unwrap();
+        assert!(same(&f64_of(&get(&s, r)), &one(|a| a.powf(2.0))));
+        let r = s.clamp(Resource::new_borrow(x.rep()), -1.0, 1.0).unwrap();
+        assert!(same(&f64_of(&get(&s, r)), &one(|a| a.clamp(-1.0, 1.0))));
+        let r = s.axpy(3.0, Resource::new_borrow(x.rep()), Resource::new_borrow(y.rep())).unwrap();
+        assert!(same(&f64_of(&get(&s, r)), &both(|a, b| 3.0 * a + b)));
+        let r = s.fill_null(Resource::new_borrow(x.rep()), -7.0).unwrap();
+        let filled = f64_of(&get(&s, r));
+        assert!(same(&filled, &xv.iter().map(|a| Some(a.unwrap_or(-7.0))).collect::<Vec<_>>()));
+        assert!(matches!(
+            s.clamp(Resource::new_borrow(x.rep()), 1.0, -1.0).unwrap(),
+            Err(WitError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn reductions_match_scalar_references() {
+        let mut s = state();
+        let (xv, yv) = (random(5000, 3), random(5000, 4));
+        let x = put(&mut s, Arc::new(Float64Array::from(xv.clone())));
+        let y = put(&mut s, Arc::new(Float64Array::from(yv.clone())));
+        let finite: Vec<f64> = xv.iter().flatten().copied().filter(|v| !v.is_nan()).collect();
+        let m = s.summarize(Resource::new_borrow(x.rep())).unwrap().unwrap();
+        assert_eq!(m.count as usize, finite.len());
+        assert_eq!(m.sum, finite.iter().sum::<f64>(), "an infinity makes both infinite");
+        let dot = s.dot(Resource::new_borrow(x.rep()), Resource::new_borrow(y.rep())).unwrap().unwrap();
+        let want: f64 = xv.iter().zip(&yv).filter_map(|(a, b)| Some((*a)? * (*b)?)).sum();
+        assert!(dot.is_nan() == want.is_nan(), "{dot} vs {want}");
+
+        let g = s.gram(vec![Resource::new_borrow(x.rep())], Resource::new_borrow(y.rep()), true).unwrap().unwrap();
+        let rows: Vec<(f64, f64)> = xv
+            .iter()
+            .zip(&yv)
+            .filter_map(|(a, b)| Some(((*a)?, (*b)?)))
+            .filter(|(a, b)| a.is_finite() && b.is_finite())
+            .collect();
+        assert_eq!(g.rows as usize, rows.len());
+        let sxx: f64 = rows.iter().map(|(a, _)| a * a).sum();
+        let sxy: f64 = rows.iter().map(|(a, b)| a * b).sum();
+        assert_eq!(g.xtx[0], rows.len() as f64);
+        assert!((g.xtx[3] - sxx).abs() < 1e-9 * sxx && (g.xty[1] - sxy).abs() < 1e-9 * sxy.abs().max(1.0));
+
+        let h = s.histogram(Resource::new_borrow(x.rep()), 4, -10.0, 10.0).unwrap().unwrap();
+        let in_range = xv.iter().flatten().filter(|v| (-10.0..=10.0).contains(*v)).count();
+        assert_eq!(h.iter().sum::<u64>() as usize, in_range);
+        assert!(matches!(
+            s.histogram(Resource::new_borrow(x.rep()), 0, 0.0, 1.0).unwrap(),
+            Err(WitError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn empty_columns_and_length_mismatches() {
+        let mut s = state();
+        let empty = put(&mut s, Arc::new(Float64Array::from(Vec::<f64>::new())));
+        let three = put(&mut s, Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])));
+        let m = s.summarize(Resource::new_borrow(empty.rep())).unwrap().unwrap();
+        assert_eq!(m.count, 0);
+        assert_eq!(s.dot(Resource::new_borrow(empty.rep()), Resource::new_borrow(empty.rep())).unwrap().unwrap(), 0.0);
+        for r in [
+            s.arith_columns(Arith::Add, Resource::new_borrow(empty.rep()), Resource::new_borrow(three.rep()))
+                .unwrap()
+                .err(),
+            s.axpy(1.0, Resource::new_borrow(empty.rep()), Resource::new_borrow(three.rep())).unwrap().err(),
+        ] {
+            assert!(matches!(r, Some(WitError::LengthMismatch(_))), "{r:?}");
+        }
+        assert!(matches!(
+            s.dot(Resource::new_borrow(empty.rep()), Resource::new_borrow(three.rep())).unwrap(),
+            Err(WitError::LengthMismatch(_))
+        ));
+        assert!(matches!(
+            s.matvec(vec![Resource::new_borrow(three.rep())], vec![1.0, 2.0], 0.0).unwrap(),
+            Err(WitError::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn selection_kernels() {
+        let mut s = state();
+        let v = put(&mut s, Arc::new(Float64Array::from(vec![Some(3.0), None, Some(1.0), Some(2.0)])));
+        let mask = put(&mut s, Arc::new(BooleanArray::from(vec![Some(true), Some(true), None, Some(false)])));
+        let r = s.filter(Resource::new_borrow(v.rep()), Resource::new_borrow(mask.rep())).unwrap();
+        assert_eq!(f64_of(&get(&s, r)), vec![Some(3.0), None]);
+
+        let idx = put(&mut s, Arc::new(Int64Array::from(vec![3, 0])));
+        let r = s.take(Resource::new_borrow(v.rep()), Resource::new_borrow(idx.rep())).unwrap();
+        assert_eq!(f64_of(&get(&s, r)), vec![Some(2.0), Some(3.0)]);
+        let bad = put(&mut s, Arc::new(Int64Array::from(vec![9])));
+        assert!(s.take(Resource::new_borrow(v.rep()), Resource::new_borrow(bad.rep())).unwrap().is_err());
+
+        let r = s.concat(vec![Resource::new_borrow(v.rep()), Resource::new_borrow(v.rep())]).unwrap();
+        assert_eq!(get(&s, r).len(), 8);
+
+        let key = SortKey { descending: true, nulls_first: true };
+        let r = s.sort_to_indices(vec![Resource::new_borrow(v.rep())], vec![key]).unwrap();
+        let order: Vec<u32> = get(&s, r).as_any().downcast_ref::<UInt32Array>().unwrap().values().to_vec();
+        assert_eq!(order, vec![1, 0, 3, 2]);
+
+        let other = put(&mut s, Arc::new(Float64Array::from(vec![9.0, 9.0, 9.0, 9.0])));
+        let r = s
+            .if_then_else(
+                Resource::new_borrow(mask.rep()),
+                Resource::new_borrow(v.rep()),
+                Resource::new_borrow(other.rep()),
+            )
+            .unwrap();
+        assert_eq!(f64_of(&get(&s, r)), vec![Some(3.0), None, Some(9.0), Some(9.0)]);
+    }
+
+    #[test]
+    fn casts_hashes_and_distinct_counts() {
+        let mut s = state();
+        let big = put(&mut s, Arc::new(Float64Array::from(vec![1.5, 3e10, -2.0])));
+        let r = s.cast(Resource::new_borrow(big.rep()), DataType::Int32).unwrap();
+        let ints = get(&s, r);
+        let ints = ints.as_any().downcast_ref::<arrow::array::Int32Array>().unwrap();
+        assert_eq!(ints.iter().collect::<Vec<_>>(), vec![Some(1), None, Some(-2)], "out of range becomes null");
+
+        let names = put(&mut s, Arc::new(StringArray::from(vec![Some("a"), Some("b"), Some("a"), None])));
+        let nums = put(&mut s, Arc::new(Int64Array::from(vec![Some(1), Some(1), Some(1), None])));
+        let r = s.hash_rows(vec![Resource::new_borrow(names.rep()), Resource::new_borrow(nums.rep())], 42).unwrap();
+        let h = get(&s, r);
+        let h = h.as_any().downcast_ref::<UInt64Array>().unwrap().values().to_vec();
+        assert_eq!(h[0], h[2], "equal rows hash equal");
+        assert_ne!(h[0], h[1]);
+        let mut expected = vec![1u8];
+        expected.extend_from_slice(&1u64.to_le_bytes());
+        expected.push(b'a');
+        expected.push(1);
+        expected.extend_from_slice(&1i64.to_le_bytes());
+        assert_eq!(h[0], xxhash_rust::xxh3::xxh3_64_with_seed(&expected, 42), "stable across runs and machines");
+
+        assert_eq!(s.distinct_count(Resource::new_borrow(names.rep())).unwrap().unwrap(), 2);
+        assert_eq!(s.distinct_count(Resource::new_borrow(nums.rep())).unwrap().unwrap(), 1);
     }
 }

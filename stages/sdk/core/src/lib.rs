@@ -162,7 +162,7 @@ impl Column {
 }
 
 use bindings::imports::wasmpipe::stage::kernels as k;
-pub use bindings::imports::wasmpipe::stage::kernels::{Arith, Compare, NormalEquations, Summary};
+pub use bindings::imports::wasmpipe::stage::kernels::{Arith, Compare, NormalEquations, SortKey, Summary, Unary};
 
 /// Native kernels: each runs in the host, vectorized, on the handles, and
 /// returns a new handle (or a small result). No values enter the guest.
@@ -238,6 +238,70 @@ impl Column {
     pub fn dot(&self, other: &Column) -> Result<f64> {
         k::dot(self, other)
     }
+}
+
+/// More native kernels: math, conversion, selection, hashing.
+impl Column {
+    /// `op(x)` for every row (neg, abs, sqrt, exp, ln).
+    pub fn map(&self, op: Unary) -> Result<Column> {
+        k::map_unary(op, self)
+    }
+    /// `x ^ exponent` for every row.
+    pub fn pow(&self, exponent: f64) -> Result<Column> {
+        k::pow(self, exponent)
+    }
+    /// Every value limited to `[lo, hi]`.
+    pub fn clamp(&self, lo: f64, hi: f64) -> Result<Column> {
+        k::clamp(self, lo, hi)
+    }
+    /// The column as `to` (values that do not fit become null).
+    pub fn cast(&self, to: &DataType) -> Result<Column> {
+        k::cast(self, to)
+    }
+    /// Nulls replaced by `value`.
+    pub fn fill_null(&self, value: f64) -> Result<Column> {
+        k::fill_null(self, value)
+    }
+    /// `self ? then : otherwise`, for a boolean mask.
+    pub fn choose(&self, then: &Column, otherwise: &Column) -> Result<Column> {
+        k::if_then_else(self, then, otherwise)
+    }
+    /// The rows where `mask` is true.
+    pub fn filter_by(&self, mask: &Column) -> Result<Column> {
+        k::filter(self, mask)
+    }
+    /// The rows at `indices`, in that order.
+    pub fn take(&self, indices: &Column) -> Result<Column> {
+        k::take(self, indices)
+    }
+    /// Counts in `bins` equal-width bins over `[lo, hi]`.
+    pub fn histogram(&self, bins: u32, lo: f64, hi: f64) -> Result<Vec<u64>> {
+        k::histogram(self, bins, lo, hi)
+    }
+    /// Number of distinct non-null values.
+    pub fn distinct_count(&self) -> Result<u64> {
+        k::distinct_count(self)
+    }
+}
+
+/// `a * x + y`, row by row.
+pub fn axpy(a: f64, x: &Column, y: &Column) -> Result<Column> {
+    k::axpy(a, x, y)
+}
+
+/// The columns one after another.
+pub fn concat(columns: &[&Column]) -> Result<Column> {
+    k::concat(columns)
+}
+
+/// Row indices that sort by `columns` under `keys` (stable).
+pub fn sort_to_indices(columns: &[&Column], keys: &[SortKey]) -> Result<Column> {
+    k::sort_to_indices(columns, keys)
+}
+
+/// A stable 64-bit hash of each row over `columns`.
+pub fn hash_rows(columns: &[&Column], seed: u64) -> Result<Column> {
+    k::hash_rows(columns, seed)
 }
 
 /// X^T X and X^T y over the rows where every feature and the target are

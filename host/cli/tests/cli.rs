@@ -1,0 +1,67 @@
+//! The `wasmpipe` binary, driven as a user would: `run` on the demo,
+//! `build` on a stage crate, and a bad manifest.
+
+use std::process::Command;
+
+use wasmpipe_tests::repo;
+
+fn wasmpipe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wasmpipe"))
+}
+
+#[test]
+fn the_binary_runs_the_demo_and_prints_the_summary() {
+    let store = tempfile::tempdir().unwrap();
+    let out = wasmpipe()
+        .args(["run", "examples/diabetes/wasmpipe.toml", "--parallelism", "2", "--store"])
+        .arg(store.path())
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.lines().any(|l| l == "r2 = 0.5177"), "{stdout}");
+    for header in ["stage", "tasks", "rows in", "rows out", "read", "written", "time"] {
+        assert!(stdout.contains(header), "summary lacks {header:?}:\n{stdout}");
+    }
+    assert!(stderr.contains("[clean[0]] kept 64 of 64 rows"), "{stderr}");
+    assert!(store.path().join("diabetes/evaluate/_wasmpipe_commit.json").is_file());
+}
+
+#[test]
+fn wasmpipe_build_prints_path_size_and_hash_of_a_component() {
+    let out = wasmpipe().args(["build", "stages/passthrough"]).current_dir(repo()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = stdout.lines();
+    let path = std::path::PathBuf::from(lines.next().unwrap());
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(wasmparser_is_component(&bytes), "{} is not a component", path.display());
+    assert_eq!(lines.next().unwrap(), format!("size   {} bytes", bytes.len()));
+    let hash = lines.next().unwrap().strip_prefix("sha256 ").unwrap();
+    assert_eq!(hash.len(), 64);
+}
+
+/// A component's preamble: magic, then version 0x0d with layer 1.
+fn wasmparser_is_component(bytes: &[u8]) -> bool {
+    bytes.len() > 8 && &bytes[0..4] == b"\0asm" && bytes[4..8] == [0x0d, 0x00, 0x01, 0x00]
+}
+#[test]
+fn the_binary_reports_a_bad_manifest_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("wasmpipe.toml");
+    std::fs::write(&manifest, "version = 1\nname = \"x\"\n[stage.a]\ncomponent = \"a.wasm\"\ninput = [\"x.csv\"]\n")
+        .unwrap();
+    let out = wasmpipe().arg("run").arg(&manifest).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains("wasmpipe.toml") && stderr.contains("unknown field `input`"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = wasmpipe().args(["run", "/no/such/wasmpipe.toml"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot read manifest /no/such/wasmpipe.toml"), "{stderr}");
+}
