@@ -125,7 +125,7 @@ impl Predictor for Apply {
         let m = &self.0;
         for ((name, mean), std) in m.columns.iter().zip(&m.mean).zip(&m.std) {
             // (x - mean) / std in the host, handle to handle.
-            let scaled = batch.column(name)?.sub_scalar(*mean)?.div_scalar(*std)?;
+            let scaled = batch.column(name)?.standardize(*mean, *std)?;
             batch = batch.with_column(name, &scaled)?;
         }
         Ok(Some(batch))

@@ -105,41 +105,38 @@ fn compare(
 /// Moments of the non-null, non-NaN values.
 pub fn moments(values: &Float64Array) -> Moments {
     let nulls = values.null_count() as u64;
-    let mut nans = 0u64;
-    let (mut count, mut sum, mut min, mut max) = (0u64, 0.0f64, f64::INFINITY, f64::NEG_INFINITY);
-    let counted = |i: usize| values.is_valid(i) && !values.value(i).is_nan();
     let raw = values.values();
-    if nulls == 0 && !raw.iter().any(|v| v.is_nan()) {
-        count = raw.len() as u64;
-        sum = simd::sum(raw);
-        for &v in raw.iter() {
-            min = min.min(v);
-            max = max.max(v);
+    // Fast path, two passes: a vectorized sum (NaN-free data has a non-NaN
+    // sum), then squared deviations, min and max together.
+    if nulls == 0 {
+        let sum = simd::sum(raw);
+        if !sum.is_nan() && !raw.is_empty() {
+            let mean = sum / raw.len() as f64;
+            let (m2, min, max) = simd::deviations(raw, mean);
+            return Moments { count: raw.len() as u64, nulls, nans: 0, sum, mean, m2, min, max };
         }
-    } else {
-        for (i, &v) in raw.iter().enumerate() {
-            if values.is_valid(i) && v.is_nan() {
-                nans += 1;
-            }
-            if counted(i) {
-                count += 1;
-                sum += v;
-                min = min.min(v);
-                max = max.max(v);
-            }
+    }
+    let counted = |i: usize| values.is_valid(i) && !raw[i].is_nan();
+    let nans = (0..raw.len()).filter(|&i| values.is_valid(i) && raw[i].is_nan()).count() as u64;
+    let (mut count, mut sum) = (0u64, 0.0f64);
+    for (i, &v) in raw.iter().enumerate() {
+        if counted(i) {
+            count += 1;
+            sum += v;
         }
     }
     if count == 0 {
         return Moments { count, nulls, nans, sum: 0.0, mean: 0.0, m2: 0.0, min: f64::NAN, max: f64::NAN };
     }
-    // Two passes (sum, then squared deviations): as stable as Welford and
-    // vectorizable.
     let mean = sum / count as f64;
-    let m2 = if count == raw.len() as u64 {
-        raw.iter().map(|v| (v - mean) * (v - mean)).sum()
-    } else {
-        raw.iter().enumerate().filter(|(i, _)| counted(*i)).map(|(_, v)| (v - mean) * (v - mean)).sum()
-    };
+    let (mut m2, mut min, mut max) = (0.0, f64::INFINITY, f64::NEG_INFINITY);
+    for (i, &v) in raw.iter().enumerate() {
+        if counted(i) {
+            m2 += (v - mean) * (v - mean);
+            min = min.min(v);
+            max = max.max(v);
+        }
+    }
     Moments { count, nulls, nans, sum, mean, m2, min, max }
 }
 
@@ -446,6 +443,16 @@ impl kernels::Host for StageState {
         self.push_kernel_column(out)
     }
 
+    fn standardize(
+        &mut self,
+        values: Resource<ColumnHandle>,
+        center: f64,
+        scale: f64,
+    ) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let out = self.f64_column(&values)?.map(|v| map_f64(&v, |x| (x - center) / scale));
+        self.push_kernel_column(out)
+    }
+
     fn axpy(
         &mut self,
         a: f64,
@@ -662,6 +669,8 @@ mod tests {
         let m2: f64 = clean.iter().map(|v| (v - mean) * (v - mean)).sum();
         assert_eq!(m.count, 1000);
         assert!((m.mean - mean).abs() < 1e-12 && (m.m2 - m2).abs() < 1e-9 * m2);
+        assert_eq!(m.min, clean.iter().copied().fold(f64::INFINITY, f64::min));
+        assert_eq!(m.max, clean.iter().copied().fold(f64::NEG_INFINITY, f64::max));
     }
 
     #[test]
@@ -811,6 +820,8 @@ mod host_tests {
         assert!(same(&f64_of(&get(&s, r)), &one(|a| a.powf(2.0))));
         let r = s.clamp(Resource::new_borrow(x.rep()), -1.0, 1.0).unwrap();
         assert!(same(&f64_of(&get(&s, r)), &one(|a| a.clamp(-1.0, 1.0))));
+        let r = s.standardize(Resource::new_borrow(x.rep()), 2.0, 4.0).unwrap();
+        assert!(same(&f64_of(&get(&s, r)), &one(|a| (a - 2.0) / 4.0)));
         let r = s.axpy(3.0, Resource::new_borrow(x.rep()), Resource::new_borrow(y.rep())).unwrap();
         assert!(same(&f64_of(&get(&s, r)), &both(|a, b| 3.0 * a + b)));
         let r = s.fill_null(Resource::new_borrow(x.rep()), -7.0).unwrap();

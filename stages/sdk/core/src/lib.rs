@@ -258,6 +258,10 @@ impl Column {
     pub fn cast(&self, to: &DataType) -> Result<Column> {
         k::cast(self, to)
     }
+    /// `(x - center) / scale` for every row, in one pass.
+    pub fn standardize(&self, center: f64, scale: f64) -> Result<Column> {
+        k::standardize(self, center, scale)
+    }
     /// Nulls replaced by `value`.
     pub fn fill_null(&self, value: f64) -> Result<Column> {
         k::fill_null(self, value)
