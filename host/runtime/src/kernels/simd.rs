@@ -104,6 +104,53 @@ pub unsafe fn dot_avx2(a: &[f64], b: &[f64]) -> f64 {
     total
 }
 
+/// Four dot products sharing one operand: `[a.b0, a.b1, a.b2, a.b3]`,
+/// reading `a` once (the inner tile of `gram`).
+pub fn dot4(a: &[f64], b: [&[f64]; 4]) -> [f64; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { dot4_avx2(a, b) };
+    }
+    [dot_portable(a, b[0]), dot_portable(a, b[1]), dot_portable(a, b[2]), dot_portable(a, b[3])]
+}
+
+/// AVX2 tile: per 8 rows, two loads of `a` feed eight fused multiply-adds.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot4_avx2(a: &[f64], b: [&[f64]; 4]) -> [f64; 4] {
+    use std::arch::x86_64::*;
+    let n = b.iter().fold(a.len(), |n, x| n.min(x.len()));
+    let mut acc = [[_mm256_setzero_pd(); 2]; 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, within every slice.
+        unsafe {
+            let x0 = _mm256_loadu_pd(a.as_ptr().add(i));
+            let x1 = _mm256_loadu_pd(a.as_ptr().add(i + 4));
+            for (j, bj) in b.iter().enumerate() {
+                acc[j][0] = _mm256_fmadd_pd(x0, _mm256_loadu_pd(bj.as_ptr().add(i)), acc[j][0]);
+                acc[j][1] = _mm256_fmadd_pd(x1, _mm256_loadu_pd(bj.as_ptr().add(i + 4)), acc[j][1]);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [0.0f64; 4];
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut lanes = [0.0f64; 4];
+        // SAFETY: `lanes` holds four f64.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(acc[j][0], acc[j][1])) };
+        *o = lanes.iter().sum::<f64>();
+        for k in i..n {
+            *o = a[k].mul_add(b[j][k], *o);
+        }
+    }
+    out
+}
+
 /// Rows per block in `gram`: ten f64 columns of a block stay in L2.
 const BLOCK: usize = 2048;
 
@@ -131,7 +178,17 @@ pub fn gram(x: &[&[f64]], y: &[f64], intercept: bool) -> (Vec<f64>, Vec<f64>) {
         for (a, ca) in x.iter().enumerate() {
             let ca = &ca[start..end];
             xty[a + off] += dot(ca, yb);
-            for (b, cb) in x.iter().enumerate().skip(a) {
+            // Tiles of four partners share each load of column `a`.
+            let mut b = a;
+            while b + 4 <= x.len() {
+                let tile =
+                    dot4(ca, [&x[b][start..end], &x[b + 1][start..end], &x[b + 2][start..end], &x[b + 3][start..end]]);
+                for (t, v) in tile.iter().enumerate() {
+                    xtx[(a + off) * k + b + t + off] += v;
+                }
+                b += 4;
+            }
+            for (b, cb) in x.iter().enumerate().skip(b) {
                 xtx[(a + off) * k + b + off] += dot(ca, &cb[start..end]);
             }
         }
@@ -181,6 +238,13 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: checked just above.
                 assert!(close(unsafe { dot_avx2(&a, &b) }, want, magnitude), "avx2, n = {n}");
+            }
+            let (c, d, e) = (data(n, 3), data(n, 4), data(n, 5));
+            let four = dot4(&a, [&b, &c, &d, &e]);
+            for (got, other) in four.iter().zip([&b, &c, &d, &e]) {
+                let want = scalar_dot(&a, other);
+                let mag: f64 = a.iter().zip(other.iter()).map(|(x, y)| (x * y).abs()).sum();
+                assert!(close(*got, want, mag), "dot4, n = {n}");
             }
             let sum_want: f64 = a.iter().sum();
             assert!(close(sum(&a), sum_want, a.iter().map(|v| v.abs()).sum()), "sum, n = {n}");
