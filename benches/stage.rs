@@ -1,6 +1,7 @@
 //! What a stage costs around its own work: instantiating an instance per
-//! task, handing a batch across the boundary, and copying a column into
-//! the guest. Run with `make bench` (which builds the stages first).
+//! task, handing a batch across the boundary, and a scaler fit on host
+//! kernels beside the same fit copying columns into the guest. Run with
+//! `make bench` (which builds the stages first).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -47,6 +48,7 @@ fn benches(c: &mut Criterion) {
     let runtime = Runtime::new(RuntimeConfig { max_instances: 4, ..RuntimeConfig::default() }).unwrap();
     let passthrough = stage(&runtime, "passthrough");
     let scaler = stage(&runtime, "scaler");
+    let baseline = stage(&runtime, "baseline");
     let batch = batch();
     let bytes = (ROWS * COLUMNS * 8) as u64;
 
@@ -69,8 +71,14 @@ fn benches(c: &mut Criterion) {
     let config = format!("{{\"columns\": [{}]}}", columns.join(","));
     let mut fit = runtime.instantiate(&scaler, &limits(), setup(&config)).unwrap();
     fit.fit_open(&task(), None).unwrap();
-    group.bench_function("scaler fit: every column copied into the guest", |b| {
+    group.bench_function("scaler fit: columns summarized by host kernels", |b| {
         b.iter(|| fit.fit_batch(batch.clone()).unwrap())
+    });
+    let config = format!("{{\"mode\": \"scaler\", \"columns\": [{}]}}", columns.join(","));
+    let mut copy = runtime.instantiate(&baseline, &limits(), setup(&config)).unwrap();
+    copy.fit_open(&task(), None).unwrap();
+    group.bench_function("scaler fit: every column copied into the guest", |b| {
+        b.iter(|| copy.fit_batch(batch.clone()).unwrap())
     });
     group.finish();
 }
