@@ -240,6 +240,38 @@ impl Column {
     }
 }
 
+impl Summary {
+    /// Combine the summaries of two disjoint sets of rows (Chan et al.'s
+    /// pairwise update): the result is the summary of their union, as if
+    /// computed in one pass.
+    pub fn merge(self, other: Summary) -> Summary {
+        if self.count == 0 {
+            return Summary { nulls: self.nulls + other.nulls, nans: self.nans + other.nans, ..other };
+        }
+        if other.count == 0 {
+            return Summary { nulls: self.nulls + other.nulls, nans: self.nans + other.nans, ..self };
+        }
+        let count = self.count + other.count;
+        let delta = other.mean - self.mean;
+        let (a, b) = (self.count as f64, other.count as f64);
+        Summary {
+            count,
+            nulls: self.nulls + other.nulls,
+            nans: self.nans + other.nans,
+            sum: self.sum + other.sum,
+            mean: self.mean + delta * (b / count as f64),
+            m2: self.m2 + other.m2 + delta * delta * (a * b / count as f64),
+            min: self.min.min(other.min),
+            max: self.max.max(other.max),
+        }
+    }
+
+    /// Population variance (`m2 / count`); 0 for no rows.
+    pub fn variance(&self) -> f64 {
+        if self.count == 0 { 0.0 } else { self.m2 / self.count as f64 }
+    }
+}
+
 /// More native kernels: math, conversion, selection, hashing.
 impl Column {
     /// `op(x)` for every row (neg, abs, sqrt, exp, ln).
@@ -556,6 +588,26 @@ mod tests {
         assert!(matches!(with_state::<String, _>(|_| Ok(())), Err(Error::InvalidArgument(_))));
         assert_eq!(take_state::<u32>().unwrap(), 42);
         assert!(take_state::<u32>().is_err(), "taken once");
+    }
+
+    fn summary(xs: &[f64]) -> Summary {
+        let count = xs.len() as u64;
+        let sum: f64 = xs.iter().sum();
+        let mean = if count == 0 { 0.0 } else { sum / count as f64 };
+        let m2 = xs.iter().map(|x| (x - mean) * (x - mean)).sum();
+        let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        Summary { count, nulls: 0, nans: 0, sum, mean, m2, min, max }
+    }
+
+    #[test]
+    fn merged_summaries_equal_the_summary_of_the_union() {
+        let xs: Vec<f64> = (0..500).map(|i| (i as f64 * 0.7).cos() * 100.0 + 1e5).collect();
+        let whole = summary(&xs);
+        let merged = xs.chunks(37).map(summary).fold(summary(&[]), Summary::merge);
+        assert_eq!((merged.count, merged.min, merged.max), (whole.count, whole.min, whole.max));
+        assert!((merged.mean - whole.mean).abs() < 1e-9 * whole.mean);
+        assert!((merged.variance() - whole.variance()).abs() < 1e-9 * whole.variance());
     }
 
     #[test]
