@@ -3,7 +3,7 @@ CARGO ?= cargo
 WASMPIPE := target/release/wasmpipe
 STAGES := passthrough clean scaler linreg evaluate hostile baseline
 
-.PHONY: demo test toolchain host stages test-deps lint bench clean
+.PHONY: demo test toolchain host stages test-deps lint bench clean test-aarch64
 
 ## Run the demo pipeline (diabetes regression) on the local filesystem.
 demo: stages
@@ -40,3 +40,11 @@ bench: stages
 clean:
 	$(CARGO) clean
 	rm -rf stages/target wasmpipe-data
+
+## The SIMD kernels' NEON path, under qemu (not part of `make test`: it
+## needs rustup's aarch64 target, a cross gcc and qemu-user).
+test-aarch64:
+	rustup target add aarch64-unknown-linux-gnu
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
+	$(CARGO) test --release -p wasmpipe-simd --target aarch64-unknown-linux-gnu

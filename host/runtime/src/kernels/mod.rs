@@ -4,7 +4,7 @@
 //! reductions arrow lacks (dot, Gram matrix, fused moments) live in
 //! [`simd`].
 
-pub mod simd;
+pub use wasmpipe_simd as simd;
 
 use std::sync::Arc;
 

@@ -1,8 +1,15 @@
-//! Vectorized reductions with runtime CPU-feature dispatch: AVX-512 or
-//! AVX2+FMA on x86-64 where the CPU has them, a portable version elsewhere (eight
+//! Vectorized reductions for wasmpipe's kernels (dot, sum, squared
+//! deviations, the Gram matrix of least squares), with runtime CPU-feature
+//! dispatch: AVX-512 or AVX2+FMA on x86-64 where the CPU has them, NEON on
+//! aarch64 (always present there), and a portable version elsewhere (eight
 //! independent accumulators, which the compiler maps onto whatever vector
-//! unit the baseline target has). Both sum in a different order from a
-//! scalar loop, so results agree with it to rounding, not bit for bit.
+//! unit the baseline target has). Every path sums in a different order from
+//! a scalar loop, so results agree with it to rounding, not bit for bit;
+//! the tests bound the difference.
+//!
+//! ```
+//! assert_eq!(wasmpipe_simd::dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
+//! ```
 
 /// Sum of `a[i] * b[i]`.
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -17,7 +24,38 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
         // SAFETY: the CPU supports the features the function is compiled for.
         return unsafe { dot_avx2(a, b) };
     }
+    #[cfg(target_arch = "aarch64")]
+    return dot_neon(a, b);
+    #[allow(unreachable_code, reason = "the aarch64 path returns above")]
     dot_portable(a, b)
+}
+
+/// The NEON path: four 2-lane fused multiply-add accumulators.
+#[cfg(target_arch = "aarch64")]
+pub fn dot_neon(a: &[f64], b: &[f64]) -> f64 {
+    use std::arch::aarch64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: NEON is part of the aarch64 baseline; every load below reads
+    // two f64 at an offset below n - 1.
+    unsafe {
+        let mut acc = [vdupq_n_f64(0.0); 4];
+        let mut i = 0;
+        while i + 8 <= n {
+            for (lane, acc) in acc.iter_mut().enumerate() {
+                let off = i + lane * 2;
+                *acc = vfmaq_f64(*acc, vld1q_f64(pa.add(off)), vld1q_f64(pb.add(off)));
+            }
+            i += 8;
+        }
+        let sum = vaddq_f64(vaddq_f64(acc[0], acc[1]), vaddq_f64(acc[2], acc[3]));
+        let mut total = vaddvq_f64(sum);
+        while i < n {
+            total = a[i].mul_add(b[i], total);
+            i += 1;
+        }
+        total
+    }
 }
 
 /// Sum of `a[i]`.
@@ -276,6 +314,8 @@ mod tests {
                 let four = unsafe { dot4_avx2(&a, [&b, &b, &a, &a]) };
                 assert!(close(four[0], want, magnitude) && close(four[1], want, magnitude), "dot4 avx2, n = {n}");
             }
+            #[cfg(target_arch = "aarch64")]
+            assert!(close(dot_neon(&a, &b), want, magnitude), "neon, n = {n}");
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: checked just above.
