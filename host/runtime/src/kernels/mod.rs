@@ -149,6 +149,23 @@ impl StageState {
         Ok(as_f64(&self.array(handle)?))
     }
 
+    /// Combine two boolean masks of equal length with `op`.
+    fn mask_pair(
+        &mut self,
+        left: &Resource<ColumnHandle>,
+        right: &Resource<ColumnHandle>,
+        op: fn(&BooleanArray, &BooleanArray) -> std::result::Result<BooleanArray, arrow::error::ArrowError>,
+    ) -> Result<KernelResult<Resource<ColumnHandle>>> {
+        let (l, r) = (self.array(left)?, self.array(right)?);
+        let out = as_bool(&l).and_then(|l| {
+            as_bool(&r).and_then(|r| {
+                same_len(l, r)?;
+                op(l, r).map(|m| Arc::new(m) as ArrayRef).map_err(arrow_err)
+            })
+        });
+        self.push_kernel_column(out)
+    }
+
     fn push_kernel_column(&mut self, r: KernelResult<ArrayRef>) -> Result<KernelResult<Resource<ColumnHandle>>> {
         Ok(match r {
             Ok(a) => Ok(self.table.push(ColumnHandle(a))?),
@@ -288,14 +305,7 @@ impl kernels::Host for StageState {
         left: Resource<ColumnHandle>,
         right: Resource<ColumnHandle>,
     ) -> Result<KernelResult<Resource<ColumnHandle>>> {
-        let (l, r) = (self.array(&left)?, self.array(&right)?);
-        let out = as_bool(&l).and_then(|l| {
-            as_bool(&r).and_then(|r| {
-                same_len(l, r)?;
-                boolean::and_kleene(l, r).map(|m| Arc::new(m) as ArrayRef).map_err(arrow_err)
-            })
-        });
-        self.push_kernel_column(out)
+        self.mask_pair(&left, &right, boolean::and_kleene)
     }
 
     fn or(
@@ -303,14 +313,7 @@ impl kernels::Host for StageState {
         left: Resource<ColumnHandle>,
         right: Resource<ColumnHandle>,
     ) -> Result<KernelResult<Resource<ColumnHandle>>> {
-        let (l, r) = (self.array(&left)?, self.array(&right)?);
-        let out = as_bool(&l).and_then(|l| {
-            as_bool(&r).and_then(|r| {
-                same_len(l, r)?;
-                boolean::or_kleene(l, r).map(|m| Arc::new(m) as ArrayRef).map_err(arrow_err)
-            })
-        });
-        self.push_kernel_column(out)
+        self.mask_pair(&left, &right, boolean::or_kleene)
     }
 
     fn not(&mut self, mask: Resource<ColumnHandle>) -> Result<KernelResult<Resource<ColumnHandle>>> {
