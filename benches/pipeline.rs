@@ -24,7 +24,10 @@ use arrow::array::{Array, ArrayRef, Float64Array};
 use arrow::record_batch::RecordBatch;
 use criterion::{Criterion, Throughput};
 use wasmpipe_runtime::kernels::{moments, simd};
-use wasmpipe_runtime::{FitOutcome, InstanceLimits, InstanceSetup, Runtime, RuntimeConfig, StageComponent, TaskInfo};
+use wasmpipe_runtime::{FitOutcome, Runtime, RuntimeConfig, StageComponent};
+
+mod common;
+use common::{limits, setup, stage, task};
 
 const COLUMNS: usize = 10;
 /// Rows per batch handed to a stage: large enough that per-call overhead
@@ -123,27 +126,15 @@ fn linreg_native(batches: &[RecordBatch]) -> Vec<f64> {
     xtx
 }
 
-fn task() -> TaskInfo {
-    TaskInfo { pipeline: "bench".into(), stage: "s".into(), partition: 0, partitions: 1, pass: 0 }
-}
-
-fn limits() -> InstanceLimits {
-    InstanceLimits { memory_bytes: 512 << 20, cpu: Duration::from_secs(3600) }
-}
-
-fn setup(config: &str) -> InstanceSetup {
-    InstanceSetup { config_json: config.into(), label: "bench".into(), sink: None }
-}
-
 /// (b)/(c) Fit a wasm estimator over every batch; returns the model bytes.
 fn wasm_fit(rt: &Runtime, stage: &StageComponent, config: &str, batches: &[RecordBatch]) -> Vec<u8> {
-    let mut inst = rt.instantiate(stage, &limits(), setup(config)).unwrap();
+    let mut inst = rt.instantiate(stage, &limits(512), setup(config)).unwrap();
     inst.fit_open(&task(), None).unwrap();
     for b in batches {
         inst.fit_batch(b.clone()).unwrap();
     }
     let state = inst.fit_close().unwrap();
-    let mut fin = rt.instantiate(stage, &limits(), setup(config)).unwrap();
+    let mut fin = rt.instantiate(stage, &limits(512), setup(config)).unwrap();
     match fin.finalize(&state, 0).unwrap() {
         FitOutcome::Done(model) => model,
         FitOutcome::NextPass(_) => panic!("single-pass estimator asked for another pass"),
@@ -153,17 +144,9 @@ fn wasm_fit(rt: &Runtime, stage: &StageComponent, config: &str, batches: &[Recor
 /// (b)/(c) Fit, then transform every batch with the model.
 fn wasm_fit_transform(rt: &Runtime, stage: &StageComponent, config: &str, batches: &[RecordBatch]) -> Vec<RecordBatch> {
     let model = wasm_fit(rt, stage, config, batches);
-    let mut inst = rt.instantiate(stage, &limits(), setup(config)).unwrap();
+    let mut inst = rt.instantiate(stage, &limits(512), setup(config)).unwrap();
     inst.open(&task(), Some(&model)).unwrap();
     batches.iter().map(|b| inst.transform(b.clone()).unwrap().unwrap()).collect()
-}
-
-fn stage(rt: &Runtime, name: &str) -> StageComponent {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stages").join(name);
-    let toolchain = wasmpipe_toolchain::detect().expect("a wasm32 toolchain");
-    let built =
-        wasmpipe_toolchain::build(&dir, &toolchain, wasmpipe_toolchain::Progress::OnFailure).expect("stage builds");
-    rt.load_file(&built.path).expect("stage loads")
 }
 
 /// Median wall time of `runs` calls.
@@ -285,7 +268,7 @@ fn main() {
     const CALLS: u64 = 1_000_000;
     let calls_cfg = format!(r#"{{"mode":"hostcalls","calls":{CALLS}}}"#);
     let probe = RecordBatch::try_from_iter([("x", Arc::new(Float64Array::from(vec![1.0])) as ArrayRef)]).unwrap();
-    let mut inst = rt.instantiate(&baseline, &limits(), setup(&calls_cfg)).unwrap();
+    let mut inst = rt.instantiate(&baseline, &limits(512), setup(&calls_cfg)).unwrap();
     inst.fit_open(&task(), None).unwrap();
     let per_call = median(5, || inst.fit_batch(probe.clone()).unwrap()).as_nanos() as f64 / CALLS as f64;
 

@@ -4,25 +4,19 @@
 //! `make bench` (which builds the stages first).
 
 use std::hint::black_box;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, Float64Array};
 use arrow::record_batch::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use wasmpipe_runtime::{InstanceLimits, InstanceSetup, Runtime, RuntimeConfig, StageComponent, TaskInfo};
+use wasmpipe_runtime::{Runtime, RuntimeConfig};
+
+mod common;
+use common::{limits, setup, stage, task};
 
 const ROWS: usize = 8192;
 const COLUMNS: usize = 10;
-
-fn stage(runtime: &Runtime, name: &str) -> StageComponent {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../stages").join(name);
-    let toolchain = wasmpipe_toolchain::detect().expect("a wasm32 toolchain");
-    let built =
-        wasmpipe_toolchain::build(&dir, &toolchain, wasmpipe_toolchain::Progress::OnFailure).expect("stage builds");
-    runtime.load_file(&built.path).expect("stage loads")
-}
 
 fn batch() -> RecordBatch {
     let columns = (0..COLUMNS).map(|c| {
@@ -30,18 +24,6 @@ fn batch() -> RecordBatch {
         (format!("x{c}"), Arc::new(Float64Array::from(values)) as ArrayRef)
     });
     RecordBatch::try_from_iter(columns).unwrap()
-}
-
-fn task() -> TaskInfo {
-    TaskInfo { pipeline: "bench".into(), stage: "s".into(), partition: 0, partitions: 1, pass: 0 }
-}
-
-fn limits() -> InstanceLimits {
-    InstanceLimits { memory_bytes: 256 << 20, cpu: Duration::from_secs(3600) }
-}
-
-fn setup(config: &str) -> InstanceSetup {
-    InstanceSetup { config_json: config.into(), label: "bench".into(), sink: None }
 }
 
 fn benches(c: &mut Criterion) {
@@ -54,7 +36,7 @@ fn benches(c: &mut Criterion) {
 
     c.bench_function("instantiate and open a stage (per-task overhead)", |b| {
         b.iter(|| {
-            let mut inst = runtime.instantiate(&passthrough, &limits(), setup("{}")).unwrap();
+            let mut inst = runtime.instantiate(&passthrough, &limits(256), setup("{}")).unwrap();
             inst.open(&task(), None).unwrap();
             black_box(inst)
         })
@@ -62,20 +44,20 @@ fn benches(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("batch of 8192 rows x 10 f64");
     group.throughput(Throughput::Bytes(bytes));
-    let mut inst = runtime.instantiate(&passthrough, &limits(), setup("{}")).unwrap();
+    let mut inst = runtime.instantiate(&passthrough, &limits(256), setup("{}")).unwrap();
     inst.open(&task(), None).unwrap();
     group.bench_function("passthrough: handle in, handle out", |b| {
         b.iter(|| black_box(inst.transform(batch.clone()).unwrap()))
     });
     let columns: Vec<String> = (0..COLUMNS).map(|c| format!("\"x{c}\"")).collect();
     let config = format!("{{\"columns\": [{}]}}", columns.join(","));
-    let mut fit = runtime.instantiate(&scaler, &limits(), setup(&config)).unwrap();
+    let mut fit = runtime.instantiate(&scaler, &limits(256), setup(&config)).unwrap();
     fit.fit_open(&task(), None).unwrap();
     group.bench_function("scaler fit: columns summarized by host kernels", |b| {
         b.iter(|| fit.fit_batch(batch.clone()).unwrap())
     });
     let config = format!("{{\"mode\": \"scaler\", \"columns\": [{}]}}", columns.join(","));
-    let mut copy = runtime.instantiate(&baseline, &limits(), setup(&config)).unwrap();
+    let mut copy = runtime.instantiate(&baseline, &limits(256), setup(&config)).unwrap();
     copy.fit_open(&task(), None).unwrap();
     group.bench_function("scaler fit: every column copied into the guest", |b| {
         b.iter(|| copy.fit_batch(batch.clone()).unwrap())
