@@ -176,95 +176,167 @@ pub unsafe fn dot_avx512(a: &[f64], b: &[f64]) -> f64 {
     total
 }
 
-/// Four dot products sharing one operand: `[a.b0, a.b1, a.b2, a.b3]`,
-/// reading `a` once (the inner tile of `gram`).
-pub fn dot4(a: &[f64], b: [&[f64]; 4]) -> [f64; 4] {
+/// The sixteen dot products of four columns `a` with four columns `b`:
+/// `out[i][j] = a[i].b[j]` (the register tile of `gram`). Each load feeds
+/// four fused multiply-adds, where a lone dot product feeds one per two.
+pub fn dot4x4(a: [&[f64]; 4], b: [&[f64]; 4]) -> [[f64; 4]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports the feature the function is compiled for.
+        return unsafe { dot4x4_avx512(a, b) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { dot4_avx2(a, b) };
+        return unsafe { dot4x4_avx2(a, b) };
     }
-    [dot_portable(a, b[0]), dot_portable(a, b[1]), dot_portable(a, b[2]), dot_portable(a, b[3])]
+    dot4x4_portable(a, b)
 }
 
-/// AVX2 tile: per 8 rows, two loads of `a` feed eight fused multiply-adds.
+/// The portable tile: sixteen dot products.
+pub fn dot4x4_portable(a: [&[f64]; 4], b: [&[f64]; 4]) -> [[f64; 4]; 4] {
+    a.map(|a| b.map(|b| dot_portable(a, b)))
+}
+
+/// The shortest length among a tile's columns.
+fn tile_len(a: &[&[f64]; 4], b: &[&[f64]; 4]) -> usize {
+    a.iter().chain(b).map(|c| c.len()).min().unwrap_or(0)
+}
+
+/// The remainder rows (`from..n`) of a tile, added to `out` in scalar.
+fn tile_tail(a: [&[f64]; 4], b: [&[f64]; 4], from: usize, n: usize, out: &mut [[f64; 4]; 4]) {
+    for (i, ai) in a.iter().enumerate() {
+        for (j, bj) in b.iter().enumerate() {
+            for k in from..n {
+                out[i][j] = ai[k].mul_add(bj[k], out[i][j]);
+            }
+        }
+    }
+}
+
+/// AVX2 tile, as two halves of 2 x 4 (eight accumulators and six loads
+/// fit the sixteen registers; a full 4 x 4 would spill).
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot4_avx2(a: &[f64], b: [&[f64]; 4]) -> [f64; 4] {
+pub unsafe fn dot4x4_avx2(a: [&[f64]; 4], b: [&[f64]; 4]) -> [[f64; 4]; 4] {
     use std::arch::x86_64::*;
-    let n = b.iter().fold(a.len(), |n, x| n.min(x.len()));
-    let mut acc = [[_mm256_setzero_pd(); 2]; 4];
+    let n = tile_len(&a, &b);
+    let mut out = [[0.0; 4]; 4];
+    let mut i = 0;
+    for half in 0..2 {
+        let (a0, a1) = (a[2 * half].as_ptr(), a[2 * half + 1].as_ptr());
+        let mut acc = [[_mm256_setzero_pd(); 4]; 2];
+        i = 0;
+        while i + 4 <= n {
+            // SAFETY: i + 4 <= n, within every slice.
+            unsafe {
+                let x = [_mm256_loadu_pd(a0.add(i)), _mm256_loadu_pd(a1.add(i))];
+                for (j, bj) in b.iter().enumerate() {
+                    let y = _mm256_loadu_pd(bj.as_ptr().add(i));
+                    acc[0][j] = _mm256_fmadd_pd(x[0], y, acc[0][j]);
+                    acc[1][j] = _mm256_fmadd_pd(x[1], y, acc[1][j]);
+                }
+            }
+            i += 4;
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                let mut lanes = [0.0f64; 4];
+                // SAFETY: `lanes` holds four f64.
+                unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), *v) };
+                out[2 * half + r][j] = lanes.iter().sum();
+            }
+        }
+    }
+    tile_tail(a, b, i, n, &mut out);
+    out
+}
+
+/// AVX-512 tile: sixteen 8-lane accumulators and eight loads per eight
+/// rows fit the thirty-two registers.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot4x4_avx512(a: [&[f64]; 4], b: [&[f64]; 4]) -> [[f64; 4]; 4] {
+    use std::arch::x86_64::*;
+    let n = tile_len(&a, &b);
+    let mut acc = [[_mm512_setzero_pd(); 4]; 4];
     let mut i = 0;
     while i + 8 <= n {
         // SAFETY: i + 8 <= n, within every slice.
         unsafe {
-            let x0 = _mm256_loadu_pd(a.as_ptr().add(i));
-            let x1 = _mm256_loadu_pd(a.as_ptr().add(i + 4));
+            let x = a.map(|c| _mm512_loadu_pd(c.as_ptr().add(i)));
             for (j, bj) in b.iter().enumerate() {
-                acc[j][0] = _mm256_fmadd_pd(x0, _mm256_loadu_pd(bj.as_ptr().add(i)), acc[j][0]);
-                acc[j][1] = _mm256_fmadd_pd(x1, _mm256_loadu_pd(bj.as_ptr().add(i + 4)), acc[j][1]);
+                let y = _mm512_loadu_pd(bj.as_ptr().add(i));
+                for (r, xr) in x.iter().enumerate() {
+                    acc[r][j] = _mm512_fmadd_pd(*xr, y, acc[r][j]);
+                }
             }
         }
         i += 8;
     }
-    let mut out = [0.0f64; 4];
-    for (j, o) in out.iter_mut().enumerate() {
-        let mut lanes = [0.0f64; 4];
-        // SAFETY: `lanes` holds four f64.
-        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(acc[j][0], acc[j][1])) };
-        *o = lanes.iter().sum::<f64>();
-        for k in i..n {
-            *o = a[k].mul_add(b[j][k], *o);
-        }
-    }
+    let mut out = acc.map(|row| row.map(|v| _mm512_reduce_add_pd(v)));
+    tile_tail(a, b, i, n, &mut out);
     out
 }
 
-/// Rows per block in `gram`: ten f64 columns of a block stay in L2.
-const BLOCK: usize = 2048;
+/// Rows per block in `gram`: a block of a dozen columns stays in L2
+/// while every tile of the triangle reads it.
+const BLOCK: usize = 1024;
+
+/// Rows per parallel chunk in `gram`. The chunks are fixed by the row
+/// count, never by the number of threads, so the result is the same
+/// bits at any parallelism.
+const CHUNK: usize = 1 << 16;
 
 /// Upper triangle of X^T X (row-major k x k, mirrored at the end) and
 /// X^T y, for columns `x` (all of `y`'s length), with an optional leading
-/// column of ones. Blocked by rows, so every column block is read from
-/// cache for all its products.
+/// column of ones. The columns and `y` are treated as one matrix whose
+/// Gram matrix is computed in 4 x 4 register tiles over blocks of rows
+/// held in cache; inputs over one chunk fan out on rayon.
 pub fn gram(x: &[&[f64]], y: &[f64], intercept: bool) -> (Vec<f64>, Vec<f64>) {
+    use rayon::prelude::*;
+    let n = y.len();
+    let mut cols: Vec<&[f64]> = x.iter().map(|c| &c[..n]).collect();
+    cols.push(y);
+    let m = cols.len();
+    let parts: Vec<(Vec<f64>, Vec<f64>)> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let rows = c * CHUNK..((c + 1) * CHUNK).min(n);
+            let chunk: Vec<&[f64]> = cols.iter().map(|col| &col[rows.clone()]).collect();
+            let sums = chunk.iter().map(|col| sum(col)).collect();
+            (gram_upper(&chunk), sums)
+        })
+        .collect();
+    let mut full = vec![0.0; m * m];
+    let mut sums = vec![0.0; m];
+    for (g, s) in parts {
+        full.iter_mut().zip(g).for_each(|(t, v)| *t += v);
+        sums.iter_mut().zip(s).for_each(|(t, v)| *t += v);
+    }
+    // Lay out [1, x..] x [1, x..] and [1, x..] . y from the pieces.
     let off = usize::from(intercept);
     let k = x.len() + off;
     let mut xtx = vec![0.0; k * k];
     let mut xty = vec![0.0; k];
-    let n = y.len();
-    let mut start = 0;
-    while start < n {
-        let end = (start + BLOCK).min(n);
-        let yb = &y[start..end];
-        if intercept {
-            xtx[0] += (end - start) as f64;
-            xty[0] += sum(yb);
-            for (j, col) in x.iter().enumerate() {
-                xtx[j + 1] += sum(&col[start..end]);
-            }
+    if intercept {
+        xtx[0] = n as f64;
+        xty[0] = sums[m - 1];
+        for j in 0..x.len() {
+            xtx[j + 1] = sums[j];
         }
-        for (a, ca) in x.iter().enumerate() {
-            let ca = &ca[start..end];
-            xty[a + off] += dot(ca, yb);
-            // Tiles of four partners share each load of column `a`.
-            let mut b = a;
-            while b + 4 <= x.len() {
-                let tile =
-                    dot4(ca, [&x[b][start..end], &x[b + 1][start..end], &x[b + 2][start..end], &x[b + 3][start..end]]);
-                for (t, v) in tile.iter().enumerate() {
-                    xtx[(a + off) * k + b + t + off] += v;
-                }
-                b += 4;
-            }
-            for (b, cb) in x.iter().enumerate().skip(b) {
-                xtx[(a + off) * k + b + off] += dot(ca, &cb[start..end]);
-            }
+    }
+    for a in 0..x.len() {
+        xty[a + off] = full[a * m + m - 1];
+        for b in a..x.len() {
+            xtx[(a + off) * k + b + off] = full[a * m + b];
         }
-        start = end;
     }
     for a in 0..k {
         for b in 0..a {
@@ -272,6 +344,37 @@ pub fn gram(x: &[&[f64]], y: &[f64], intercept: bool) -> (Vec<f64>, Vec<f64>) {
         }
     }
     (xtx, xty)
+}
+
+/// The upper triangle (with the diagonal) of the Gram matrix of `cols`,
+/// all of one length, row-major m x m; the lower triangle is left zero.
+fn gram_upper(cols: &[&[f64]]) -> Vec<f64> {
+    let m = cols.len();
+    let n = cols.first().map_or(0, |c| c.len());
+    let mut out = vec![0.0; m * m];
+    let quads = m.div_ceil(4);
+    let mut start = 0;
+    while start < n {
+        let end = (start + BLOCK).min(n);
+        // Column `i` of the block, with indices past the end repeating the
+        // last column (their products are computed and dropped).
+        let col = |i: usize| &cols[i.min(m - 1)][start..end];
+        for qa in 0..quads {
+            for qb in qa..quads {
+                let tile = dot4x4(std::array::from_fn(|t| col(4 * qa + t)), std::array::from_fn(|t| col(4 * qb + t)));
+                for (t, row) in tile.iter().enumerate() {
+                    for (u, v) in row.iter().enumerate() {
+                        let (a, b) = (4 * qa + t, 4 * qb + u);
+                        if a <= b && b < m {
+                            out[a * m + b] += v;
+                        }
+                    }
+                }
+            }
+        }
+        start = end;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -310,9 +413,6 @@ mod tests {
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: checked just above.
                 assert!(close(unsafe { dot_avx2(&a, &b) }, want, magnitude), "avx2, n = {n}");
-                // SAFETY: as above.
-                let four = unsafe { dot4_avx2(&a, [&b, &b, &a, &a]) };
-                assert!(close(four[0], want, magnitude) && close(four[1], want, magnitude), "dot4 avx2, n = {n}");
             }
             #[cfg(target_arch = "aarch64")]
             assert!(close(dot_neon(&a, &b), want, magnitude), "neon, n = {n}");
@@ -322,11 +422,26 @@ mod tests {
                 assert!(close(unsafe { dot_avx512(&a, &b) }, want, magnitude), "avx512, n = {n}");
             }
             let (c, d, e) = (data(n, 3), data(n, 4), data(n, 5));
-            let four = dot4(&a, [&b, &c, &d, &e]);
-            for (got, other) in four.iter().zip([&b, &c, &d, &e]) {
-                let want = scalar_dot(&a, other);
-                let mag: f64 = a.iter().zip(other.iter()).map(|(x, y)| (x * y).abs()).sum();
-                assert!(close(*got, want, mag), "dot4, n = {n}");
+            let tile_a = [a.as_slice(), &b, &c, &d];
+            let tile_b = [e.as_slice(), &a, &c, &b];
+            let mut paths = vec![("portable", dot4x4_portable(tile_a, tile_b)), ("dispatched", dot4x4(tile_a, tile_b))];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: checked just above.
+                paths.push(("avx2", unsafe { dot4x4_avx2(tile_a, tile_b) }));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: checked just above.
+                paths.push(("avx512", unsafe { dot4x4_avx512(tile_a, tile_b) }));
+            }
+            for (path, tile) in paths {
+                for (i, x) in tile_a.iter().enumerate() {
+                    for (j, y) in tile_b.iter().enumerate() {
+                        let mag: f64 = x.iter().zip(y.iter()).map(|(p, q)| (p * q).abs()).sum();
+                        assert!(close(tile[i][j], scalar_dot(x, y), mag), "dot4x4 {path} [{i}][{j}], n = {n}");
+                    }
+                }
             }
             let sum_want: f64 = a.iter().sum();
             assert!(close(sum(&a), sum_want, a.iter().map(|v| v.abs()).sum()), "sum, n = {n}");
@@ -335,19 +450,42 @@ mod tests {
 
     #[test]
     fn gram_matches_the_definition() {
-        let n = 5000;
-        let cols: Vec<Vec<f64>> = (0..3).map(|c| data(n, 10 + c)).collect();
-        let y = data(n, 99);
-        let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-        let (xtx, xty) = gram(&refs, &y, true);
-        let row = |i: usize| [1.0, cols[0][i], cols[1][i], cols[2][i]];
-        for a in 0..4 {
-            let want_y: f64 = (0..n).map(|i| row(i)[a] * y[i]).sum();
-            assert!(close(xty[a], want_y, 1e4 * n as f64));
-            for b in 0..4 {
-                let want: f64 = (0..n).map(|i| row(i)[a] * row(i)[b]).sum();
-                assert!(close(xtx[a * 4 + b], want, 1e4 * n as f64), "xtx[{a}][{b}]");
+        // Column counts around the 4-wide tile, lengths around the SIMD
+        // width, the block and the parallel chunk.
+        for (width, n) in [(0, 10), (1, 0), (1, 7), (3, 5000), (4, 1025), (5, 70_001), (9, 333), (12, 2049)] {
+            let cols: Vec<Vec<f64>> = (0..width).map(|c| data(n, 10 + c as u64)).collect();
+            let y = data(n, 99);
+            let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
+            for intercept in [true, false] {
+                let (xtx, xty) = gram(&refs, &y, intercept);
+                let off = usize::from(intercept);
+                let k = width + off;
+                let row = |i: usize, a: usize| if a < off { 1.0 } else { cols[a - off][i] };
+                for a in 0..k {
+                    let want_y: f64 = (0..n).map(|i| row(i, a) * y[i]).sum();
+                    assert!(close(xty[a], want_y, 1e4 * n as f64), "xty[{a}], {width} x {n}");
+                    for b in 0..k {
+                        let want: f64 = (0..n).map(|i| row(i, a) * row(i, b)).sum();
+                        assert!(close(xtx[a * k + b], want, 1e4 * n as f64), "xtx[{a}][{b}], {width} x {n}");
+                    }
+                }
             }
+        }
+    }
+
+    #[test]
+    fn gram_gives_the_same_bits_at_any_parallelism() {
+        let n = 300_000;
+        let cols: Vec<Vec<f64>> = (0..6).map(|c| data(n, 40 + c)).collect();
+        let y = data(n, 7);
+        let refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| gram(&refs, &y, true))
+        };
+        let one = on(1);
+        for threads in [2, 3, 8] {
+            assert_eq!(on(threads), one, "{threads} threads");
         }
     }
 }
