@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Python packages the tests use as independent references and readers
-# (pyarrow, DuckDB, numpy, scikit-learn), in a virtualenv under .tools/.
+# What the tests need beyond the Rust toolchain:
+# - Python packages the tests use as independent references and readers
+#   (pyarrow, DuckDB, numpy, scikit-learn) and moto's S3 server, in a
+#   virtualenv under .tools/;
+# - Garage, a real S3-compatible server, cached outside the repository
+#   (building it takes minutes) so a re-run on the same machine is instant.
+# Idempotent, and quiet when everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.tools/venv
@@ -10,4 +15,26 @@ fi
 if ! "$VENV/bin/python" -c 'import pyarrow, duckdb, numpy, sklearn' 2>/dev/null; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check pyarrow duckdb numpy scikit-learn
 fi
+if ! "$VENV/bin/python" -c 'import moto.server, boto3' 2>/dev/null || [ ! -x "$VENV/bin/moto_server" ]; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'moto[server]'
+fi
+
+# Garage: the tests look for it here (or in $WASMPIPE_GARAGE).
+GARAGE_VERSION=2.5.0
+GARAGE_ROOT="$HOME/.cache/wasmpipe/garage-$GARAGE_VERSION"
+GARAGE="$GARAGE_ROOT/bin/garage"
+if [ ! -x "$GARAGE" ]; then
+    mkdir -p "$GARAGE_ROOT/bin"
+    # A garage already on PATH of exactly this version saves the build.
+    existing=$(command -v garage || true)
+    if [ -n "$existing" ] && "$existing" --version 2>/dev/null | grep -q "cargo:$GARAGE_VERSION "; then
+        cp "$existing" "$GARAGE.tmp" && mv "$GARAGE.tmp" "$GARAGE"
+    else
+        echo "building garage $GARAGE_VERSION (takes a while, once per machine)..."
+        cargo install garage --locked --quiet --version "$GARAGE_VERSION" --root "$GARAGE_ROOT"
+    fi
+fi
+
 "$VENV/bin/python" -c 'import pyarrow, duckdb, numpy, sklearn; print("test python:", pyarrow.__version__, duckdb.__version__, numpy.__version__, sklearn.__version__)'
+"$VENV/bin/python" -c 'import moto, boto3; print("moto:", moto.__version__, "boto3:", boto3.__version__)'
+echo "garage: $("$GARAGE" --version | head -n1)"

@@ -103,7 +103,74 @@ fn rerun_commits_anew_and_removes_what_the_new_commit_does_not_list() {
     assert_eq!(on_disk, expected, "only committed parts remain");
     let rows: usize = read_committed(&clean).iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 442);
-    // Lineage: the commit names its input's commit and the component.
-    assert!(commit["inputs"][0].as_str().unwrap().ends_with(&format!("diabetes/ingest@{}", second.run_id)));
+    // Lineage: the commit names its input's commit (by identity) and the
+    // component. batch_rows changed, so ingest was committed anew too.
+    let ingest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.path().join("diabetes/ingest/_wasmpipe_commit.json")).unwrap())
+            .unwrap();
+    assert_eq!(ingest["run_id"], second.run_id.as_str());
+    let identity = ingest["identity"].as_str().unwrap();
+    assert_eq!(identity.len(), 64);
+    assert!(commit["inputs"][0].as_str().unwrap().ends_with(&format!("diabetes/ingest@{identity}")));
     assert_eq!(commit["component"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn an_identical_rerun_skips_committed_stages_and_resumes_completed_tasks() {
+    let (manifest, dir) = demo_manifest();
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let first = exec.run(&manifest, &dir).expect("first run");
+    assert!(first.stages.iter().all(|s| s.committed_before.is_none() && s.tasks_skipped == 0));
+    let clean = store.path().join("diabetes/clean");
+    let parts_before = committed_files(&clean);
+
+    // Identical rerun: every stage is already committed; nothing runs.
+    let again = exec.run(&manifest, &dir).expect("identical rerun");
+    for s in &again.stages {
+        assert_eq!(s.committed_before.as_deref(), Some(first.run_id.as_str()), "stage {}", s.name);
+    }
+    assert_eq!(result_json(&again, "evaluate"), result_json(&first, "evaluate"));
+
+    // A run that died in `clean` after its tasks completed but before it
+    // committed leaves what this recreates: every task's record and part,
+    // and no commit. One part has gone missing as well.
+    let commit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(clean.join("_wasmpipe_commit.json")).unwrap()).unwrap();
+    std::fs::create_dir_all(clean.join("_wasmpipe_tasks")).unwrap();
+    for part in commit["parts"].as_array().unwrap() {
+        let record = serde_json::json!({"part": part, "rows_in": part["rows"]});
+        std::fs::write(clean.join("_wasmpipe_tasks").join(part["task"].as_str().unwrap()), record.to_string()).unwrap();
+    }
+    std::fs::remove_file(clean.join("_wasmpipe_commit.json")).unwrap();
+    std::fs::remove_file(clean.join(&parts_before[0])).unwrap();
+    let resumed = exec.run(&manifest, &dir).expect("resumed run");
+    let stage =
+        |r: &wasmpipe_executor::RunReport, name: &str| r.stages.iter().find(|s| s.name == name).unwrap().clone();
+    assert_eq!(stage(&resumed, "ingest").committed_before.as_deref(), Some(first.run_id.as_str()));
+    let c = stage(&resumed, "clean");
+    assert!(c.committed_before.is_none(), "clean had no commit, so it ran");
+    assert_eq!(c.tasks, 7);
+    assert_eq!(c.tasks_skipped, 6, "six tasks had records and parts; the one whose part is gone ran again");
+    assert_eq!(committed_files(&clean), parts_before, "the same part names: nothing duplicated");
+    // Downstream stages read the same parts, so their identities match
+    // their commits and they are skipped.
+    for name in ["scale", "fit", "evaluate"] {
+        assert!(stage(&resumed, name).committed_before.is_some(), "{name} is unchanged");
+    }
+    assert_eq!(result_json(&resumed, "evaluate"), result_json(&first, "evaluate"));
+    let mut on_disk: Vec<String> =
+        std::fs::read_dir(&clean).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    on_disk.sort();
+    let mut expected = parts_before.clone();
+    expected.push("_wasmpipe_commit.json".into());
+    expected.sort();
+    assert_eq!(on_disk, expected, "no task records or stray parts remain");
+}
+
+/// The part names a commit lists, in order.
+fn committed_files(output: &std::path::Path) -> Vec<String> {
+    let commit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(output.join("_wasmpipe_commit.json")).unwrap()).unwrap();
+    commit["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
 }

@@ -11,6 +11,8 @@ use wasmpipe_executor::{Executor, ExecutorConfig, RunError, RunReport};
 use wasmpipe_manifest::Manifest;
 use wasmpipe_runtime::LogRecord;
 
+pub mod s3;
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()

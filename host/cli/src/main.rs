@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use wasmpipe_executor::{Executor, ExecutorConfig, RunReport};
 use wasmpipe_manifest::Manifest;
 use wasmpipe_runtime::{Level, LogRecord};
+use wasmpipe_storage::Storage;
 
 /// Run ML and data pipelines whose stages are sandboxed WebAssembly
 /// components reading and writing Parquet.
@@ -25,19 +26,27 @@ struct Cli {
 enum Command {
     Run(RunArgs),
     Build(BuildArgs),
+    Deploy(DeployArgs),
+    Deployments(DeploymentsArgs),
 }
 
-/// Run a pipeline from its manifest.
+/// Run a pipeline: a local manifest, or a deployed pipeline (`--from`).
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The manifest (wasmpipe.toml).
-    manifest: PathBuf,
+    /// The manifest (wasmpipe.toml); with `--from`, the deployed pipeline's
+    /// name, optionally with a version: `NAME`, `NAME@3` (default: latest).
+    target: String,
+    /// The deployment root to run from, e.g. `s3://bucket/prefix` (as given
+    /// to `wasmpipe deploy --to`). Outputs then go under `ROOT/data`.
+    #[arg(long, env = "WASMPIPE_FROM")]
+    from: Option<String>,
     /// Most stage instances running at once (default: the number of cores).
     #[arg(long, short = 'p', env = "WASMPIPE_PARALLELISM")]
     parallelism: Option<usize>,
-    /// Where stages without an `output` write: a directory or URL.
-    #[arg(long, env = "WASMPIPE_STORE", default_value = "wasmpipe-data")]
-    store: String,
+    /// Where stages without an `output` write: a directory or URL
+    /// (default: `wasmpipe-data`, or `ROOT/data` with `--from`).
+    #[arg(long, env = "WASMPIPE_STORE")]
+    store: Option<String>,
     /// Show debug-level stage logs too.
     #[arg(long, short)]
     verbose: bool,
@@ -51,6 +60,27 @@ struct RunArgs {
 struct BuildArgs {
     /// Directory of the stage crate.
     crate_dir: PathBuf,
+}
+
+/// Publish a pipeline to an object store: components and local inputs
+/// uploaded by content (SHA-256), the manifest pinned to them and stored as
+/// a new version (nothing is uploaded when nothing changed).
+#[derive(clap::Args)]
+struct DeployArgs {
+    /// The manifest (wasmpipe.toml).
+    manifest: PathBuf,
+    /// The deployment root, e.g. `s3://bucket/prefix` (or a directory).
+    #[arg(long)]
+    to: String,
+}
+
+/// List the pipelines deployed under a root, or show one's manifest.
+#[derive(clap::Args)]
+struct DeploymentsArgs {
+    /// The deployment root, e.g. `s3://bucket/prefix`.
+    root: String,
+    /// Show this pipeline's pinned manifest: `NAME` or `NAME@VERSION`.
+    show: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +97,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Build(args) => build(args),
+        Command::Deploy(args) => deploy(args),
+        Command::Deployments(args) => deployments(args),
     };
     match result {
         Ok(code) => code,
@@ -100,31 +132,31 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let manifest = Manifest::load(&args.manifest)?;
-    let base_dir = args
-        .manifest
-        .parent()
-        .map(Path::to_path_buf)
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."));
-    let base_dir = base_dir.canonicalize().with_context(|| format!("cannot resolve {}", base_dir.display()))?;
-    let store = if args.store.contains("://") {
-        args.store.clone()
-    } else {
-        std::path::absolute(&args.store).context("cannot resolve --store")?.display().to_string()
-    };
+/// `NAME` or `NAME@VERSION` (`@v3` and `@3` alike; `@latest` for none).
+fn name_version(target: &str) -> anyhow::Result<(&str, Option<u32>)> {
+    match target.split_once('@') {
+        None => Ok((target, None)),
+        Some((name, "latest")) => Ok((name, None)),
+        Some((name, v)) => {
+            let v =
+                v.trim_start_matches('v').parse().with_context(|| format!("{target:?}: the version is a number"))?;
+            Ok((name, Some(v)))
+        }
+    }
+}
 
-    let min_level = if args.verbose {
-        Level::Debug
-    } else if args.quiet {
-        Level::Warn
-    } else {
-        Level::Info
-    };
+/// An absolute form of a store location given on the command line.
+fn absolute_location(location: &str) -> anyhow::Result<String> {
+    if location.contains("://") {
+        return Ok(location.to_string());
+    }
+    Ok(std::path::absolute(location).with_context(|| format!("cannot resolve {location}"))?.display().to_string())
+}
+
+fn executor(parallelism: Option<usize>, store: String, min_level: Level) -> anyhow::Result<Executor> {
     let color = std::io::stderr().is_terminal();
     let mut config = ExecutorConfig::new(store);
-    if let Some(p) = args.parallelism {
+    if let Some(p) = parallelism {
         anyhow::ensure!(p > 0, "--parallelism must be at least 1");
         config.parallelism = p;
     }
@@ -142,10 +174,92 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }));
-    let executor = Executor::new(config)?;
-    eprintln!("running pipeline {:?} ({} stages)", manifest.name, manifest.stages.len());
-    let report = executor.run(&manifest, &base_dir)?;
+    Ok(Executor::new(config)?)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let min_level = if args.verbose {
+        Level::Debug
+    } else if args.quiet {
+        Level::Warn
+    } else {
+        Level::Info
+    };
+    let report = match &args.from {
+        Some(root) => {
+            let root = absolute_location(root)?;
+            let store = match &args.store {
+                Some(s) => absolute_location(s)?,
+                None => format!("{}/data", root.trim_end_matches('/')),
+            };
+            let executor = executor(args.parallelism, store, min_level)?;
+            let (name, version) = name_version(&args.target)?;
+            let (_, manifest, version) = executor.deployed_manifest(&root, name, version)?;
+            eprintln!("running pipeline {name:?} version {version} from {root} ({} stages)", manifest.stages.len());
+            let storage = Storage::at_url(&root).with_options(manifest.storage.clone());
+            executor.run_in(&manifest, &storage, None)?
+        }
+        None => {
+            let path = Path::new(&args.target);
+            let manifest = Manifest::load(path)?;
+            let base_dir = path
+                .parent()
+                .map(Path::to_path_buf)
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or_else(|| PathBuf::from("."));
+            let base_dir = base_dir.canonicalize().with_context(|| format!("cannot resolve {}", base_dir.display()))?;
+            let store = absolute_location(args.store.as_deref().unwrap_or("wasmpipe-data"))?;
+            let executor = executor(args.parallelism, store, min_level)?;
+            eprintln!("running pipeline {:?} ({} stages)", manifest.name, manifest.stages.len());
+            executor.run(&manifest, &base_dir)?
+        }
+    };
     print_report(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let to = absolute_location(&args.to)?;
+    let executor = executor(None, to.clone(), Level::Warn)?;
+    let d = executor.deploy(&args.manifest, &to)?;
+    for url in &d.uploaded {
+        eprintln!("uploaded {url}");
+    }
+    if d.unchanged {
+        println!("{} version {} is unchanged ({})", d.name, d.version, d.manifest_url);
+    } else {
+        println!("deployed {} version {} ({})", d.name, d.version, d.manifest_url);
+    }
+    println!("run it with: wasmpipe run {}@{} --from {to}", d.name, d.version);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn deployments(args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
+    let root = absolute_location(&args.root)?;
+    let executor = executor(None, root.clone(), Level::Warn)?;
+    match &args.show {
+        Some(target) => {
+            let (name, version) = name_version(target)?;
+            let (text, _, version) = executor.deployed_manifest(&root, name, version)?;
+            eprintln!("{name} version {version}:");
+            print!("{text}");
+        }
+        None => {
+            let pipelines = executor.deployments(&root)?;
+            if pipelines.is_empty() {
+                println!("no pipelines are deployed under {root}");
+            }
+            for p in pipelines {
+                let versions: Vec<String> = p.versions.iter().map(|v| format!("v{v}")).collect();
+                println!(
+                    "{:<24} latest v{}  ({})",
+                    p.name,
+                    p.versions.last().copied().unwrap_or(0),
+                    versions.join(" ")
+                );
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -176,10 +290,15 @@ fn print_report(report: &RunReport) {
         .load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
         .set_header(["stage", "kind", "tasks", "passes", "rows in", "rows out", "read", "written", "time"]);
     for s in &report.stages {
+        let tasks = match (&s.committed_before, s.tasks_skipped) {
+            (Some(_), _) => "committed".to_string(),
+            (None, 0) => s.tasks.to_string(),
+            (None, k) => format!("{} ({k} resumed)", s.tasks),
+        };
         table.add_row([
             s.name.clone(),
             s.kind.to_string(),
-            s.tasks.to_string(),
+            tasks,
             if s.passes == 0 { "-".into() } else { s.passes.to_string() },
             s.rows_in.to_string(),
             s.rows_out.to_string(),

@@ -57,6 +57,17 @@ pub enum RunError {
         /// The limit.
         passes: u32,
     },
+    /// The manifest is unreadable or invalid.
+    #[error(transparent)]
+    Manifest(#[from] wasmpipe_manifest::ManifestError),
+    /// Deploying, or reading a deployment, failed.
+    #[error("deploy: {source}")]
+    Deploy {
+        /// The object or input involved.
+        what: String,
+        /// What went wrong.
+        source: Box<StorageError>,
+    },
 }
 
 fn more_failures(others: usize) -> String {

@@ -15,6 +15,7 @@
 //! A stage's outputs become visible only through its commit record, written
 //! after every task succeeded (see `wasmpipe_storage::commit`).
 
+mod deploy;
 mod error;
 mod plan;
 mod task;
@@ -28,6 +29,7 @@ use wasmpipe_runtime::{LogSink, Runtime, RuntimeConfig, StageKind};
 use wasmpipe_storage::Storage;
 use wasmpipe_storage::commit::Model;
 
+pub use deploy::{DeployedPipeline, Deployment};
 pub use error::{RunError, TaskFailure};
 
 /// How to run.
@@ -65,8 +67,11 @@ pub struct StageReport {
     pub component: String,
     /// Component size in bytes.
     pub component_bytes: usize,
-    /// Tasks run (fit and transform tasks together).
+    /// Tasks run (fit and transform tasks together), skipped ones included.
     pub tasks: usize,
+    /// Tasks skipped because an earlier run of the same stage had completed
+    /// them (their records were found; see `wasmpipe_storage::commit`).
+    pub tasks_skipped: usize,
     /// Fit passes (0 for transformers).
     pub passes: u32,
     /// Rows read by transform tasks (or by the last fit pass for aggregators).
@@ -85,6 +90,9 @@ pub struct StageReport {
     pub model: Option<Model>,
     /// The model or result bytes, for fit stages.
     pub model_bytes: Option<Arc<[u8]>>,
+    /// Set when the output was already committed by an identical earlier
+    /// run (that run's id), so the stage did not run at all.
+    pub committed_before: Option<String>,
 }
 
 /// What a run did.
@@ -138,13 +146,26 @@ impl Executor {
 
     /// Run `manifest`; relative paths in it are relative to `base_dir`.
     pub fn run(&self, manifest: &Manifest, base_dir: &Path) -> Result<RunReport, RunError> {
+        let storage = Storage::new(base_dir).with_options(manifest.storage.clone());
+        self.run_in(manifest, &storage, Some(base_dir))
+    }
+
+    /// Run `manifest` with its locations resolved by `storage` (for a
+    /// deployed pipeline, relative to the deployment's root). Stage crates
+    /// and `.wasm` paths need the manifest's local directory `local_dir`;
+    /// pinned components (`sha256:…`) are fetched through `storage`.
+    pub fn run_in(
+        &self,
+        manifest: &Manifest,
+        storage: &Storage,
+        local_dir: Option<&Path>,
+    ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let run_id = new_run_id();
-        let storage = Storage::new(base_dir);
-        let stages = plan::load_stages(&self.runtime, manifest, base_dir)?;
+        let stages = plan::load_stages(self, manifest, storage, local_dir)?;
         let mut reports: Vec<StageReport> = Vec::new();
         for stage in stages {
-            let report = task::run_stage(self, &storage, manifest, &stage, &run_id, &reports)?;
+            let report = task::run_stage(self, storage, manifest, &stage, &run_id, &reports)?;
             reports.push(report);
         }
         Ok(RunReport { run_id, stages: reports, wall: started.elapsed() })

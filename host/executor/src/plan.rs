@@ -1,13 +1,36 @@
 //! Turning the manifest's stages into loaded components with settings.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use wasmpipe_manifest::{ComponentSource, Manifest, Settings, defaults};
-use wasmpipe_runtime::{Runtime, StageComponent};
+use wasmpipe_runtime::StageComponent;
+use wasmpipe_storage::{Storage, StorageError};
 use wasmpipe_toolchain::Toolchain;
 
-use crate::RunError;
+use crate::{Executor, RunError};
+
+/// Where a pinned component lives, relative to the deployment root.
+pub(crate) fn pinned_path(hex: &str) -> String {
+    format!("components/{hex}.wasm")
+}
+
+/// Fetch a component pinned by hash and check its bytes against the hash.
+fn fetch_pinned(exec: &Executor, storage: &Storage, stage: &str, hex: &str) -> Result<(Vec<u8>, PathBuf), RunError> {
+    let storage_err = |source| RunError::Storage { stage: stage.into(), source };
+    let at = storage.resolve(&pinned_path(hex)).map_err(storage_err)?;
+    let (bytes, _) = exec
+        .io
+        .block_on(at.get_opt())
+        .map_err(storage_err)?
+        .ok_or_else(|| storage_err(StorageError::NotFound { url: at.url().into() }))?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != hex {
+        return Err(storage_err(StorageError::HashMismatch { url: at.url().into(), expected: hex.into(), actual }));
+    }
+    Ok((bytes.to_vec(), PathBuf::from(at.url())))
+}
 
 /// A stage ready to run.
 pub(crate) struct PlannedStage {
@@ -38,33 +61,18 @@ impl PlannedStage {
 /// Build (where needed) and load every stage before anything runs, so a
 /// stage that cannot load fails the run before any data moves.
 pub(crate) fn load_stages(
-    runtime: &Runtime,
+    exec: &Executor,
     manifest: &Manifest,
-    base_dir: &Path,
+    storage: &Storage,
+    local_dir: Option<&Path>,
 ) -> Result<Vec<PlannedStage>, RunError> {
     let mut toolchain: Option<Toolchain> = None;
     let mut planned = Vec::new();
     for name in manifest.order() {
         let stage = &manifest.stages[name];
-        let path = match &stage.component {
-            ComponentSource::Wasm(p) => base_dir.join(p),
-            ComponentSource::Crate(dir) => {
-                let tc = match &toolchain {
-                    Some(tc) => tc.clone(),
-                    None => {
-                        let tc = wasmpipe_toolchain::detect()
-                            .map_err(|source| RunError::Build { stage: name.into(), source })?;
-                        toolchain = Some(tc.clone());
-                        tc
-                    }
-                };
-                tracing::info!(stage = name, "building {}", dir.display());
-                wasmpipe_toolchain::build(&base_dir.join(dir), &tc, wasmpipe_toolchain::Progress::OnFailure)
-                    .map_err(|source| RunError::Build { stage: name.into(), source })?
-                    .path
-            }
-        };
-        let component = runtime.load_file(&path).map_err(|source| RunError::Load { stage: name.into(), source })?;
+        let (bytes, origin) = component_bytes(exec, storage, local_dir, name, &stage.component, &mut toolchain)?;
+        let component =
+            exec.runtime.load(&bytes, &origin).map_err(|source| RunError::Load { stage: name.into(), source })?;
         planned.push(PlannedStage {
             name: name.to_string(),
             component,
@@ -73,4 +81,52 @@ pub(crate) fn load_stages(
         });
     }
     Ok(planned)
+}
+
+/// The bytes of a stage's code and where they came from: a `.wasm` file
+/// or a stage crate (built here with the detected toolchain) in the
+/// manifest's directory `local_dir`, or a pinned component fetched through
+/// `storage` and checked against its hash.
+pub(crate) fn component_bytes(
+    exec: &Executor,
+    storage: &Storage,
+    local_dir: Option<&Path>,
+    stage: &str,
+    source: &ComponentSource,
+    toolchain: &mut Option<Toolchain>,
+) -> Result<(Vec<u8>, PathBuf), RunError> {
+    let local = |p: &Path| {
+        local_dir.map(|d| d.join(p)).ok_or_else(|| RunError::Load {
+            stage: stage.into(),
+            source: wasmpipe_runtime::RuntimeError::Engine(format!(
+                "component {}: a pipeline run from a deployment names its components by hash (sha256:…); deploy it with `wasmpipe deploy`",
+                p.display()
+            )),
+        })
+    };
+    let path = match source {
+        ComponentSource::Pinned(hex) => return fetch_pinned(exec, storage, stage, hex),
+        ComponentSource::Wasm(p) => local(p)?,
+        ComponentSource::Crate(dir) => {
+            let dir = local(dir)?;
+            let tc = match toolchain {
+                Some(tc) => tc.clone(),
+                None => {
+                    let tc = wasmpipe_toolchain::detect()
+                        .map_err(|source| RunError::Build { stage: stage.into(), source })?;
+                    *toolchain = Some(tc.clone());
+                    tc
+                }
+            };
+            tracing::info!(stage, "building {}", dir.display());
+            wasmpipe_toolchain::build(&dir, &tc, wasmpipe_toolchain::Progress::OnFailure)
+                .map_err(|source| RunError::Build { stage: stage.into(), source })?
+                .path
+        }
+    };
+    let bytes = std::fs::read(&path).map_err(|source| RunError::Load {
+        stage: stage.into(),
+        source: wasmpipe_runtime::RuntimeError::Read { path: path.clone(), source },
+    })?;
+    Ok((bytes, path))
 }

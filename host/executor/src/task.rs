@@ -2,12 +2,11 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures::StreamExt;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use wasmpipe_manifest::{Format as ManifestFormat, Input, Manifest};
@@ -39,6 +38,13 @@ struct StageRun<'a> {
     output: Location,
     /// Hash of what determines every task's output besides its partition.
     identity: String,
+}
+
+/// What a transform task did, as recorded for reruns.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TaskRecord {
+    part: Option<Part>,
+    rows_in: u64,
 }
 
 /// What a transform task did.
@@ -82,7 +88,7 @@ pub(crate) fn run_stage(
         };
         let listing = exec.io.block_on(read::list(&location, format)).map_err(storage_err)?;
         match (&listing.commit, upstream) {
-            (Some(c), _) => lineage.push(format!("{}@{}", location.url(), c.run_id)),
+            (Some(c), _) => lineage.push(format!("{}@{}", location.url(), c.identity)),
             (None, Some(up)) => {
                 return Err(storage_err(StorageError::CorruptCommit {
                     url: location.url().into(),
@@ -102,6 +108,12 @@ pub(crate) fn run_stage(
         &(stage.row_group_rows() as u64).to_le_bytes(),
         format!("{:?}", spec.columns).as_bytes(),
     ]);
+    // What the output depends on: the stage and every partition it reads.
+    let output_identity = {
+        let mut parts: Vec<String> = vec![identity.clone()];
+        parts.extend(partitions.iter().map(Partition::identity));
+        sha256_hex(&parts.iter().map(String::as_bytes).collect::<Vec<_>>())
+    };
     let run = StageRun {
         exec,
         pipeline: &manifest.name,
@@ -112,6 +124,16 @@ pub(crate) fn run_stage(
         identity,
     };
 
+    // The output as the run found it: committed by an identical run, it is
+    // done; otherwise the new commit must replace exactly what was seen.
+    let previous = exec.io.block_on(commit::read_versioned(&run.output)).map_err(storage_err)?;
+    if let Some((record, _)) = &previous
+        && record.identity == output_identity
+    {
+        return run.already_committed(record, started).map_err(storage_err);
+    }
+    let seen = previous.map(|(_, e_tag)| e_tag);
+
     let bytes_per_pass: u64 = run.partitions.iter().map(|p| p.bytes).sum();
     let mut report = StageReport {
         name: stage.name.clone(),
@@ -121,6 +143,7 @@ pub(crate) fn run_stage(
         tasks: 0,
         passes: 0,
         rows_in: 0,
+        tasks_skipped: 0,
         rows_out: 0,
         bytes_read: 0,
         bytes_written: 0,
@@ -128,12 +151,14 @@ pub(crate) fn run_stage(
         output: run.output.url().to_string(),
         model: None,
         model_bytes: None,
+        committed_before: None,
     };
+    let skipped = AtomicUsize::new(0);
 
     // Fit, for estimators and aggregators.
     let mut model_bytes: Option<Vec<u8>> = None;
     if matches!(report.kind, StageKind::Estimator | StageKind::Aggregator) {
-        let (bytes, passes, rows) = run.fit()?;
+        let (bytes, passes, rows) = run.fit(&skipped)?;
         report.passes = passes;
         report.tasks += passes as usize * run.partitions.len().max(1) + passes as usize;
         report.bytes_read += bytes_per_pass * passes as u64;
@@ -143,9 +168,7 @@ pub(crate) fn run_stage(
         let sha = sha256_hex(&[&bytes]);
         let name = format!("_model-{}.bin", &sha[..16]);
         let at = run.output.child(&name);
-        exec.io
-            .block_on(at.store().put(at.path(), PutPayload::from(Bytes::from(bytes.clone()))))
-            .map_err(|source| storage_err(StorageError::Store { url: at.url().into(), source }))?;
+        exec.io.block_on(at.put(bytes.clone())).map_err(storage_err)?;
         report.model = Some(Model { name, sha256: sha, bytes: bytes.len() as u64, passes });
         model_bytes = Some(bytes);
     }
@@ -154,7 +177,8 @@ pub(crate) fn run_stage(
     let mut parts = Vec::new();
     if matches!(report.kind, StageKind::Transformer | StageKind::Estimator) {
         let model_id = report.model.as_ref().map(|m| m.sha256.clone()).unwrap_or_default();
-        let outcomes = run.parallel("transform", |i| run.transform_task(i, model_bytes.as_deref(), &model_id))?;
+        let outcomes =
+            run.parallel("transform", |i| run.transform_task(i, model_bytes.as_deref(), &model_id, &skipped))?;
         report.tasks += run.partitions.len();
         report.bytes_read += bytes_per_pass;
         for o in outcomes {
@@ -170,6 +194,7 @@ pub(crate) fn run_stage(
         pipeline: manifest.name.clone(),
         stage: stage.name.clone(),
         run_id: run_id.into(),
+        identity: output_identity,
         component: stage.component.hash().into(),
         config: sha256_hex(&[stage.config_json.as_bytes()]),
         inputs: lineage,
@@ -178,7 +203,8 @@ pub(crate) fn run_stage(
         model: report.model.clone(),
         committed_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
-    exec.io.block_on(commit::write(&run.output, &record)).map_err(storage_err)?;
+    exec.io.block_on(commit::write(&run.output, &record, seen)).map_err(storage_err)?;
+    report.tasks_skipped = skipped.into_inner();
     report.model_bytes = model_bytes.map(Arc::from);
     report.wall = started.elapsed();
     Ok(report)
@@ -313,13 +339,18 @@ impl StageRun<'_> {
         index: usize,
         model: Option<&[u8]>,
         model_id: &str,
+        skipped: &AtomicUsize,
     ) -> Result<TransformOutcome, TaskFailure> {
         let task_id = self.task_id(index, model_id);
+        if let Some(done) = self.completed_transform(&task_id)? {
+            skipped.fetch_add(1, Ordering::Relaxed);
+            return Ok(done);
+        }
         let mut inst = self.instantiate(format!("{}[{index}]", self.stage.name))?;
         inst.open(&self.task_info(index, 0), model)?;
         let io = &self.exec.io;
         let mut writer =
-            PartWriter::new(&self.output, part_name(index, &task_id), task_id, self.stage.row_group_rows());
+            PartWriter::new(&self.output, part_name(index, &task_id), task_id.clone(), self.stage.row_group_rows());
         let rows_in = self.each_batch(index, |batch| {
             if let Some(out) = inst.transform(batch)? {
                 io.block_on(writer.write(&out))?;
@@ -329,24 +360,100 @@ impl StageRun<'_> {
         if let Some(out) = inst.close()? {
             io.block_on(writer.write(&out))?;
         }
-        Ok(TransformOutcome { part: io.block_on(writer.finish())?, rows_in })
+        let outcome = TransformOutcome { part: io.block_on(writer.finish())?, rows_in };
+        let record = serde_json::to_vec(&TaskRecord { part: outcome.part.clone(), rows_in }).expect("serializes");
+        io.block_on(commit::write_task(&self.output, &task_id, record))?;
+        Ok(outcome)
     }
 
-    fn fit_task(&self, index: usize, pass: u32, carry: Option<&[u8]>) -> Result<(Vec<u8>, u64), TaskFailure> {
+    /// The outcome of a transform task an earlier run completed, if its
+    /// record and its part are both still there.
+    fn completed_transform(&self, task_id: &str) -> Result<Option<TransformOutcome>, TaskFailure> {
+        let io = &self.exec.io;
+        let Some(bytes) = io.block_on(commit::read_task(&self.output, task_id))? else {
+            return Ok(None);
+        };
+        let Ok(record) = serde_json::from_slice::<TaskRecord>(&bytes) else {
+            return Ok(None);
+        };
+        if let Some(part) = &record.part {
+            let at = self.output.child(&part.name);
+            match io.block_on(at.store().head(at.path())) {
+                Ok(meta) if meta.size == part.bytes => {}
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(TransformOutcome { part: record.part, rows_in: record.rows_in }))
+    }
+
+    /// The report of a stage an identical earlier run committed.
+    fn already_committed(&self, record: &CommitRecord, started: Instant) -> Result<StageReport, StorageError> {
+        let model_bytes = match &record.model {
+            Some(m) => {
+                let at = self.output.child(&m.name);
+                let (bytes, _) =
+                    self.exec.io.block_on(at.get_opt())?.ok_or(StorageError::NotFound { url: at.url().into() })?;
+                Some(Arc::from(bytes.to_vec()))
+            }
+            None => None,
+        };
+        Ok(StageReport {
+            name: self.stage.name.clone(),
+            kind: self.stage.component.kind(),
+            component: self.stage.component.hash().to_string(),
+            component_bytes: self.stage.component.size(),
+            tasks: 0,
+            tasks_skipped: 0,
+            passes: record.model.as_ref().map_or(0, |m| m.passes),
+            rows_in: 0,
+            rows_out: record.rows,
+            bytes_read: 0,
+            bytes_written: 0,
+            wall: started.elapsed(),
+            output: self.output.url().to_string(),
+            model: record.model.clone(),
+            model_bytes,
+            committed_before: Some(record.run_id.clone()),
+        })
+    }
+
+    /// Fold partition `index` into a fit state for `pass`; a state an
+    /// earlier run recorded for the same pass and carry is reused.
+    fn fit_task(
+        &self,
+        index: usize,
+        pass: u32,
+        carry: Option<&[u8]>,
+        skipped: &AtomicUsize,
+    ) -> Result<(Vec<u8>, u64), TaskFailure> {
+        let carry_id = sha256_hex(&[carry.unwrap_or_default()]);
+        let task_id = self.task_id(index, &format!("fit pass {pass} carry {carry_id}"));
+        let io = &self.exec.io;
+        if let Some(bytes) = io.block_on(commit::read_task(&self.output, &task_id))?
+            && bytes.len() >= 8
+        {
+            skipped.fetch_add(1, Ordering::Relaxed);
+            let rows = u64::from_le_bytes(bytes[..8].try_into().expect("eight bytes"));
+            return Ok((bytes[8..].to_vec(), rows));
+        }
         let mut inst = self.instantiate(format!("{}[fit {index}]", self.stage.name))?;
         inst.fit_open(&self.task_info(index, pass), carry)?;
         let rows = self.each_batch(index, |batch| Ok(inst.fit_batch(batch)?))?;
-        Ok((inst.fit_close()?, rows))
+        let state = inst.fit_close()?;
+        let mut record = rows.to_le_bytes().to_vec();
+        record.extend_from_slice(&state);
+        io.block_on(commit::write_task(&self.output, &task_id, record))?;
+        Ok((state, rows))
     }
 
     /// All passes of the fit; returns the finished bytes, the passes and
     /// the rows of the last pass.
-    fn fit(&self) -> Result<(Vec<u8>, u32, u64), RunError> {
+    fn fit(&self, skipped: &AtomicUsize) -> Result<(Vec<u8>, u32, u64), RunError> {
         let mut carry: Option<Vec<u8>> = None;
         for pass in 0..self.stage.max_passes() {
             let tasks = self.partitions.len().max(1);
             let phase = format!("fit pass {pass},");
-            let states = self.parallel_n(&phase, tasks, |i| self.fit_task(i, pass, carry.as_deref()))?;
+            let states = self.parallel_n(&phase, tasks, |i| self.fit_task(i, pass, carry.as_deref(), skipped))?;
             let rows = states.iter().map(|(_, r)| r).sum();
             let merged = self.parallel_n(&format!("merge of fit pass {pass},"), 1, |_| {
                 let mut inst = self.instantiate(format!("{}[merge]", self.stage.name))?;

@@ -18,7 +18,7 @@
 //! assert_eq!(m.order(), vec!["clean"]);
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use indexmap::IndexMap;
@@ -39,6 +39,13 @@ pub struct Manifest {
     /// Settings every stage inherits unless it sets its own.
     #[serde(default)]
     pub defaults: Settings,
+    /// Options of cloud object stores, by scheme (`s3`, `gs`, `az`):
+    /// object_store's configuration keys, such as `endpoint`, `region`,
+    /// `allow_http` or `virtual_hosted_style_request`. They override the
+    /// standard environment variables (`AWS_ENDPOINT_URL`, ...). Credentials
+    /// are refused here: they belong in the environment.
+    #[serde(default)]
+    pub storage: BTreeMap<String, BTreeMap<String, String>>,
     /// The stages, by name, in the order written.
     #[serde(rename = "stage")]
     pub stages: IndexMap<String, Stage>,
@@ -127,6 +134,19 @@ pub enum ComponentSource {
     Wasm(PathBuf),
     /// A stage crate to build.
     Crate(PathBuf),
+    /// A component pinned by the SHA-256 of its bytes (`sha256:HEX`), as
+    /// `wasmpipe deploy` writes: fetched from `components/HEX.wasm` beside
+    /// the manifest (in its deployment) and checked against the hash.
+    Pinned(String),
+}
+
+impl std::fmt::Display for ComponentSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComponentSource::Wasm(p) | ComponentSource::Crate(p) => write!(f, "{}", p.display()),
+            ComponentSource::Pinned(hex) => write!(f, "sha256:{hex}"),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for ComponentSource {
@@ -134,6 +154,14 @@ impl<'de> Deserialize<'de> for ComponentSource {
         let s = String::deserialize(d)?;
         if s.is_empty() {
             return Err(serde::de::Error::custom("`component` is empty: give a .wasm file or a stage crate directory"));
+        }
+        if let Some(hex) = s.strip_prefix("sha256:") {
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(serde::de::Error::custom(format!(
+                    "`component = {s:?}`: a pinned component is `sha256:` and 64 lowercase hex digits"
+                )));
+            }
+            return Ok(ComponentSource::Pinned(hex.to_string()));
         }
         Ok(if s.ends_with(".wasm") { ComponentSource::Wasm(s.into()) } else { ComponentSource::Crate(s.into()) })
     }
@@ -239,6 +267,19 @@ impl Manifest {
             return invalid("the pipeline has no stages: add a [stage.NAME] table".into());
         }
         check_settings("[defaults]", &self.defaults)?;
+        for (scheme, options) in &self.storage {
+            if !["s3", "gs", "az"].contains(&scheme.as_str()) {
+                return invalid(format!("[storage.{scheme}]: unknown store; options are for s3, gs or az"));
+            }
+            for key in options.keys() {
+                let k = key.to_ascii_lowercase();
+                if ["secret", "access_key", "token", "password", "account_key", "sas"].iter().any(|c| k.contains(c)) {
+                    return invalid(format!(
+                        "[storage.{scheme}] {key}: credentials do not belong in the manifest; set them in the environment (e.g. AWS_SECRET_ACCESS_KEY)"
+                    ));
+                }
+            }
+        }
         for (name, stage) in &self.stages {
             if !valid_name(name) {
                 return invalid(format!("stage name {name:?} must be letters, digits, '-' or '_'"));

@@ -210,7 +210,7 @@ fn write_atomically(dir: &Path, file: &Path, bytes: &[u8]) -> std::io::Result<()
 
 /// Return component bytes: as they are for a component, encoded with
 /// wit-component for a core module with component-type metadata.
-fn to_component(bytes: &[u8], origin: &Path) -> Result<Vec<u8>, RuntimeError> {
+pub fn to_component(bytes: &[u8], origin: &Path) -> Result<Vec<u8>, RuntimeError> {
     if wasmparser::Parser::is_component(bytes) {
         return Ok(bytes.to_vec());
     }

@@ -328,9 +328,7 @@ pub fn gram(x: &[&[f64]], y: &[f64], intercept: bool) -> (Vec<f64>, Vec<f64>) {
     if intercept {
         xtx[0] = n as f64;
         xty[0] = sums[m - 1];
-        for j in 0..x.len() {
-            xtx[j + 1] = sums[j];
-        }
+        xtx[1..=x.len()].copy_from_slice(&sums[..x.len()]);
     }
     for a in 0..x.len() {
         xty[a + off] = full[a * m + m - 1];

@@ -1,16 +1,31 @@
-//! The commit record: the one object that makes a stage's output visible.
+//! The commit protocol: how a stage's output becomes visible exactly once.
 //!
-//! A task writes its part under a deterministic name derived from the
-//! task's identity; parts on their own mean nothing. When every task of a
-//! stage has succeeded, the executor writes `_wasmpipe_commit.json`, which
-//! lists the parts (and the model, for estimators). Readers read only what
-//! a commit lists, so a run that dies at any point leaves the previous
-//! commit (or none) in force. Parts of earlier commits that the new one no
-//! longer lists are deleted after it lands.
+//! * A task writes its part under a deterministic name derived from the
+//!   task's identity (see `write::part_name`), so a retried or duplicated
+//!   task rewrites the same object with the same bytes: never a duplicate.
+//! * After its part is complete, the task writes a task record
+//!   (`_wasmpipe_tasks/TASK.json`; fit tasks keep their partial state
+//!   there). A rerun skips every task whose record exists and whose part is
+//!   still there.
+//! * When every task of a stage has succeeded, the executor writes
+//!   `_wasmpipe_commit.json`, listing the parts (and the model, for
+//!   estimators), with the identity of everything the output depends on.
+//!   Readers read only what a commit lists, so a run that dies at any point
+//!   leaves the previous commit (or none) in force; a rerun whose identity
+//!   matches the commit skips the stage.
+//! * Where the store honours conditional writes, the commit is written only
+//!   if the record is unchanged since the run read it (`If-Match`, or
+//!   `If-None-Match` when there was none), so of two different runs racing
+//!   on one output, one fails cleanly instead of both landing. On stores
+//!   that ignore the conditions (Garage), the protocol still holds for any
+//!   number of identical runs; runs of different versions of a stage must
+//!   not write one output at the same time (see `docs/commit-protocol.md`).
+//! * After the commit lands, parts and models it does not list, and all
+//!   task records, are deleted.
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::{Location, StorageError};
@@ -58,12 +73,16 @@ pub struct CommitRecord {
     pub stage: String,
     /// The run that wrote it.
     pub run_id: String,
+    /// SHA-256 of everything the output depends on: the component, its
+    /// config and settings, and the identity of every input partition.
+    #[serde(default)]
+    pub identity: String,
     /// SHA-256 of the stage component.
     pub component: String,
     /// SHA-256 of the stage's config JSON.
     pub config: String,
     /// The inputs read: URL and, for committed upstream outputs, their
-    /// commit's run id.
+    /// commit's identity.
     pub inputs: Vec<String>,
     /// The committed parts, in task order.
     pub parts: Vec<Part>,
@@ -75,13 +94,20 @@ pub struct CommitRecord {
     pub committed_at: u64,
 }
 
+/// Where task records live, within a stage's output prefix.
+pub const TASKS_DIR: &str = "_wasmpipe_tasks";
+
 /// Read the commit record at `output`, if there is one.
 pub async fn read(output: &Location) -> Result<Option<CommitRecord>, StorageError> {
+    Ok(read_versioned(output).await?.map(|(record, _)| record))
+}
+
+/// The commit record at `output` with its version (entity tag), to commit
+/// over it conditionally.
+pub async fn read_versioned(output: &Location) -> Result<Option<(CommitRecord, Option<String>)>, StorageError> {
     let at = output.child(COMMIT_FILE);
-    let bytes = match output.store().get(at.path()).await {
-        Ok(r) => r.bytes().await.map_err(|source| StorageError::Store { url: at.url().into(), source })?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(source) => return Err(StorageError::Store { url: at.url().into(), source }),
+    let Some((bytes, e_tag)) = at.get_opt().await? else {
+        return Ok(None);
     };
     let record: CommitRecord = serde_json::from_slice(&bytes)
         .map_err(|e| StorageError::CorruptCommit { url: at.url().into(), reason: e.to_string() })?;
@@ -91,24 +117,53 @@ pub async fn read(output: &Location) -> Result<Option<CommitRecord>, StorageErro
             reason: format!("format {:?}, expected {COMMIT_FORMAT:?}", record.format),
         });
     }
-    Ok(Some(record))
+    Ok(Some((record, e_tag)))
 }
 
+/// What the output held when the run started: no commit (`None`), or the
+/// version of the record it read.
+pub type Seen = Option<Option<String>>;
+
 /// Write `record` as the commit of `output` (a single put: atomic on every
-/// object store), then delete what it no longer references.
-pub async fn write(output: &Location, record: &CommitRecord) -> Result<(), StorageError> {
+/// object store), conditional on the output still holding what the run
+/// `seen` where the store can check it; then delete what the record does
+/// not reference.
+pub async fn write(output: &Location, record: &CommitRecord, seen: Seen) -> Result<(), StorageError> {
     let at = output.child(COMMIT_FILE);
     let json = serde_json::to_vec_pretty(record).expect("commit records serialize");
-    output
-        .store()
-        .put(at.path(), PutPayload::from(Bytes::from(json)))
-        .await
-        .map_err(|source| StorageError::Store { url: at.url().into(), source })?;
+    let e_tag = match seen {
+        None => None,
+        // A record without a version cannot be checked: overwrite it.
+        Some(None) => return finish(output, record, at.put(json).await).await,
+        Some(Some(e_tag)) => Some(e_tag),
+    };
+    if !at.put_if(json, e_tag).await? {
+        let other =
+            read(output).await.ok().flatten().map_or_else(|| "another run".into(), |r| format!("run {}", r.run_id));
+        return Err(StorageError::CommitConflict { url: at.url().into(), other });
+    }
     remove_unreferenced(output, record).await
 }
 
-/// Delete parts and models under `output` that `record` does not list:
-/// leftovers of earlier commits and of runs that died before committing.
+async fn finish(output: &Location, record: &CommitRecord, put: Result<(), StorageError>) -> Result<(), StorageError> {
+    put?;
+    remove_unreferenced(output, record).await
+}
+
+/// The record of task `task_id` under `output`, if it completed.
+pub async fn read_task(output: &Location, task_id: &str) -> Result<Option<Bytes>, StorageError> {
+    Ok(output.child(&format!("{TASKS_DIR}/{task_id}")).get_opt().await?.map(|(b, _)| b))
+}
+
+/// Record that task `task_id` completed, with what a rerun needs to skip
+/// it (its part, or its fit state).
+pub async fn write_task(output: &Location, task_id: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+    output.child(&format!("{TASKS_DIR}/{task_id}")).put(bytes).await
+}
+
+/// Delete parts and models under `output` that `record` does not list
+/// (leftovers of earlier commits and of runs that died before committing),
+/// and every task record.
 pub async fn remove_unreferenced(output: &Location, record: &CommitRecord) -> Result<(), StorageError> {
     let keep: Vec<&str> = record
         .parts
@@ -118,11 +173,7 @@ pub async fn remove_unreferenced(output: &Location, record: &CommitRecord) -> Re
         .chain([COMMIT_FILE])
         .collect();
     let store = output.store();
-    let listed: Vec<_> = store
-        .list(Some(output.path()))
-        .try_collect()
-        .await
-        .map_err(|source| StorageError::Store { url: output.url().into(), source })?;
+    let listed: Vec<_> = store.list(Some(output.path())).try_collect().await.map_err(|e| output.error(e))?;
     for meta in listed {
         let Some(rel) = meta
             .location
@@ -131,12 +182,12 @@ pub async fn remove_unreferenced(output: &Location, record: &CommitRecord) -> Re
         else {
             continue;
         };
-        let ours = rel.starts_with("part-") || rel.starts_with("_model-");
+        let ours = rel.starts_with("part-") || rel.starts_with("_model-") || rel.starts_with(TASKS_DIR);
         if ours && !keep.contains(&rel.as_str()) {
-            store
-                .delete(&meta.location)
-                .await
-                .map_err(|source| StorageError::Store { url: output.at(meta.location.clone()).url().into(), source })?;
+            match store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(output.at(meta.location.clone()).error(e)),
+            }
         }
     }
     Ok(())

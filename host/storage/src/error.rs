@@ -60,6 +60,28 @@ pub enum StorageError {
         /// What is wrong.
         reason: String,
     },
+    /// A content-addressed object does not hash to its name.
+    #[error(
+        "{url}: its SHA-256 is {actual}, not the {expected} it is stored under\n  hint: the object was changed or damaged in the store; run `wasmpipe deploy` again to re-upload it"
+    )]
+    HashMismatch {
+        /// The object.
+        url: String,
+        /// The hash it should have.
+        expected: String,
+        /// The hash it has.
+        actual: String,
+    },
+    /// Another run committed the output while this one ran.
+    #[error(
+        "{url}: {other} committed this output while this run was running; nothing of this run was committed\n  hint: run again to build on the new commit, and make sure only one run writes an output at a time"
+    )]
+    CommitConflict {
+        /// The commit record.
+        url: String,
+        /// Who committed, as far as known.
+        other: String,
+    },
     /// A projected column is not in the file.
     #[error("{url}: no column {column:?} (it has: {available})\n  hint: fix `columns` in the stage")]
     MissingColumn {

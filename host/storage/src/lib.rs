@@ -18,4 +18,4 @@ pub mod read;
 pub mod write;
 
 pub use error::StorageError;
-pub use location::{Location, Storage};
+pub use location::{Conditional, Location, MAX_REQUESTS_PER_STORE, Storage, StoreOptions};

@@ -50,6 +50,9 @@ pub struct InputFile {
     pub location: Location,
     /// Its size in bytes.
     pub size: u64,
+    /// The store's version of it (entity tag), where known: part of the
+    /// identity of the tasks that read it, so a changed file is reread.
+    pub version: Option<String>,
     /// How to read it.
     pub format: Format,
 }
@@ -83,7 +86,12 @@ pub async fn list(location: &Location, format: Option<Format>) -> Result<Listing
     match location.store().head(location.path()).await {
         Ok(meta) => {
             return Ok(Listing {
-                files: vec![InputFile { format: format_of(location)?, size: meta.size, location: location.clone() }],
+                files: vec![InputFile {
+                    format: format_of(location)?,
+                    size: meta.size,
+                    version: meta.e_tag,
+                    location: location.clone(),
+                }],
                 commit: None,
             });
         }
@@ -96,7 +104,7 @@ pub async fn list(location: &Location, format: Option<Format>) -> Result<Listing
         let mut files = Vec::with_capacity(record.parts.len());
         for part in &record.parts {
             let loc = location.child(&part.name);
-            files.push(InputFile { size: part.bytes, format: Format::Parquet, location: loc });
+            files.push(InputFile { size: part.bytes, version: None, format: Format::Parquet, location: loc });
         }
         return Ok(Listing { files, commit: Some(record) });
     }
@@ -113,7 +121,7 @@ pub async fn list(location: &Location, format: Option<Format>) -> Result<Listing
             continue;
         }
         let loc = location.at(meta.location.clone());
-        files.push(InputFile { format: format_of(&loc)?, size: meta.size, location: loc });
+        files.push(InputFile { format: format_of(&loc)?, size: meta.size, version: meta.e_tag, location: loc });
     }
     if files.is_empty() {
         return Err(StorageError::NotFound { url: location.url().into() });
@@ -139,9 +147,11 @@ pub struct Partition {
 impl Partition {
     /// A stable description of what the partition covers, for task identity.
     pub fn identity(&self) -> String {
+        let f = &self.file;
+        let version = f.version.as_deref().unwrap_or("");
         match self.row_group {
-            Some(rg) => format!("{}#rg{rg}@{}", self.file.location.url(), self.file.size),
-            None => format!("{}@{}", self.file.location.url(), self.file.size),
+            Some(rg) => format!("{}#rg{rg}@{}:{version}", f.location.url(), f.size),
+            None => format!("{}@{}:{version}", f.location.url(), f.size),
         }
     }
 }

@@ -1,0 +1,241 @@
+//! Deployments: a pipeline published to an object store, runnable from
+//! there on any machine that can reach it.
+//!
+//! Under a deployment root (`s3://bucket/prefix`, or any location):
+//!
+//! ```text
+//! components/SHA256.wasm              every stage component, by content
+//! inputs/SHA256/NAME                  local input files the manifest named
+//! deployments/PIPELINE/vN.toml        the manifest, pinned to those hashes
+//! data/PIPELINE/STAGE/                outputs of runs from the deployment
+//! ```
+//!
+//! Deploying uploads only what the root lacks, and writes a new version
+//! only when the pinned manifest differs from the latest one.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+use wasmpipe_manifest::{ComponentSource, Input, Manifest};
+use wasmpipe_storage::{Location, Storage, StorageError};
+
+use crate::plan::pinned_path;
+use crate::{Executor, RunError};
+
+/// What `deploy` did.
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    /// Pipeline name.
+    pub name: String,
+    /// Its version number (1, 2, ...).
+    pub version: u32,
+    /// URL of the pinned manifest.
+    pub manifest_url: String,
+    /// Objects uploaded, by URL.
+    pub uploaded: Vec<String>,
+    /// True when the latest version already held this exact pipeline.
+    pub unchanged: bool,
+}
+
+/// A pipeline's deployed versions.
+#[derive(Debug, Clone)]
+pub struct DeployedPipeline {
+    /// Pipeline name.
+    pub name: String,
+    /// Version numbers, ascending.
+    pub versions: Vec<u32>,
+}
+
+fn err(what: &str, source: StorageError) -> RunError {
+    RunError::Deploy { what: what.into(), source: Box::new(source) }
+}
+
+fn invalid(what: &str, reason: String) -> RunError {
+    RunError::Deploy { what: what.into(), source: Box::new(StorageError::InvalidLocation { url: what.into(), reason }) }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Executor {
+    /// Publish the pipeline of the manifest at `manifest_path` under the
+    /// deployment root `to`.
+    pub fn deploy(&self, manifest_path: &Path, to: &str) -> Result<Deployment, RunError> {
+        let text = std::fs::read_to_string(manifest_path).map_err(|source| {
+            RunError::Manifest(wasmpipe_manifest::ManifestError::Read { path: manifest_path.into(), source })
+        })?;
+        let manifest = Manifest::parse(&text).map_err(RunError::Manifest)?;
+        let dir = manifest_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut table: toml::Table = text.parse().expect("parsed above");
+        let root = Storage::new(dir).with_options(manifest.storage.clone()).resolve(to).map_err(|e| err(to, e))?;
+        let mut uploaded = Vec::new();
+
+        // Components, built and checked to load, by content.
+        let storage = Storage::new(dir).with_options(manifest.storage.clone());
+        let pinned_from = storage.resolve(to).map_err(|e| err(to, e))?.url().to_string();
+        let pinned_from = Storage::at_url(pinned_from).with_options(manifest.storage.clone());
+        let mut toolchain = None;
+        for (name, stage) in &manifest.stages {
+            let from = if matches!(stage.component, ComponentSource::Pinned(_)) { &pinned_from } else { &storage };
+            let (bytes, origin) =
+                crate::plan::component_bytes(self, from, Some(dir), name, &stage.component, &mut toolchain)?;
+            let component = wasmpipe_runtime::to_component(&bytes, &origin)
+                .map_err(|source| RunError::Load { stage: name.clone(), source })?;
+            self.runtime.load(&component, &origin).map_err(|source| RunError::Load { stage: name.clone(), source })?;
+            let hex = sha256_hex(&component);
+            self.upload(&root.child(&pinned_path(&hex)), component, &mut uploaded)?;
+            set_stage(&mut table, name, "component", toml::Value::String(format!("sha256:{hex}")));
+        }
+
+        // Local input files travel with the deployment, by content.
+        for (name, stage) in &manifest.stages {
+            let mut inputs = Vec::new();
+            for input in &stage.inputs {
+                inputs.push(toml::Value::String(match input {
+                    Input::Stage(up) => format!("stage:{up}"),
+                    Input::Location(l) if is_remote(l) => l.clone(),
+                    Input::Location(l) => {
+                        let path = match l.strip_prefix("file://") {
+                            Some(abs) => abs.into(),
+                            None => dir.join(l),
+                        };
+                        let bytes = std::fs::read(&path).map_err(|e| {
+                            invalid(l, format!(
+                                "stage {name:?}: cannot read {} ({e}); deploy uploads local input files, so a directory or missing file cannot go: put it in the store and name it by URL",
+                                path.display()
+                            ))
+                        })?;
+                        let file = path.file_name().map_or("input".into(), |f| f.to_string_lossy().into_owned());
+                        let rel = format!("inputs/{}/{file}", sha256_hex(&bytes));
+                        self.upload(&root.child(&rel), bytes, &mut uploaded)?;
+                        rel
+                    }
+                }));
+            }
+            set_stage(&mut table, name, "inputs", toml::Value::Array(inputs));
+        }
+
+        // The pinned manifest, as a new version unless nothing changed.
+        let pinned = format!(
+            "# Deployed by wasmpipe {} from {}; components and inputs are pinned by SHA-256.\n{}",
+            env!("CARGO_PKG_VERSION"),
+            manifest_path.file_name().map_or("wasmpipe.toml".into(), |f| f.to_string_lossy()),
+            toml::to_string(&table).expect("a TOML table serializes")
+        );
+        Manifest::parse(&pinned).map_err(RunError::Manifest)?;
+        let versions = self.versions(&root, &manifest.name)?;
+        if let Some(&latest) = versions.last() {
+            let at = root.child(&manifest_key(&manifest.name, latest));
+            if let Some((bytes, _)) = self.io.block_on(at.get_opt()).map_err(|e| err(at.url(), e))?
+                && bytes == pinned.as_bytes()
+            {
+                return Ok(Deployment {
+                    name: manifest.name.clone(),
+                    version: latest,
+                    manifest_url: at.url().into(),
+                    uploaded,
+                    unchanged: true,
+                });
+            }
+        }
+        let version = versions.last().map_or(1, |v| v + 1);
+        let at = root.child(&manifest_key(&manifest.name, version));
+        if !self.io.block_on(at.put_if(pinned, None)).map_err(|e| err(at.url(), e))? {
+            return Err(invalid(at.url(), "another deploy wrote this version at the same time; deploy again".into()));
+        }
+        uploaded.push(at.url().into());
+        Ok(Deployment { name: manifest.name, version, manifest_url: at.url().into(), uploaded, unchanged: false })
+    }
+
+    /// Upload `bytes` to `at` unless an object of that size is there (the
+    /// key is content-addressed). True when uploaded.
+    fn upload(&self, at: &Location, bytes: Vec<u8>, uploaded: &mut Vec<String>) -> Result<bool, RunError> {
+        use object_store::ObjectStoreExt;
+        match self.io.block_on(at.store().head(at.path())) {
+            Ok(meta) if meta.size == bytes.len() as u64 => return Ok(false),
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(err(at.url(), at.error(e))),
+        }
+        self.io.block_on(at.put(bytes)).map_err(|e| err(at.url(), e))?;
+        uploaded.push(at.url().into());
+        Ok(true)
+    }
+
+    fn versions(&self, root: &Location, name: &str) -> Result<Vec<u32>, RunError> {
+        use futures::TryStreamExt;
+        let dir = root.child(&format!("deployments/{name}"));
+        let listed: Vec<_> = self
+            .io
+            .block_on(dir.store().list(Some(dir.path())).try_collect::<Vec<_>>())
+            .map_err(|e| err(dir.url(), dir.error(e)))?;
+        let mut versions: Vec<u32> = listed
+            .iter()
+            .filter_map(|m| m.location.filename()?.strip_prefix('v')?.strip_suffix(".toml")?.parse().ok())
+            .collect();
+        versions.sort_unstable();
+        Ok(versions)
+    }
+
+    /// The pipelines deployed under `root`, with their versions.
+    pub fn deployments(&self, root: &str) -> Result<Vec<DeployedPipeline>, RunError> {
+        use futures::TryStreamExt;
+        let root_at = Storage::new(".").resolve(root).map_err(|e| err(root, e))?;
+        let dir = root_at.child("deployments");
+        let listed: Vec<_> = self
+            .io
+            .block_on(dir.store().list(Some(dir.path())).try_collect::<Vec<_>>())
+            .map_err(|e| err(dir.url(), dir.error(e)))?;
+        let mut names: Vec<String> = listed
+            .iter()
+            .filter_map(|m| m.location.prefix_match(dir.path())?.next().map(|p| p.as_ref().to_string()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names.into_iter().map(|name| Ok(DeployedPipeline { versions: self.versions(&root_at, &name)?, name })).collect()
+    }
+
+    /// The pinned manifest of `name` at `version` (default: the latest)
+    /// under `root`: its text, parsed form and version.
+    pub fn deployed_manifest(
+        &self,
+        root: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(String, Manifest, u32), RunError> {
+        let root_at = Storage::new(".").resolve(root).map_err(|e| err(root, e))?;
+        let versions = self.versions(&root_at, name)?;
+        let version = match version {
+            Some(v) => v,
+            None => *versions.last().ok_or_else(|| {
+                invalid(root, format!("no pipeline {name:?} is deployed here (deploy it with `wasmpipe deploy`)"))
+            })?,
+        };
+        let at = root_at.child(&manifest_key(name, version));
+        let (bytes, _) =
+            self.io.block_on(at.get_opt()).map_err(|e| err(at.url(), e))?.ok_or_else(|| {
+                invalid(at.url(), format!("{name} has no version {version} (versions: {versions:?})"))
+            })?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let manifest = Manifest::parse(&text).map_err(RunError::Manifest)?;
+        Ok((text, manifest, version))
+    }
+}
+
+/// Where version `version` of pipeline `name` lives under the root.
+fn manifest_key(name: &str, version: u32) -> String {
+    format!("deployments/{name}/v{version}.toml")
+}
+
+fn is_remote(location: &str) -> bool {
+    location.split_once("://").is_some_and(|(scheme, _)| scheme != "file")
+}
+
+fn set_stage(table: &mut toml::Table, stage: &str, key: &str, value: toml::Value) {
+    let stage = table
+        .get_mut("stage")
+        .and_then(|s| s.get_mut(stage))
+        .and_then(toml::Value::as_table_mut)
+        .expect("the manifest parsed, so the stage table exists");
+    stage.insert(key.into(), value);
+}
