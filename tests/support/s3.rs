@@ -99,6 +99,29 @@ impl S3Server {
         .collect()
     }
 
+    /// Options for `wasmpipe_storage::Storage::with_options` that reach
+    /// this server (credentials included, which a manifest may not hold),
+    /// at `endpoint` (this server's, or a proxy's in front of it).
+    pub fn options_at(&self, endpoint: &str) -> wasmpipe_storage::StoreOptions {
+        let s3 = [
+            ("endpoint", endpoint),
+            ("region", self.region.as_str()),
+            ("access_key_id", self.access_key.as_str()),
+            ("secret_access_key", self.secret_key.as_str()),
+            ("allow_http", "true"),
+            ("virtual_hosted_style_request", "false"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        [("s3".to_string(), s3)].into_iter().collect()
+    }
+
+    /// [`Self::options_at`] this server's own endpoint.
+    pub fn options(&self) -> wasmpipe_storage::StoreOptions {
+        self.options_at(&self.endpoint)
+    }
+
     /// `s3://<bucket>/<prefix>`.
     pub fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{}", self.bucket, prefix.trim_start_matches('/'))

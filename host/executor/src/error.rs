@@ -57,6 +57,17 @@ pub enum RunError {
         /// The limit.
         passes: u32,
     },
+    /// A deployed pipeline names a component by a relative path, which
+    /// means nothing in the store it runs from.
+    #[error(
+        "stage {stage:?}: component {component:?} is a relative path, but this pipeline runs from a deployment\n  hint: deploy the manifest with `wasmpipe deploy`, which pins every component by its SHA-256"
+    )]
+    Unpinned {
+        /// The stage.
+        stage: String,
+        /// The path as written.
+        component: String,
+    },
     /// The manifest is unreadable or invalid.
     #[error(transparent)]
     Manifest(#[from] wasmpipe_manifest::ManifestError),

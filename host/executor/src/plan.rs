@@ -95,14 +95,10 @@ pub(crate) fn component_bytes(
     source: &ComponentSource,
     toolchain: &mut Option<Toolchain>,
 ) -> Result<(Vec<u8>, PathBuf), RunError> {
-    let local = |p: &Path| {
-        local_dir.map(|d| d.join(p)).ok_or_else(|| RunError::Load {
-            stage: stage.into(),
-            source: wasmpipe_runtime::RuntimeError::Engine(format!(
-                "component {}: a pipeline run from a deployment names its components by hash (sha256:…); deploy it with `wasmpipe deploy`",
-                p.display()
-            )),
-        })
+    let local = |p: &Path| match local_dir {
+        _ if p.is_absolute() => Ok(p.to_path_buf()),
+        Some(dir) => Ok(dir.join(p)),
+        None => Err(RunError::Unpinned { stage: stage.into(), component: p.display().to_string() }),
     };
     let path = match source {
         ComponentSource::Pinned(hex) => return fetch_pinned(exec, storage, stage, hex),
