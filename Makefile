@@ -34,8 +34,11 @@ lint:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	cd stages && $(CARGO) clippy --workspace --all-targets -- -D warnings
 
-bench: stages
-	$(CARGO) bench -p wasmpipe-benches
+## Criterion benches (stage, pipeline), then storage throughput on Garage
+## (installed by test-deps) against the local filesystem.
+bench: stages test-deps
+	$(CARGO) bench -p wasmpipe-benches --bench stage --bench pipeline
+	$(CARGO) bench -p wasmpipe-benches --bench storage
 
 clean:
 	$(CARGO) clean

@@ -320,11 +320,17 @@ fn write_results(rows: usize, lines: &[String]) {
     } else {
         "portable"
     };
-    let text = format!(
-        "# Benchmark results\n\nWritten by `make bench` (`benches/pipeline.rs`); each run replaces this file.\n\n- date: {date}\n- machine: {cpu}, {cores} cores, SIMD path {simd}\n- data: {rows} rows x {COLUMNS} f64 columns (+ target), batches of {BATCH} rows\n- native = plain Rust on Arrow arrays; wasm_kernels = the shipped stage on host kernels; wasm_copy = the same logic copying columns into the guest (`stages/baseline`)\n\n```\n{}\n```\n",
+    let mut text = format!(
+        "# Benchmark results\n\nWritten by `make bench` (`benches/pipeline.rs`); each run replaces this file but the storage section.\n\n- date: {date}\n- machine: {cpu}, {cores} cores, SIMD path {simd}\n- data: {rows} rows x {COLUMNS} f64 columns (+ target), batches of {BATCH} rows\n- native = plain Rust on Arrow arrays; wasm_kernels = the shipped stage on host kernels; wasm_copy = the same logic copying columns into the guest (`stages/baseline`)\n\n```\n{}\n```\n",
         lines.join("\n")
     );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
+    // Keep the section `benches/storage.rs` writes.
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    if let Some(start) = old.find("<!-- storage -->") {
+        let end = old[start..].find("<!-- /storage -->").map_or(old.len(), |e| start + e + "<!-- /storage -->".len());
+        text = format!("{text}\n{}\n", &old[start..end]);
+    }
     std::fs::write(&path, text).expect("write RESULTS.md");
     eprintln!("wrote {}", path.display());
 }

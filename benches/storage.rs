@@ -1,0 +1,343 @@
+//! Storage throughput, end to end: the `passthrough` and `scaler`
+//! pipelines on one Parquet file (10M rows x 10 f64 columns by default;
+//! `WASMPIPE_BENCH_ROWS` overrides), read from and written to Garage on
+//! loopback (the test harness's single-node server) and the local
+//! filesystem, beside a raw GET of the same object from Garage (the
+//! ceiling for reading it there: single-stream and ranged-parallel) and a
+//! raw read of the local file.
+//!
+//! The input is written once, uncompressed, with row groups of 1M rows (so
+//! a run has several partitions to spread over the cores), and uploaded
+//! once. Every case runs `WASMPIPE_BENCH_RUNS` times (default 3), the
+//! cases interleaved, and reports the median; every pipeline run writes to
+//! a fresh output, so the identical-rerun skip never applies (checked).
+//!
+//! Ends with a summary (`ratio passthrough s3/fs = ...`) and writes it,
+//! with date and machine, to its own section of `benches/RESULTS.md`
+//! (between `<!-- storage -->` and `<!-- /storage -->`). Not criterion:
+//! these are multi-second runs; any arguments (`--bench`) are ignored.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Float64Array};
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use tokio::io::AsyncWriteExt;
+use wasmpipe_executor::{Executor, ExecutorConfig};
+use wasmpipe_manifest::Manifest;
+use wasmpipe_storage::Storage;
+use wasmpipe_tests::component;
+use wasmpipe_tests::s3::{garage, unique_prefix};
+
+const COLUMNS: usize = 10;
+/// Rows per row group of the input: one partition each.
+const ROW_GROUP: usize = 1_000_000;
+/// Rows per batch, when generating and in the pipelines.
+const BATCH: usize = 65_536;
+/// Ranged GETs: chunk size and most in flight.
+const CHUNK: u64 = 8 << 20;
+const CONCURRENCY: usize = 8;
+/// Section markers in RESULTS.md (`benches/pipeline.rs` keeps the section).
+const START: &str = "<!-- storage -->";
+const END: &str = "<!-- /storage -->";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Write `rows` rows of x0..x9 (uniform, scaled by column) to `path`:
+/// uncompressed, no dictionary, row groups of [`ROW_GROUP`] rows.
+fn write_input(path: &Path, rows: usize) {
+    let fields: Vec<Field> = (0..COLUMNS).map(|c| Field::new(format!("x{c}"), DataType::Float64, false)).collect();
+    let schema = Arc::new(Schema::new(fields));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_dictionary_enabled(false)
+        .set_max_row_group_row_count(Some(ROW_GROUP))
+        .build();
+    let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create the input file"));
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).expect("Parquet writer");
+    let mut seed = 42u64;
+    let mut next = move || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut start = 0;
+    while start < rows {
+        let n = BATCH.min(rows - start);
+        let cols: Vec<ArrayRef> = (0..COLUMNS)
+            .map(|c| Arc::new(Float64Array::from_iter_values((0..n).map(|_| next() * (c + 1) as f64))) as ArrayRef)
+            .collect();
+        writer.write(&RecordBatch::try_new(schema.clone(), cols).unwrap()).expect("write a batch");
+        start += n;
+    }
+    writer.close().expect("finish the input file");
+}
+
+/// Upload `file` to `path` as a multipart upload, 8 MiB at a time.
+async fn upload(store: Arc<dyn ObjectStore>, path: ObjectPath, file: &Path) {
+    let mut sink = BufWriter::with_capacity(store, path, 16 << 20).with_max_concurrency(CONCURRENCY);
+    let mut f = std::fs::File::open(file).expect("open the input file");
+    loop {
+        let mut buf = vec![0u8; CHUNK as usize];
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..]).expect("read the input file") {
+                0 => break,
+                k => n += k,
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        sink.put(Bytes::from(buf)).await.expect("upload a part");
+    }
+    sink.shutdown().await.expect("complete the upload");
+}
+
+/// GET the whole object in one request, counting the bytes as they stream in.
+async fn get_single(store: &Arc<dyn ObjectStore>, path: &ObjectPath) -> u64 {
+    let mut stream = store.get(path).await.expect("GET").into_stream();
+    let mut n = 0;
+    while let Some(chunk) = stream.next().await {
+        n += chunk.expect("GET body").len() as u64;
+    }
+    n
+}
+
+/// GET the object as [`CHUNK`]-sized ranges, [`CONCURRENCY`] at a time.
+async fn get_ranged(store: &Arc<dyn ObjectStore>, path: &ObjectPath, size: u64) -> u64 {
+    let ranges: Vec<Range<u64>> = (0..size).step_by(CHUNK as usize).map(|s| s..(s + CHUNK).min(size)).collect();
+    futures::stream::iter(ranges)
+        .map(|r| async move { store.get_range(path, r).await.expect("ranged GET").len() as u64 })
+        .buffer_unordered(CONCURRENCY)
+        .fold(0, |total, n| async move { total + n })
+        .await
+}
+
+/// Delete every object below `prefix`.
+async fn delete_prefix(store: &Arc<dyn ObjectStore>, prefix: &ObjectPath) {
+    let paths = store.list(Some(prefix)).map_ok(|m| m.location).boxed();
+    store.delete_stream(paths).try_collect::<Vec<_>>().await.expect("delete a bench output");
+}
+
+/// A one-stage pipeline running `wasm` on `input`, writing to `output`.
+fn manifest(wasm: &Path, config: &str, input: &str, output: &str) -> Manifest {
+    let text = format!(
+        "version = 1\nname = \"storage-bench\"\n\n[defaults]\nbatch_rows = {BATCH}\n\n[stage.s]\n\
+         component = {wasm:?}\ninputs = [{input:?}]\noutput = {output:?}\n\n[stage.s.config]\n{config}\n",
+        wasm = wasm.display().to_string(),
+    );
+    Manifest::parse(&text).unwrap_or_else(|e| panic!("bench manifest is invalid: {e}\n{text}"))
+}
+
+/// Where a case reads and writes.
+#[derive(Clone, Copy, PartialEq)]
+enum Store {
+    Fs,
+    S3,
+}
+
+fn median(times: &[Duration]) -> Duration {
+    let mut t = times.to_vec();
+    t.sort();
+    t[t.len() / 2]
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn main() {
+    let rows = env_usize("WASMPIPE_BENCH_ROWS", 10_000_000);
+    let runs = env_usize("WASMPIPE_BENCH_RUNS", 3).max(1);
+    let tmp = tempfile::Builder::new().prefix("wasmpipe-storage-bench-").tempdir().expect("temp dir");
+    let input_file = tmp.path().join("input.parquet");
+    eprintln!("generating {rows} rows x {COLUMNS} f64 columns into {}...", input_file.display());
+    write_input(&input_file, rows);
+    let size = std::fs::metadata(&input_file).expect("input file").len();
+    let groups = rows.div_ceil(ROW_GROUP);
+
+    eprintln!("building the stages and starting Garage...");
+    let passthrough = component("passthrough");
+    let scaler = component("scaler");
+    let server = garage();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
+    // Two clients configured alike: one for the bench's own requests (on
+    // `rt`), one for the pipelines (on the executor's I/O runtime).
+    let raw = Storage::new(tmp.path()).with_options(server.options());
+    let storage = Storage::new(tmp.path()).with_options(server.options());
+    let root = server.url(&unique_prefix("storage-bench"));
+    let input_url = format!("{root}/input.parquet");
+    let input_at = raw.resolve(&input_url).expect("input URL");
+    let store = input_at.store().clone();
+
+    eprintln!("uploading {size} bytes to {input_url}...");
+    let t = Instant::now();
+    rt.block_on(upload(store.clone(), input_at.path().clone(), &input_file));
+    let upload_time = t.elapsed();
+    let stored = rt.block_on(store.head(input_at.path())).expect("uploaded object").size;
+    assert_eq!(stored, size, "the uploaded object has the local file's size");
+
+    let exec = Executor::new(ExecutorConfig::new(tmp.path().join("store").display().to_string())).expect("executor");
+    let cols: Vec<String> = (0..COLUMNS).map(|c| format!("\"x{c}\"")).collect();
+    let scaler_cfg = format!("columns = [{}]", cols.join(", "));
+    let local_input = input_file.display().to_string();
+    let load_before = load_average();
+
+    // The cases, interleaved run by run so background load spreads evenly.
+    let cases = ["raw_get single", "raw_get ranged", "raw_read fs"];
+    let pipelines = [
+        ("passthrough", Store::Fs),
+        ("passthrough", Store::S3),
+        ("scaler", Store::Fs),
+        ("scaler", Store::S3),
+    ];
+    let mut times: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    for run in 1..=runs {
+        for case in cases {
+            let t = Instant::now();
+            let n = match case {
+                "raw_get single" => rt.block_on(get_single(&store, input_at.path())),
+                "raw_get ranged" => rt.block_on(get_ranged(&store, input_at.path(), size)),
+                _ => std::hint::black_box(std::fs::read(&input_file).expect("read the input file")).len() as u64,
+            };
+            let d = t.elapsed();
+            assert_eq!(n, size, "{case} read every byte");
+            eprintln!("run {run}/{runs}: {case} {:.3} s", d.as_secs_f64());
+            times.entry(case.to_string()).or_default().push(d);
+        }
+        for (stage, at) in pipelines {
+            let (wasm, config) = match stage {
+                "passthrough" => (&passthrough, ""),
+                _ => (&scaler, scaler_cfg.as_str()),
+            };
+            let prefix = unique_prefix(stage);
+            let (input, output) = match at {
+                Store::Fs => (local_input.clone(), tmp.path().join(&prefix).display().to_string()),
+                Store::S3 => (input_url.clone(), format!("{root}/{prefix}")),
+            };
+            let m = manifest(wasm, config, &input, &output);
+            let t = Instant::now();
+            let report = exec
+                .run_in(&m, &storage, Some(tmp.path()))
+                .unwrap_or_else(|e| panic!("{stage} on {output}: {e}"));
+            let d = t.elapsed();
+            let s = &report.stages[0];
+            assert!(s.committed_before.is_none(), "{stage}: skipped as an identical rerun of {:?}", s.committed_before);
+            assert_eq!(s.rows_out, rows as u64, "{stage}: every row out");
+            let name = format!("{stage} {}", if at == Store::Fs { "fs" } else { "s3" });
+            eprintln!(
+                "run {run}/{runs}: {name} {:.3} s ({} tasks, {} bytes read, {} bytes written)",
+                d.as_secs_f64(),
+                s.tasks,
+                s.bytes_read,
+                s.bytes_written
+            );
+            times.entry(name).or_default().push(d);
+            // Clean up untimed, so outputs do not pile up on disk.
+            match at {
+                Store::Fs => std::fs::remove_dir_all(&output).expect("remove a bench output"),
+                Store::S3 => rt.block_on(delete_prefix(&store, raw.resolve(&output).unwrap().path())),
+            }
+        }
+    }
+    let load_after = load_average();
+    rt.block_on(delete_prefix(&store, raw.resolve(&root).unwrap().path()));
+
+    let secs = |name: &str| median(&times[name]).as_secs_f64();
+    let gbps = |name: &str| size as f64 / secs(name) / 1e9;
+    let ceiling = gbps("raw_get single").max(gbps("raw_get ranged"));
+    let mut lines = Vec::new();
+    let up = upload_time.as_secs_f64();
+    lines.push(format!("storage upload s3 = {up:.2} s ({:.2} GB/s, once)", size as f64 / up / 1e9));
+    for name in ["raw_get single", "raw_get ranged", "raw_read fs"] {
+        lines.push(format!("storage {name} = {:.2} s ({:.2} GB/s)", secs(name), gbps(name)));
+    }
+    for stage in ["passthrough", "scaler"] {
+        for at in ["fs", "s3"] {
+            let name = format!("{stage} {at}");
+            lines.push(format!("storage {name} = {:.2} s ({:.2} GB/s)", secs(&name), gbps(&name)));
+        }
+    }
+    for stage in ["passthrough", "scaler"] {
+        let (fs, s3) = (format!("{stage} fs"), format!("{stage} s3"));
+        lines.push(format!("ratio {stage} s3/fs = {:.2}", secs(&s3) / secs(&fs)));
+    }
+    for stage in ["passthrough", "scaler"] {
+        lines.push(format!("ratio {stage} s3/raw_get = {:.2}", gbps(&format!("{stage} s3")) / ceiling));
+    }
+    println!("\n== summary ({rows} rows x {COLUMNS} f64, {size} bytes, {groups} row groups, median of {runs}) ==");
+    for l in &lines {
+        println!("{l}");
+    }
+    println!("(load average {load_before} before, {load_after} after)");
+    write_results(rows, size, groups, runs, &format!("{load_before} before, {load_after} after"), &lines);
+}
+
+/// Replace the storage section of RESULTS.md (or append it).
+fn write_results(rows: usize, size: u64, groups: usize, runs: usize, load: &str, lines: &[String]) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d %H:%M UTC")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let section = format!(
+        "{START}\n## Storage: Garage on loopback vs the local filesystem\n\n\
+         Written by `benches/storage.rs` (`make bench`); each run replaces this section.\n\n\
+         - date: {date}\n\
+         - machine: {cpu}, {cores} cores (load average {load})\n\
+         - data: one Parquet file, {rows} rows x {COLUMNS} f64 columns, uncompressed, {size} bytes, \
+         {groups} row groups (partitions); the stages write zstd Parquet; batches of {BATCH} rows; \
+         {cores} tasks at once\n\
+         - s3 = input and output on a single-node Garage on loopback (`tests/support/s3.rs`); \
+         fs = the local filesystem (page cache warm)\n\
+         - raw_get = the object read with object_store: one streaming GET (single), or {} MiB ranges, \
+         {CONCURRENCY} in flight (ranged); raw_read fs = `std::fs::read` of the file\n\
+         - times are medians of {runs} runs; GB/s = input file bytes / wall time (the scaler reads its \
+         input twice: fit, then transform); ratio s3/fs = wall time on Garage / on the filesystem; \
+         ratio s3/raw_get = pipeline input GB/s on Garage / the faster raw GET's GB/s\n\n\
+         ```\n{}\n```\n{END}",
+        CHUNK >> 20,
+        lines.join("\n"),
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmark results\n".into());
+    let text = match old.find(START) {
+        Some(s) => {
+            let rest = old[s..].find(END).map_or("", |e| &old[s + e + END.len()..]);
+            format!("{}{section}{rest}", &old[..s])
+        }
+        None => format!("{}\n\n{section}\n", old.trim_end()),
+    };
+    std::fs::write(&path, text).expect("write RESULTS.md");
+    eprintln!("wrote {}", path.display());
+}
