@@ -204,12 +204,8 @@ fn main() {
 
     // The cases, interleaved run by run so background load spreads evenly.
     let cases = ["raw_get single", "raw_get ranged", "raw_read fs"];
-    let pipelines = [
-        ("passthrough", Store::Fs),
-        ("passthrough", Store::S3),
-        ("scaler", Store::Fs),
-        ("scaler", Store::S3),
-    ];
+    let pipelines =
+        [("passthrough", Store::Fs), ("passthrough", Store::S3), ("scaler", Store::Fs), ("scaler", Store::S3)];
     let mut times: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     for run in 1..=runs {
         for case in cases {
@@ -236,9 +232,8 @@ fn main() {
             };
             let m = manifest(wasm, config, &input, &output);
             let t = Instant::now();
-            let report = exec
-                .run_in(&m, &storage, Some(tmp.path()))
-                .unwrap_or_else(|e| panic!("{stage} on {output}: {e}"));
+            let report =
+                exec.run_in(&m, &storage, Some(tmp.path())).unwrap_or_else(|e| panic!("{stage} on {output}: {e}"));
             let d = t.elapsed();
             let s = &report.stages[0];
             assert!(s.committed_before.is_none(), "{stage}: skipped as an identical rerun of {:?}", s.committed_before);
