@@ -22,7 +22,7 @@ use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arrow::array::{ArrayRef, Float64Array};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -152,10 +152,69 @@ enum Store {
     S3,
 }
 
-fn median(times: &[Duration]) -> Duration {
-    let mut t = times.to_vec();
-    t.sort();
-    t[t.len() / 2]
+/// One run of a case: wall time, and CPU seconds (user + system) spent
+/// by this process (the executor, its I/O runtime, the bench's client)
+/// and by the Garage server.
+#[derive(Clone, Copy)]
+struct Sample {
+    wall: f64,
+    host_cpu: f64,
+    garage_cpu: f64,
+}
+
+/// The median run by wall time.
+fn median(samples: &[Sample]) -> Sample {
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.wall.total_cmp(&b.wall));
+    s[s.len() / 2]
+}
+
+/// Clock ticks per second, the unit of `/proc/PID/stat` CPU times.
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds process `pid` (`self` for this one) has used so far; 0
+/// when it cannot be read.
+fn cpu_seconds(pid: &str, ticks: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // utime and stime are fields 14 and 15; the command name (field 2) is
+    // parenthesized and may hold spaces, so count from its end.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / ticks
+}
+
+/// The pid of the Garage server whose working directory is `dir`.
+fn garage_pid(dir: &Path) -> Option<String> {
+    let dir = dir.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.to_string();
+        pid.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        (cmdline.contains(&dir) && cmdline.contains("server")).then_some(pid)
+    })
+}
+
+fn describe(s: &Sample) -> String {
+    format!("{:.3} s (cpu {:.2} s bench process + {:.2} s garage)", s.wall, s.host_cpu, s.garage_cpu)
+}
+
+/// Time `f`, with the CPU it and Garage used meanwhile.
+fn measure<T>(garage: Option<&str>, ticks: f64, f: impl FnOnce() -> T) -> (Sample, T) {
+    let garage_cpu = || garage.map_or(0.0, |pid| cpu_seconds(pid, ticks));
+    let (host0, garage0) = (cpu_seconds("self", ticks), garage_cpu());
+    let t = Instant::now();
+    let out = f();
+    let wall = t.elapsed().as_secs_f64();
+    let sample = Sample { wall, host_cpu: cpu_seconds("self", ticks) - host0, garage_cpu: garage_cpu() - garage0 };
+    (sample, out)
 }
 
 fn load_average() -> String {
@@ -179,6 +238,11 @@ fn main() {
     let passthrough = component("passthrough");
     let scaler = component("scaler");
     let server = garage();
+    let garage_pid = garage_pid(&server.dir);
+    if garage_pid.is_none() {
+        eprintln!("(Garage's process not found: its CPU time is not reported)");
+    }
+    let ticks = clock_ticks();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio");
     // Two clients configured alike: one for the bench's own requests (on
     // `rt`), one for the pipelines (on the executor's I/O runtime).
@@ -190,9 +254,10 @@ fn main() {
     let store = input_at.store().clone();
 
     eprintln!("uploading {size} bytes to {input_url}...");
-    let t = Instant::now();
-    rt.block_on(upload(store.clone(), input_at.path().clone(), &input_file));
-    let upload_time = t.elapsed();
+    let (upload_sample, ()) = measure(garage_pid.as_deref(), ticks, || {
+        rt.block_on(upload(store.clone(), input_at.path().clone(), &input_file))
+    });
+    eprintln!("upload {}", describe(&upload_sample));
     let stored = rt.block_on(store.head(input_at.path())).expect("uploaded object").size;
     assert_eq!(stored, size, "the uploaded object has the local file's size");
 
@@ -206,19 +271,18 @@ fn main() {
     let cases = ["raw_get single", "raw_get ranged", "raw_read fs"];
     let pipelines =
         [("passthrough", Store::Fs), ("passthrough", Store::S3), ("scaler", Store::Fs), ("scaler", Store::S3)];
-    let mut times: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    let garage = garage_pid.as_deref();
     for run in 1..=runs {
         for case in cases {
-            let t = Instant::now();
-            let n = match case {
+            let (sample, n) = measure(garage, ticks, || match case {
                 "raw_get single" => rt.block_on(get_single(&store, input_at.path())),
                 "raw_get ranged" => rt.block_on(get_ranged(&store, input_at.path(), size)),
                 _ => std::hint::black_box(std::fs::read(&input_file).expect("read the input file")).len() as u64,
-            };
-            let d = t.elapsed();
+            });
             assert_eq!(n, size, "{case} read every byte");
-            eprintln!("run {run}/{runs}: {case} {:.3} s", d.as_secs_f64());
-            times.entry(case.to_string()).or_default().push(d);
+            eprintln!("run {run}/{runs}: {case} {}", describe(&sample));
+            samples.entry(case.to_string()).or_default().push(sample);
         }
         for (stage, at) in pipelines {
             let (wasm, config) = match stage {
@@ -231,22 +295,20 @@ fn main() {
                 Store::S3 => (input_url.clone(), format!("{root}/{prefix}")),
             };
             let m = manifest(wasm, config, &input, &output);
-            let t = Instant::now();
-            let report =
-                exec.run_in(&m, &storage, Some(tmp.path())).unwrap_or_else(|e| panic!("{stage} on {output}: {e}"));
-            let d = t.elapsed();
+            let (sample, report) = measure(garage, ticks, || exec.run_in(&m, &storage, Some(tmp.path())));
+            let report = report.unwrap_or_else(|e| panic!("{stage} on {output}: {e}"));
             let s = &report.stages[0];
             assert!(s.committed_before.is_none(), "{stage}: skipped as an identical rerun of {:?}", s.committed_before);
             assert_eq!(s.rows_out, rows as u64, "{stage}: every row out");
             let name = format!("{stage} {}", if at == Store::Fs { "fs" } else { "s3" });
             eprintln!(
-                "run {run}/{runs}: {name} {:.3} s ({} tasks, {} bytes read, {} bytes written)",
-                d.as_secs_f64(),
+                "run {run}/{runs}: {name} {} ({} tasks, {} bytes read, {} bytes written)",
+                describe(&sample),
                 s.tasks,
                 s.bytes_read,
                 s.bytes_written
             );
-            times.entry(name).or_default().push(d);
+            samples.entry(name).or_default().push(sample);
             // Clean up untimed, so outputs do not pile up on disk.
             match at {
                 Store::Fs => std::fs::remove_dir_all(&output).expect("remove a bench output"),
@@ -257,11 +319,11 @@ fn main() {
     let load_after = load_average();
     rt.block_on(delete_prefix(&store, raw.resolve(&root).unwrap().path()));
 
-    let secs = |name: &str| median(&times[name]).as_secs_f64();
+    let secs = |name: &str| median(&samples[name]).wall;
     let gbps = |name: &str| size as f64 / secs(name) / 1e9;
     let ceiling = gbps("raw_get single").max(gbps("raw_get ranged"));
     let mut lines = Vec::new();
-    let up = upload_time.as_secs_f64();
+    let up = upload_sample.wall;
     lines.push(format!("storage upload s3 = {up:.2} s ({:.2} GB/s, once)", size as f64 / up / 1e9));
     for name in ["raw_get single", "raw_get ranged", "raw_read fs"] {
         lines.push(format!("storage {name} = {:.2} s ({:.2} GB/s)", secs(name), gbps(name)));
@@ -278,6 +340,26 @@ fn main() {
     }
     for stage in ["passthrough", "scaler"] {
         lines.push(format!("ratio {stage} s3/raw_get = {:.2}", gbps(&format!("{stage} s3")) / ceiling));
+    }
+    // Where the time goes: CPU seconds of the median run, and how many of
+    // the cores that kept busy on average.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut cpu = vec![("upload s3".to_string(), upload_sample)];
+    cpu.extend(["raw_get single", "raw_get ranged", "raw_read fs"].map(|n| (n.to_string(), median(&samples[n]))));
+    for stage in ["passthrough", "scaler"] {
+        for at in ["fs", "s3"] {
+            let name = format!("{stage} {at}");
+            let m = median(&samples[&name]);
+            cpu.push((name, m));
+        }
+    }
+    for (name, m) in cpu {
+        lines.push(format!(
+            "cpu {name} = {:.2} s wasmpipe + {:.2} s garage ({:.1} of {cores} cores busy)",
+            m.host_cpu,
+            m.garage_cpu,
+            (m.host_cpu + m.garage_cpu) / m.wall
+        ));
     }
     println!("\n== summary ({rows} rows x {COLUMNS} f64, {size} bytes, {groups} row groups, median of {runs}) ==");
     for l in &lines {
@@ -319,7 +401,9 @@ fn write_results(rows: usize, size: u64, groups: usize, runs: usize, load: &str,
          {CONCURRENCY} in flight (ranged); raw_read fs = `std::fs::read` of the file\n\
          - times are medians of {runs} runs; GB/s = input file bytes / wall time (the scaler reads its \
          input twice: fit, then transform); ratio s3/fs = wall time on Garage / on the filesystem; \
-         ratio s3/raw_get = pipeline input GB/s on Garage / the faster raw GET's GB/s\n\n\
+         ratio s3/raw_get = pipeline input GB/s on Garage / the faster raw GET's GB/s\n\
+         - cpu = CPU seconds (user + system) during the median run, of this process (executor, stage \
+         instances, object_store clients) and of the Garage server; cores busy = their sum / wall time\n\n\
          ```\n{}\n```\n{END}",
         CHUNK >> 20,
         lines.join("\n"),
