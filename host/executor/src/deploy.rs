@@ -68,13 +68,13 @@ impl Executor {
         let manifest = Manifest::parse(&text).map_err(RunError::Manifest)?;
         let dir = manifest_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut table: toml::Table = text.parse().expect("parsed above");
-        let root = Storage::new(dir).with_options(manifest.storage.clone()).resolve(to).map_err(|e| err(to, e))?;
+        let storage = Storage::new(dir).with_options(manifest.storage.clone());
+        let root = storage.resolve(to).map_err(|e| err(to, e))?;
+        // Components already pinned must be in the root they are deployed to.
+        let pinned_from = Storage::at_url(root.url()).with_options(manifest.storage.clone());
         let mut uploaded = Vec::new();
 
         // Components, built and checked to load, by content.
-        let storage = Storage::new(dir).with_options(manifest.storage.clone());
-        let pinned_from = storage.resolve(to).map_err(|e| err(to, e))?.url().to_string();
-        let pinned_from = Storage::at_url(pinned_from).with_options(manifest.storage.clone());
         let mut toolchain = None;
         for (name, stage) in &manifest.stages {
             let from = if matches!(stage.component, ComponentSource::Pinned(_)) { &pinned_from } else { &storage };
