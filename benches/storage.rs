@@ -109,6 +109,20 @@ async fn upload(store: Arc<dyn ObjectStore>, path: ObjectPath, file: &Path) {
     sink.shutdown().await.expect("complete the upload");
 }
 
+/// Read the whole file through one reused buffer (the GETs do not keep
+/// the object either), counting the bytes.
+fn read_local(file: &Path) -> u64 {
+    let mut f = std::fs::File::open(file).expect("open the input file");
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut n = 0;
+    loop {
+        match f.read(&mut buf).expect("read the input file") {
+            0 => return n,
+            k => n += std::hint::black_box(&buf[..k]).len() as u64,
+        }
+    }
+}
+
 /// GET the whole object in one request, counting the bytes as they stream in.
 async fn get_single(store: &Arc<dyn ObjectStore>, path: &ObjectPath) -> u64 {
     let mut stream = store.get(path).await.expect("GET").into_stream();
@@ -153,13 +167,15 @@ enum Store {
 }
 
 /// One run of a case: wall time, and CPU seconds (user + system) spent
-/// by this process (the executor, its I/O runtime, the bench's client)
-/// and by the Garage server.
+/// by this process (the executor, its I/O runtime, the bench's client),
+/// by the Garage server, and by everything else on the machine (another
+/// build or test run: contention).
 #[derive(Clone, Copy)]
 struct Sample {
     wall: f64,
     host_cpu: f64,
     garage_cpu: f64,
+    other_cpu: f64,
 }
 
 /// The median run by wall time.
@@ -190,6 +206,15 @@ fn cpu_seconds(pid: &str, ticks: f64) -> f64 {
     (field(11) + field(12)) / ticks
 }
 
+/// CPU seconds the whole machine has been busy so far (`/proc/stat`).
+fn machine_cpu_seconds(ticks: f64) -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> =
+        stat.lines().next().unwrap_or("").split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0.0)).collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    [0, 1, 2, 5, 6, 7].iter().map(|&i| fields.get(i).copied().unwrap_or(0.0)).sum::<f64>() / ticks
+}
+
 /// The pid of the Garage server whose working directory is `dir`.
 fn garage_pid(dir: &Path) -> Option<String> {
     let dir = dir.display().to_string();
@@ -203,25 +228,23 @@ fn garage_pid(dir: &Path) -> Option<String> {
 }
 
 fn describe(s: &Sample) -> String {
-    format!("{:.3} s (cpu {:.2} s bench process + {:.2} s garage)", s.wall, s.host_cpu, s.garage_cpu)
+    format!(
+        "{:.3} s (cpu {:.2} s bench process + {:.2} s garage + {:.2} s other processes)",
+        s.wall, s.host_cpu, s.garage_cpu, s.other_cpu
+    )
 }
 
 /// Time `f`, with the CPU it and Garage used meanwhile.
 fn measure<T>(garage: Option<&str>, ticks: f64, f: impl FnOnce() -> T) -> (Sample, T) {
     let garage_cpu = || garage.map_or(0.0, |pid| cpu_seconds(pid, ticks));
-    let (host0, garage0) = (cpu_seconds("self", ticks), garage_cpu());
+    let (host0, garage0, all0) = (cpu_seconds("self", ticks), garage_cpu(), machine_cpu_seconds(ticks));
     let t = Instant::now();
     let out = f();
     let wall = t.elapsed().as_secs_f64();
-    let sample = Sample { wall, host_cpu: cpu_seconds("self", ticks) - host0, garage_cpu: garage_cpu() - garage0 };
-    (sample, out)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
+    let host_cpu = cpu_seconds("self", ticks) - host0;
+    let garage_cpu = garage_cpu() - garage0;
+    let other_cpu = (machine_cpu_seconds(ticks) - all0 - host_cpu - garage_cpu).max(0.0);
+    (Sample { wall, host_cpu, garage_cpu, other_cpu }, out)
 }
 
 fn main() {
@@ -265,7 +288,6 @@ fn main() {
     let cols: Vec<String> = (0..COLUMNS).map(|c| format!("\"x{c}\"")).collect();
     let scaler_cfg = format!("columns = [{}]", cols.join(", "));
     let local_input = input_file.display().to_string();
-    let load_before = load_average();
 
     // The cases, interleaved run by run so background load spreads evenly.
     let cases = ["raw_get single", "raw_get ranged", "raw_read fs"];
@@ -278,7 +300,7 @@ fn main() {
             let (sample, n) = measure(garage, ticks, || match case {
                 "raw_get single" => rt.block_on(get_single(&store, input_at.path())),
                 "raw_get ranged" => rt.block_on(get_ranged(&store, input_at.path(), size)),
-                _ => std::hint::black_box(std::fs::read(&input_file).expect("read the input file")).len() as u64,
+                _ => read_local(&input_file),
             });
             assert_eq!(n, size, "{case} read every byte");
             eprintln!("run {run}/{runs}: {case} {}", describe(&sample));
@@ -316,7 +338,6 @@ fn main() {
             }
         }
     }
-    let load_after = load_average();
     rt.block_on(delete_prefix(&store, raw.resolve(&root).unwrap().path()));
 
     let secs = |name: &str| median(&samples[name]).wall;
@@ -355,22 +376,30 @@ fn main() {
     }
     for (name, m) in cpu {
         lines.push(format!(
-            "cpu {name} = {:.2} s wasmpipe + {:.2} s garage ({:.1} of {cores} cores busy)",
+            "cpu {name} = {:.2} s wasmpipe + {:.2} s garage + {:.2} s other ({:.1} of {cores} cores busy)",
             m.host_cpu,
             m.garage_cpu,
-            (m.host_cpu + m.garage_cpu) / m.wall
+            m.other_cpu,
+            (m.host_cpu + m.garage_cpu + m.other_cpu) / m.wall
         ));
     }
+    // Contention: what other processes used over every timed run.
+    let all: Vec<&Sample> = samples.values().flatten().collect();
+    let (wall, other) = (all.iter().map(|s| s.wall).sum::<f64>(), all.iter().map(|s| s.other_cpu).sum::<f64>());
+    let contention = format!(
+        "other processes used {other:.1} CPU s over {wall:.1} s of timed runs ({:.0}% of the machine)",
+        100.0 * other / (wall * cores as f64)
+    );
     println!("\n== summary ({rows} rows x {COLUMNS} f64, {size} bytes, {groups} row groups, median of {runs}) ==");
     for l in &lines {
         println!("{l}");
     }
-    println!("(load average {load_before} before, {load_after} after)");
-    write_results(rows, size, groups, runs, &format!("{load_before} before, {load_after} after"), &lines);
+    println!("({contention})");
+    write_results(rows, size, groups, runs, &contention, &lines);
 }
 
 /// Replace the storage section of RESULTS.md (or append it).
-fn write_results(rows: usize, size: u64, groups: usize, runs: usize, load: &str, lines: &[String]) {
+fn write_results(rows: usize, size: u64, groups: usize, runs: usize, contention: &str, lines: &[String]) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -391,20 +420,22 @@ fn write_results(rows: usize, size: u64, groups: usize, runs: usize, load: &str,
         "{START}\n## Storage: Garage on loopback vs the local filesystem\n\n\
          Written by `benches/storage.rs` (`make bench`); each run replaces this section.\n\n\
          - date: {date}\n\
-         - machine: {cpu}, {cores} cores (load average {load})\n\
+         - machine: {cpu}, {cores} cores; {contention}\n\
          - data: one Parquet file, {rows} rows x {COLUMNS} f64 columns, uncompressed, {size} bytes, \
          {groups} row groups (partitions); the stages write zstd Parquet; batches of {BATCH} rows; \
          {cores} tasks at once\n\
          - s3 = input and output on a single-node Garage on loopback (`tests/support/s3.rs`); \
          fs = the local filesystem (page cache warm)\n\
          - raw_get = the object read with object_store: one streaming GET (single), or {} MiB ranges, \
-         {CONCURRENCY} in flight (ranged); raw_read fs = `std::fs::read` of the file\n\
+         {CONCURRENCY} in flight (ranged); raw_read fs = the file read through one reused {} MiB buffer\n\
          - times are medians of {runs} runs; GB/s = input file bytes / wall time (the scaler reads its \
          input twice: fit, then transform); ratio s3/fs = wall time on Garage / on the filesystem; \
          ratio s3/raw_get = pipeline input GB/s on Garage / the faster raw GET's GB/s\n\
-         - cpu = CPU seconds (user + system) during the median run, of this process (executor, stage \
-         instances, object_store clients) and of the Garage server; cores busy = their sum / wall time\n\n\
+         - cpu = CPU seconds (user + system) during the median run: this process (executor, stage \
+         instances, object_store clients), the Garage server, other processes (contention); \
+         cores busy = their sum / wall time\n\n\
          ```\n{}\n```\n{END}",
+        CHUNK >> 20,
         CHUNK >> 20,
         lines.join("\n"),
     );
