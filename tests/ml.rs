@@ -1,0 +1,373 @@
+//! The ML stages end to end on the shared data sets (`../shared/testdata/ml`):
+//! CSV ingest, the standard scaler, then `logreg` and `classify_eval`, or
+//! `kmeans`, checked against scikit-learn (`tests/python/ml_reference.py`)
+//! on the same data with the same preprocessing. Every pipeline runs at 1, 3
+//! and 8 partitions, and the results must agree to 1e-9.
+//!
+//! The train/test split is a separate stage, not written yet: for now the
+//! models are evaluated on their training data (and so is the reference).
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use wasmpipe_executor::RunReport;
+use wasmpipe_tests::*;
+
+/// Partitions of every pipeline's input (the ingest output's row groups).
+const PARTITIONS: [usize; 3] = [1, 3, 8];
+
+fn data(name: &str) -> PathBuf {
+    testdata().join("ml").join(name)
+}
+
+/// The header and the number of rows of a CSV file.
+fn csv_shape(csv: &Path) -> (Vec<String>, usize) {
+    let text = std::fs::read_to_string(csv).unwrap_or_else(|e| panic!("{}: {e}", csv.display()));
+    let mut lines = text.lines().filter(|l| !l.is_empty());
+    let header = lines.next().expect("a header").split(',').map(String::from).collect();
+    (header, lines.count())
+}
+
+/// Every column of `csv` but `target`.
+fn features_of(csv: &Path, target: &str) -> Vec<String> {
+    csv_shape(csv).0.into_iter().filter(|c| c != target).collect()
+}
+
+/// A TOML (and JSON) list of strings.
+fn list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap()
+}
+
+/// A pipeline reading `csv` into row groups that make `partitions`
+/// partitions, then `prep` (the scaler on `scale`, or a passthrough), then
+/// `stages`, which read `stage:prep`.
+fn manifest(csv: &Path, scale: Option<&[String]>, partitions: usize, stages: &str) -> String {
+    let group = csv_shape(csv).1.div_ceil(partitions);
+    let prep = match scale {
+        Some(columns) => format!(
+            "component = {}\ninputs = [\"stage:ingest\"]\n\n[stage.prep.config]\ncolumns = {}",
+            toml_path(&component("scaler")),
+            list(columns)
+        ),
+        None => format!("component = {}\ninputs = [\"stage:ingest\"]", toml_path(&component("passthrough"))),
+    };
+    format!(
+        r#"version = 1
+name = "ml"
+
+[defaults]
+batch_rows = {group}
+row_group_rows = {group}
+memory_mib = 64
+timeout_s = 60
+
+[stage.ingest]
+component = {}
+inputs = [{}]
+
+[stage.prep]
+{prep}
+
+{stages}"#,
+        toml_path(&component("passthrough")),
+        toml_path(csv),
+    )
+}
+
+/// Run a manifest in a fresh store with `partitions`-way parallelism.
+fn run(text: &str, partitions: usize) -> (RunReport, tempfile::TempDir) {
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), partitions);
+    let report = run_text(&exec, text, store.path()).unwrap_or_else(|e| panic!("pipeline fails: {e}\n{text}"));
+    (report, store)
+}
+
+/// A fit or aggregator stage's model or result.
+fn result(report: &RunReport, stage: &str) -> Value {
+    let s = report.stages.iter().find(|s| s.name == stage).expect("stage in report");
+    serde_json::from_slice(s.model_bytes.as_ref().expect("fit stages keep their result")).expect("JSON result")
+}
+
+/// Assert that `ours` has every field of `want`, equal, with numbers
+/// within `tol` relative to `max(1, |want|)`.
+fn assert_close(ours: &Value, want: &Value, tol: f64, path: &str) {
+    match (ours, want) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                let a = a.get(k).unwrap_or_else(|| panic!("{path}.{k} is missing"));
+                assert_close(a, v, tol, &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: {ours} vs {want}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_close(x, y, tol, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= tol * b.abs().max(1.0), "{path}: {a} vs {b}");
+        }
+        _ => assert_eq!(ours, want, "{path}"),
+    }
+}
+
+/// Assert that the two JSON documents are the same, both ways.
+fn assert_same(a: &Value, b: &Value, what: &str) {
+    assert_close(a, b, 1e-9, what);
+    assert_close(b, a, 1e-9, what);
+}
+
+/// Numbers of a JSON array of numbers or of arrays of numbers, flattened.
+fn numbers(v: &Value) -> Vec<f64> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(numbers).collect(),
+        v => vec![v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"))],
+    }
+}
+
+/// The largest difference of `ours` from `want`, relative to `want`'s
+/// largest magnitude.
+fn max_relative_difference(ours: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(ours.len(), want.len());
+    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    ours.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale
+}
+
+/// Fit `logreg` (after the scaler) and evaluate it with `classify_eval` at
+/// every partitioning; compare with scikit-learn. Returns the reference.
+fn check_logreg(csv: &Path, target: &str, c: f64) -> Value {
+    let features = features_of(csv, target);
+    let stages = format!(
+        r#"[stage.fit]
+component = {}
+inputs = ["stage:prep"]
+
+[stage.fit.config]
+features = {}
+target = "{target}"
+c = {c:?}
+
+[stage.evaluate]
+component = {}
+inputs = ["stage:fit"]
+
+[stage.evaluate.config]
+target = "{target}"
+"#,
+        toml_path(&component("logreg")),
+        list(&features),
+        toml_path(&component("classify_eval")),
+    );
+    let mut runs = Vec::new();
+    for partitions in PARTITIONS {
+        let started = std::time::Instant::now();
+        let (report, store) = run(&manifest(csv, Some(&features), partitions, &stages), partitions);
+        let prep = report.stages.iter().find(|s| s.name == "prep").unwrap();
+        assert_eq!(prep.tasks, 2 * partitions + 1, "{partitions} partitions: fit tasks, transform tasks and a merge");
+        let fit = report.stages.iter().find(|s| s.name == "fit").unwrap();
+        eprintln!("{}: {partitions} partitions, {} fit passes, {:?}", csv.display(), fit.passes, started.elapsed());
+        runs.push((result(&report, "fit"), result(&report, "evaluate"), store));
+    }
+    for (model, metrics, _) in &runs[1..] {
+        assert_same(model, &runs[0].0, "model");
+        assert_same(metrics, &runs[0].1, "metrics");
+    }
+
+    // scikit-learn, reading the 8-partition run's predictions.
+    let (model, metrics, store) = runs.last().unwrap();
+    let args = json!({
+        "task": "logreg", "csv": csv, "features": features, "target": target, "c": c,
+        "fit_dir": store.path().join("ml/fit"),
+    });
+    let reference = python_json("ml_reference.py", &[&args.to_string()]);
+    assert_eq!(reference["targets_in_order"], true, "{reference}");
+    assert_eq!(model["classes"], reference["classes"]);
+    assert_eq!(model["converged"], true, "{model}");
+
+    let coefficients = max_relative_difference(&numbers(&model["coefficients"]), &numbers(&reference["coefficients"]));
+    let intercepts = max_relative_difference(&numbers(&model["intercepts"]), &numbers(&reference["intercepts"]));
+    let (ours_obj, ref_obj) = (model["objective"].as_f64().unwrap(), reference["objective"].as_f64().unwrap());
+    let accuracy = (metrics["accuracy"].as_f64().unwrap() - reference["accuracy"].as_f64().unwrap()).abs();
+    let log_loss = (metrics["log_loss"].as_f64().unwrap() - reference["log_loss"].as_f64().unwrap()).abs();
+    eprintln!(
+        "{}: coefficients max rel diff {coefficients:.2e}, intercepts {intercepts:.2e}; objective ours {ours_obj} sklearn {ref_obj}; \
+         accuracy {} vs {} ; log loss {} vs {}; sklearn n_iter {}; max |proba diff| {:.2e}",
+        csv.display(),
+        metrics["accuracy"],
+        reference["accuracy"],
+        metrics["log_loss"],
+        reference["log_loss"],
+        reference["n_iter"],
+        reference["max_abs_proba_diff"].as_f64().unwrap(),
+    );
+    assert!(coefficients < 1e-4, "coefficients differ by {coefficients:e} relative:\n{model}\n{reference}");
+    assert!(intercepts < 1e-4, "intercepts differ by {intercepts:e} relative:\n{model}\n{reference}");
+    assert!(ours_obj <= ref_obj * (1.0 + 1e-9), "our objective {ours_obj} is above scikit-learn's {ref_obj}");
+    assert!(accuracy <= 0.01 && log_loss <= 0.01, "accuracy off by {accuracy}, log loss by {log_loss}");
+    // classify_eval's metrics are sklearn.metrics' on the same predictions.
+    assert_close(metrics, &reference["metrics_on_ours"], 1e-9, "metrics");
+    reference
+}
+
+#[test]
+fn logreg_binary_matches_scikit_learn_at_any_partitioning() {
+    let reference = check_logreg(&data("breast_cancer.csv"), "target", 1.0);
+    assert!(reference["metrics_on_ours"]["roc_auc"].as_f64().unwrap() > 0.99, "{reference}");
+}
+
+#[test]
+fn logreg_multinomial_matches_scikit_learn_at_any_partitioning() {
+    let reference = check_logreg(&data("wine.csv"), "target", 0.5);
+    assert_eq!(reference["classes"], json!([0, 1, 2]));
+}
+
+#[test]
+fn logreg_learns_string_classes() {
+    // iris with its species named: classes, predictions and the probability
+    // columns (`proba_setosa`...) are strings.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("iris_named.csv");
+    let text = std::fs::read_to_string(data("iris.csv")).unwrap();
+    let named: Vec<String> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            let (values, class) = line.rsplit_once(',').unwrap();
+            let species = match (i, class) {
+                (0, _) => "species",
+                (_, "0") => "setosa",
+                (_, "1") => "versicolor",
+                (_, "2") => "virginica",
+                _ => panic!("unexpected class {class}"),
+            };
+            format!("{values},{species}\n")
+        })
+        .collect();
+    std::fs::write(&csv, named.concat()).unwrap();
+    let reference = check_logreg(&csv, "species", 2.0);
+    assert_eq!(reference["classes"], json!(["setosa", "versicolor", "virginica"]));
+}
+
+/// Fit `kmeans` with `init` (config TOML lines) at every partitioning;
+/// compare with scikit-learn's KMeans from the same starting centroids.
+fn check_kmeans(csv: &Path, scale: bool, init: &str, reference_init: Value) {
+    let features = features_of(csv, "target");
+    let stages = format!(
+        r#"[stage.cluster]
+component = {}
+inputs = ["stage:prep"]
+
+[stage.cluster.config]
+features = {}
+{init}
+"#,
+        toml_path(&component("kmeans")),
+        list(&features),
+    );
+    let mut runs = Vec::new();
+    for partitions in PARTITIONS {
+        let started = std::time::Instant::now();
+        let (report, store) = run(&manifest(csv, scale.then_some(&features[..]), partitions, &stages), partitions);
+        let cluster = report.stages.iter().find(|s| s.name == "cluster").unwrap();
+        eprintln!("{}: {partitions} partitions, {} passes, {:?}", csv.display(), cluster.passes, started.elapsed());
+        runs.push((result(&report, "cluster"), store));
+    }
+    for (model, _) in &runs[1..] {
+        assert_same(model, &runs[0].0, "model");
+    }
+    let (model, store) = runs.last().unwrap();
+    let mut args = json!({
+        "task": "kmeans", "csv": csv, "features": features, "scale": scale,
+        "fit_dir": store.path().join("ml/cluster"),
+    });
+    args.as_object_mut().unwrap().extend(reference_init.as_object().unwrap().clone());
+    let reference = python_json("ml_reference.py", &[&args.to_string()]);
+    let (ours, theirs) = (model["inertia"].as_f64().unwrap(), reference["inertia"].as_f64().unwrap());
+    let centroids = max_relative_difference(&numbers(&model["centroids"]), &numbers(&reference["centroids"]));
+    eprintln!(
+        "{}: inertia ours {ours} sklearn {theirs} (rel diff {:.2e}), centroids max rel diff {centroids:.2e}, \
+         passes {} vs sklearn n_iter {}, label agreement {}",
+        csv.display(),
+        (ours - theirs).abs() / theirs,
+        model["passes"],
+        reference["n_iter"],
+        reference["label_agreement"],
+    );
+    assert_eq!(model["converged"], true, "{model}");
+    assert!((ours - theirs).abs() <= 0.01 * theirs, "inertia {ours} vs scikit-learn's {theirs}");
+    assert!(centroids < 1e-9, "centroids differ by {centroids:e}:\n{model}\n{reference}");
+    assert_eq!(reference["label_agreement"], 1.0, "every row in scikit-learn's cluster");
+}
+
+#[test]
+fn kmeans_from_the_first_distinct_rows_matches_scikit_learn() {
+    check_kmeans(&data("iris.csv"), true, "k = 3", json!({"k": 3}));
+}
+
+#[test]
+fn kmeans_from_explicit_centroids_matches_scikit_learn() {
+    // Unscaled iris from three given centroids (in the data's units).
+    let centroids = json!([[5.0, 3.4, 1.5, 0.2], [5.9, 2.8, 4.3, 1.3], [6.8, 3.0, 5.7, 2.1], [4.5, 2.3, 1.3, 0.3]]);
+    check_kmeans(&data("iris.csv"), false, &format!("centroids = {centroids}"), json!({"centroids": centroids}));
+}
+
+#[test]
+fn kmeans_on_wine_matches_scikit_learn() {
+    check_kmeans(&data("wine.csv"), true, "k = 4", json!({"k": 4}));
+}
+
+#[test]
+fn rows_with_a_missing_feature_are_skipped_when_fitting_and_get_null_outputs() {
+    // iris with one petal length blanked (a null after ingest), and without that row.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(data("iris.csv")).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let hole = 11; // the 11th data row
+    let mut cells: Vec<&str> = lines[hole].split(',').collect();
+    cells[2] = "";
+    let blanked = cells.join(",");
+    let with_hole: Vec<&str> =
+        lines.iter().enumerate().map(|(i, l)| if i == hole { &blanked[..] } else { l }).collect();
+    let without: Vec<&str> = lines.iter().enumerate().filter(|(i, _)| *i != hole).map(|(_, l)| *l).collect();
+    let (holey, clean) = (dir.path().join("holey.csv"), dir.path().join("clean.csv"));
+    std::fs::write(&holey, with_hole.join("\n") + "\n").unwrap();
+    std::fs::write(&clean, without.join("\n") + "\n").unwrap();
+
+    let features = features_of(&holey, "target");
+    let stages = format!(
+        "[stage.fit]\ncomponent = {}\ninputs = [\"stage:prep\"]\n\n[stage.fit.config]\nfeatures = {}\ntarget = \"target\"\n\n\
+         [stage.evaluate]\ncomponent = {}\ninputs = [\"stage:fit\"]\n\n[stage.evaluate.config]\ntarget = \"target\"\n\n\
+         [stage.cluster]\ncomponent = {}\ninputs = [\"stage:prep\"]\n\n[stage.cluster.config]\nfeatures = {}\nk = 3\n",
+        toml_path(&component("logreg")),
+        list(&features),
+        toml_path(&component("classify_eval")),
+        toml_path(&component("kmeans")),
+        list(&features),
+    );
+    let (with_report, with_store) = run(&manifest(&holey, None, 3, &stages), 3);
+    let (without_report, _) = run(&manifest(&clean, None, 3, &stages), 3);
+    for stage in ["fit", "cluster"] {
+        assert_same(&result(&with_report, stage), &result(&without_report, stage), stage);
+    }
+    let (mut metrics, expected) = (result(&with_report, "evaluate"), result(&without_report, "evaluate"));
+    assert_eq!((metrics["rows"].as_u64(), metrics["skipped"].as_u64()), (Some(149), Some(1)));
+    metrics["skipped"] = json!(0);
+    assert_same(&metrics, &expected, "metrics");
+
+    // The row itself: null class, probabilities, cluster and distance.
+    let row = hole - 1;
+    for (stage, columns) in
+        [("fit", &["prediction", "proba_0", "proba_1", "proba_2"][..]), ("cluster", &["cluster", "distance"])]
+    {
+        let batches = read_committed(&with_store.path().join("ml").join(stage));
+        let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+        assert_eq!(batch.num_rows(), 150);
+        for name in columns {
+            let column = batch.column_by_name(name).unwrap_or_else(|| panic!("{stage} writes {name}"));
+            assert_eq!(column.null_count(), 1, "{stage}.{name}");
+            assert!(column.is_null(row), "{stage}.{name} is null at the blanked row");
+        }
+    }
+}
