@@ -232,6 +232,12 @@ fn a_pipeline_on_s3_rides_out_failed_and_delayed_requests() {
     let faulty_store = format!("{root}/faulty");
     let (exec, _) = executor(std::path::Path::new(&faulty_store), 3);
     let report = exec.run_in(&manifest, &faulty, None).expect("the run succeeds: failed requests are retried");
+    eprintln!(
+        "fault proxy: {} requests, {} failed (503), {} delayed",
+        proxy.requests(),
+        proxy.failed(),
+        proxy.delayed()
+    );
     assert!(proxy.failed() >= 5, "faults were injected: {} of {} requests failed", proxy.failed(), proxy.requests());
     assert!(proxy.delayed() >= 5);
 
