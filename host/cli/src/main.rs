@@ -1,6 +1,8 @@
 //! `wasmpipe`: run pipelines of sandboxed WebAssembly stages over Parquet
 //! in object storage, and build stage crates into components.
 
+mod generate;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +30,7 @@ enum Command {
     Build(BuildArgs),
     Deploy(DeployArgs),
     Deployments(DeploymentsArgs),
+    Gen(generate::GenArgs),
 }
 
 /// Run a pipeline: a local manifest, or a deployed pipeline (`--from`).
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build(args),
         Command::Deploy(args) => deploy(args),
         Command::Deployments(args) => deployments(args),
+        Command::Gen(args) => generate::generate(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

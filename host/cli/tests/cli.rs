@@ -65,3 +65,30 @@ fn the_binary_reports_a_bad_manifest_without_panicking() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot read manifest /no/such/wasmpipe.toml"), "{stderr}");
 }
+
+#[test]
+fn wasmpipe_gen_writes_the_same_data_for_the_same_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let generate = |name: &str, seed: &str| {
+        let out = wasmpipe()
+            .args(["gen", "classification", "--rows", "70000", "--features", "3", "--classes", "3"])
+            .args(["--row-group-rows", "20000", "--seed", seed, "--out"])
+            .arg(dir.path().join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read(dir.path().join(name)).unwrap()
+    };
+    let (a, b, c) = (generate("a.parquet", "7"), generate("b.parquet", "7"), generate("c.parquet", "8"));
+    assert_eq!(a, b, "same seed, same bytes");
+    assert_ne!(a, c, "another seed, other data");
+    let reader =
+        parquet::file::reader::SerializedFileReader::new(std::fs::File::open(dir.path().join("a.parquet")).unwrap())
+            .unwrap();
+    use parquet::file::reader::FileReader;
+    let meta = reader.metadata();
+    assert_eq!(meta.file_metadata().num_rows(), 70_000);
+    assert_eq!(meta.num_row_groups(), 4, "row groups of 20000: the partitions");
+    let names: Vec<&str> = meta.file_metadata().schema_descr().columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["f0", "f1", "f2", "target"]);
+}
