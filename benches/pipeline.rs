@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,7 @@ use wasmpipe_runtime::kernels::{moments, simd};
 use wasmpipe_runtime::{FitOutcome, Runtime, RuntimeConfig, StageComponent};
 
 mod common;
+mod results;
 use common::{limits, setup, stage, task};
 
 const COLUMNS: usize = 10;
@@ -296,41 +296,23 @@ fn main() {
 }
 
 fn write_results(rows: usize, lines: &[String]) {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let date = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d %H:%M UTC")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let simd = if cfg!(target_arch = "x86_64")
+    let simd = if cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx512f") {
+        "AVX-512"
+    } else if cfg!(target_arch = "x86_64")
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("fma")
     {
         "AVX2+FMA"
+    } else if cfg!(target_arch = "aarch64") {
+        "NEON"
     } else {
         "portable"
     };
-    let mut text = format!(
-        "# Benchmark results\n\nWritten by `make bench` (`benches/pipeline.rs`); each run replaces this file but the storage section.\n\n- date: {date}\n- machine: {cpu}, {cores} cores, SIMD path {simd}\n- data: {rows} rows x {COLUMNS} f64 columns (+ target), batches of {BATCH} rows\n- native = plain Rust on Arrow arrays; wasm_kernels = the shipped stage on host kernels; wasm_copy = the same logic copying columns into the guest (`stages/baseline`)\n\n```\n{}\n```\n",
+    let text = format!(
+        "# Benchmark results\n\nWritten by `make bench` (`benches/pipeline.rs`); each run replaces this part; the other benches write the sections below.\n\n- date: {}\n- machine: {}, SIMD path {simd}\n- data: {rows} rows x {COLUMNS} f64 columns (+ target), batches of {BATCH} rows\n- native = plain Rust on Arrow arrays; wasm_kernels = the shipped stage on host kernels; wasm_copy = the same logic copying columns into the guest (`stages/baseline`)\n\n```\n{}\n```\n",
+        results::date(),
+        results::machine(),
         lines.join("\n")
     );
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
-    // Keep the section `benches/storage.rs` writes.
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    if let Some(start) = old.find("<!-- storage -->") {
-        let end = old[start..].find("<!-- /storage -->").map_or(old.len(), |e| start + e + "<!-- /storage -->".len());
-        text = format!("{text}\n{}\n", &old[start..end]);
-    }
-    std::fs::write(&path, text).expect("write RESULTS.md");
-    eprintln!("wrote {}", path.display());
+    results::write_head(&text);
 }

@@ -17,6 +17,8 @@
 //! (between `<!-- storage -->` and `<!-- /storage -->`). Not criterion:
 //! these are multi-second runs; any arguments (`--bench`) are ignored.
 
+mod results;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::ops::Range;
@@ -50,9 +52,6 @@ const BATCH: usize = 65_536;
 /// Ranged GETs: chunk size and most in flight.
 const CHUNK: u64 = 8 << 20;
 const CONCURRENCY: usize = 8;
-/// Section markers in RESULTS.md (`benches/pipeline.rs` keeps the section).
-const START: &str = "<!-- storage -->";
-const END: &str = "<!-- /storage -->";
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -400,27 +399,13 @@ fn main() {
 
 /// Replace the storage section of RESULTS.md (or append it).
 fn write_results(rows: usize, size: u64, groups: usize, runs: usize, contention: &str, lines: &[String]) {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let (date, machine) = (results::date(), results::machine());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let date = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d %H:%M UTC")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
     let section = format!(
-        "{START}\n## Storage: Garage on loopback vs the local filesystem\n\n\
+        "## Storage: Garage on loopback vs the local filesystem\n\n\
          Written by `benches/storage.rs` (`make bench`); each run replaces this section.\n\n\
          - date: {date}\n\
-         - machine: {cpu}, {cores} cores; {contention}\n\
+         - machine: {machine}; {contention}\n\
          - data: one Parquet file, {rows} rows x {COLUMNS} f64 columns, uncompressed, {size} bytes, \
          {groups} row groups (partitions); the stages write zstd Parquet; batches of {BATCH} rows; \
          {cores} tasks at once\n\
@@ -434,20 +419,10 @@ fn write_results(rows: usize, size: u64, groups: usize, runs: usize, contention:
          - cpu = CPU seconds (user + system) during the median run: this process (executor, stage \
          instances, object_store clients), the Garage server, other processes (contention); \
          cores busy = their sum / wall time\n\n\
-         ```\n{}\n```\n{END}",
+         ```\n{}\n```",
         CHUNK >> 20,
         CHUNK >> 20,
         lines.join("\n"),
     );
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmark results\n".into());
-    let text = match old.find(START) {
-        Some(s) => {
-            let rest = old[s..].find(END).map_or("", |e| &old[s + e + END.len()..]);
-            format!("{}{section}{rest}", &old[..s])
-        }
-        None => format!("{}\n\n{section}\n", old.trim_end()),
-    };
-    std::fs::write(&path, text).expect("write RESULTS.md");
-    eprintln!("wrote {}", path.display());
+    results::write_section("storage", &section);
 }

@@ -1,0 +1,144 @@
+//! Scale: logistic regression on synthetic data written by `wasmpipe gen`
+//! (20 features, binary), trained by the `logreg` stage through the real
+//! `wasmpipe` binary (Newton passes over row-group partitions, then batch
+//! prediction and `classify_eval`), at a tenth of the rows and at the full
+//! row count (`WASMPIPE_BENCH_ROWS`, default 10M), and the same fit in
+//! scikit-learn on the same data in the same run. Reports wall time,
+//! passes, accuracy, log loss and peak RSS (per process, from `wait4`), so
+//! one can see that wasmpipe's memory does not grow with the rows.
+//! Results go to the `<!-- scale -->` section of `benches/RESULTS.md`.
+
+mod results;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("benches/ has a parent").to_path_buf()
+}
+
+/// Run `cmd` to completion; its stdout, wall seconds and peak RSS (bytes).
+fn measured(mut cmd: Command) -> (String, f64, u64) {
+    let started = Instant::now();
+    #[allow(clippy::zombie_processes, reason = "reaped by wait4 below, which also gives its peak RSS")]
+    let child = cmd.stdout(std::process::Stdio::piped()).spawn().expect("start");
+    let pid = child.id() as libc::pid_t;
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.expect("piped"), &mut stdout).expect("read stdout");
+    let mut status = 0;
+    // SAFETY: plain libc call on our own child; `usage` is written by it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4");
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed:\n{stdout}");
+    (stdout, started.elapsed().as_secs_f64(), usage.ru_maxrss as u64 * 1024)
+}
+
+fn metric(stdout: &str, key: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+        .unwrap_or_else(|| panic!("no {key} in:\n{stdout}"))
+        .to_string()
+}
+
+fn main() {
+    let rows: u64 = std::env::var("WASMPIPE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
+    let wasmpipe = repo().join("target/release/wasmpipe");
+    assert!(wasmpipe.is_file(), "build the CLI first (make bench does)");
+    let python = repo().join(".tools/venv/bin/python");
+    let work = tempfile::tempdir().expect("temp dir");
+    let mut lines = Vec::new();
+    for n in [rows / 10, rows] {
+        let data = work.path().join(format!("scale-{n}.parquet"));
+        let mut generate = Command::new(&wasmpipe);
+        generate
+            .args(["gen", "classification", "--features", "20", "--row-group-rows", "500000", "--rows"])
+            .arg(n.to_string())
+            .arg("--out")
+            .arg(&data);
+        let (_, gen_s, _) = measured(generate);
+
+        let manifest = work.path().join(format!("scale-{n}.toml"));
+        let features: Vec<String> = (0..20).map(|j| format!("\"f{j}\"")).collect();
+        std::fs::write(
+            &manifest,
+            format!(
+                r#"version = 1
+name = "scale"
+[defaults]
+batch_rows = 65536
+row_group_rows = 500000
+memory_mib = 512
+timeout_s = 3600
+[stage.fit]
+component = {fit:?}
+inputs = [{data:?}]
+[stage.fit.config]
+features = [{features}]
+target = "target"
+c = 1.0
+tol = 1e-8
+[stage.evaluate]
+component = {eval:?}
+inputs = ["stage:fit"]
+[stage.evaluate.config]
+target = "target"
+"#,
+                fit = repo().join("stages/logreg").display().to_string(),
+                eval = repo().join("stages/classify_eval").display().to_string(),
+                data = data.display().to_string(),
+                features = features.join(", "),
+            ),
+        )
+        .expect("write manifest");
+        let store = work.path().join(format!("store-{n}"));
+        let mut run = Command::new(&wasmpipe);
+        run.args(["run", "-q", "--store"]).arg(&store).arg(&manifest);
+        let (stdout, run_s, run_rss) = measured(run);
+        let commit: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(store.join("scale/fit/_wasmpipe_commit.json")).expect("fit commit"))
+                .expect("commit JSON");
+        let passes = &commit["model"]["passes"];
+
+        let mut sk = Command::new(&python);
+        sk.arg(repo().join("tests/python/scale_sklearn.py")).arg(&data);
+        let (sk_out, sk_s, sk_rss) = measured(sk);
+        let sk: serde_json::Value = serde_json::from_str(&sk_out).expect("sklearn JSON");
+
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        lines.push(format!(
+            "scale rows = {n} (20 features, {} MB of Parquet, gen {gen_s:.1} s)",
+            std::fs::metadata(&data).map_or(0, |m| m.len()) / 1_000_000
+        ));
+        lines.push(format!(
+            "scale wasmpipe = {run_s:.1} s, {passes} passes, peak RSS {:.0} MiB, accuracy {}, log_loss {}",
+            mib(run_rss),
+            metric(&stdout, "accuracy"),
+            metric(&stdout, "log_loss"),
+        ));
+        lines.push(format!(
+            "scale sklearn = {sk_s:.1} s (load {:.1} s, fit {:.1} s, {} iterations), peak RSS {:.0} MiB, accuracy {:.4}, log_loss {:.4}",
+            sk["load_s"].as_f64().unwrap(),
+            sk["fit_s"].as_f64().unwrap(),
+            sk["iterations"],
+            mib(sk_rss),
+            sk["accuracy"].as_f64().unwrap(),
+            sk["log_loss"].as_f64().unwrap(),
+        ));
+        for l in &lines[lines.len() - 3..] {
+            println!("{l}");
+        }
+    }
+
+    results::write_section(
+        "scale",
+        &format!(
+            "## Scale: logistic regression, 20 features\n\nWritten by `benches/scale.rs` (`make bench`); each run replaces this section.\n\n- date: {}\n- machine: {}\n- wasmpipe = `wasmpipe run` (logreg fit, batch prediction, classify_eval), row groups of 500k rows (the partitions), batches of 64k rows; sklearn = `LogisticRegression(C=1)` (lbfgs, tol 1e-6) on the same file loaded whole, in the same run\n- peak RSS per process, from wait4\n\n```\n{}\n```",
+            results::date(),
+            results::machine(),
+            lines.join("\n")
+        ),
+    );
+}
