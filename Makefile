@@ -1,7 +1,7 @@
 # wasmpipe: the two commands are `make demo` and `make test`.
 CARGO ?= cargo
 WASMPIPE := target/release/wasmpipe
-STAGES := passthrough clean scaler linreg evaluate hostile baseline logreg kmeans classify_eval split minmax imputer onehot hasher bucketizer poly
+STAGES := passthrough clean scaler linreg evaluate hostile baseline logreg kmeans classify_eval
 
 .PHONY: demo test toolchain host stages test-deps lint bench clean test-aarch64
 
@@ -34,9 +34,9 @@ lint:
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	cd stages && $(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Criterion benches (stage, pipeline), storage throughput on Garage, then
-## logistic regression at scale against scikit-learn
-## (installed by test-deps) against the local filesystem.
+## Criterion benches (stage, pipeline), storage throughput on Garage
+## (installed by test-deps) against the local filesystem, then logistic
+## regression at scale against scikit-learn.
 bench: stages test-deps
 	$(CARGO) bench -p wasmpipe-benches --bench stage --bench pipeline
 	$(CARGO) bench -p wasmpipe-benches --bench storage
