@@ -122,45 +122,14 @@ impl Estimator for LinReg {
     }
 }
 
-/// Solve A x = b for symmetric positive definite A (row-major k x k) by
-/// Cholesky decomposition.
-fn solve_spd(mut a: Vec<f64>, mut b: Vec<f64>, k: usize) -> Result<Vec<f64>> {
-    for j in 0..k {
-        let mut d = a[j * k + j];
-        for p in 0..j {
-            d -= a[j * k + p] * a[j * k + p];
-        }
-        if d <= 0.0 || !d.is_finite() {
-            wasmpipe_sdk::fail!(
-                "the features are collinear (X^T X is singular at column {j}); drop a redundant feature or set alpha > 0"
-            );
-        }
-        let d = d.sqrt();
-        a[j * k + j] = d;
-        for i in j + 1..k {
-            let mut s = a[i * k + j];
-            for p in 0..j {
-                s -= a[i * k + p] * a[j * k + p];
-            }
-            a[i * k + j] = s / d;
-        }
+/// Solve the normal equations, naming the collinear column on failure.
+fn solve_spd(a: Vec<f64>, b: Vec<f64>, k: usize) -> Result<Vec<f64>> {
+    match wasmpipe_sdk::solve_spd(a, b, k) {
+        Ok(x) => Ok(x),
+        Err(j) => wasmpipe_sdk::fail!(
+            "the features are collinear (X^T X is singular at column {j}); drop a redundant feature or set alpha > 0"
+        ),
     }
-    // Forward substitution L z = b, then back substitution L^T x = z.
-    for i in 0..k {
-        let mut s = b[i];
-        for p in 0..i {
-            s -= a[i * k + p] * b[p];
-        }
-        b[i] = s / a[i * k + i];
-    }
-    for i in (0..k).rev() {
-        let mut s = b[i];
-        for p in i + 1..k {
-            s -= a[p * k + i] * b[p];
-        }
-        b[i] = s / a[i * k + i];
-    }
-    Ok(b)
 }
 
 struct Predict(Model);

@@ -604,49 +604,11 @@ fn newton_step(hessian: &[f64], gradient: &[f64], p: usize) -> Result<Vec<f64>> 
     for jitter in [0.0, 1e-12, 1e-10, 1e-8] {
         let mut a = h.clone();
         (0..n).for_each(|i| a[i * n + i] += jitter * scale);
-        if let Some(s) = solve_spd(a, rhs.clone(), n) {
+        if let Ok(s) = wasmpipe_sdk::solve_spd(a, rhs.clone(), n) {
             return Ok(s);
         }
     }
     wasmpipe_sdk::fail!("the Hessian is not positive definite (features collinear with c very large?)")
-}
-
-/// Solve A x = b for symmetric positive definite A (row-major n x n) by
-/// Cholesky decomposition; `None` when A is not positive definite.
-fn solve_spd(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Option<Vec<f64>> {
-    for j in 0..n {
-        let mut d = a[j * n + j];
-        for k in 0..j {
-            d -= a[j * n + k] * a[j * n + k];
-        }
-        if d <= 0.0 || !d.is_finite() {
-            return None;
-        }
-        let d = d.sqrt();
-        a[j * n + j] = d;
-        for i in j + 1..n {
-            let mut s = a[i * n + j];
-            for k in 0..j {
-                s -= a[i * n + k] * a[j * n + k];
-            }
-            a[i * n + j] = s / d;
-        }
-    }
-    for i in 0..n {
-        let mut s = b[i];
-        for k in 0..i {
-            s -= a[i * n + k] * b[k];
-        }
-        b[i] = s / a[i * n + i];
-    }
-    for i in (0..n).rev() {
-        let mut s = b[i];
-        for k in i + 1..n {
-            s -= a[k * n + i] * b[k];
-        }
-        b[i] = s / a[i * n + i];
-    }
-    Some(b)
 }
 
 struct Predict(Model);
@@ -779,16 +741,6 @@ mod tests {
         let p = x[0].len() + 1;
         let (loss, g, h) = sums(x, y, k, w);
         penalize(w, loss, g, h, c, modeled(k), p).1
-    }
-
-    #[test]
-    fn cholesky_solves_a_known_system_and_refuses_a_singular_one() {
-        let a = vec![4.0, 2.0, 0.0, 2.0, 5.0, 1.0, 0.0, 1.0, 3.0];
-        let x = solve_spd(a, vec![0.0, -5.0, 7.0], 3).unwrap();
-        for (got, want) in x.iter().zip([1.0, -2.0, 3.0]) {
-            assert!((got - want).abs() < 1e-12, "{x:?}");
-        }
-        assert!(solve_spd(vec![1.0, 1.0, 1.0, 1.0], vec![1.0, 1.0], 2).is_none());
     }
 
     #[test]

@@ -350,6 +350,47 @@ pub fn gram(features: &[&Column], target: &Column, intercept: bool) -> Result<No
 pub fn matvec(columns: &[&Column], weights: &[f64], bias: f64) -> Result<Column> {
     k::matvec(columns, weights, bias)
 }
+/// Solve `A x = b` for symmetric positive definite `A` (row-major n x n) by
+/// Cholesky decomposition: the normal equations of least squares, Newton
+/// steps. `Err(j)` when `A` is not positive definite, `j` being the first
+/// column whose pivot is not positive (a feature collinear with earlier
+/// ones, for a Gram matrix).
+pub fn solve_spd(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> std::result::Result<Vec<f64>, usize> {
+    for j in 0..n {
+        let mut d = a[j * n + j];
+        for k in 0..j {
+            d -= a[j * n + k] * a[j * n + k];
+        }
+        if d <= 0.0 || !d.is_finite() {
+            return Err(j);
+        }
+        let d = d.sqrt();
+        a[j * n + j] = d;
+        for i in j + 1..n {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= a[i * n + k] * a[j * n + k];
+            }
+            a[i * n + j] = s / d;
+        }
+    }
+    // Forward substitution L z = b, then back substitution L^T x = z.
+    for i in 0..n {
+        let mut s = b[i];
+        for k in 0..i {
+            s -= a[i * n + k] * b[k];
+        }
+        b[i] = s / a[i * n + i];
+    }
+    for i in (0..n).rev() {
+        let mut s = b[i];
+        for k in i + 1..n {
+            s -= a[k * n + i] * b[k];
+        }
+        b[i] = s / a[i * n + i];
+    }
+    Ok(b)
+}
 
 /// Encode a state, carry or model for the host. JSON: readable in the
 /// object store, exact for f64 (shortest round-trip form).
@@ -547,6 +588,16 @@ macro_rules! __impl_fit_guest {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cholesky_solves_a_known_system_and_refuses_a_singular_one() {
+        let a = vec![4.0, 2.0, 0.0, 2.0, 5.0, 1.0, 0.0, 1.0, 3.0];
+        let x = solve_spd(a, vec![0.0, -5.0, 7.0], 3).unwrap();
+        for (got, want) in x.iter().zip([1.0, -2.0, 3.0]) {
+            assert!((got - want).abs() < 1e-12, "{x:?}");
+        }
+        assert!(solve_spd(vec![1.0, 1.0, 1.0, 1.0], vec![1.0, 1.0], 2) == Err(1));
+    }
+
     use super::*;
 
     #[test]
