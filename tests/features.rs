@@ -1,0 +1,366 @@
+//! The feature stages end to end on the shared data sets
+//! (`../shared/testdata/ml`): CSV ingest, then one feature stage, at 1, 3
+//! and 8 partitions. Every partitioning must give the same model (to 1e-9)
+//! and the same output rows (assignments exactly), and the estimators and
+//! `poly` must match scikit-learn (`tests/python/features_reference.py`).
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{Float64Type, Int64Type};
+use arrow::record_batch::RecordBatch;
+use serde_json::{Value, json};
+use wasmpipe_executor::RunReport;
+use wasmpipe_tests::*;
+
+/// Partitions of every pipeline's input (the ingest output's row groups).
+const PARTITIONS: [usize; 3] = [1, 3, 8];
+
+fn data(name: &str) -> PathBuf {
+    testdata().join("ml").join(name)
+}
+
+/// The header and the data lines of a CSV file.
+fn csv_lines(csv: &Path) -> (Vec<String>, Vec<String>) {
+    let text = std::fs::read_to_string(csv).unwrap_or_else(|e| panic!("{}: {e}", csv.display()));
+    let mut lines = text.lines().filter(|l| !l.is_empty()).map(String::from);
+    let header = lines.next().expect("a header").split(',').map(String::from).collect();
+    (header, lines.collect())
+}
+
+/// A pipeline: `csv` ingested into row groups making `partitions`
+/// partitions, then stage `feat` (`component`, `config` TOML lines).
+fn manifest(csv: &Path, partitions: usize, component_name: &str, config: &str) -> String {
+    let group = csv_lines(csv).1.len().div_ceil(partitions);
+    format!(
+        r#"version = 1
+name = "ml"
+
+[defaults]
+batch_rows = {group}
+row_group_rows = {group}
+memory_mib = 64
+timeout_s = 60
+
+[stage.ingest]
+component = {}
+inputs = [{}]
+
+[stage.feat]
+component = {}
+inputs = ["stage:ingest"]
+
+[stage.feat.config]
+{config}
+"#,
+        toml_path(&component("passthrough")),
+        toml_path(csv),
+        toml_path(&component(component_name)),
+    )
+}
+
+/// One run: the report, the store and the stage's output rows.
+struct Run {
+    report: RunReport,
+    store: tempfile::TempDir,
+    rows: RecordBatch,
+}
+
+impl Run {
+    fn model(&self) -> Value {
+        let s = self.report.stages.iter().find(|s| s.name == "feat").expect("stage in report");
+        serde_json::from_slice(s.model_bytes.as_ref().expect("fit stages keep their model")).expect("JSON model")
+    }
+
+    fn out_dir(&self) -> PathBuf {
+        self.store.path().join("ml/feat")
+    }
+
+    fn f64s(&self, name: &str) -> Vec<Option<f64>> {
+        let c = self.rows.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+        c.as_primitive::<Float64Type>().iter().collect()
+    }
+}
+
+fn run(csv: &Path, partitions: usize, component_name: &str, config: &str) -> Run {
+    let text = manifest(csv, partitions, component_name, config);
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), partitions);
+    let report = run_text(&exec, &text, store.path()).unwrap_or_else(|e| panic!("pipeline fails: {e}\n{text}"));
+    let batches = read_committed(&store.path().join("ml/feat"));
+    let rows = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    Run { report, store, rows }
+}
+
+/// Run at every partitioning; assert the models (if any) agree to 1e-9 and
+/// the output rows are identical. Returns the runs.
+fn run_all(csv: &Path, component_name: &str, config: &str, estimator: bool) -> Vec<Run> {
+    let runs: Vec<Run> = PARTITIONS
+        .iter()
+        .map(|&p| {
+            let started = std::time::Instant::now();
+            let r = run(csv, p, component_name, config);
+            eprintln!("{component_name} on {}: {p} partitions, {:?}", csv.display(), started.elapsed());
+            r
+        })
+        .collect();
+    for r in &runs[1..] {
+        if estimator {
+            assert_close(&r.model(), &runs[0].model(), 1e-9, "model");
+            assert_close(&runs[0].model(), &r.model(), 1e-9, "model");
+        }
+        assert_eq!(r.rows.schema(), runs[0].rows.schema());
+        for (i, (a, b)) in r.rows.columns().iter().zip(runs[0].rows.columns()).enumerate() {
+            if let (Some(a), Some(b)) = (a.as_primitive_opt::<Float64Type>(), b.as_primitive_opt::<Float64Type>()) {
+                for (x, y) in a.iter().zip(b.iter()) {
+                    match (x, y) {
+                        (Some(x), Some(y)) => assert!(
+                            (x - y).abs() <= 1e-9 * y.abs().max(1.0) || (x.is_nan() && y.is_nan()),
+                            "column {i}: {x} vs {y}"
+                        ),
+                        (x, y) => assert_eq!(x.is_none(), y.is_none(), "column {i}: nulls differ"),
+                    }
+                }
+            } else {
+                assert_eq!(a.to_data(), b.to_data(), "column {} differs", r.rows.schema().field(i).name());
+            }
+        }
+    }
+    runs
+}
+
+/// Assert that `ours` has every field of `want`, equal, with numbers
+/// within `tol` relative to `max(1, |want|)`.
+fn assert_close(ours: &Value, want: &Value, tol: f64, path: &str) {
+    match (ours, want) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                let a = a.get(k).unwrap_or_else(|| panic!("{path}.{k} is missing"));
+                assert_close(a, v, tol, &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: {ours} vs {want}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_close(x, y, tol, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= tol * b.abs().max(1.0), "{path}: {a} vs {b}");
+        }
+        _ => assert_eq!(ours, want, "{path}"),
+    }
+}
+
+/// scikit-learn's counterpart on `csv`, compared with the 8-partition run.
+fn reference(task: &str, csv: &Path, columns: &[&str], last: &Run, extra: Value) -> Value {
+    let mut args = json!({"task": task, "csv": csv, "columns": columns, "out_dir": last.out_dir()});
+    args.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let r = python_json("features_reference.py", &[&args.to_string()]);
+    eprintln!("{task} on {}: scikit-learn says {r}", csv.display());
+    r
+}
+
+fn strings(items: &[&str]) -> String {
+    serde_json::to_string(items).unwrap()
+}
+
+#[test]
+fn minmax_matches_scikit_learn() {
+    let csv = data("wine.csv");
+    let columns = ["alcohol", "malic_acid", "magnesium", "proline", "hue"];
+    let config = format!("columns = {}\nfeature_range = [-1.0, 2.0]", strings(&columns));
+    let runs = run_all(&csv, "minmax", &config, true);
+    let last = runs.last().unwrap();
+    let r = reference("minmax", &csv, &columns, last, json!({"feature_range": [-1.0, 2.0]}));
+    let model = last.model();
+    for key in ["data_min", "data_max", "scale", "offset"] {
+        assert_close(&model[key], &r[key], 1e-15, key);
+    }
+    assert!(r["max_abs_diff"].as_f64().unwrap() <= 1e-12, "{r}");
+}
+
+/// `csv` with a deterministic sample of cells of `columns` blanked: row i
+/// loses column j when `(7 i + 3 j) % 11 == 0`.
+fn with_holes(csv: &Path, columns: &[&str], dir: &Path) -> PathBuf {
+    let (header, lines) = csv_lines(csv);
+    let holes: Vec<usize> = columns.iter().map(|c| header.iter().position(|h| h == c).unwrap()).collect();
+    let mut out = header.join(",") + "\n";
+    for (i, line) in lines.iter().enumerate() {
+        let mut cells: Vec<&str> = line.split(',').collect();
+        for (j, &c) in holes.iter().enumerate() {
+            if (7 * i + 3 * j) % 11 == 0 {
+                cells[c] = "";
+            }
+        }
+        out += &(cells.join(",") + "\n");
+    }
+    let path = dir.join(csv.file_name().unwrap());
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn imputer_matches_scikit_learn_for_every_strategy() {
+    let dir = tempfile::tempdir().unwrap();
+    let columns = ["age", "bmi", "bp", "s4", "s5", "sex"];
+    let csv = with_holes(&data("diabetes.csv"), &columns, dir.path());
+    for strategy in ["mean", "median", "most_frequent"] {
+        let config = format!("columns = {}\nstrategy = \"{strategy}\"", strings(&columns));
+        let runs = run_all(&csv, "imputer", &config, true);
+        let last = runs.last().unwrap();
+        let model = last.model();
+        let r = reference("imputer", &csv, &columns, last, json!({"strategy": strategy}));
+        let tol = if strategy == "mean" { 1e-12 } else { 0.0 };
+        assert_close(&model["statistics"], &r["statistics"], tol, strategy);
+        assert!(r["max_abs_diff"].as_f64().unwrap() <= tol * 1000.0, "{strategy}: {r}");
+        for c in columns {
+            assert!(last.f64s(c).iter().all(|v| v.is_some_and(f64::is_finite)), "{strategy}: {c} has holes");
+        }
+        let fit = last.report.stages.iter().find(|s| s.name == "feat").unwrap();
+        eprintln!("imputer {strategy}: {} fit passes, statistics {}", fit.passes, model["statistics"]);
+    }
+}
+
+fn check_bucketizer(csv: &Path, columns: &[&str], n_buckets: u32, method: &str) {
+    let config = format!("columns = {}\nn_buckets = {n_buckets}\nquantile_method = \"{method}\"", strings(columns));
+    let runs = run_all(csv, "bucketizer", &config, true);
+    let last = runs.last().unwrap();
+    let r = reference("bucketizer", csv, columns, last, json!({"n_buckets": n_buckets, "quantile_method": method}));
+    assert_close(&last.model()["edges"], &r["edges"], 1e-12, "edges");
+    // Exact order statistics: every row in scikit-learn's bucket.
+    assert_eq!(r["agreement"], 1.0, "{r}");
+    let bucket = last.rows.column_by_name(&format!("{}_bucket", columns[0])).unwrap();
+    assert!(bucket.as_primitive::<Int64Type>().iter().all(|b| b.is_some_and(|b| (0..n_buckets as i64).contains(&b))));
+}
+
+#[test]
+fn bucketizer_matches_scikit_learn() {
+    check_bucketizer(&data("diabetes.csv"), &["bmi", "s5", "bp", "age", "s4"], 5, "averaged_inverted_cdf");
+    check_bucketizer(&data("breast_cancer.csv"), &["mean_radius", "worst_area", "mean_concavity"], 7, "linear");
+}
+
+#[test]
+fn poly_matches_scikit_learn() {
+    let csv = data("iris.csv");
+    let columns = ["sepal_length", "sepal_width", "petal_length"];
+    for (degree, interaction_only) in [(2, false), (3, true), (3, false)] {
+        let config =
+            format!("columns = {}\ndegree = {degree}\ninteraction_only = {interaction_only}", strings(&columns));
+        let runs = run_all(&csv, "poly", &config, false);
+        let last = runs.last().unwrap();
+        let r =
+            reference("poly", &csv, &columns, last, json!({"degree": degree, "interaction_only": interaction_only}));
+        let ours: Vec<String> =
+            last.rows.schema().fields().iter().map(|f| f.name().clone()).skip(5).collect::<Vec<_>>();
+        assert_eq!(json!(ours), r["names"]);
+        assert!(r["max_rel_diff"].as_f64().unwrap() <= 1e-12, "{r}");
+    }
+}
+
+/// `csv` with a leading `id` column (the row's number).
+fn with_ids(csv: &Path, dir: &Path) -> PathBuf {
+    let (header, lines) = csv_lines(csv);
+    let mut out = format!("id,{}\n", header.join(","));
+    for (i, line) in lines.iter().enumerate() {
+        out += &format!("{i},{line}\n");
+    }
+    let path = dir.join(csv.file_name().unwrap());
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+/// `(id, split)` of every output row.
+fn assignments(run: &Run, split: Option<&str>) -> Vec<(i64, String)> {
+    let ids = run.rows.column_by_name("id").unwrap().as_primitive::<Int64Type>().clone();
+    (0..run.rows.num_rows())
+        .map(|i| {
+            let s = match split {
+                Some(s) => s.to_string(),
+                None => run.rows.column_by_name("split").unwrap().as_string::<i32>().value(i).to_string(),
+            };
+            (ids.value(i), s)
+        })
+        .collect()
+}
+
+#[test]
+fn split_is_deterministic_stratified_and_keeps_branches_disjoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = with_ids(&data("breast_cancer.csv"), dir.path());
+    let rows = csv_lines(&csv).1.len();
+
+    // Unstratified, hashing whole rows: proportions in expectation.
+    let runs = run_all(&csv, "split", "fractions = { train = 0.8, test = 0.2 }\nseed = 7", true);
+    let all = assignments(runs.last().unwrap(), None);
+    let train = all.iter().filter(|(_, s)| s == "train").count() as f64 / rows as f64;
+    eprintln!("split: unstratified train fraction {train:.4} of {rows}");
+    assert!((train - 0.8).abs() < 0.06, "train fraction {train}");
+    let other = run(&csv, 3, "split", "fractions = { train = 0.8, test = 0.2 }\nseed = 8");
+    assert_ne!(assignments(&other, None), all, "another seed, another split");
+
+    // Stratified by target on a unique key: exact counts per class.
+    let config = "fractions = { train = 0.6, validation = 0.2, test = 0.2 }\nkey = \"id\"\nstratify = \"target\"";
+    let runs = run_all(&csv, "split", config, true);
+    let all = assignments(runs.last().unwrap(), None);
+    let target = runs[0].rows.column_by_name("target").unwrap().as_primitive::<Int64Type>().clone();
+    for class in [0, 1] {
+        let n = target.iter().filter(|t| *t == Some(class)).count() as f64;
+        let count = |s: &str| (0..rows).filter(|&i| target.value(i) == class && all[i].1 == s).count() as f64;
+        let (tr, va, te) = (count("train"), count("validation"), count("test"));
+        eprintln!("split: class {class} of {n}: train {tr}, validation {va}, test {te}");
+        assert_eq!(tr, (0.6 * n).round());
+        assert_eq!(tr + va, (0.8 * n).round());
+        assert_eq!(tr + va + te, n);
+    }
+
+    // Two branches with `keep`: disjoint, together every row, each as the `split` column says.
+    let keep = |which: &str| {
+        let mut got = Vec::new();
+        for p in PARTITIONS {
+            let r = run(&csv, p, "split", &format!("{config}\nkeep = \"{which}\""));
+            assert!(r.rows.column_by_name("split").is_none());
+            got.push(assignments(&r, Some(which)));
+        }
+        assert!(got.iter().all(|g| *g == got[0]), "{which}: same rows at every partitioning");
+        got.remove(0)
+    };
+    let (train, validation, test) = (keep("train"), keep("validation"), keep("test"));
+    let mut union: Vec<(i64, String)> = [train, validation, test].concat();
+    union.sort();
+    let mut want = all.clone();
+    want.sort();
+    assert_eq!(union, want, "the branches partition the rows as the split column does");
+}
+
+#[test]
+fn hasher_is_deterministic_in_range_and_consistent_across_partitions() {
+    // iris with its species named (strings) and an int column to hash.
+    let dir = tempfile::tempdir().unwrap();
+    let (header, lines) = csv_lines(&data("iris.csv"));
+    let mut text = header.join(",").replace("target", "species") + "\n";
+    for line in &lines {
+        let (values, class) = line.rsplit_once(',').unwrap();
+        text += &format!("{values},{}\n", ["setosa", "versicolor", "virginica"][class.parse::<usize>().unwrap()]);
+    }
+    let csv = dir.path().join("iris_named.csv");
+    std::fs::write(&csv, text).unwrap();
+    let n = 8;
+    let runs =
+        run_all(&csv, "hasher", &format!("columns = [\"species\"]\nn_features = {n}\nkeep_original = true"), false);
+    let r = runs.last().unwrap();
+    let species = r.rows.column_by_name("species").unwrap().as_string::<i32>().clone();
+    let features: Vec<Vec<Option<f64>>> = (0..n).map(|i| r.f64s(&format!("hash_{i}"))).collect();
+    let mut seen: std::collections::HashMap<String, Vec<f64>> = Default::default();
+    for row in 0..r.rows.num_rows() {
+        let v: Vec<f64> = features.iter().map(|f| f[row].unwrap()).collect();
+        // One value, one bucket, with sign +1 or -1.
+        assert_eq!(v.iter().filter(|x| **x != 0.0).count(), 1, "row {row}: {v:?}");
+        assert!(v.iter().all(|x| [0.0, 1.0, -1.0].contains(x)));
+        let prev = seen.entry(species.value(row).to_string()).or_insert(v.clone());
+        assert_eq!(*prev, v, "the same value, the same bucket");
+    }
+    assert_eq!(seen.len(), 3);
+    assert!(r.rows.column_by_name("hash_8").is_none(), "exactly n_features columns");
+}

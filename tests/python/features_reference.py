@@ -1,0 +1,70 @@
+"""scikit-learn references for the feature stages (tests/features.rs).
+
+usage: features_reference.py JSON
+
+JSON is an object with "task" ("minmax", "imputer", "bucketizer", "poly"),
+"csv" (the input, blanks read as NaN), "columns", "out_dir" (wasmpipe's
+committed output of the stage) and the task's own arguments. Fits the
+scikit-learn counterpart on the CSV, transforms it, and prints one JSON
+object: the fitted statistics and how far wasmpipe's output is from
+scikit-learn's.
+"""
+import json
+import os
+import sys
+import warnings
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from sklearn.impute import SimpleImputer
+from sklearn.preprocessing import KBinsDiscretizer, MinMaxScaler, PolynomialFeatures
+
+
+def committed(out_dir):
+    with open(os.path.join(out_dir, "_wasmpipe_commit.json")) as f:
+        commit = json.load(f)
+    tables = [pq.read_table(os.path.join(out_dir, p["name"])) for p in commit["parts"]]
+    return {n: np.concatenate([t[n].to_numpy(zero_copy_only=False) for t in tables]) for n in tables[0].column_names}
+
+
+def matrix(source, names):
+    return np.column_stack([np.asarray(source[c], dtype=float) for c in names])
+
+
+def main(args):
+    table = pacsv.read_csv(args["csv"])
+    data = {n: table[n].to_numpy(zero_copy_only=False).astype(float) for n in table.column_names}
+    X = matrix(data, args["columns"])
+    ours = committed(args["out_dir"])
+    out = {}
+    task = args["task"]
+    if task == "minmax":
+        m = MinMaxScaler(feature_range=tuple(args["feature_range"])).fit(X)
+        want, names = m.transform(X), args["columns"]
+        out.update(data_min=m.data_min_.tolist(), data_max=m.data_max_.tolist(), scale=m.scale_.tolist(), offset=m.min_.tolist())
+    elif task == "imputer":
+        m = SimpleImputer(strategy=args["strategy"]).fit(X)
+        want, names = m.transform(X), args["columns"]
+        out.update(statistics=m.statistics_.tolist())
+    elif task == "bucketizer":
+        m = KBinsDiscretizer(n_bins=args["n_buckets"], encode="ordinal", strategy="quantile",
+                             quantile_method=args["quantile_method"]).fit(X)
+        want, names = m.transform(X), [c + "_bucket" for c in args["columns"]]
+        out.update(edges=[e.tolist() for e in m.bin_edges_])
+    elif task == "poly":
+        m = PolynomialFeatures(degree=args["degree"], interaction_only=args["interaction_only"], include_bias=False).fit(X)
+        names = [n for n in m.get_feature_names_out(args["columns"]) if n not in args["columns"]]
+        want = m.transform(X)[:, len(args["columns"]):]
+        out.update(names=names)
+    got = matrix(ours, names)
+    out["rows"] = int(len(got))
+    out["max_abs_diff"] = float(np.max(np.abs(got - want)))
+    out["max_rel_diff"] = float(np.max(np.abs(got - want) / np.maximum(1.0, np.abs(want))))
+    out["agreement"] = float(np.mean(got == want))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    warnings.simplefilter("ignore")
+    main(json.loads(sys.argv[1]))
