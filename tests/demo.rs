@@ -174,3 +174,122 @@ fn committed_files(output: &std::path::Path) -> Vec<String> {
         serde_json::from_slice(&std::fs::read(output.join("_wasmpipe_commit.json")).unwrap()).unwrap();
     commit["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
 }
+
+/// Diabetes with a held-out test split: `linreg` fits on the train branch
+/// and the same component applies that model (`model = "stage:fit"`) to the
+/// test branch, which `evaluate` scores.
+fn held_out_text() -> String {
+    let csv = repo().join("examples/diabetes/diabetes.csv");
+    format!(
+        r#"version = 1
+name = "heldout"
+[defaults]
+batch_rows = 64
+row_group_rows = 64
+[stage.ingest]
+component = {pass}
+inputs = [{csv}]
+[stage.train]
+component = {split}
+inputs = ["stage:ingest"]
+config = {{ fractions = {{ train = 0.75, test = 0.25 }}, seed = 3, keep = "train" }}
+[stage.test]
+component = {split}
+inputs = ["stage:ingest"]
+config = {{ fractions = {{ train = 0.75, test = 0.25 }}, seed = 3, keep = "test" }}
+[stage.fit]
+component = {linreg}
+inputs = ["stage:train"]
+config = {{ features = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"], target = "target" }}
+[stage.predict]
+component = {linreg}
+inputs = ["stage:test"]
+model = "stage:fit"
+config = {{ features = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"], target = "target" }}
+[stage.evaluate]
+component = {evaluate}
+inputs = ["stage:predict"]
+config = {{ target = "target" }}
+"#,
+        pass = toml_path(&component("passthrough")),
+        csv = toml_path(&csv),
+        split = toml_path(&component("split")),
+        linreg = toml_path(&component("linreg")),
+        evaluate = toml_path(&component("evaluate")),
+    )
+}
+
+#[test]
+fn a_model_fitted_on_the_train_split_is_applied_to_the_test_split() {
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let report = run_text(&exec, &held_out_text(), store.path()).expect("held-out pipeline runs");
+    let stage = |name: &str| report.stages.iter().find(|s| s.name == name).unwrap();
+    let (train, test) = (stage("train").rows_out, stage("test").rows_out);
+    assert_eq!(train + test, 442);
+    assert!((80..=140).contains(&test), "about a quarter held out: {test}");
+    assert_eq!(stage("predict").passes, 0, "the predict stage fits nothing");
+    assert_eq!(stage("predict").rows_out, test);
+
+    // The predictions are the fitted model applied to the test rows.
+    let model = result_json(&report, "fit");
+    let coefficients: Vec<f64> =
+        model["coefficients"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let intercept = model["intercept"].as_f64().unwrap();
+    let features = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"];
+    let (mut sse, mut targets) = (0.0, Vec::new());
+    for batch in read_committed(&store.path().join("heldout/predict")) {
+        let col = |name: &str| {
+            let c = batch.column_by_name(name).unwrap();
+            arrow::compute::cast(c, &arrow::datatypes::DataType::Float64).unwrap()
+        };
+        let prediction = col("prediction");
+        let prediction = prediction.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+        let target = col("target");
+        let target = target.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap();
+        let xs: Vec<_> = features.iter().map(|f| col(f)).collect();
+        for i in 0..batch.num_rows() {
+            let want = intercept
+                + xs.iter()
+                    .zip(&coefficients)
+                    .map(|(x, c)| c * x.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap().value(i))
+                    .sum::<f64>();
+            assert!((prediction.value(i) - want).abs() < 1e-9 * want.abs().max(1.0), "row {i}");
+            sse += (target.value(i) - want).powi(2);
+            targets.push(target.value(i));
+        }
+    }
+    let mean = targets.iter().sum::<f64>() / targets.len() as f64;
+    let sst: f64 = targets.iter().map(|t| (t - mean).powi(2)).sum();
+    let r2 = result_json(&report, "evaluate")["r2"].as_f64().unwrap();
+    assert!((r2 - (1.0 - sse / sst)).abs() < 1e-9, "held-out r2 {r2}");
+    let commit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.path().join("heldout/predict/_wasmpipe_commit.json")).unwrap())
+            .unwrap();
+    let model_sha = report.stages.iter().find(|s| s.name == "fit").unwrap().model.as_ref().unwrap().sha256.clone();
+    assert!(
+        commit["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i.as_str().unwrap().ends_with(&format!("heldout/fit@{model_sha}"))),
+        "lineage names the applied model: {commit}"
+    );
+}
+
+#[test]
+fn applying_a_model_that_is_not_there_is_a_clear_error() {
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let text = held_out_text().replace("model = \"stage:fit\"", "model = \"stage:ingest\"");
+    let err = run_text(&exec, &text, store.path()).unwrap_err().to_string();
+    assert!(err.contains("heldout/ingest holds no committed model"), "{err}");
+    // A transformer has no transform-with-a-model.
+    let text = format!(
+        "{}[stage.copy]\ncomponent = {}\ninputs = [\"stage:test\"]\nmodel = \"stage:fit\"\n",
+        held_out_text(),
+        toml_path(&component("passthrough"))
+    );
+    let err = run_text(&exec, &text, store.path()).unwrap_err().to_string();
+    assert!(err.contains("stage \"copy\"") && err.contains("must be an estimator"), "{err}");
+}

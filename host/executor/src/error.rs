@@ -68,6 +68,14 @@ pub enum RunError {
         /// The path as written.
         component: String,
     },
+    /// A stage's `model` cannot be applied.
+    #[error("stage {stage:?}: {reason}")]
+    Model {
+        /// The stage.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
     /// The manifest is unreadable or invalid.
     #[error(transparent)]
     Manifest(#[from] wasmpipe_manifest::ManifestError),

@@ -108,10 +108,55 @@ pub(crate) fn run_stage(
         &(stage.row_group_rows() as u64).to_le_bytes(),
         format!("{:?}", spec.columns).as_bytes(),
     ]);
-    // What the output depends on: the stage and every partition it reads.
+    // A model fitted elsewhere, applied instead of fitting one.
+    let applied = match &spec.model {
+        None => None,
+        Some(source) => {
+            let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
+            if stage.component.kind() != StageKind::Estimator {
+                return Err(model_err(format!(
+                    "`model` applies a fitted model with the stage's transform, so the component must be an estimator; this one is a {}",
+                    stage.component.kind()
+                )));
+            }
+            let location = match source {
+                Input::Stage(up) => {
+                    let report = done.iter().find(|r| &r.name == up).expect("stages run in dependency order");
+                    storage.resolve(&report.output).map_err(storage_err)?
+                }
+                Input::Location(l) => storage.resolve(l).map_err(storage_err)?,
+            };
+            let record = exec.io.block_on(commit::read(&location)).map_err(storage_err)?;
+            let Some(model) = record.and_then(|r| r.model) else {
+                return Err(model_err(format!(
+                    "{} holds no committed model; `model` must name the output of an estimator stage that has run",
+                    location.url()
+                )));
+            };
+            let at = location.child(&model.name);
+            let (bytes, _) = exec
+                .io
+                .block_on(at.get_opt())
+                .map_err(storage_err)?
+                .ok_or_else(|| storage_err(StorageError::NotFound { url: at.url().into() }))?;
+            let actual = sha256_hex(&[&bytes]);
+            if actual != model.sha256 {
+                return Err(storage_err(StorageError::HashMismatch {
+                    url: at.url().into(),
+                    expected: model.sha256,
+                    actual,
+                }));
+            }
+            lineage.push(format!("model {}@{}", location.url(), model.sha256));
+            Some((bytes.to_vec(), model.sha256))
+        }
+    };
+    // What the output depends on: the stage, every partition it reads, and
+    // the model it applies.
     let output_identity = {
         let mut parts: Vec<String> = vec![identity.clone()];
         parts.extend(partitions.iter().map(Partition::identity));
+        parts.extend(applied.iter().map(|(_, sha)| sha.clone()));
         sha256_hex(&parts.iter().map(String::as_bytes).collect::<Vec<_>>())
     };
     let run = StageRun {
@@ -155,9 +200,13 @@ pub(crate) fn run_stage(
     };
     let skipped = AtomicUsize::new(0);
 
-    // Fit, for estimators and aggregators.
+    // Fit, for estimators and aggregators (unless a model is applied).
     let mut model_bytes: Option<Vec<u8>> = None;
-    if matches!(report.kind, StageKind::Estimator | StageKind::Aggregator) {
+    let mut model_id = String::new();
+    if let Some((bytes, sha)) = applied {
+        model_bytes = Some(bytes);
+        model_id = sha;
+    } else if matches!(report.kind, StageKind::Estimator | StageKind::Aggregator) {
         let (bytes, passes, rows) = run.fit(&skipped)?;
         report.passes = passes;
         report.tasks += passes as usize * run.partitions.len().max(1) + passes as usize;
@@ -169,14 +218,14 @@ pub(crate) fn run_stage(
         let name = format!("_model-{}.bin", &sha[..16]);
         let at = run.output.child(&name);
         exec.io.block_on(at.put(bytes.clone())).map_err(storage_err)?;
-        report.model = Some(Model { name, sha256: sha, bytes: bytes.len() as u64, passes });
+        report.model = Some(Model { name, sha256: sha.clone(), bytes: bytes.len() as u64, passes });
         model_bytes = Some(bytes);
+        model_id = sha;
     }
 
     // Transform, for transformers and estimators.
     let mut parts = Vec::new();
     if matches!(report.kind, StageKind::Transformer | StageKind::Estimator) {
-        let model_id = report.model.as_ref().map(|m| m.sha256.clone()).unwrap_or_default();
         let outcomes =
             run.parallel("transform", |i| run.transform_task(i, model_bytes.as_deref(), &model_id, &skipped))?;
         report.tasks += run.partitions.len();

@@ -119,6 +119,13 @@ pub struct Stage {
     pub format: Option<Format>,
     /// Read only these columns (projection); default all.
     pub columns: Option<Vec<String>>,
+    /// Apply an already fitted model instead of fitting one (estimators
+    /// only): `stage:NAME` for the model another estimator stage of this
+    /// pipeline fitted, or the location of a committed estimator output
+    /// (its latest commit's model), e.g. `s3://lake/data/diabetes/fit`.
+    /// This is batch prediction, and how a model fitted on a training
+    /// split is applied to the test split.
+    pub model: Option<Input>,
     /// Overrides of `[defaults]`.
     #[serde(default)]
     pub limits: Settings,
@@ -287,7 +294,7 @@ impl Manifest {
             if stage.inputs.is_empty() {
                 return invalid(format!("stage {name:?} has no inputs: set `inputs = [...]`"));
             }
-            for input in &stage.inputs {
+            for input in stage.inputs.iter().chain(&stage.model) {
                 if let Input::Stage(up) = input {
                     if up == name {
                         return invalid(format!("stage {name:?} reads its own output"));
@@ -346,8 +353,9 @@ impl Manifest {
     }
 
     /// Names of the stages `stage` reads from.
+    /// (Its inputs' and its model's.)
     pub fn upstream<'a>(&'a self, stage: &'a Stage) -> impl Iterator<Item = &'a str> + 'a {
-        stage.inputs.iter().filter_map(|i| match i {
+        stage.inputs.iter().chain(&stage.model).filter_map(|i| match i {
             Input::Stage(s) => Some(s.as_str()),
             Input::Location(_) => None,
         })
