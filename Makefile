@@ -1,13 +1,16 @@
 # wasmpipe: the two commands are `make demo` and `make test`.
 CARGO ?= cargo
 WASMPIPE := target/release/wasmpipe
-STAGES := passthrough clean scaler linreg evaluate hostile baseline logreg kmeans classify_eval split minmax imputer hasher bucketizer poly
+STAGES := passthrough clean scaler linreg evaluate hostile baseline logreg kmeans classify_eval split minmax imputer hasher bucketizer poly onehot
 
 .PHONY: demo test toolchain host stages test-deps lint bench clean test-aarch64
 
-## Run the demo pipeline (diabetes regression) on the local filesystem.
+## Run the demo pipelines on the local filesystem: diabetes regression,
+## breast-cancer binary and wine multi-class classification.
 demo: stages
 	$(WASMPIPE) run examples/diabetes/wasmpipe.toml
+	$(WASMPIPE) run examples/breast_cancer/wasmpipe.toml
+	$(WASMPIPE) run examples/wine/wasmpipe.toml
 
 ## Everything CI checks: formatting, lints, and the whole test suite
 ## (host workspace, then the stage SDK and stages' unit tests natively).

@@ -293,3 +293,36 @@ fn applying_a_model_that_is_not_there_is_a_clear_error() {
     let err = run_text(&exec, &text, store.path()).unwrap_err().to_string();
     assert!(err.contains("stage \"copy\"") && err.contains("must be an estimator"), "{err}");
 }
+
+/// The classification demos (`examples/breast_cancer`, `examples/wine`):
+/// held-out metrics from a model fitted on the stratified train split.
+fn classification_demo(name: &str) -> (serde_json::Value, wasmpipe_executor::RunReport) {
+    let dir = repo().join("examples").join(name);
+    let manifest = Manifest::load(&dir.join("wasmpipe.toml")).expect("demo manifest parses");
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let report = exec.run(&manifest, &dir).expect("demo runs");
+    (result_json(&report, "evaluate"), report)
+}
+
+#[test]
+fn the_breast_cancer_demo_classifies_held_out_rows() {
+    let (metrics, report) = classification_demo("breast_cancer");
+    let rows = |s: &str| report.stages.iter().find(|r| r.name == s).unwrap().rows_out;
+    assert_eq!(rows("train") + rows("test"), 569);
+    assert_eq!(metrics["rows"], rows("test"));
+    // Stratified: the test split keeps the classes' proportions (212 / 357).
+    let support: Vec<u64> = metrics["support"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(support.iter().sum::<u64>(), rows("test"));
+    assert!((support[0] as f64 / rows("test") as f64 - 212.0 / 569.0).abs() < 0.01, "{support:?}");
+    assert!(metrics["accuracy"].as_f64().unwrap() > 0.95, "{metrics}");
+    assert!(metrics["roc_auc"].as_f64().unwrap() > 0.98, "{metrics}");
+}
+
+#[test]
+fn the_wine_demo_classifies_three_cultivars() {
+    let (metrics, _) = classification_demo("wine");
+    assert_eq!(metrics["classes"], serde_json::json!([0, 1, 2]));
+    assert!(metrics["accuracy"].as_f64().unwrap() > 0.9, "{metrics}");
+    assert!(metrics["log_loss"].as_f64().unwrap() < 0.3, "{metrics}");
+}

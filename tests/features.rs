@@ -364,3 +364,65 @@ fn hasher_is_deterministic_in_range_and_consistent_across_partitions() {
     assert_eq!(seen.len(), 3);
     assert!(r.rows.column_by_name("hash_8").is_none(), "exactly n_features columns");
 }
+
+/// iris with a `species` string column beside the integer `target`; the
+/// species of every 13th row (from row 5) is blank, i.e. null.
+fn iris_named_with_holes(dir: &Path) -> PathBuf {
+    let (header, lines) = csv_lines(&data("iris.csv"));
+    let mut text = format!("{},species\n", header.join(","));
+    for (i, line) in lines.iter().enumerate() {
+        let class = line.rsplit_once(',').unwrap().1.parse::<usize>().unwrap();
+        let species = if i % 13 == 5 { "" } else { ["setosa", "versicolor", "virginica"][class] };
+        text += &format!("{line},{species}\n");
+    }
+    let csv = dir.join("iris_named.csv");
+    std::fs::write(&csv, text).unwrap();
+    csv
+}
+
+#[test]
+fn onehot_matches_scikit_learn() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = iris_named_with_holes(dir.path());
+    let columns = ["species", "target"];
+    let config = format!("columns = {}\nhandle_unknown = \"ignore\"", strings(&columns));
+    let runs = run_all(&csv, "onehot", &config, true);
+    let last = runs.last().unwrap();
+    let r = reference("onehot", &csv, &columns, last, json!({}));
+    // The encoded columns are dropped; the indicators follow the other columns.
+    let ours: Vec<String> = last.rows.schema().fields().iter().map(|f| f.name().clone()).skip(4).collect();
+    assert_eq!(json!(ours), r["names"]);
+    assert_eq!(
+        r["names"],
+        json!([
+            "species_setosa",
+            "species_versicolor",
+            "species_virginica",
+            "species_null",
+            "target_0",
+            "target_1",
+            "target_2"
+        ])
+    );
+    let model = last.model();
+    assert_eq!(model["categories"], json!([{"str": r["categories"][0]}, {"int": r["categories"][1]}]));
+    assert_eq!(model["nulls"], json!([true, false]));
+    assert_eq!(r["agreement"], 1.0, "{r}");
+    assert_eq!(r["rows"], 150);
+
+    // "error" with every value seen in the fit (the runtime fits and
+    // transforms the same input, so an unseen value cannot reach the
+    // transform end to end; the unit tests in stages/onehot cover it),
+    // the originals kept, nulls not a category: null rows are all zeros.
+    let config = format!("columns = {}\nkeep_original = true\nnull_category = false", strings(&columns));
+    let r = run(&csv, 3, "onehot", &config);
+    assert!(r.rows.column_by_name("species_null").is_none());
+    let species = r.rows.column_by_name("species").expect("kept").as_string::<i32>().clone();
+    let block: Vec<Vec<Option<f64>>> =
+        ["setosa", "versicolor", "virginica"].iter().map(|s| r.f64s(&format!("species_{s}"))).collect();
+    for row in 0..r.rows.num_rows() {
+        let ones: f64 = block.iter().map(|c| c[row].unwrap()).sum();
+        assert_eq!(ones, if species.is_null(row) { 0.0 } else { 1.0 }, "row {row}");
+    }
+    assert_eq!(species.null_count(), 12);
+}

@@ -2,8 +2,9 @@
 
 usage: features_reference.py JSON
 
-JSON is an object with "task" ("minmax", "imputer", "bucketizer", "poly"),
-"csv" (the input, blanks read as NaN), "columns", "out_dir" (wasmpipe's
+JSON is an object with "task" ("minmax", "imputer", "bucketizer", "poly",
+"onehot"), "csv" (the input, blanks read as NaN, or as None in string
+columns), "columns", "out_dir" (wasmpipe's
 committed output of the stage) and the task's own arguments. Fits the
 scikit-learn counterpart on the CSV, transforms it, and prints one JSON
 object: the fitted statistics and how far wasmpipe's output is from
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sklearn.impute import SimpleImputer
-from sklearn.preprocessing import KBinsDiscretizer, MinMaxScaler, PolynomialFeatures
+from sklearn.preprocessing import KBinsDiscretizer, MinMaxScaler, OneHotEncoder, PolynomialFeatures
 
 
 def committed(out_dir):
@@ -32,7 +33,33 @@ def matrix(source, names):
     return np.column_stack([np.asarray(source[c], dtype=float) for c in names])
 
 
+def onehot(table, columns):
+    """OneHotEncoder(handle_unknown="ignore") per column: output names (the
+    missing-value category, sklearn's `<column>_None`, renamed
+    `<column>_null` as wasmpipe's), values, categories."""
+    names, blocks, categories = [], [], []
+    for c in columns:
+        X = np.array(table[c].to_pylist(), dtype=object).reshape(-1, 1)
+        m = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(X)
+        cats = list(m.categories_[0])
+        out = list(m.get_feature_names_out([c]))
+        if cats and cats[-1] is None:
+            out[-1] = c + "_null"
+            cats = cats[:-1]
+        names += out
+        blocks.append(m.transform(X))
+        categories.append([v if isinstance(v, str) else int(v) for v in cats])
+    return names, np.hstack(blocks), categories
+
+
 def main(args):
+    if args["task"] == "onehot":
+        table = pacsv.read_csv(args["csv"], convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        names, want, categories = onehot(table, args["columns"])
+        got = matrix(committed(args["out_dir"]), names)
+        print(json.dumps({"names": names, "categories": categories, "rows": int(len(got)),
+                          "agreement": float(np.mean(got == want)), "max_abs_diff": float(np.max(np.abs(got - want)))}))
+        return
     table = pacsv.read_csv(args["csv"])
     data = {n: table[n].to_numpy(zero_copy_only=False).astype(float) for n in table.column_names}
     X = matrix(data, args["columns"])
