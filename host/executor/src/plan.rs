@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use wasmpipe_manifest::{ComponentSource, Manifest, Settings, defaults};
 use wasmpipe_runtime::StageComponent;
-use wasmpipe_storage::{Storage, StorageError};
+use wasmpipe_storage::Storage;
 use wasmpipe_toolchain::Toolchain;
 
 use crate::{Executor, RunError};
@@ -20,15 +19,7 @@ pub(crate) fn pinned_path(hex: &str) -> String {
 fn fetch_pinned(exec: &Executor, storage: &Storage, stage: &str, hex: &str) -> Result<(Vec<u8>, PathBuf), RunError> {
     let storage_err = |source| RunError::Storage { stage: stage.into(), source };
     let at = storage.resolve(&pinned_path(hex)).map_err(storage_err)?;
-    let (bytes, _) = exec
-        .io
-        .block_on(at.get_opt())
-        .map_err(storage_err)?
-        .ok_or_else(|| storage_err(StorageError::NotFound { url: at.url().into() }))?;
-    let actual = hex::encode(Sha256::digest(&bytes));
-    if actual != hex {
-        return Err(storage_err(StorageError::HashMismatch { url: at.url().into(), expected: hex.into(), actual }));
-    }
+    let bytes = exec.io.block_on(at.get_verified(hex)).map_err(storage_err)?;
     Ok((bytes.to_vec(), PathBuf::from(at.url())))
 }
 

@@ -19,6 +19,8 @@ use wasmpipe_storage::{Location, Storage, StorageError};
 use crate::plan::PlannedStage;
 use crate::{Executor, RunError, StageReport, TaskFailure};
 
+/// An identity: the SHA-256 of `parts`, each prefixed with its length so
+/// that no two different lists of parts hash alike.
 fn sha256_hex(parts: &[&[u8]]) -> String {
     let mut h = Sha256::new();
     for p in parts {
@@ -26,6 +28,12 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
         h.update(p);
     }
     hex::encode(h.finalize())
+}
+
+/// The SHA-256 of `bytes`, hex: the hash a content-addressed object (a
+/// model) is stored and checked under, and that records report.
+fn content_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Everything a stage's tasks share.
@@ -108,48 +116,9 @@ pub(crate) fn run_stage(
         &(stage.row_group_rows() as u64).to_le_bytes(),
         format!("{:?}", spec.columns).as_bytes(),
     ]);
-    // A model fitted elsewhere, applied instead of fitting one.
     let applied = match &spec.model {
+        Some(source) => Some(applied_model(exec, storage, stage, source, done, &mut lineage)?),
         None => None,
-        Some(source) => {
-            let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
-            if stage.component.kind() != StageKind::Estimator {
-                return Err(model_err(format!(
-                    "`model` applies a fitted model with the stage's transform, so the component must be an estimator; this one is a {}",
-                    stage.component.kind()
-                )));
-            }
-            let location = match source {
-                Input::Stage(up) => {
-                    let report = done.iter().find(|r| &r.name == up).expect("stages run in dependency order");
-                    storage.resolve(&report.output).map_err(storage_err)?
-                }
-                Input::Location(l) => storage.resolve(l).map_err(storage_err)?,
-            };
-            let record = exec.io.block_on(commit::read(&location)).map_err(storage_err)?;
-            let Some(model) = record.and_then(|r| r.model) else {
-                return Err(model_err(format!(
-                    "{} holds no committed model; `model` must name the output of an estimator stage that has run",
-                    location.url()
-                )));
-            };
-            let at = location.child(&model.name);
-            let (bytes, _) = exec
-                .io
-                .block_on(at.get_opt())
-                .map_err(storage_err)?
-                .ok_or_else(|| storage_err(StorageError::NotFound { url: at.url().into() }))?;
-            let actual = sha256_hex(&[&bytes]);
-            if actual != model.sha256 {
-                return Err(storage_err(StorageError::HashMismatch {
-                    url: at.url().into(),
-                    expected: model.sha256,
-                    actual,
-                }));
-            }
-            lineage.push(format!("model {}@{}", location.url(), model.sha256));
-            Some((bytes.to_vec(), model.sha256))
-        }
     };
     // What the output depends on: the stage, every partition it reads, and
     // the model it applies.
@@ -214,7 +183,7 @@ pub(crate) fn run_stage(
         if report.kind == StageKind::Aggregator {
             report.rows_in = rows;
         }
-        let sha = sha256_hex(&[&bytes]);
+        let sha = content_sha256(&bytes);
         let name = format!("_model-{}.bin", &sha[..16]);
         let at = run.output.child(&name);
         exec.io.block_on(at.put(bytes.clone())).map_err(storage_err)?;
@@ -245,7 +214,7 @@ pub(crate) fn run_stage(
         run_id: run_id.into(),
         identity: output_identity,
         component: stage.component.hash().into(),
-        config: sha256_hex(&[stage.config_json.as_bytes()]),
+        config: content_sha256(stage.config_json.as_bytes()),
         inputs: lineage,
         rows: report.rows_out,
         parts,
@@ -257,6 +226,44 @@ pub(crate) fn run_stage(
     report.model_bytes = model_bytes.map(Arc::from);
     report.wall = started.elapsed();
     Ok(report)
+}
+
+/// The model (bytes and hash) that `source` names, for a stage that
+/// applies a model fitted elsewhere instead of fitting one; its lineage
+/// entry is added to `lineage`.
+fn applied_model(
+    exec: &Executor,
+    storage: &Storage,
+    stage: &PlannedStage,
+    source: &Input,
+    done: &[StageReport],
+    lineage: &mut Vec<String>,
+) -> Result<(Vec<u8>, String), RunError> {
+    let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
+    let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
+    if stage.component.kind() != StageKind::Estimator {
+        return Err(model_err(format!(
+            "`model` applies a fitted model with the stage's transform, so the component must be an estimator; this one is a {}",
+            stage.component.kind()
+        )));
+    }
+    let location = match source {
+        Input::Stage(up) => {
+            let report = done.iter().find(|r| &r.name == up).expect("stages run in dependency order");
+            storage.resolve(&report.output).map_err(storage_err)?
+        }
+        Input::Location(l) => storage.resolve(l).map_err(storage_err)?,
+    };
+    let record = exec.io.block_on(commit::read(&location)).map_err(storage_err)?;
+    let Some(model) = record.and_then(|r| r.model) else {
+        return Err(model_err(format!(
+            "{} holds no committed model; `model` must name the output of an estimator stage that has run",
+            location.url()
+        )));
+    };
+    let bytes = exec.io.block_on(location.child(&model.name).get_verified(&model.sha256)).map_err(storage_err)?;
+    lineage.push(format!("model {}@{}", location.url(), model.sha256));
+    Ok((bytes.to_vec(), model.sha256))
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -439,10 +446,7 @@ impl StageRun<'_> {
     fn already_committed(&self, record: &CommitRecord, started: Instant) -> Result<StageReport, StorageError> {
         let model_bytes = match &record.model {
             Some(m) => {
-                let at = self.output.child(&m.name);
-                let (bytes, _) =
-                    self.exec.io.block_on(at.get_opt())?.ok_or(StorageError::NotFound { url: at.url().into() })?;
-                Some(Arc::from(bytes.to_vec()))
+                Some(Arc::from(self.exec.io.block_on(self.output.child(&m.name).get_verified(&m.sha256))?.to_vec()))
             }
             None => None,
         };

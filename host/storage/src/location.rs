@@ -126,6 +126,18 @@ impl Location {
         }
     }
 
+    /// A content-addressed object: its bytes, checked against `sha256`
+    /// (hex); an error naming it when it is missing or does not match.
+    pub async fn get_verified(&self, sha256: &str) -> Result<Bytes, StorageError> {
+        use sha2::{Digest, Sha256};
+        let (bytes, _) = self.get_opt().await?.ok_or_else(|| StorageError::NotFound { url: self.url.clone() })?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if actual != sha256 {
+            return Err(StorageError::HashMismatch { url: self.url.clone(), expected: sha256.into(), actual });
+        }
+        Ok(bytes)
+    }
+
     /// Write the object whole (one put: atomic on every store).
     pub async fn put(&self, bytes: impl Into<Bytes>) -> Result<(), StorageError> {
         self.store().put(&self.path, bytes.into().into()).await.map(drop).map_err(|e| self.error(e))
