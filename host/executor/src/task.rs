@@ -144,6 +144,8 @@ pub(crate) fn run_stage(
     if let Some((record, _)) = &previous
         && record.identity == output_identity
     {
+        // Finish the clean-up a run killed after its commit left undone.
+        exec.io.block_on(commit::remove_unreferenced(&run.output, record)).map_err(storage_err)?;
         return run.already_committed(record, started).map_err(storage_err);
     }
     let seen = previous.map(|(_, e_tag)| e_tag);

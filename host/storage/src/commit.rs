@@ -163,7 +163,7 @@ pub async fn write_task(output: &Location, task_id: &str, bytes: Vec<u8>) -> Res
 
 /// Delete parts and models under `output` that `record` does not list
 /// (leftovers of earlier commits and of runs that died before committing),
-/// and every task record.
+/// every task record, and leftover probe objects.
 pub async fn remove_unreferenced(output: &Location, record: &CommitRecord) -> Result<(), StorageError> {
     let keep: Vec<&str> = record
         .parts
@@ -182,7 +182,12 @@ pub async fn remove_unreferenced(output: &Location, record: &CommitRecord) -> Re
         else {
             continue;
         };
-        let ours = rel.starts_with("part-") || rel.starts_with("_model-") || rel.starts_with(TASKS_DIR);
+        // Parts, models, task records, and the scratch object of a
+        // conditional-write probe that a killed run left behind.
+        let ours = rel.starts_with("part-")
+            || rel.starts_with("_model-")
+            || rel.starts_with(TASKS_DIR)
+            || rel.starts_with(crate::location::PROBE_PREFIX);
         if ours && !keep.contains(&rel.as_str()) {
             match store.delete(&meta.location).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}

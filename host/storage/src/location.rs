@@ -169,6 +169,9 @@ impl Location {
     }
 }
 
+/// Names of the scratch objects of `probe` start with this.
+pub(crate) const PROBE_PREFIX: &str = "_wasmpipe_probe-";
+
 /// Probe conditional writes: create a scratch object, then try to create
 /// it again and to update it against a version it does not have. A store
 /// that lets either through does not honour that kind of condition.
@@ -176,7 +179,7 @@ async fn probe(at: &Location) -> Conditional {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let mut parts: Vec<_> = at.path().parts().collect();
     parts.pop();
-    parts.push(format!("_wasmpipe_probe-{}-{nanos}", std::process::id()).into());
+    parts.push(format!("{PROBE_PREFIX}{}-{nanos}", std::process::id()).into());
     let scratch = at.at(parts.into_iter().collect());
     let store = at.store();
     let put = |mode| {
