@@ -326,3 +326,21 @@ fn the_wine_demo_classifies_three_cultivars() {
     assert!(metrics["accuracy"].as_f64().unwrap() > 0.9, "{metrics}");
     assert!(metrics["log_loss"].as_f64().unwrap() < 0.3, "{metrics}");
 }
+
+#[test]
+fn classify_eval_can_skip_the_exact_roc_auc() {
+    let dir = repo().join("examples/breast_cancer");
+    let text = std::fs::read_to_string(dir.join("wasmpipe.toml")).unwrap();
+    let without =
+        text.replace(r#"config = { target = "target" }"#, r#"config = { target = "target", roc_auc = false }"#);
+    assert_ne!(without, text);
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let report = exec.run(&Manifest::parse(&without).unwrap(), &dir).expect("demo runs");
+    let metrics = result_json(&report, "evaluate");
+    assert!(metrics.get("roc_auc").is_none_or(|v| v.is_null()), "{metrics}");
+    let (full, _) = classification_demo("breast_cancer");
+    for key in ["accuracy", "log_loss", "confusion_matrix", "f1"] {
+        assert_eq!(metrics[key], full[key], "{key}");
+    }
+}

@@ -9,6 +9,7 @@
 //! target = "target"
 //! prediction = "prediction"   # default
 //! probabilities = "proba_"    # default: the prefix of the probability columns
+//! roc_auc = true              # default; false skips the exact ROC AUC (see memory below)
 //! ```
 //!
 //! Classes are integers (integer, boolean or integral float columns) or
@@ -50,8 +51,12 @@
 //! entry per distinct score: 24 bytes in the guest and about 40 bytes in
 //! the JSON state that crosses the host, at most one per row. A million
 //! rows with distinct scores take about 24 MB in the instance that merges
-//! (within the default 256 MiB memory cap); beyond tens of millions, give
-//! that stage a larger `memory_mib`.
+//! (within the default 256 MiB memory cap). The state also crosses the
+//! host boundary as one value per merge, and wasmtime caps what one call
+//! may copy: at 10M rows with distinct scores (about 400 MB of state) the
+//! merge is stopped. Past a few million rows, set `roc_auc = false`
+//! (accuracy, the per-class metrics and the log loss stay exact and small),
+//! until a binned AUC with a stated error bound exists.
 //!
 //! # Where the work runs
 //!
@@ -72,6 +77,13 @@ struct Config {
     prediction: String,
     #[serde(default = "default_probabilities")]
     probabilities: String,
+    /// Compute the exact ROC AUC (binary): keeps every distinct score.
+    #[serde(default = "default_roc_auc")]
+    roc_auc: bool,
+}
+
+fn default_roc_auc() -> bool {
+    true
 }
 
 fn default_prediction() -> String {
@@ -339,7 +351,7 @@ fn count(state: &mut State, batch: &Batch, config: &Config) -> Result<()> {
                 wasmpipe_sdk::fail!("target class {t:?} has no probability column {}<class>", config.probabilities);
             };
             log_loss -= row[j].clamp(f64::EPSILON, 1.0 - f64::EPSILON).ln();
-            if classes.len() == 2 {
+            if classes.len() == 2 && config.roc_auc {
                 scores.push((row[1], j == 1));
             }
         }
