@@ -10,11 +10,6 @@ fn demo_manifest() -> (Manifest, std::path::PathBuf) {
     (Manifest::load(&dir.join("wasmpipe.toml")).expect("demo manifest parses"), dir)
 }
 
-fn result_json(report: &wasmpipe_executor::RunReport, stage: &str) -> serde_json::Value {
-    let s = report.stages.iter().find(|s| s.name == stage).expect("stage in report");
-    serde_json::from_slice(s.model_bytes.as_ref().expect("fit stages keep their result")).expect("JSON result")
-}
-
 #[test]
 fn demo_matches_numpy_least_squares() {
     let store = tempfile::tempdir().unwrap();
@@ -30,7 +25,7 @@ fn demo_matches_numpy_least_squares() {
     let fit_dir = store.path().join("diabetes/fit");
     let reference =
         python_json("reference.py", &[dir.join("diabetes.csv").to_str().unwrap(), fit_dir.to_str().unwrap()]);
-    let ours = result_json(&report, "evaluate");
+    let ours = result(&report, "evaluate");
     let r2 = ours["r2"].as_f64().unwrap();
     assert!((reference["numpy_r2"].as_f64().unwrap() - 0.5177).abs() < 5e-5, "{reference}");
     assert!((r2 - reference["numpy_r2"].as_f64().unwrap()).abs() < 1e-9, "wasmpipe r2 {r2} vs {reference}");
@@ -63,7 +58,7 @@ fn results_do_not_depend_on_partitioning_or_parallelism() {
         let report = exec.run(&m, &dir).expect("demo runs");
         let fit = report.stages.iter().find(|s| s.name == "fit").unwrap();
         assert_eq!(fit.tasks, 2 * 442usize.div_ceil(rows) + 1, "fit tasks, transform tasks and one merge");
-        let model = result_json(&report, "fit");
+        let model = result(&report, "fit");
         let mut c: Vec<f64> = model["coefficients"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         c.push(model["intercept"].as_f64().unwrap());
         coefficients.push(c);
@@ -130,7 +125,7 @@ fn an_identical_rerun_skips_committed_stages_and_resumes_completed_tasks() {
     for s in &again.stages {
         assert_eq!(s.committed_before.as_deref(), Some(first.run_id.as_str()), "stage {}", s.name);
     }
-    assert_eq!(result_json(&again, "evaluate"), result_json(&first, "evaluate"));
+    assert_eq!(result(&again, "evaluate"), result(&first, "evaluate"));
 
     // A run that died in `clean` after its tasks completed but before it
     // committed leaves what this recreates: every task's record and part,
@@ -158,7 +153,7 @@ fn an_identical_rerun_skips_committed_stages_and_resumes_completed_tasks() {
     for name in ["scale", "fit", "evaluate"] {
         assert!(stage(&resumed, name).committed_before.is_some(), "{name} is unchanged");
     }
-    assert_eq!(result_json(&resumed, "evaluate"), result_json(&first, "evaluate"));
+    assert_eq!(result(&resumed, "evaluate"), result(&first, "evaluate"));
     let mut on_disk: Vec<String> =
         std::fs::read_dir(&clean).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     on_disk.sort();
@@ -232,7 +227,7 @@ fn a_model_fitted_on_the_train_split_is_applied_to_the_test_split() {
     assert_eq!(stage("predict").rows_out, test);
 
     // The predictions are the fitted model applied to the test rows.
-    let model = result_json(&report, "fit");
+    let model = result(&report, "fit");
     let coefficients: Vec<f64> =
         model["coefficients"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let intercept = model["intercept"].as_f64().unwrap();
@@ -261,7 +256,7 @@ fn a_model_fitted_on_the_train_split_is_applied_to_the_test_split() {
     }
     let mean = targets.iter().sum::<f64>() / targets.len() as f64;
     let sst: f64 = targets.iter().map(|t| (t - mean).powi(2)).sum();
-    let r2 = result_json(&report, "evaluate")["r2"].as_f64().unwrap();
+    let r2 = result(&report, "evaluate")["r2"].as_f64().unwrap();
     assert!((r2 - (1.0 - sse / sst)).abs() < 1e-9, "held-out r2 {r2}");
     let commit: serde_json::Value =
         serde_json::from_slice(&std::fs::read(store.path().join("heldout/predict/_wasmpipe_commit.json")).unwrap())
@@ -302,7 +297,7 @@ fn classification_demo(name: &str) -> (serde_json::Value, wasmpipe_executor::Run
     let store = tempfile::tempdir().unwrap();
     let (exec, _) = executor(store.path(), 2);
     let report = exec.run(&manifest, &dir).expect("demo runs");
-    (result_json(&report, "evaluate"), report)
+    (result(&report, "evaluate"), report)
 }
 
 #[test]
@@ -337,7 +332,7 @@ fn classify_eval_can_skip_the_exact_roc_auc() {
     let store = tempfile::tempdir().unwrap();
     let (exec, _) = executor(store.path(), 2);
     let report = exec.run(&Manifest::parse(&without).unwrap(), &dir).expect("demo runs");
-    let metrics = result_json(&report, "evaluate");
+    let metrics = result(&report, "evaluate");
     assert!(metrics.get("roc_auc").is_none_or(|v| v.is_null()), "{metrics}");
     let (full, _) = classification_demo("breast_cancer");
     for key in ["accuracy", "log_loss", "confusion_matrix", "f1"] {

@@ -129,30 +129,6 @@ fn run_all(csv: &Path, component_name: &str, config: &str, estimator: bool) -> V
     runs
 }
 
-/// Assert that `ours` has every field of `want`, equal, with numbers
-/// within `tol` relative to `max(1, |want|)`.
-fn assert_close(ours: &Value, want: &Value, tol: f64, path: &str) {
-    match (ours, want) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                let a = a.get(k).unwrap_or_else(|| panic!("{path}.{k} is missing"));
-                assert_close(a, v, tol, &format!("{path}.{k}"));
-            }
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            assert_eq!(a.len(), b.len(), "{path}: {ours} vs {want}");
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                assert_close(x, y, tol, &format!("{path}[{i}]"));
-            }
-        }
-        (Value::Number(a), Value::Number(b)) => {
-            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            assert!((a - b).abs() <= tol * b.abs().max(1.0), "{path}: {a} vs {b}");
-        }
-        _ => assert_eq!(ours, want, "{path}"),
-    }
-}
-
 /// scikit-learn's counterpart on `csv`, compared with the 8-partition run.
 fn reference(task: &str, csv: &Path, columns: &[&str], last: &Run, extra: Value) -> Value {
     let mut args = json!({"task": task, "csv": csv, "columns": columns, "out_dir": last.out_dir()});

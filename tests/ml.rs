@@ -82,36 +82,6 @@ fn run(text: &str, partitions: usize) -> (RunReport, tempfile::TempDir) {
     (report, store)
 }
 
-/// A fit or aggregator stage's model or result.
-fn result(report: &RunReport, stage: &str) -> Value {
-    let s = report.stages.iter().find(|s| s.name == stage).expect("stage in report");
-    serde_json::from_slice(s.model_bytes.as_ref().expect("fit stages keep their result")).expect("JSON result")
-}
-
-/// Assert that `ours` has every field of `want`, equal, with numbers
-/// within `tol` relative to `max(1, |want|)`.
-fn assert_close(ours: &Value, want: &Value, tol: f64, path: &str) {
-    match (ours, want) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                let a = a.get(k).unwrap_or_else(|| panic!("{path}.{k} is missing"));
-                assert_close(a, v, tol, &format!("{path}.{k}"));
-            }
-        }
-        (Value::Array(a), Value::Array(b)) => {
-            assert_eq!(a.len(), b.len(), "{path}: {ours} vs {want}");
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                assert_close(x, y, tol, &format!("{path}[{i}]"));
-            }
-        }
-        (Value::Number(a), Value::Number(b)) => {
-            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-            assert!((a - b).abs() <= tol * b.abs().max(1.0), "{path}: {a} vs {b}");
-        }
-        _ => assert_eq!(ours, want, "{path}"),
-    }
-}
-
 /// Assert that the two JSON documents are the same, both ways.
 fn assert_same(a: &Value, b: &Value, what: &str) {
     assert_close(a, b, 1e-9, what);

@@ -108,3 +108,34 @@ pub fn read_committed(output_dir: &Path) -> Vec<arrow::record_batch::RecordBatch
     }
     batches
 }
+
+/// A fit or aggregator stage's model or result, as JSON.
+pub fn result(report: &RunReport, stage: &str) -> serde_json::Value {
+    let s = report.stages.iter().find(|s| s.name == stage).expect("stage in report");
+    serde_json::from_slice(s.model_bytes.as_ref().expect("fit stages keep their result")).expect("JSON result")
+}
+
+/// Assert that `ours` has every field of `want`, equal, with numbers
+/// within `tol` relative to `max(1, |want|)`.
+pub fn assert_close(ours: &serde_json::Value, want: &serde_json::Value, tol: f64, path: &str) {
+    use serde_json::Value;
+    match (ours, want) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                let a = a.get(k).unwrap_or_else(|| panic!("{path}.{k} is missing"));
+                assert_close(a, v, tol, &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{path}: {ours} vs {want}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                assert_close(x, y, tol, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= tol * b.abs().max(1.0), "{path}: {a} vs {b}");
+        }
+        _ => assert_eq!(ours, want, "{path}"),
+    }
+}
