@@ -47,7 +47,7 @@
 //! JSON: `columns`, `edges` (per column, scikit-learn's `bin_edges_`),
 //! `n_buckets` (per column, after removing narrow buckets), `counts`.
 
-use quantiles::{Search, Tally};
+use quantiles::{Pass, Search};
 use serde::{Deserialize, Serialize};
 use wasmpipe_sdk::{Batch, Compare, DataType, Error, Estimator, Outcome, Predictor, Result, Task};
 
@@ -150,7 +150,7 @@ struct Extent {
 #[derive(Serialize, Deserialize)]
 enum State {
     Extents(Vec<Extent>),
-    Search { searches: Vec<Search>, tallies: Vec<Vec<Tally>>, n: Vec<u64> },
+    Search { passes: Vec<Pass>, n: Vec<u64> },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -171,10 +171,7 @@ impl Estimator for Bucketizer {
     fn begin(_task: &Task, carry: Option<Self::Carry>) -> Result<State> {
         let config = config()?;
         Ok(match carry {
-            Some((searches, n)) => {
-                let tallies = searches.iter().map(|s| vec![Tally::default(); s.windows().len()]).collect();
-                State::Search { searches, tallies, n }
-            }
+            Some((searches, n)) => State::Search { passes: searches.into_iter().map(Pass::new).collect(), n },
             None => {
                 State::Extents(vec![Extent { n: 0, min: f64::INFINITY, max: f64::NEG_INFINITY }; config.columns.len()])
             }
@@ -193,12 +190,9 @@ impl Estimator for Bucketizer {
                     }
                 }
             }
-            State::Search { searches, tallies, .. } => {
-                for ((x, s), t) in columns.zip(searches.iter()).zip(tallies) {
-                    let x = x?;
-                    for (w, t) in s.windows().iter().zip(t) {
-                        t.merge(quantiles::tally_column(&x, w)?);
-                    }
+            State::Search { passes, .. } => {
+                for (x, p) in columns.zip(passes) {
+                    p.tally_column(&x?)?;
                 }
             }
         }
@@ -213,11 +207,8 @@ impl Estimator for Bucketizer {
                     .map(|(a, b)| Extent { n: a.n + b.n, min: a.min.min(b.min), max: a.max.max(b.max) })
                     .collect(),
             ),
-            (State::Search { searches, mut tallies, n }, State::Search { tallies: more, .. }) => {
-                for (a, b) in tallies.iter_mut().zip(more) {
-                    a.iter_mut().zip(b).for_each(|(a, b)| a.merge(b));
-                }
-                State::Search { searches, tallies, n }
+            (State::Search { passes, n }, State::Search { passes: more, .. }) => {
+                State::Search { passes: passes.into_iter().zip(more).map(|(a, b)| a.merge(b)).collect(), n }
             }
             _ => wasmpipe_sdk::fail!("cannot merge states of different passes"),
         })
@@ -242,11 +233,9 @@ impl Estimator for Bucketizer {
                 let searches = extents.iter().map(|e| Search::new(ranks(e.n), e.n, e.min, e.max)).collect();
                 (searches, extents.iter().map(|e| e.n).collect::<Vec<_>>())
             }
-            State::Search { mut searches, mut tallies, n } => {
-                for (s, t) in searches.iter_mut().zip(&mut tallies) {
-                    s.step(t).map_err(|e| Error::StageFailed(format!("quantile search: {e}")))?;
-                }
-                (searches, n)
+            State::Search { passes, n } => {
+                let step = |p: Pass| p.step().map_err(|e| Error::StageFailed(format!("quantile search: {e}")));
+                (passes.into_iter().map(step).collect::<Result<Vec<_>>>()?, n)
             }
         };
         if !searches.iter().all(Search::done) {

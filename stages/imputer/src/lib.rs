@@ -44,7 +44,7 @@
 //! JSON: `columns`, `strategy`, `statistics` (scikit-learn's
 //! `statistics_`), `counts` (values learned from, per column).
 
-use quantiles::{Search, Tally};
+use quantiles::{Pass, Search};
 use serde::{Deserialize, Serialize};
 use wasmpipe_sdk::{Batch, Column, DataType, Error, Estimator, Outcome, Predictor, Result, Task};
 
@@ -166,7 +166,7 @@ enum State {
     /// Pass 0 of most_frequent.
     Counts(Vec<Vec<(f64, u64)>>),
     /// A median pass: each column's searches and their tallies.
-    Median { searches: Vec<Search>, tallies: Vec<Vec<Tally>>, n: Vec<u64> },
+    Median { passes: Vec<Pass>, n: Vec<u64> },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -190,10 +190,7 @@ impl Estimator for Imputer {
     fn begin(_task: &Task, carry: Option<Self::Carry>) -> Result<State> {
         let config = config()?;
         Ok(match carry {
-            Some((searches, n)) => {
-                let tallies = searches.iter().map(|s| vec![Tally::default(); s.windows().len()]).collect();
-                State::Median { searches, tallies, n }
-            }
+            Some((searches, n)) => State::Median { passes: searches.into_iter().map(Pass::new).collect(), n },
             None if config.strategy == Strategy::MostFrequent => State::Counts(vec![Vec::new(); config.columns.len()]),
             None => State::Sums(vec![Sums::EMPTY; config.columns.len()]),
         })
@@ -215,12 +212,9 @@ impl Estimator for Imputer {
                     *c = merge_runs(std::mem::take(c), runs(&x?.read_f64()?));
                 }
             }
-            State::Median { searches, tallies, .. } => {
-                for ((x, s), t) in columns.zip(searches.iter()).zip(tallies) {
-                    let x = x?;
-                    for (w, t) in s.windows().iter().zip(t) {
-                        t.merge(quantiles::tally_column(&x, w)?);
-                    }
+            State::Median { passes, .. } => {
+                for (x, p) in columns.zip(passes) {
+                    p.tally_column(&x?)?;
                 }
             }
         }
@@ -235,11 +229,8 @@ impl Estimator for Imputer {
             (State::Counts(a), State::Counts(b)) => {
                 State::Counts(a.into_iter().zip(b).map(|(a, b)| merge_runs(a, b)).collect())
             }
-            (State::Median { searches, mut tallies, n }, State::Median { tallies: more, .. }) => {
-                for (a, b) in tallies.iter_mut().zip(more) {
-                    a.iter_mut().zip(b).for_each(|(a, b)| a.merge(b));
-                }
-                State::Median { searches, tallies, n }
+            (State::Median { passes, n }, State::Median { passes: more, .. }) => {
+                State::Median { passes: passes.into_iter().zip(more).map(|(a, b)| a.merge(b)).collect(), n }
             }
             _ => wasmpipe_sdk::fail!("cannot merge states of different passes"),
         })
@@ -279,10 +270,9 @@ impl Estimator for Imputer {
                     }
                 }
             }
-            State::Median { mut searches, mut tallies, n } => {
-                for (s, t) in searches.iter_mut().zip(&mut tallies) {
-                    s.step(t).map_err(|e| Error::StageFailed(format!("median search: {e}")))?;
-                }
+            State::Median { passes, n } => {
+                let step = |p: Pass| p.step().map_err(|e| Error::StageFailed(format!("median search: {e}")));
+                let searches = passes.into_iter().map(step).collect::<Result<Vec<_>>>()?;
                 next_or_done(searches, n.clone(), pass).map(|o| o.map_done(|s| done(s, n)))
             }
         }

@@ -128,6 +128,51 @@ pub fn tally_column(x: &Column, w: &Window) -> Result<Tally> {
     Ok(t)
 }
 
+/// One pass of a [`Search`]: the search and the tallies of its windows
+/// over the rows seen so far. A partition's fit state during a pass;
+/// passes over disjoint rows merge, and the merged pass steps the search.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct Pass {
+    /// The search this pass serves.
+    pub search: Search,
+    tallies: Vec<Tally>,
+}
+
+impl Pass {
+    /// A pass over no rows yet.
+    pub fn new(search: Search) -> Pass {
+        let tallies = vec![Tally::default(); search.windows().len()];
+        Pass { search, tallies }
+    }
+
+    /// Tally a column (on kernels, see [`tally_column`]).
+    pub fn tally_column(&mut self, x: &Column) -> Result<()> {
+        for (w, t) in self.search.windows().iter().zip(&mut self.tallies) {
+            t.merge(tally_column(x, w)?);
+        }
+        Ok(())
+    }
+
+    /// Tally values already in the guest.
+    pub fn tally_values(&mut self, values: &[f64]) {
+        for (w, t) in self.search.windows().iter().zip(&mut self.tallies) {
+            t.merge(Tally::of_values(values, w));
+        }
+    }
+
+    /// The pass over the rows of both.
+    pub fn merge(mut self, other: Pass) -> Pass {
+        self.tallies.iter_mut().zip(other.tallies).for_each(|(a, b)| a.merge(b));
+        self
+    }
+
+    /// The search advanced by this (merged) pass.
+    pub fn step(mut self) -> std::result::Result<Search, String> {
+        self.search.step(&mut self.tallies)?;
+        Ok(self.search)
+    }
+}
+
 /// The search for the values at `ranks` of one column.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Search {

@@ -64,7 +64,7 @@
 
 use std::collections::BTreeMap;
 
-use quantiles::{Search, Tally};
+use quantiles::{Pass, Search};
 use serde::{Deserialize, Serialize};
 use wasmpipe_sdk::{Batch, Column, DataType, Error, Estimator, Outcome, Predictor, Result, Task};
 
@@ -165,8 +165,7 @@ enum State {
     Nothing,
     Extents(BTreeMap<String, Extent>),
     Search {
-        searches: BTreeMap<String, Search>,
-        tallies: BTreeMap<String, Vec<Tally>>,
+        passes: BTreeMap<String, Pass>,
         n: BTreeMap<String, u64>,
     },
 }
@@ -197,9 +196,7 @@ impl Estimator for Split {
         let (config, _, _) = config()?;
         Ok(match (carry, config.stratify) {
             (Some((searches, n)), _) => {
-                let tallies =
-                    searches.iter().map(|(k, s)| (k.clone(), vec![Tally::default(); s.windows().len()])).collect();
-                State::Search { searches, tallies, n }
+                State::Search { passes: searches.into_iter().map(|(c, s)| (c, Pass::new(s))).collect(), n }
             }
             (None, Some(_)) => State::Extents(BTreeMap::new()),
             (None, None) => State::Nothing,
@@ -228,12 +225,10 @@ impl Estimator for Split {
                     }
                 }
             }
-            State::Search { searches, tallies, .. } => {
+            State::Search { passes, .. } => {
                 for (c, values) in by_class {
-                    if let (Some(s), Some(t)) = (searches.get(c), tallies.get_mut(c)) {
-                        for (w, t) in s.windows().iter().zip(t) {
-                            t.merge(Tally::of_values(&values, w));
-                        }
+                    if let Some(p) = passes.get_mut(c) {
+                        p.tally_values(&values);
                     }
                 }
             }
@@ -251,13 +246,13 @@ impl Estimator for Split {
                 }
                 State::Extents(a)
             }
-            (State::Search { searches, mut tallies, n }, State::Search { tallies: more, .. }) => {
+            (State::Search { mut passes, n }, State::Search { passes: more, .. }) => {
                 for (c, b) in more {
-                    if let Some(a) = tallies.get_mut(&c) {
-                        a.iter_mut().zip(b).for_each(|(a, b)| a.merge(b));
+                    if let Some(a) = passes.remove(&c) {
+                        passes.insert(c, a.merge(b));
                     }
                 }
-                State::Search { searches, tallies, n }
+                State::Search { passes, n }
             }
             _ => wasmpipe_sdk::fail!("cannot merge states of different passes"),
         })
@@ -279,10 +274,11 @@ impl Estimator for Split {
                     .collect();
                 (searches, extents.iter().map(|(c, e)| (c.clone(), e.n)).collect::<BTreeMap<_, _>>())
             }
-            State::Search { mut searches, mut tallies, n } => {
-                for (c, s) in searches.iter_mut() {
-                    let t = tallies.get_mut(c).expect("a tally per class");
-                    s.step(t).map_err(|e| Error::StageFailed(format!("class {c}: {e}")))?;
+            State::Search { passes, n } => {
+                let mut searches = BTreeMap::new();
+                for (c, p) in passes {
+                    let s = p.step().map_err(|e| Error::StageFailed(format!("class {c}: {e}")))?;
+                    searches.insert(c, s);
                 }
                 (searches, n)
             }
@@ -364,9 +360,9 @@ mod tests {
     fn stratified_cuts_give_exact_counts() {
         // 50 distinct uniforms, cut at ranks 30 and 40: 30/10/10.
         let u: Vec<f64> = (0..50).map(|i| ((i * 37) % 50) as f64 / 50.0).collect();
-        let mut s = Search::new(cut_ranks(&[0.6, 0.8, 1.0], 50), 50, 0.0, 49.0 / 50.0);
-        let mut t: Vec<Tally> = s.windows().iter().map(|w| Tally::of_values(&u, w)).collect();
-        s.step(&mut t).unwrap();
+        let mut pass = Pass::new(Search::new(cut_ranks(&[0.6, 0.8, 1.0], 50), 50, 0.0, 49.0 / 50.0));
+        pass.tally_values(&u);
+        let s = pass.step().unwrap();
         let cuts: Vec<Option<f64>> = s.values().unwrap().into_iter().map(Some).collect();
         let mut counts = [0; 3];
         u.iter().for_each(|&u| counts[assign(u, &cuts)] += 1);
