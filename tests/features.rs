@@ -31,30 +31,9 @@ fn csv_lines(csv: &Path) -> (Vec<String>, Vec<String>) {
 /// A pipeline: `csv` ingested into row groups making `partitions`
 /// partitions, then stage `feat` (`component`, `config` TOML lines).
 fn manifest(csv: &Path, partitions: usize, component_name: &str, config: &str) -> String {
-    let group = csv_lines(csv).1.len().div_ceil(partitions);
     format!(
-        r#"version = 1
-name = "ml"
-
-[defaults]
-batch_rows = {group}
-row_group_rows = {group}
-memory_mib = 64
-timeout_s = 60
-
-[stage.ingest]
-component = {}
-inputs = [{}]
-
-[stage.feat]
-component = {}
-inputs = ["stage:ingest"]
-
-[stage.feat.config]
-{config}
-"#,
-        toml_path(&component("passthrough")),
-        toml_path(csv),
+        "{}\n[stage.feat]\ncomponent = {}\ninputs = [\"stage:ingest\"]\n\n[stage.feat.config]\n{config}\n",
+        ingest_head(csv, csv_lines(csv).1.len(), partitions),
         toml_path(&component(component_name)),
     )
 }

@@ -42,7 +42,6 @@ fn list(items: &[String]) -> String {
 /// partitions, then `prep` (the scaler on `scale`, or a passthrough), then
 /// `stages`, which read `stage:prep`.
 fn manifest(csv: &Path, scale: Option<&[String]>, partitions: usize, stages: &str) -> String {
-    let group = csv_shape(csv).1.div_ceil(partitions);
     let prep = match scale {
         Some(columns) => format!(
             "component = {}\ninputs = [\"stage:ingest\"]\n\n[stage.prep.config]\ncolumns = {}",
@@ -51,27 +50,7 @@ fn manifest(csv: &Path, scale: Option<&[String]>, partitions: usize, stages: &st
         ),
         None => format!("component = {}\ninputs = [\"stage:ingest\"]", toml_path(&component("passthrough"))),
     };
-    format!(
-        r#"version = 1
-name = "ml"
-
-[defaults]
-batch_rows = {group}
-row_group_rows = {group}
-memory_mib = 64
-timeout_s = 60
-
-[stage.ingest]
-component = {}
-inputs = [{}]
-
-[stage.prep]
-{prep}
-
-{stages}"#,
-        toml_path(&component("passthrough")),
-        toml_path(csv),
-    )
+    format!("{}\n[stage.prep]\n{prep}\n\n{stages}", ingest_head(csv, csv_shape(csv).1, partitions))
 }
 
 /// Run a manifest in a fresh store with `partitions`-way parallelism.
