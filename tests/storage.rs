@@ -14,6 +14,7 @@ use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 use wasmpipe_manifest::Manifest;
 use wasmpipe_storage::commit::{self, COMMIT_FORMAT, CommitRecord};
+use wasmpipe_storage::quarantine::{self, QUARANTINE_DIR};
 use wasmpipe_storage::read;
 use wasmpipe_storage::write::{PartWriter, part_name};
 use wasmpipe_storage::{Conditional, Location, Storage, StorageError};
@@ -47,6 +48,8 @@ fn record(parts: Vec<commit::Part>, run_id: &str) -> CommitRecord {
         rows: parts.iter().map(|p| p.rows).sum(),
         parts,
         model: None,
+        quarantine: vec![],
+        report: None,
         committed_at: 0,
     }
 }
@@ -83,17 +86,27 @@ async fn conformance(root: Location, expect: Conditional) {
         assert!(commit::read_task(&out, &task).await.unwrap().is_some());
         parts.push(part);
     }
-    // A stray part of a run that died, beside them.
+    // A stray part of a run that died, beside them, and quarantine parts:
+    // one the commit lists, one it does not.
     let mut stray = PartWriter::new(&out, part_name(9, &"c".repeat(64)), "c".repeat(64), 1000);
     stray.write(&batch(0, 10)).await.unwrap();
     stray.finish().await.unwrap();
+    let mut quarantined = Vec::new();
+    for task in ["a".repeat(64), "c".repeat(64)] {
+        let mut q = PartWriter::new(&out, format!("{QUARANTINE_DIR}/{}", part_name(0, &task)), task, 1000);
+        q.write(&quarantine::batch("file:///x.csv", vec![Some(3)], vec!["why".into()], vec!["1,2".into()]))
+            .await
+            .unwrap();
+        quarantined.push(q.finish().await.unwrap().expect("a row was written"));
+    }
 
     // Before any commit, a listing sees the parts (a plain prefix of files).
     let before = read::list(&out, None).await.unwrap();
     assert!(before.commit.is_none());
     assert_eq!(before.files.len(), 3, "{url}: names starting with _ are not data");
 
-    commit::write(&out, &record(parts.clone(), "run-1"), None).await.unwrap();
+    let committed = CommitRecord { quarantine: vec![quarantined[0].clone()], ..record(parts.clone(), "run-1") };
+    commit::write(&out, &committed, None).await.unwrap();
     let listing = read::list(&out, None).await.unwrap();
     assert_eq!(listing.commit.as_ref().unwrap().run_id, "run-1");
     let names: Vec<String> = listing.files.iter().map(|f| f.location.name()).collect();
@@ -102,29 +115,32 @@ async fn conformance(root: Location, expect: Conditional) {
     assert_eq!(partitions.len(), 6, "{url}: 2 parts x 3 row groups");
     let mut ids = Vec::new();
     for p in &partitions {
-        let mut stream = read::open(p, Some(&["id".to_string()]), 300).await.unwrap();
+        let mut stream = read::open(p, Some(&["id".to_string()]), 300, None).await.unwrap();
         while let Some(b) = stream.next().await {
-            let b = b.unwrap();
+            let read::Chunk::Rows(b) = b.unwrap() else { panic!("{url}: Parquet has no quarantine") };
             assert_eq!(b.num_columns(), 1, "projection");
             ids.extend(b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().iter().copied());
         }
     }
     assert_eq!(ids, (0..5000).collect::<Vec<i64>>(), "{url}: every row once, in order");
 
-    // After the commit: the stray part and every task record are gone.
+    // After the commit: the stray parts and every task record are gone.
     let mut left: Vec<String> = {
         use futures::TryStreamExt;
         out.store()
             .list(Some(out.path()))
-            .map_ok(|m| m.location.filename().unwrap().to_string())
+            .map_ok(|m| {
+                m.location.as_ref().strip_prefix(out.path().as_ref()).unwrap().trim_start_matches('/').to_string()
+            })
             .try_collect()
             .await
             .unwrap()
     };
     left.sort();
-    let mut want: Vec<String> = parts.iter().map(|p| p.name.clone()).chain(["_wasmpipe_commit.json".into()]).collect();
+    let mut want: Vec<String> =
+        parts.iter().chain(&quarantined[..1]).map(|p| p.name.clone()).chain(["_wasmpipe_commit.json".into()]).collect();
     want.sort();
-    assert_eq!(left, want, "{url}: nothing but the commit and its parts");
+    assert_eq!(left, want, "{url}: nothing but the commit, its parts and its quarantine");
 
     // Two runs racing on one output: the second, which read the output
     // before the first committed, must not land where the store can check.

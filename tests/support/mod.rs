@@ -92,21 +92,45 @@ pub fn python_json(script: &str, args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
+/// The commit record of a stage output on the local filesystem.
+pub fn commit_record(output_dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(output_dir.join("_wasmpipe_commit.json")).expect("commit record"))
+        .expect("commit JSON")
+}
+
+fn read_parquet(file: &Path) -> Vec<arrow::record_batch::RecordBatch> {
+    let file = std::fs::File::open(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("a Parquet file")
+        .build()
+        .expect("reader");
+    reader.map(|b| b.expect("batch")).collect()
+}
+
+/// Read the parts a commit lists under `list` (`parts` or `quarantine`).
+fn read_listed(output_dir: &Path, list: &str) -> Vec<arrow::record_batch::RecordBatch> {
+    let commit = commit_record(output_dir);
+    let parts = commit[list].as_array().unwrap_or_else(|| panic!("commit lists no {list}"));
+    parts.iter().flat_map(|part| read_parquet(&output_dir.join(part["name"].as_str().unwrap()))).collect()
+}
+
 /// Read every row of a committed stage output, in commit order.
 pub fn read_committed(output_dir: &Path) -> Vec<arrow::record_batch::RecordBatch> {
-    let commit: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(output_dir.join("_wasmpipe_commit.json")).expect("commit record"))
-            .expect("commit JSON");
-    let mut batches = Vec::new();
-    for part in commit["parts"].as_array().expect("parts") {
-        let file = std::fs::File::open(output_dir.join(part["name"].as_str().unwrap())).expect("part file");
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
-            .expect("part is Parquet")
-            .build()
-            .expect("reader");
-        batches.extend(reader.map(|b| b.expect("batch")));
-    }
-    batches
+    read_listed(output_dir, "parts")
+}
+
+/// Read every quarantined row of a committed stage output, in task order.
+pub fn read_quarantine(output_dir: &Path) -> Vec<arrow::record_batch::RecordBatch> {
+    read_listed(output_dir, "quarantine")
+}
+
+/// The committed report of a stage output: its JSON, and its table.
+pub fn read_report(output_dir: &Path) -> (serde_json::Value, Vec<arrow::record_batch::RecordBatch>) {
+    let commit = commit_record(output_dir);
+    let files = &commit["report"];
+    let json = std::fs::read(output_dir.join(files["json"].as_str().expect("a committed report"))).unwrap();
+    let table = files["table"].as_str().map(|t| read_parquet(&output_dir.join(t))).unwrap_or_default();
+    (serde_json::from_slice(&json).expect("report JSON"), table)
 }
 
 /// A fit or aggregator stage's model or result, as JSON.

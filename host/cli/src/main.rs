@@ -290,9 +290,18 @@ fn human_bytes(n: u64) -> String {
 
 fn print_report(report: &RunReport) {
     let mut table = comfy_table::Table::new();
-    table
-        .load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
-        .set_header(["stage", "kind", "tasks", "passes", "rows in", "rows out", "read", "written", "time"]);
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+        "stage",
+        "kind",
+        "tasks",
+        "passes",
+        "rows in",
+        "rows out",
+        "quarantined",
+        "read",
+        "written",
+        "time",
+    ]);
     for s in &report.stages {
         let tasks = match (&s.committed_before, s.tasks_skipped) {
             (Some(_), _) => "committed".to_string(),
@@ -306,6 +315,7 @@ fn print_report(report: &RunReport) {
             if s.passes == 0 { "-".into() } else { s.passes.to_string() },
             s.rows_in.to_string(),
             s.rows_out.to_string(),
+            if s.rows_quarantined == 0 { "-".into() } else { s.rows_quarantined.to_string() },
             human_bytes(s.bytes_read),
             human_bytes(s.bytes_written),
             format!("{:.2}s", s.wall.as_secs_f64()),
@@ -316,11 +326,19 @@ fn print_report(report: &RunReport) {
     println!("outputs:");
     for s in &report.stages {
         println!("  {:<12} {}", s.name, s.output);
+        if s.rows_quarantined > 0 {
+            println!("  {:<12} {} rows quarantined in {}/_quarantine", "", s.rows_quarantined, s.output);
+        }
     }
-    for s in report.stages.iter().filter(|s| s.kind == wasmpipe_runtime::StageKind::Aggregator) {
-        let Some(bytes) = &s.model_bytes else { continue };
-        println!("result of {}:", s.name);
-        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(bytes) {
+    // Each stage's report, or an aggregator's result when it published none.
+    for s in &report.stages {
+        let text = match (&s.report, &s.model_bytes) {
+            (Some(json), _) => json.as_bytes(),
+            (None, Some(bytes)) if s.kind == wasmpipe_runtime::StageKind::Aggregator => bytes,
+            _ => continue,
+        };
+        println!("{} of {}:", if s.report.is_some() { "report" } else { "result" }, s.name);
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(text) {
             Ok(map) => {
                 for (k, v) in map {
                     match v.as_f64() {
@@ -329,7 +347,7 @@ fn print_report(report: &RunReport) {
                     }
                 }
             }
-            Err(_) => println!("  ({} bytes, not a JSON object)", bytes.len()),
+            Err(_) => println!("  ({} bytes, not a JSON object)", text.len()),
         }
     }
 }

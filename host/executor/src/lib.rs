@@ -90,6 +90,11 @@ pub struct StageReport {
     pub model: Option<Model>,
     /// The model or result bytes, for fit stages.
     pub model_bytes: Option<Arc<[u8]>>,
+    /// The report the stage published (a JSON document), if any.
+    pub report: Option<String>,
+    /// Rows set aside in the quarantine: text records that did not parse,
+    /// and rows the stage quarantined.
+    pub rows_quarantined: u64,
     /// Set when the output was already committed by an identical earlier
     /// run (that run's id), so the stage did not run at all.
     pub committed_before: Option<String>,

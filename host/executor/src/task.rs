@@ -5,14 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use wasmpipe_manifest::{Format as ManifestFormat, Input, Manifest};
-use wasmpipe_runtime::{CallError, FitOutcome, InstanceLimits, InstanceSetup, StageInstance, StageKind, TaskInfo};
-use wasmpipe_storage::commit::{self, COMMIT_FORMAT, CommitRecord, Model, Part};
-use wasmpipe_storage::read::{self, Format, InputFile, Partition};
+use wasmpipe_manifest::{ColumnType, Format as ManifestFormat, Input, Manifest};
+use wasmpipe_runtime::{
+    CallError, FitOutcome, InstanceLimits, InstanceSetup, Report, StageInstance, StageKind, TaskInfo,
+};
+use wasmpipe_storage::commit::{self, COMMIT_FORMAT, CommitRecord, Model, Part, REPORT_PREFIX, ReportFiles};
+use wasmpipe_storage::quarantine::{self, QUARANTINE_DIR};
+use wasmpipe_storage::read::{self, Chunk, Format, InputFile, Partition};
 use wasmpipe_storage::write::{PartWriter, part_name};
 use wasmpipe_storage::{Location, Storage, StorageError};
 
@@ -42,23 +46,39 @@ struct StageRun<'a> {
     pipeline: &'a str,
     stage: &'a PlannedStage,
     columns: Option<&'a [String]>,
+    /// The declared schema of text inputs.
+    schema: Option<SchemaRef>,
     partitions: Vec<Partition>,
     output: Location,
     /// Hash of what determines every task's output besides its partition.
     identity: String,
 }
 
-/// What a transform task did, as recorded for reruns.
+/// What a transform task did (as recorded for reruns): its part, its
+/// quarantine part, and the rows it read.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct TaskRecord {
+struct TransformOutcome {
     part: Option<Part>,
+    #[serde(default)]
+    quarantine: Option<Part>,
     rows_in: u64,
 }
 
-/// What a transform task did.
-struct TransformOutcome {
-    part: Option<Part>,
-    rows_in: u64,
+/// The Arrow schema a stage's declared `schema` reads text inputs as.
+fn declared_schema(columns: &indexmap::IndexMap<String, ColumnType>) -> SchemaRef {
+    let field = |(name, t): (&String, &ColumnType)| {
+        let data_type = match t {
+            ColumnType::Boolean => DataType::Boolean,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float32 => DataType::Float32,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Utf8 => DataType::Utf8,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+        };
+        Field::new(name, data_type, true)
+    };
+    Arc::new(Schema::new(columns.iter().map(field).collect::<Vec<_>>()))
 }
 
 pub(crate) fn run_stage(
@@ -83,6 +103,7 @@ pub(crate) fn run_stage(
     let format = spec.format.map(|f| match f {
         ManifestFormat::Parquet => Format::Parquet,
         ManifestFormat::Csv => Format::Csv,
+        ManifestFormat::Jsonl => Format::Jsonl,
     });
     let mut files: Vec<InputFile> = Vec::new();
     let mut lineage = Vec::new();
@@ -107,6 +128,15 @@ pub(crate) fn run_stage(
         }
         files.extend(listing.files);
     }
+    if spec.schema.is_some()
+        && let Some(f) = files.iter().find(|f| f.format == Format::Parquet)
+    {
+        return Err(RunError::Manifest(wasmpipe_manifest::ManifestError::Invalid(format!(
+            "stage {:?} declares a `schema`, which types text inputs (CSV, JSON Lines), but reads {}, a Parquet file that carries its own schema\n  hint: remove `schema`, or read the text files in a stage of their own",
+            stage.name,
+            f.location.url()
+        ))));
+    }
     let partitions = exec.io.block_on(read::partitions(&files)).map_err(storage_err)?;
 
     let identity = sha256_hex(&[
@@ -114,7 +144,7 @@ pub(crate) fn run_stage(
         stage.config_json.as_bytes(),
         &(stage.batch_rows() as u64).to_le_bytes(),
         &(stage.row_group_rows() as u64).to_le_bytes(),
-        format!("{:?}", spec.columns).as_bytes(),
+        format!("{:?} {:?}", spec.columns, spec.schema).as_bytes(),
     ]);
     let applied = match &spec.model {
         Some(source) => Some(applied_model(exec, storage, stage, source, done, &mut lineage)?),
@@ -133,6 +163,7 @@ pub(crate) fn run_stage(
         pipeline: &manifest.name,
         stage,
         columns: spec.columns.as_deref(),
+        schema: spec.schema.as_ref().map(declared_schema),
         partitions,
         output,
         identity,
@@ -167,6 +198,8 @@ pub(crate) fn run_stage(
         output: run.output.url().to_string(),
         model: None,
         model_bytes: None,
+        report: None,
+        rows_quarantined: 0,
         committed_before: None,
     };
     let skipped = AtomicUsize::new(0);
@@ -174,11 +207,18 @@ pub(crate) fn run_stage(
     // Fit, for estimators and aggregators (unless a model is applied).
     let mut model_bytes: Option<Vec<u8>> = None;
     let mut model_id = String::new();
+    let mut report_files = None;
     if let Some((bytes, sha)) = applied {
         model_bytes = Some(bytes);
         model_id = sha;
     } else if matches!(report.kind, StageKind::Estimator | StageKind::Aggregator) {
-        let (bytes, passes, rows) = run.fit(&skipped)?;
+        let (bytes, passes, rows, published) = run.fit(&skipped)?;
+        if let Some(published) = published {
+            let (files, written) = exec.io.block_on(write_report(&run.output, &published)).map_err(storage_err)?;
+            report.bytes_written += written;
+            report.report = Some(published.json);
+            report_files = Some(files);
+        }
         report.passes = passes;
         report.tasks += passes as usize * run.partitions.len().max(1) + passes as usize;
         report.bytes_read += bytes_per_pass * passes as u64;
@@ -196,6 +236,7 @@ pub(crate) fn run_stage(
 
     // Transform, for transformers and estimators.
     let mut parts = Vec::new();
+    let mut quarantined = Vec::new();
     if matches!(report.kind, StageKind::Transformer | StageKind::Estimator) {
         let outcomes =
             run.parallel("transform", |i| run.transform_task(i, model_bytes.as_deref(), &model_id, &skipped))?;
@@ -204,11 +245,14 @@ pub(crate) fn run_stage(
         for o in outcomes {
             report.rows_in += o.rows_in;
             parts.extend(o.part);
+            quarantined.extend(o.quarantine);
         }
     }
 
     report.rows_out = parts.iter().map(|p| p.rows).sum();
-    report.bytes_written = parts.iter().map(|p| p.bytes).sum::<u64>() + report.model.as_ref().map_or(0, |m| m.bytes);
+    report.rows_quarantined = quarantined.iter().map(|p| p.rows).sum();
+    report.bytes_written +=
+        parts.iter().chain(&quarantined).map(|p| p.bytes).sum::<u64>() + report.model.as_ref().map_or(0, |m| m.bytes);
     let record = CommitRecord {
         format: COMMIT_FORMAT.into(),
         pipeline: manifest.name.clone(),
@@ -221,6 +265,8 @@ pub(crate) fn run_stage(
         rows: report.rows_out,
         parts,
         model: report.model.clone(),
+        quarantine: quarantined,
+        report: report_files,
         committed_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
     exec.io.block_on(commit::write(&run.output, &record, seen)).map_err(storage_err)?;
@@ -266,6 +312,26 @@ fn applied_model(
     let bytes = exec.io.block_on(location.child(&model.name).get_verified(&model.sha256)).map_err(storage_err)?;
     lineage.push(format!("model {}@{}", location.url(), model.sha256));
     Ok((bytes.to_vec(), model.sha256))
+}
+
+/// Write a stage's published report beside its output, named by the hash
+/// of its JSON; returns the files and the bytes written.
+async fn write_report(output: &Location, published: &Report) -> Result<(ReportFiles, u64), StorageError> {
+    let stem = format!("{REPORT_PREFIX}{}", &content_sha256(published.json.as_bytes())[..16]);
+    let json = format!("{stem}.json");
+    output.child(&json).put(published.json.clone().into_bytes()).await?;
+    let mut written = published.json.len() as u64;
+    let mut table = None;
+    if let Some(rows) = &published.table {
+        let name = format!("{stem}.parquet");
+        let mut writer = PartWriter::new(output, name.clone(), String::new(), rows.num_rows().max(1));
+        writer.write(rows).await?;
+        if let Some(part) = writer.finish().await? {
+            written += part.bytes;
+            table = Some(name);
+        }
+    }
+    Ok((ReportFiles { json, table }, written))
 }
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
@@ -370,26 +436,38 @@ impl StageRun<'_> {
         }
     }
 
-    /// Stream partition `index` through `each`. I/O is driven on the I/O
-    /// runtime one batch at a time; `each` (guest code) runs outside any
-    /// async context, since WASI's synchronous host calls block on their own.
+    /// Stream partition `index` through `each`: rows, and text records
+    /// that do not parse (as quarantine rows); returns the rows read, both
+    /// kinds. I/O is driven on the I/O runtime one batch at a time; `each`
+    /// (guest code) runs outside any async context, since WASI's
+    /// synchronous host calls block on their own.
     fn each_batch(
         &self,
         index: usize,
-        mut each: impl FnMut(arrow::record_batch::RecordBatch) -> Result<(), TaskFailure>,
+        mut each: impl FnMut(Chunk) -> Result<(), TaskFailure>,
     ) -> Result<u64, TaskFailure> {
         let Some(part) = self.partitions.get(index) else {
             return Ok(0);
         };
         let io = &self.exec.io;
-        let mut stream = io.block_on(read::open(part, self.columns, self.stage.batch_rows()))?;
+        let mut stream = io.block_on(read::open(part, self.columns, self.stage.batch_rows(), self.schema.clone()))?;
         let mut rows = 0;
-        while let Some(batch) = io.block_on(stream.next()) {
-            let batch = batch?;
-            rows += batch.num_rows() as u64;
-            each(batch)?;
+        while let Some(chunk) = io.block_on(stream.next()) {
+            let chunk = chunk?;
+            rows += match &chunk {
+                Chunk::Rows(b) | Chunk::Quarantined(b) => b.num_rows() as u64,
+            };
+            each(chunk)?;
         }
         Ok(rows)
+    }
+
+    /// Where partition `index` was read from, as quarantine rows name it.
+    fn source(&self, index: usize) -> String {
+        self.partitions.get(index).map_or_else(String::new, |p| match p.row_group {
+            Some(rg) => format!("{}#rg{rg}", p.file.location.url()),
+            None => p.file.location.url().to_string(),
+        })
     }
 
     fn transform_task(
@@ -407,19 +485,45 @@ impl StageRun<'_> {
         let mut inst = self.instantiate(format!("{}[{index}]", self.stage.name))?;
         inst.open(&self.task_info(index, 0), model)?;
         let io = &self.exec.io;
-        let mut writer =
-            PartWriter::new(&self.output, part_name(index, &task_id), task_id.clone(), self.stage.row_group_rows());
-        let rows_in = self.each_batch(index, |batch| {
-            if let Some(out) = inst.transform(batch)? {
-                io.block_on(writer.write(&out))?;
+        let name = part_name(index, &task_id);
+        let row_group_rows = self.stage.row_group_rows();
+        let mut writer = PartWriter::new(&self.output, name.clone(), task_id.clone(), row_group_rows);
+        let mut rejected =
+            PartWriter::new(&self.output, format!("{QUARANTINE_DIR}/{name}"), task_id.clone(), row_group_rows);
+        let source = self.source(index);
+        // Rows the stage set aside during its last call.
+        let set_aside = |inst: &mut StageInstance, rejected: &mut PartWriter| -> Result<(), TaskFailure> {
+            for q in inst.take_quarantined() {
+                let rows = quarantine::of_rows(&source, &q.rows, &q.reasons)
+                    .map_err(|e| TaskFailure::Internal(format!("rendering quarantined rows: {e}")))?;
+                io.block_on(rejected.write(&rows))?;
+            }
+            Ok(())
+        };
+        let rows_in = self.each_batch(index, |chunk| {
+            match chunk {
+                Chunk::Rows(batch) => {
+                    let out = inst.transform(batch)?;
+                    set_aside(&mut inst, &mut rejected)?;
+                    if let Some(out) = out {
+                        io.block_on(writer.write(&out))?;
+                    }
+                }
+                Chunk::Quarantined(rows) => io.block_on(rejected.write(&rows))?,
             }
             Ok(())
         })?;
-        if let Some(out) = inst.close()? {
+        let out = inst.close()?;
+        set_aside(&mut inst, &mut rejected)?;
+        if let Some(out) = out {
             io.block_on(writer.write(&out))?;
         }
-        let outcome = TransformOutcome { part: io.block_on(writer.finish())?, rows_in };
-        let record = serde_json::to_vec(&TaskRecord { part: outcome.part.clone(), rows_in }).expect("serializes");
+        let outcome = TransformOutcome {
+            part: io.block_on(writer.finish())?,
+            quarantine: io.block_on(rejected.finish())?,
+            rows_in,
+        };
+        let record = serde_json::to_vec(&outcome).expect("serializes");
         io.block_on(commit::write_task(&self.output, &task_id, record))?;
         Ok(outcome)
     }
@@ -431,24 +535,32 @@ impl StageRun<'_> {
         let Some(bytes) = io.block_on(commit::read_task(&self.output, task_id))? else {
             return Ok(None);
         };
-        let Ok(record) = serde_json::from_slice::<TaskRecord>(&bytes) else {
+        let Ok(record) = serde_json::from_slice::<TransformOutcome>(&bytes) else {
             return Ok(None);
         };
-        if let Some(part) = &record.part {
+        for part in record.part.iter().chain(&record.quarantine) {
             let at = self.output.child(&part.name);
             match io.block_on(at.store().head(at.path())) {
                 Ok(meta) if meta.size == part.bytes => {}
                 _ => return Ok(None),
             }
         }
-        Ok(Some(TransformOutcome { part: record.part, rows_in: record.rows_in }))
+        Ok(Some(record))
     }
 
     /// The report of a stage an identical earlier run committed.
     fn already_committed(&self, record: &CommitRecord, started: Instant) -> Result<StageReport, StorageError> {
+        let io = &self.exec.io;
         let model_bytes = match &record.model {
-            Some(m) => {
-                Some(Arc::from(self.exec.io.block_on(self.output.child(&m.name).get_verified(&m.sha256))?.to_vec()))
+            Some(m) => Some(Arc::from(io.block_on(self.output.child(&m.name).get_verified(&m.sha256))?.to_vec())),
+            None => None,
+        };
+        let report = match &record.report {
+            Some(files) => {
+                let at = self.output.child(&files.json);
+                let bytes =
+                    io.block_on(at.get_opt())?.ok_or_else(|| StorageError::NotFound { url: at.url().into() })?.0;
+                Some(String::from_utf8_lossy(&bytes).into_owned())
             }
             None => None,
         };
@@ -468,6 +580,8 @@ impl StageRun<'_> {
             output: self.output.url().to_string(),
             model: record.model.clone(),
             model_bytes,
+            report,
+            rows_quarantined: record.quarantine.iter().map(|p| p.rows).sum(),
             committed_before: Some(record.run_id.clone()),
         })
     }
@@ -493,7 +607,21 @@ impl StageRun<'_> {
         }
         let mut inst = self.instantiate(format!("{}[fit {index}]", self.stage.name))?;
         inst.fit_open(&self.task_info(index, pass), carry)?;
-        let rows = self.each_batch(index, |batch| Ok(inst.fit_batch(batch)?))?;
+        let rows = self.each_batch(index, |chunk| match chunk {
+            Chunk::Rows(batch) => Ok(inst.fit_batch(batch)?),
+            // An estimator's transform tasks quarantine these; an aggregator
+            // has none, and must not lose them.
+            Chunk::Quarantined(rows) if self.stage.component.kind() == StageKind::Aggregator => {
+                Err(TaskFailure::Storage(StorageError::Text {
+                    url: self.source(index),
+                    reason: format!(
+                        "{} records do not parse, and an aggregator writes no quarantine\n  hint: read the file with a transformer stage (e.g. passthrough) and aggregate its output",
+                        rows.num_rows()
+                    ),
+                }))
+            }
+            Chunk::Quarantined(_) => Ok(()),
+        })?;
         let state = inst.fit_close()?;
         let mut record = rows.to_le_bytes().to_vec();
         record.extend_from_slice(&state);
@@ -501,9 +629,9 @@ impl StageRun<'_> {
         Ok((state, rows))
     }
 
-    /// All passes of the fit; returns the finished bytes, the passes and
-    /// the rows of the last pass.
-    fn fit(&self, skipped: &AtomicUsize) -> Result<(Vec<u8>, u32, u64), RunError> {
+    /// All passes of the fit; returns the finished bytes, the passes, the
+    /// rows of the last pass, and the report the stage published.
+    fn fit(&self, skipped: &AtomicUsize) -> Result<(Vec<u8>, u32, u64, Option<Report>), RunError> {
         let mut carry: Option<Vec<u8>> = None;
         for pass in 0..self.stage.max_passes() {
             let tasks = self.partitions.len().max(1);
@@ -515,11 +643,12 @@ impl StageRun<'_> {
                 let mut states = states.iter().map(|(s, _)| s);
                 let first = states.next().expect("at least one fit task").clone();
                 let state = states.try_fold(first, |acc, s| inst.merge(&acc, s))?;
-                Ok(inst.finalize(&state, pass)?)
+                let outcome = inst.finalize(&state, pass)?;
+                Ok((outcome, inst.take_report()))
             })?;
             match merged.into_iter().next().expect("one merge task") {
-                FitOutcome::Done(bytes) => return Ok((bytes, pass + 1, rows)),
-                FitOutcome::NextPass(next) => carry = Some(next),
+                (FitOutcome::Done(bytes), report) => return Ok((bytes, pass + 1, rows, report)),
+                (FitOutcome::NextPass(next), _) => carry = Some(next),
             }
         }
         Err(RunError::TooManyPasses { stage: self.stage.name.clone(), passes: self.stage.max_passes() })

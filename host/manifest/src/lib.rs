@@ -115,8 +115,15 @@ pub struct Stage {
     /// Where the stage writes: a URL or path. Default:
     /// `<store>/<pipeline>/<stage>`.
     pub output: Option<String>,
-    /// Input format; default from the file extension (`.csv`, `.parquet`).
+    /// Input format; default from the file extension (`.parquet`, `.csv`,
+    /// `.jsonl`/`.ndjson`/`.json` for JSON Lines).
     pub format: Option<Format>,
+    /// The columns of text inputs (CSV, JSON Lines), in order, with their
+    /// types: `{ age = "int64", name = "utf8" }`. Only these columns are
+    /// read; a value that does not parse as its column's type sends its
+    /// record to quarantine. Default: inferred from the first MiB of each
+    /// file. Parquet inputs carry their own schema and refuse this.
+    pub schema: Option<IndexMap<String, ColumnType>>,
     /// Read only these columns (projection); default all.
     pub columns: Option<Vec<String>>,
     /// Apply an already fitted model instead of fitting one (estimators
@@ -200,8 +207,38 @@ impl<'de> Deserialize<'de> for Input {
 pub enum Format {
     /// Apache Parquet.
     Parquet,
-    /// Comma-separated values with a header row; types are inferred.
+    /// Comma-separated values with a header row.
     Csv,
+    /// JSON Lines: one JSON object per line.
+    #[serde(alias = "ndjson", alias = "json")]
+    Jsonl,
+}
+
+/// The type of a column declared in a stage's `schema`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ColumnType {
+    /// `true`/`false` (also `t`/`f`, `yes`/`no`, `1`/`0`).
+    #[serde(rename = "boolean", alias = "bool")]
+    Boolean,
+    /// Signed 32-bit integer.
+    #[serde(rename = "int32")]
+    Int32,
+    /// Signed 64-bit integer.
+    #[serde(rename = "int64")]
+    Int64,
+    /// Single-precision float.
+    #[serde(rename = "float32")]
+    Float32,
+    /// Double-precision float.
+    #[serde(rename = "float64", alias = "double")]
+    Float64,
+    /// UTF-8 text.
+    #[serde(rename = "utf8", alias = "string")]
+    Utf8,
+    /// ISO 8601 date-time (`2024-05-01T12:30:00`, optionally with a zone),
+    /// stored as microseconds since the Unix epoch, UTC.
+    #[serde(rename = "timestamp")]
+    Timestamp,
 }
 
 /// Why a manifest was rejected.
@@ -307,6 +344,11 @@ impl Manifest {
                         ));
                     }
                 }
+            }
+            if let Some(schema) = &stage.schema
+                && schema.is_empty()
+            {
+                return invalid(format!("stage {name:?} declares an empty schema: remove `schema` or list columns"));
             }
             if let Some(cols) = &stage.columns
                 && cols.is_empty()

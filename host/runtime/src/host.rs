@@ -64,6 +64,36 @@ pub struct LogRecord {
 /// Receives log lines as a task runs (e.g. to print them live).
 pub type LogSink = Arc<dyn Fn(&str, &LogRecord) + Send + Sync>;
 
+/// Which guest call an instance is in: what `quarantine` and `report` may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Phase {
+    /// `open`, `transform` or `close`: rows may be quarantined.
+    Transform,
+    /// `finalize`: a report may be published.
+    Finalize,
+    /// Anything else.
+    #[default]
+    Other,
+}
+
+/// Rows a stage set aside through `host.quarantine`, one reason per row.
+#[derive(Debug, Clone)]
+pub struct Quarantined {
+    /// The rows, as the stage saw them.
+    pub rows: RecordBatch,
+    /// Why, one utf8 value per row.
+    pub reasons: ArrayRef,
+}
+
+/// A report a stage published from `finalize` through `host.report`.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The JSON document (checked to parse).
+    pub json: String,
+    /// The same facts as rows.
+    pub table: Option<RecordBatch>,
+}
+
 /// Everything a store holds for one stage instance.
 pub struct StageState {
     pub(crate) table: ResourceTable,
@@ -73,9 +103,34 @@ pub struct StageState {
     pub(crate) label: String,
     pub(crate) log: Vec<LogRecord>,
     pub(crate) sink: Option<LogSink>,
+    pub(crate) phase: Phase,
+    pub(crate) quarantined: Vec<Quarantined>,
+    pub(crate) report: Option<Report>,
 }
 
 impl StageState {
+    /// The state of a fresh instance.
+    pub(crate) fn new(
+        limits: MemoryCap,
+        wasi: WasiCtx,
+        config_json: Arc<str>,
+        label: String,
+        sink: Option<LogSink>,
+    ) -> Self {
+        StageState {
+            table: ResourceTable::new(),
+            limits,
+            wasi,
+            config_json,
+            label,
+            log: Vec::new(),
+            sink,
+            phase: Phase::Other,
+            quarantined: Vec::new(),
+            report: None,
+        }
+    }
+
     fn push_log(&mut self, record: LogRecord) {
         if let Some(sink) = &self.sink {
             sink(&self.label, &record);
@@ -546,6 +601,49 @@ impl host::Host for StageState {
 
     fn config(&mut self) -> Result<String> {
         Ok(self.config_json.to_string())
+    }
+
+    fn quarantine(
+        &mut self,
+        rows: Resource<BatchHandle>,
+        reasons: Resource<ColumnHandle>,
+    ) -> Result<Result<(), WitError>> {
+        let reasons = self.table.get(&reasons)?.0.clone();
+        let rows = self.table.get(&rows)?.0.clone();
+        if self.phase != Phase::Transform {
+            return Ok(Err(WitError::InvalidArgument(
+                "quarantine takes rows during `transform` or `close` only; fail the task instead".into(),
+            )));
+        }
+        if reasons.data_type() != &ArrowType::Utf8 {
+            return Ok(Err(type_mismatch("utf8 reasons", reasons.data_type())));
+        }
+        if reasons.len() != rows.num_rows() {
+            return Ok(Err(WitError::LengthMismatch(format!(
+                "{} reasons for {} quarantined rows",
+                reasons.len(),
+                rows.num_rows()
+            ))));
+        }
+        if rows.num_rows() > 0 {
+            self.quarantined.push(Quarantined { rows, reasons });
+        }
+        Ok(Ok(()))
+    }
+
+    fn report(&mut self, json: String, table: Option<Resource<BatchHandle>>) -> Result<Result<(), WitError>> {
+        let table = match table {
+            Some(t) => Some(self.table.get(&t)?.0.clone()),
+            None => None,
+        };
+        if self.phase != Phase::Finalize {
+            return Ok(Err(WitError::InvalidArgument("a report is published from `finalize` only".into())));
+        }
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&json) {
+            return Ok(Err(WitError::InvalidArgument(format!("the report is not JSON: {e}"))));
+        }
+        self.report = Some(Report { json, table });
+        Ok(Ok(()))
     }
 }
 

@@ -16,7 +16,7 @@ use crate::bindings::exports::wasmpipe::stage::{fit, transform};
 use crate::bindings::{FitOutcome, Level, TaskInfo, WitError};
 use crate::engine::{EPOCH_TICK, Runtime};
 use crate::error::{CallError, RuntimeError};
-use crate::host::{LogRecord, LogSink, MemoryCap, StageState};
+use crate::host::{LogRecord, LogSink, MemoryCap, Phase, Quarantined, Report, StageState};
 
 /// What a stage component can do, read from its exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,15 +190,8 @@ impl Runtime {
             .allow_udp(false)
             .build();
         let cap = limits.memory_bytes.min(self.config.max_memory_bytes);
-        let state = StageState {
-            table: wasmtime::component::ResourceTable::new(),
-            limits: MemoryCap { cap: cap as usize, refused: None },
-            wasi,
-            config_json: setup.config_json,
-            label: setup.label,
-            log: Vec::new(),
-            sink: setup.sink,
-        };
+        let memory = MemoryCap { cap: cap as usize, refused: None };
+        let state = StageState::new(memory, wasi, setup.config_json, setup.label, setup.sink);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         let mut instance = StageInstance {
@@ -306,7 +299,19 @@ impl StageInstance {
     /// `transform.open`.
     pub fn open(&mut self, task: &TaskInfo, model: Option<&[u8]>) -> Result<(), CallError> {
         let g = self.transform_guest()?;
+        self.store.data_mut().phase = Phase::Transform;
         self.guarded(|s| g.call_open(s, task, model))?.map_err(stage_error)
+    }
+
+    /// The rows the stage quarantined since the last call, with their
+    /// reasons (see `host.quarantine`).
+    pub fn take_quarantined(&mut self) -> Vec<Quarantined> {
+        std::mem::take(&mut self.store.data_mut().quarantined)
+    }
+
+    /// The report the stage published from `finalize`, if any.
+    pub fn take_report(&mut self) -> Option<Report> {
+        self.store.data_mut().report.take()
     }
 
     /// `transform.transform`: hands `batch` to the guest, returns its output.
@@ -370,6 +375,9 @@ impl StageInstance {
     /// `fit.finalize`.
     pub fn finalize(&mut self, state: &[u8], pass: u32) -> Result<FitOutcome, CallError> {
         let g = self.fit_guest()?;
-        self.guarded(|s| g.call_finalize(s, state, pass))?.map_err(stage_error)
+        self.store.data_mut().phase = Phase::Finalize;
+        let outcome = self.guarded(|s| g.call_finalize(s, state, pass));
+        self.store.data_mut().phase = Phase::Other;
+        outcome?.map_err(stage_error)
     }
 }

@@ -31,5 +31,5 @@ pub mod kernels;
 pub use bindings::{FitOutcome, Level, TaskInfo};
 pub use engine::{EPOCH_TICK, Runtime, RuntimeConfig, componentize, default_cache_dir, to_component};
 pub use error::{CallError, RuntimeError};
-pub use host::{BatchHandle, ColumnHandle, LogRecord, LogSink, MemoryCap, data_type};
+pub use host::{BatchHandle, ColumnHandle, LogRecord, LogSink, MemoryCap, Quarantined, Report, data_type};
 pub use instance::{InstanceLimits, InstanceSetup, StageComponent, StageInstance, StageKind};

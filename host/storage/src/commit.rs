@@ -20,8 +20,8 @@
 //!   that ignore the conditions (Garage), the protocol still holds for any
 //!   number of identical runs; runs of different versions of a stage must
 //!   not write one output at the same time (see `docs/commit-protocol.md`).
-//! * After the commit lands, parts and models it does not list, and all
-//!   task records, are deleted.
+//! * After the commit lands, parts, quarantine parts, models and reports it
+//!   does not list, and all task records, are deleted.
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -62,6 +62,15 @@ pub struct Model {
     pub passes: u32,
 }
 
+/// The files of a stage's published report, relative to the output prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportFiles {
+    /// The JSON document (`_report-HASH.json`).
+    pub json: String,
+    /// The report as rows (`_report-HASH.parquet`), when the stage gave them.
+    pub table: Option<String>,
+}
+
 /// What a stage's output holds and where it came from (lineage).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommitRecord {
@@ -88,11 +97,20 @@ pub struct CommitRecord {
     pub parts: Vec<Part>,
     /// The model or result, for fit stages.
     pub model: Option<Model>,
+    /// The quarantined rows' parts (under `_quarantine/`), in task order.
+    #[serde(default)]
+    pub quarantine: Vec<Part>,
+    /// The stage's report, when it published one.
+    #[serde(default)]
+    pub report: Option<ReportFiles>,
     /// Total rows over all parts.
     pub rows: u64,
     /// Seconds since the Unix epoch when committed.
     pub committed_at: u64,
 }
+
+/// How report files' names start, within a stage's output prefix.
+pub const REPORT_PREFIX: &str = "_report-";
 
 /// Where task records live, within a stage's output prefix.
 pub const TASKS_DIR: &str = "_wasmpipe_tasks";
@@ -170,6 +188,8 @@ pub async fn remove_unreferenced(output: &Location, record: &CommitRecord) -> Re
         .iter()
         .map(|p| p.name.as_str())
         .chain(record.model.iter().map(|m| m.name.as_str()))
+        .chain(record.quarantine.iter().map(|p| p.name.as_str()))
+        .chain(record.report.iter().flat_map(|r| std::iter::once(r.json.as_str()).chain(r.table.as_deref())))
         .chain([COMMIT_FILE])
         .collect();
     let store = output.store();
@@ -182,10 +202,12 @@ pub async fn remove_unreferenced(output: &Location, record: &CommitRecord) -> Re
         else {
             continue;
         };
-        // Parts, models, task records, and the scratch object of a
-        // conditional-write probe that a killed run left behind.
+        // Parts, quarantine, models, reports, task records, and the scratch
+        // object of a conditional-write probe that a killed run left behind.
         let ours = rel.starts_with("part-")
+            || rel.starts_with(crate::quarantine::QUARANTINE_DIR)
             || rel.starts_with("_model-")
+            || rel.starts_with(REPORT_PREFIX)
             || rel.starts_with(TASKS_DIR)
             || rel.starts_with(crate::location::PROBE_PREFIX);
         if ours && !keep.contains(&rel.as_str()) {

@@ -36,17 +36,18 @@ pub enum StorageError {
         /// The decoder's error.
         source: parquet::errors::ParquetError,
     },
-    /// A CSV file could not be parsed.
-    #[error("{url}: CSV: {source}")]
-    Csv {
+    /// A text file (CSV, JSON Lines) cannot be read at all (a record that
+    /// does not parse is quarantined instead).
+    #[error("{url}: {reason}")]
+    Text {
         /// The file.
         url: String,
-        /// The parser's error.
-        source: arrow::error::ArrowError,
+        /// What is wrong.
+        reason: String,
     },
     /// The format of an input cannot be told from its name.
     #[error(
-        "{url}: cannot tell the format from the name\n  hint: set `format = \"parquet\"` or `format = \"csv\"` on the stage"
+        "{url}: cannot tell the format from the name\n  hint: set `format = \"parquet\"`, `\"csv\"` or `\"jsonl\"` on the stage"
     )]
     UnknownFormat {
         /// The file.

@@ -1,14 +1,11 @@
 //! Finding, partitioning and streaming a stage's input.
 
-use std::io::Cursor;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arrow::csv::ReaderBuilder;
-use arrow::csv::reader::Format as CsvFormat;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
@@ -18,6 +15,7 @@ use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuil
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use crate::commit::{self, CommitRecord};
+use crate::text::{self, TextFormat};
 use crate::{Location, StorageError};
 
 /// Formats wasmpipe reads.
@@ -25,8 +23,10 @@ use crate::{Location, StorageError};
 pub enum Format {
     /// Apache Parquet.
     Parquet,
-    /// CSV with a header row; column types are inferred.
+    /// CSV with a header row.
     Csv,
+    /// JSON Lines: one JSON object per line.
+    Jsonl,
 }
 
 impl Format {
@@ -37,6 +37,8 @@ impl Format {
             Some(Format::Parquet)
         } else if lower.ends_with(".csv") {
             Some(Format::Csv)
+        } else if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") || lower.ends_with(".json") {
+            Some(Format::Jsonl)
         } else {
             None
         }
@@ -129,7 +131,7 @@ pub async fn list(location: &Location, format: Option<Format>) -> Result<Listing
     Ok(Listing { files, commit: None })
 }
 
-/// A unit of parallel work: one Parquet row group, or one whole CSV file.
+/// A unit of parallel work: one Parquet row group, or one whole text file.
 #[derive(Debug, Clone)]
 pub struct Partition {
     /// The file.
@@ -218,7 +220,7 @@ pub async fn partitions(files: &[InputFile]) -> Result<Vec<Partition>, StorageEr
     let mut out = Vec::new();
     for file in files {
         match file.format {
-            Format::Csv => out.push(Partition {
+            Format::Csv | Format::Jsonl => out.push(Partition {
                 file: file.clone(),
                 row_group: None,
                 rows: None,
@@ -245,10 +247,20 @@ pub async fn partitions(files: &[InputFile]) -> Result<Vec<Partition>, StorageEr
     Ok(out)
 }
 
-/// A stream of record batches.
-pub type BatchStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, StorageError>> + Send>>;
+/// What reading a partition yields.
+#[derive(Debug, Clone)]
+pub enum Chunk {
+    /// Rows to process.
+    Rows(RecordBatch),
+    /// Records of a text file that do not parse, as quarantine rows (see
+    /// [`crate::quarantine`]).
+    Quarantined(RecordBatch),
+}
 
-fn project(schema: &SchemaRef, columns: &[String], url: &str) -> Result<Vec<usize>, StorageError> {
+/// A stream of record batches.
+pub type BatchStream = Pin<Box<dyn Stream<Item = Result<Chunk, StorageError>> + Send>>;
+
+pub(crate) fn project(schema: &SchemaRef, columns: &[String], url: &str) -> Result<Vec<usize>, StorageError> {
     columns
         .iter()
         .map(|c| {
@@ -262,11 +274,14 @@ fn project(schema: &SchemaRef, columns: &[String], url: &str) -> Result<Vec<usiz
 }
 
 /// Stream a partition's rows in batches of at most `batch_rows`, reading
-/// only `columns` when given.
+/// only `columns` when given. Text files are read as `schema` when given
+/// (else their schema is inferred); records that do not parse come as
+/// [`Chunk::Quarantined`].
 pub async fn open(
     part: &Partition,
     columns: Option<&[String]>,
     batch_rows: usize,
+    schema: Option<SchemaRef>,
 ) -> Result<BatchStream, StorageError> {
     let url: Arc<str> = part.file.location.url().into();
     match part.file.format {
@@ -288,87 +303,19 @@ pub async fn open(
                 builder = builder.with_row_groups(vec![rg]);
             }
             let stream = builder.build().map_err(|source| StorageError::Parquet { url: url.to_string(), source })?;
-            Ok(stream.map_err(move |source| StorageError::Parquet { url: url.to_string(), source }).boxed())
+            Ok(stream
+                .map(move |b| match b {
+                    Ok(b) => Ok(Chunk::Rows(b)),
+                    Err(source) => Err(StorageError::Parquet { url: url.to_string(), source }),
+                })
+                .boxed())
         }
-        Format::Csv => open_csv(&part.file, columns, batch_rows).await,
-    }
-}
-
-/// Bytes read before inferring a CSV schema.
-const CSV_INFER_BYTES: usize = 1 << 20;
-
-async fn open_csv(
-    file: &InputFile,
-    columns: Option<&[String]>,
-    batch_rows: usize,
-) -> Result<BatchStream, StorageError> {
-    let url = file.location.url().to_string();
-    let csv_err = |source| StorageError::Csv { url: url.clone(), source };
-    let mut chunks =
-        file.location.store().get(file.location.path()).await.map_err(store_err(&file.location))?.into_stream();
-
-    // Infer the schema from the first complete lines.
-    let mut head = Vec::new();
-    let mut eof = false;
-    while head.len() < CSV_INFER_BYTES {
-        match chunks.next().await {
-            Some(chunk) => head.extend_from_slice(&chunk.map_err(store_err(&file.location))?),
-            None => {
-                eof = true;
-                break;
-            }
+        Format::Csv | Format::Jsonl => {
+            let format = if part.file.format == Format::Csv { TextFormat::Csv } else { TextFormat::Jsonl };
+            let at = part.file.location.clone();
+            let chunks = at.store().get(at.path()).await.map_err(store_err(&at))?.into_stream();
+            let chunks = chunks.map(move |c| c.map_err(|source| StorageError::Store { url: at.url().into(), source }));
+            text::open(format, url.to_string(), chunks.boxed(), schema, columns, batch_rows).await
         }
     }
-    let complete = if eof { head.len() } else { head.iter().rposition(|b| *b == b'\n').map_or(head.len(), |i| i + 1) };
-    let (schema, _) = CsvFormat::default()
-        .with_header(true)
-        .infer_schema(Cursor::new(&head[..complete]), Some(10_000))
-        .map_err(csv_err)?;
-    let schema = Arc::new(schema);
-    let mut builder = ReaderBuilder::new(schema.clone()).with_header(true).with_batch_size(batch_rows);
-    if let Some(cols) = columns {
-        builder = builder.with_projection(project(&schema, cols, &url)?);
-    }
-    let decoder = builder.build_decoder();
-
-    struct State {
-        decoder: arrow::csv::reader::Decoder,
-        pending: Bytes,
-        chunks: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
-        done: bool,
-        url: String,
-    }
-    let state = State { decoder, pending: Bytes::from(head), chunks: chunks.boxed(), done: false, url };
-    let stream = futures::stream::try_unfold(state, |mut s| async move {
-        loop {
-            if s.done {
-                return Ok(None);
-            }
-            if s.pending.is_empty() {
-                match s.chunks.next().await {
-                    Some(chunk) => {
-                        s.pending = chunk.map_err(|source| StorageError::Store { url: s.url.clone(), source })?;
-                        continue;
-                    }
-                    None => {
-                        // End of input: flush whatever the decoder holds.
-                        s.done = true;
-                        let batch =
-                            s.decoder.flush().map_err(|source| StorageError::Csv { url: s.url.clone(), source })?;
-                        return Ok(batch.map(|b| (b, s)));
-                    }
-                }
-            }
-            let used =
-                s.decoder.decode(&s.pending).map_err(|source| StorageError::Csv { url: s.url.clone(), source })?;
-            s.pending.advance(used);
-            if s.decoder.capacity() == 0 {
-                let batch = s.decoder.flush().map_err(|source| StorageError::Csv { url: s.url.clone(), source })?;
-                if let Some(b) = batch {
-                    return Ok(Some((b, s)));
-                }
-            }
-        }
-    });
-    Ok(stream.boxed())
 }

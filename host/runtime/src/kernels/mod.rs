@@ -742,15 +742,8 @@ mod host_tests {
     use crate::host::MemoryCap;
 
     fn state() -> StageState {
-        StageState {
-            table: wasmtime::component::ResourceTable::new(),
-            limits: MemoryCap { cap: 1 << 20, refused: None },
-            wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
-            config_json: "{}".into(),
-            label: "test".into(),
-            log: Vec::new(),
-            sink: None,
-        }
+        let limits = MemoryCap { cap: 1 << 20, refused: None };
+        StageState::new(limits, wasmtime_wasi::WasiCtxBuilder::new().build(), "{}".into(), "test".into(), None)
     }
 
     fn put(s: &mut StageState, a: ArrayRef) -> Resource<ColumnHandle> {

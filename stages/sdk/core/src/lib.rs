@@ -101,6 +101,36 @@ pub fn config<T: DeserializeOwned>() -> Result<T> {
     serde_json::from_str(&json).map_err(|e| Error::InvalidConfig(e.to_string()))
 }
 
+/// Set `rows` aside instead of passing them on, with one reason per row:
+/// the host writes them to the stage's quarantine output (source, reason,
+/// and the row as a JSON object), committed with the stage's output and
+/// counted in the run summary. Call it from `transform` (or `close`), then
+/// leave those rows out of the batch you return.
+///
+/// ```ignore
+/// let bad: Vec<bool> = /* rows that break a rule */;
+/// let reasons: Vec<String> = bad.iter().filter(|b| **b).map(|_| "age out of range".into()).collect();
+/// wasmpipe_sdk::quarantine(&batch.filter_rows(&bad)?, &reasons)?;
+/// let kept = batch.filter_rows(&bad.iter().map(|b| !b).collect::<Vec<_>>())?;
+/// ```
+pub fn quarantine(rows: &Batch, reasons: &[String]) -> Result<()> {
+    if rows.num_rows() == 0 && reasons.is_empty() {
+        return Ok(());
+    }
+    let reasons = Column::from_utf8(&reasons.iter().map(|r| Some(r.clone())).collect::<Vec<_>>())?;
+    host::quarantine(rows, &reasons)
+}
+
+/// Publish the stage's report from `Estimator::finalize` (metrics, a data
+/// quality report): `doc` as JSON, and `table`, the same facts as rows.
+/// The host writes `_report-HASH.json` and `_report-HASH.parquet` beside
+/// the output, lists them in the commit, and prints the JSON in the run
+/// summary.
+pub fn report<T: Serialize>(doc: &T, table: Option<&Batch>) -> Result<()> {
+    let json = serde_json::to_string(doc).map_err(|e| Error::InvalidArgument(format!("cannot encode report: {e}")))?;
+    host::report(&json, table)
+}
+
 /// Logging into the task's log, shown by the host with stage and partition.
 pub mod log {
     pub use crate::bindings::imports::wasmpipe::stage::host::Level;

@@ -1,0 +1,70 @@
+//! The quarantine: rows set aside instead of passed on, each with why.
+//!
+//! Every stage output may have one, under `_quarantine/` beside its parts,
+//! written by the same tasks and listed by the same commit record. It has
+//! one schema whatever set the rows aside, so it can be read as one table:
+//!
+//! | column | type | what |
+//! | --- | --- | --- |
+//! | `source` | utf8 | the file the row was read from |
+//! | `line` | int64 | its line in that file, for text inputs (else null) |
+//! | `reason` | utf8 | why it was set aside |
+//! | `record` | utf8 | the row: the text as read, or a JSON object |
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{ArrayRef, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+
+/// Where quarantined rows live, within a stage's output prefix.
+pub const QUARANTINE_DIR: &str = "_quarantine";
+
+/// The quarantine's schema.
+pub fn schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("source", DataType::Utf8, false),
+            Field::new("line", DataType::Int64, true),
+            Field::new("reason", DataType::Utf8, false),
+            Field::new("record", DataType::Utf8, false),
+        ]))
+    });
+    SCHEMA.clone()
+}
+
+/// Quarantine rows from `source`: one line (or null), reason and record each.
+pub fn batch(source: &str, lines: Vec<Option<i64>>, reasons: Vec<String>, records: Vec<String>) -> RecordBatch {
+    let n = records.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![source; n])),
+        Arc::new(Int64Array::from(lines)),
+        Arc::new(StringArray::from(reasons)),
+        Arc::new(StringArray::from(records)),
+    ];
+    RecordBatch::try_new(schema(), columns).expect("columns match the schema")
+}
+
+/// Quarantine rows a stage set aside: each row rendered as a JSON object
+/// (nulls explicit), with its reason (a utf8 array, one per row).
+pub fn of_rows(source: &str, rows: &RecordBatch, reasons: &ArrayRef) -> Result<RecordBatch, ArrowError> {
+    let reasons = reasons
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| ArrowError::InvalidArgumentError("quarantine reasons must be utf8".into()))?;
+    let mut buf = Vec::new();
+    let mut writer = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::LineDelimited>(&mut buf);
+    writer.write(rows)?;
+    writer.finish()?;
+    drop(writer);
+    let text = String::from_utf8(buf).map_err(|e| ArrowError::JsonError(e.to_string()))?;
+    let records: Vec<String> = text.lines().map(str::to_string).collect();
+    if records.len() != rows.num_rows() {
+        return Err(ArrowError::JsonError(format!("{} rows rendered as {} lines", rows.num_rows(), records.len())));
+    }
+    let reasons = reasons.iter().map(|r| r.unwrap_or_default().to_string()).collect();
+    Ok(batch(source, vec![None; records.len()], reasons, records))
+}
