@@ -1,7 +1,7 @@
 # wasmpipe: the two commands are `make demo` and `make test`.
 CARGO ?= cargo
 WASMPIPE := target/release/wasmpipe
-STAGES := passthrough clean scaler linreg evaluate hostile baseline logreg kmeans classify_eval split minmax imputer hasher bucketizer poly onehot
+STAGES := passthrough clean scaler linreg evaluate hostile baseline logreg kmeans classify_eval split minmax imputer hasher bucketizer poly onehot validate
 
 .PHONY: demo test toolchain host stages test-deps lint bench clean test-aarch64
 

@@ -23,9 +23,20 @@ fn demo_matches_numpy_least_squares() {
     assert_eq!((clean.rows_in, clean.rows_out), (442, 442));
 
     let fit_dir = store.path().join("diabetes/fit");
-    let reference =
-        python_json("reference.py", &[dir.join("diabetes.csv").to_str().unwrap(), fit_dir.to_str().unwrap()]);
+    let eval_dir = store.path().join("diabetes/evaluate");
+    let reference = python_json(
+        "reference.py",
+        &[dir.join("diabetes.csv").to_str().unwrap(), fit_dir.to_str().unwrap(), eval_dir.to_str().unwrap()],
+    );
     let ours = result(&report, "evaluate");
+    // The metrics are also the stage's report: JSON, and Parquet rows
+    // that DuckDB reads.
+    assert_eq!(reference["report_json"], ours);
+    let evaluate = report.stages.iter().find(|s| s.name == "evaluate").unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(evaluate.report.as_ref().unwrap()).unwrap(), ours);
+    for metric in ["rows", "r2", "rmse", "mae"] {
+        assert_eq!(reference["report_table"][metric].as_f64(), ours[metric].as_f64(), "{metric}");
+    }
     let r2 = ours["r2"].as_f64().unwrap();
     assert!((reference["numpy_r2"].as_f64().unwrap() - 0.5177).abs() < 5e-5, "{reference}");
     assert!((r2 - reference["numpy_r2"].as_f64().unwrap()).abs() < 1e-9, "wasmpipe r2 {r2} vs {reference}");

@@ -1,10 +1,11 @@
 """Independent reference checks for the demo pipeline, outside wasmpipe.
 
-usage: reference.py DIABETES_CSV FIT_OUTPUT_DIR
+usage: reference.py DIABETES_CSV FIT_OUTPUT_DIR [EVALUATE_OUTPUT_DIR]
 
 Fits ordinary least squares with numpy on the raw CSV, reads wasmpipe's
 committed predictions with pyarrow (and counts them with DuckDB), and prints
-a JSON report comparing the two.
+a JSON report comparing the two. Given the evaluate stage's output, it also
+reads the committed report: its JSON, and its Parquet table with DuckDB.
 """
 import json
 import os
@@ -34,7 +35,20 @@ n_duck, sum_duck = con.execute(
     "select count(*), sum(prediction) from read_parquet([%s])" % ",".join("'%s'" % p for p in parts)
 ).fetchall()[0]
 
+report = {}
+if len(sys.argv) > 3:
+    eval_dir = sys.argv[3]
+    with open(os.path.join(eval_dir, "_wasmpipe_commit.json")) as f:
+        files = json.load(f)["report"]
+    with open(os.path.join(eval_dir, files["json"])) as f:
+        report["report_json"] = json.load(f)
+    rows = con.execute(
+        "select metric, value from read_parquet('%s') where class is null" % os.path.join(eval_dir, files["table"])
+    ).fetchall()
+    report["report_table"] = {m: v for m, v in rows}
+
 print(json.dumps({
+    **report,
     "numpy_r2": float(r2),
     "rows": int(len(ours)),
     "max_abs_prediction_diff": float(np.max(np.abs(ours - pred))),

@@ -386,13 +386,15 @@ impl StageRun<'_> {
         phase: &str,
         task: impl Fn(usize) -> Result<T, TaskFailure> + Sync,
     ) -> Result<Vec<T>, RunError> {
-        self.parallel_n(phase, self.partitions.len(), task)
+        self.parallel_n(self.partitions.len(), |i| self.describe(phase, i), task)
     }
 
+    /// Run `task` for `0..n`; a failure of task `i` is described as
+    /// `describe(i)`.
     fn parallel_n<T: Send>(
         &self,
-        phase: &str,
         n: usize,
+        describe: impl Fn(usize) -> String,
         task: impl Fn(usize) -> Result<T, TaskFailure> + Sync,
     ) -> Result<Vec<T>, RunError> {
         let failed = AtomicBool::new(false);
@@ -429,7 +431,7 @@ impl StageRun<'_> {
             None => Ok(out),
             Some((i, cause)) => Err(RunError::Task {
                 stage: self.stage.name.clone(),
-                task: self.describe(phase, i),
+                task: describe(i),
                 cause: Box::new(cause),
                 others,
             }),
@@ -636,9 +638,11 @@ impl StageRun<'_> {
         for pass in 0..self.stage.max_passes() {
             let tasks = self.partitions.len().max(1);
             let phase = format!("fit pass {pass},");
-            let states = self.parallel_n(&phase, tasks, |i| self.fit_task(i, pass, carry.as_deref(), skipped))?;
+            let describe = |i| self.describe(&phase, i);
+            let states = self.parallel_n(tasks, describe, |i| self.fit_task(i, pass, carry.as_deref(), skipped))?;
             let rows = states.iter().map(|(_, r)| r).sum();
-            let merged = self.parallel_n(&format!("merge of fit pass {pass},"), 1, |_| {
+            let describe = |_| format!("merge and finalize of fit pass {pass}");
+            let merged = self.parallel_n(1, describe, |_| {
                 let mut inst = self.instantiate(format!("{}[merge]", self.stage.name))?;
                 let mut states = states.iter().map(|(s, _)| s);
                 let first = states.next().expect("at least one fit task").clone();

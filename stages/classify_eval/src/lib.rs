@@ -2,7 +2,10 @@
 //! recall and F1, their macro and weighted averages, the confusion matrix
 //! and, when the input has probability columns, the log loss and (for two
 //! classes) the ROC AUC, all from mergeable partial counts. The result is a
-//! JSON metrics document; the stage also logs `accuracy = ...`.
+//! JSON metrics document, also published as the stage's report (JSON, and
+//! Parquet rows `metric, class, value`: overall metrics with a null class,
+//! per-class ones, and the confusion matrix as `confusion[PREDICTED]` rows
+//! per true class); the stage also logs `accuracy = ...`.
 //!
 //! ```toml
 //! [stage.evaluate.config]
@@ -181,6 +184,44 @@ struct Averages {
     precision: f64,
     recall: f64,
     f1: f64,
+}
+
+impl std::fmt::Display for Class {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Class::Int(v) => write!(f, "{v}"),
+            Class::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The metrics as report rows `(metric, class, value)`: overall ones, the
+/// per-class ones, and the confusion matrix as `confusion[PREDICTED]` per
+/// true class.
+fn metric_rows(m: &Metrics) -> Vec<(String, Option<String>, f64)> {
+    let mut rows = vec![
+        ("rows".to_string(), None, m.rows as f64),
+        ("skipped".into(), None, m.skipped as f64),
+        ("accuracy".into(), None, m.accuracy),
+    ];
+    for (avg, a) in [("macro", &m.macro_avg), ("weighted", &m.weighted)] {
+        for (name, v) in [("precision", a.precision), ("recall", a.recall), ("f1", a.f1)] {
+            rows.push((format!("{avg}_{name}"), None, v));
+        }
+    }
+    rows.extend(m.log_loss.map(|v| ("log_loss".to_string(), None, v)));
+    rows.extend(m.roc_auc.map(|v| ("roc_auc".to_string(), None, v)));
+    for (i, class) in m.classes.iter().enumerate() {
+        let c = Some(class.to_string());
+        rows.push(("precision".into(), c.clone(), m.precision[i]));
+        rows.push(("recall".into(), c.clone(), m.recall[i]));
+        rows.push(("f1".into(), c.clone(), m.f1[i]));
+        rows.push(("support".into(), c.clone(), m.support[i] as f64));
+        for (j, predicted) in m.classes.iter().enumerate() {
+            rows.push((format!("confusion[{predicted}]"), c.clone(), m.confusion_matrix[i][j] as f64));
+        }
+    }
+    rows
 }
 
 /// Add sorted `(target, prediction, rows)` lists.
@@ -432,6 +473,7 @@ impl Estimator for ClassifyEval {
         if let Some(a) = m.roc_auc {
             wasmpipe_sdk::info!("roc_auc = {a:.6}");
         }
+        wasmpipe_sdk::report(&m, Some(&wasmpipe_sdk::metrics_table(&metric_rows(&m))?))?;
         Ok(Outcome::Done(m))
     }
 }

@@ -1,6 +1,7 @@
 //! Regression evaluation (aggregator): R^2, RMSE and MAE of a prediction
 //! column against a target column, from mergeable partial sums. The result
-//! is a JSON metrics document; the stage also logs `r2 = ...`. The sums are
+//! is a JSON metrics document, also published as the stage's report (JSON,
+//! and Parquet rows `metric, class, value`); the stage logs `r2 = ...`. The sums are
 //! computed by native host kernels; no values are copied into the sandbox.
 //!
 //! ```toml
@@ -107,6 +108,9 @@ impl Estimator for Evaluate {
         let metrics = Metrics { rows: s.n, r2: 1.0 - s.sse / s.m2, rmse: (s.sse / n).sqrt(), mae: s.sae / n };
         wasmpipe_sdk::info!("r2 = {:.4}", metrics.r2);
         wasmpipe_sdk::info!("rmse = {:.4}, mae = {:.4} over {} rows", metrics.rmse, metrics.mae, metrics.rows);
+        let rows = [("rows", metrics.rows as f64), ("r2", metrics.r2), ("rmse", metrics.rmse), ("mae", metrics.mae)];
+        let table = wasmpipe_sdk::metrics_table(&rows.map(|(m, v)| (m.to_string(), None, v)))?;
+        wasmpipe_sdk::report(&metrics, Some(&table))?;
         Ok(Outcome::Done(metrics))
     }
 }

@@ -131,6 +131,17 @@ pub fn report<T: Serialize>(doc: &T, table: Option<&Batch>) -> Result<()> {
     host::report(&json, table)
 }
 
+/// A metrics table for [`report`]: one row per `(metric, class, value)`,
+/// with `class` null for metrics of the whole data set. Columns `metric`
+/// (utf8), `class` (utf8) and `value` (float64), the shape every
+/// evaluation stage reports in, so that runs can be compared in one query.
+pub fn metrics_table(rows: &[(String, Option<String>, f64)]) -> Result<Batch> {
+    let metric = Column::from_utf8(&rows.iter().map(|r| Some(r.0.clone())).collect::<Vec<_>>())?;
+    let class = Column::from_utf8(&rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())?;
+    let value = Column::from_f64(&rows.iter().map(|r| r.2).collect::<Vec<_>>(), None)?;
+    Batch::from_columns(&[("metric".into(), &metric), ("class".into(), &class), ("value".into(), &value)])
+}
+
 /// Logging into the task's log, shown by the host with stage and partition.
 pub mod log {
     pub use crate::bindings::imports::wasmpipe::stage::host::Level;
