@@ -365,10 +365,10 @@ fn onehot_matches_scikit_learn() {
     assert_eq!(r["agreement"], 1.0, "{r}");
     assert_eq!(r["rows"], 150);
 
-    // "error" with every value seen in the fit (the runtime fits and
-    // transforms the same input, so an unseen value cannot reach the
-    // transform end to end; the unit tests in stages/onehot cover it),
-    // the originals kept, nulls not a category: null rows are all zeros.
+    // "error" with every value seen in the fit (this pipeline transforms
+    // the rows it fitted; `onehot_meets_unseen_categories_as_scikit_learn_does`
+    // applies the model to other rows), the originals kept, nulls not a
+    // category: null rows are all zeros.
     let config = format!("columns = {}\nkeep_original = true\nnull_category = false", strings(&columns));
     let r = run(&csv, 3, "onehot", &config);
     assert!(r.rows.column_by_name("species_null").is_none());
@@ -380,4 +380,116 @@ fn onehot_matches_scikit_learn() {
         assert_eq!(ones, if species.is_null(row) { 0.0 } else { 1.0 }, "row {row}");
     }
     assert_eq!(species.null_count(), 12);
+}
+
+/// A pipeline whose one-hot encoder meets values its fit never saw: iris
+/// with named species (some blank) split 70/30, stratified by target
+/// (`train`, `test`); the fit sees only the train rows of setosa and
+/// versicolor (`seen`: `clean` drops target 2, keeping blank species), and
+/// `apply` encodes the test rows, virginica among them, with the fitted
+/// model (`model = "stage:fit"`), keeping the original columns.
+fn unseen_manifest(csv: &Path, partitions: usize, handle_unknown: &str) -> String {
+    let split = |keep: &str| {
+        format!(
+            "component = {}\ninputs = [\"stage:ingest\"]\nconfig = {{ fractions = {{ train = 0.7, test = 0.3 }}, \
+             stratify = \"target\", seed = 7, keep = \"{keep}\" }}\n",
+            toml_path(&component("split"))
+        )
+    };
+    let onehot = format!(
+        "component = {}\nconfig = {{ columns = [\"species\", \"target\"], handle_unknown = \"{handle_unknown}\", \
+         keep_original = true }}\n",
+        toml_path(&component("onehot"))
+    );
+    format!(
+        "{}\n[stage.train]\n{}\n[stage.test]\n{}\n[stage.seen]\ncomponent = {}\ninputs = [\"stage:train\"]\n\
+         config = {{ not_null = [], ranges = {{ target = {{ max = 1 }} }} }}\n\n\
+         [stage.fit]\ninputs = [\"stage:seen\"]\n{onehot}\n\
+         [stage.apply]\ninputs = [\"stage:test\"]\nmodel = \"stage:fit\"\n{onehot}",
+        ingest_head(csv, csv_lines(csv).1.len(), partitions),
+        split("train"),
+        split("test"),
+        toml_path(&component("clean")),
+    )
+}
+
+#[test]
+fn onehot_meets_unseen_categories_as_scikit_learn_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = iris_named_with_holes(dir.path());
+    let columns = ["species", "target"];
+
+    // "ignore": a row's block is all zeros where its value is unseen, as
+    // OneHotEncoder(handle_unknown="ignore") gives; the same rows at every partitioning.
+    let mut outputs: Vec<RecordBatch> = Vec::new();
+    let mut last = None;
+    for partitions in PARTITIONS {
+        let text = unseen_manifest(&csv, partitions, "ignore");
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), partitions);
+        let report = run_text(&exec, &text, store.path()).unwrap_or_else(|e| panic!("pipeline fails: {e}\n{text}"));
+        let model = result(&report, "fit");
+        assert_eq!(model["categories"], json!([{"str": ["setosa", "versicolor"]}, {"int": [0, 1]}]), "{model}");
+        let apply = store.path().join("ml/apply");
+        let batches = read_committed(&apply);
+        let rows = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+        let args = json!({
+            "task": "onehot_unseen", "columns": columns, "handle_unknown": "ignore",
+            "fit_dir": store.path().join("ml/seen"), "apply_dir": apply, "out_dir": apply,
+        });
+        let r = python_json("features_reference.py", &[&args.to_string()]);
+        eprintln!("onehot, unseen values ignored, {partitions} partitions: model {model}; scikit-learn says {r}");
+        let ours: Vec<String> = rows.schema().fields().iter().map(|f| f.name().clone()).skip(6).collect();
+        assert_eq!(json!(ours), r["names"]);
+        assert_eq!(r["agreement"], 1.0, "{r}");
+        assert_eq!(r["rows"].as_u64(), Some(rows.num_rows() as u64));
+
+        // Every virginica row (target 2, species named or blank) is unseen in
+        // the target block, and in the species block unless its species is blank.
+        let target = rows.column_by_name("target").unwrap().as_primitive::<Int64Type>().clone();
+        let species = rows.column_by_name("species").unwrap().as_string::<i32>().clone();
+        let f64s = |name: &str| -> Vec<f64> {
+            let c = rows.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+            c.as_primitive::<Float64Type>().values().to_vec()
+        };
+        let (t0, t1, setosa, versicolor) =
+            (f64s("target_0"), f64s("target_1"), f64s("species_setosa"), f64s("species_versicolor"));
+        let virginica = (0..rows.num_rows()).filter(|&i| target.value(i) == 2).count();
+        assert!(virginica >= 10, "the test rows hold virginica: {virginica}");
+        assert_eq!(r["unseen_rows"].as_u64(), Some(virginica as u64), "{r}");
+        for i in 0..rows.num_rows() {
+            let unseen = target.value(i) == 2;
+            assert_eq!(t0[i] + t1[i], if unseen { 0.0 } else { 1.0 }, "row {i}: target block");
+            if unseen && !species.is_null(i) {
+                assert_eq!(setosa[i] + versicolor[i], 0.0, "row {i}: species block");
+            }
+        }
+        if let Some(first) = outputs.first() {
+            assert_eq!(&rows, first, "{partitions} partitions: other rows than at 1");
+        }
+        outputs.push(rows);
+        last = Some(store);
+    }
+
+    // "error": the fit succeeds and applying it fails, naming the stage, the
+    // column and the value, where scikit-learn's transform raises on the same rows.
+    for partitions in PARTITIONS {
+        let text = unseen_manifest(&csv, partitions, "error");
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), partitions);
+        let error =
+            run_text(&exec, &text, store.path()).expect_err("an unseen value fails under \"error\"").to_string();
+        eprintln!("onehot, unseen values an error, {partitions} partitions: {error}");
+        assert!(error.contains("\"apply\""), "{error}");
+        assert!(error.contains("column \"species\": unknown category \"virginica\""), "{error}");
+    }
+    let last = last.unwrap();
+    let args = json!({
+        "task": "onehot_unseen", "columns": columns, "handle_unknown": "error",
+        "fit_dir": last.path().join("ml/seen"), "apply_dir": last.path().join("ml/test"),
+    });
+    let r = python_json("features_reference.py", &[&args.to_string()]);
+    eprintln!("onehot, unseen values an error: scikit-learn says {r}");
+    let message = r["error"].as_str().unwrap_or_else(|| panic!("scikit-learn raises too: {r}"));
+    assert!(message.contains("unknown categories") && message.contains("virginica"), "{message}");
 }

@@ -9,6 +9,14 @@ committed output of the stage) and the task's own arguments. Fits the
 scikit-learn counterpart on the CSV, transforms it, and prints one JSON
 object: the fitted statistics and how far wasmpipe's output is from
 scikit-learn's.
+
+Task "onehot_unseen" has no "csv": it fits OneHotEncoder(handle_unknown=
+"handle_unknown") on the committed rows in "fit_dir" (the fit's input) and
+transforms the committed rows in "apply_dir" (the data the fitted model is
+applied to; when "out_dir" is given, wasmpipe's output with the original
+columns kept, compared column by column). Prints the output names, the
+number of rows with an unseen value, and either the agreement with
+wasmpipe's output or scikit-learn's error message.
 """
 import json
 import os
@@ -52,7 +60,37 @@ def onehot(table, columns):
     return names, np.hstack(blocks), categories
 
 
+def onehot_unseen(args):
+    train, test = committed(args["fit_dir"]), committed(args["apply_dir"])
+    names, blocks, unseen = [], [], np.zeros(len(test[args["columns"][0]]), dtype=bool)
+    for c in args["columns"]:
+        m = OneHotEncoder(handle_unknown=args["handle_unknown"], sparse_output=False)
+        m.fit(np.array(train[c].tolist(), dtype=object).reshape(-1, 1))
+        X = np.array(test[c].tolist(), dtype=object).reshape(-1, 1)
+        seen = set(m.categories_[0].tolist())
+        unseen |= np.array([v not in seen for v in X[:, 0]], dtype=bool)
+        out = list(m.get_feature_names_out([c]))
+        if m.categories_[0][-1] is None:
+            out[-1] = c + "_null"
+        names += out
+        try:
+            blocks.append(m.transform(X))
+        except ValueError as e:
+            print(json.dumps({"names": names, "unseen_rows": int(unseen.sum()), "error": str(e)}))
+            return
+    want = np.hstack(blocks)
+    result = {"names": names, "unseen_rows": int(unseen.sum()), "rows": int(len(want)),
+              "zero_rows": int((want.sum(axis=1) < len(args["columns"])).sum())}
+    if "out_dir" in args:
+        got = matrix(committed(args["out_dir"]), names)
+        result.update(agreement=float(np.mean(got == want)), max_abs_diff=float(np.max(np.abs(got - want))))
+    print(json.dumps(result))
+
+
 def main(args):
+    if args["task"] == "onehot_unseen":
+        onehot_unseen(args)
+        return
     if args["task"] == "onehot":
         table = pacsv.read_csv(args["csv"], convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
         names, want, categories = onehot(table, args["columns"])

@@ -16,7 +16,14 @@ JSON is an object with "task" and its arguments:
    "k": k | "centroids": [[...], ...], "fit_dir": ...}
       KMeans(n_clusters=k, init=<the first k distinct rows, or the given
       centroids>, n_init=1, tol=0) on the (standardized) features; reads
-      wasmpipe's committed `cluster` column from fit_dir.
+      wasmpipe's committed `cluster` column from fit_dir. With "kmeanspp":
+      {"n_init": n, "random_state": r}, also scikit-learn's own k-means++
+      (KMeans(init="k-means++", n_init=n, random_state=r)) inertia.
+
+  {"task": "linreg", "csv": ..., "features": [...], "target": ...,
+   "scale": bool, "alphas": [...]}
+      Per alpha, LinearRegression() (alpha 0) or Ridge(alpha) (the intercept
+      unpenalized) on the (standardized) features: intercept, coefficients.
 
 Prints one JSON object.
 """
@@ -29,7 +36,7 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sklearn.cluster import KMeans
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -115,16 +122,33 @@ def kmeans(args):
         init = X[np.sort(first)[: args["k"]]]
     model = KMeans(n_clusters=len(init), init=init, n_init=1, tol=0.0, max_iter=1000, algorithm="lloyd").fit(X)
     ours = committed(args["fit_dir"])["cluster"]
-    print(json.dumps({
+    out = {
         "init": init.tolist(),
         "inertia": float(model.inertia_),
         "centroids": model.cluster_centers_.tolist(),
         "n_iter": int(model.n_iter_),
         "label_agreement": float(np.mean(ours == model.labels_)),
-    }))
+    }
+    if "kmeanspp" in args:
+        pp = KMeans(n_clusters=len(init), init="k-means++", algorithm="lloyd", tol=0.0, max_iter=1000,
+                    **args["kmeanspp"]).fit(X)
+        out["kmeanspp_inertia"] = float(pp.inertia_)
+    print(json.dumps(out))
+
+
+def linreg(args):
+    table = pacsv.read_csv(args["csv"])
+    X = features(table, args["features"], args["scale"])
+    y = table[args["target"]].to_numpy().astype(float)
+    fits = []
+    for alpha in args["alphas"]:
+        model = LinearRegression() if alpha == 0 else Ridge(alpha=alpha)
+        model.fit(X, y)
+        fits.append({"alpha": alpha, "intercept": float(model.intercept_), "coefficients": model.coef_.tolist()})
+    print(json.dumps({"rows": int(len(y)), "fits": fits}))
 
 
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
     args = json.loads(sys.argv[1])
-    {"logreg": logreg, "kmeans": kmeans}[args["task"]](args)
+    {"logreg": logreg, "kmeans": kmeans, "linreg": linreg}[args["task"]](args)

@@ -6,9 +6,10 @@
 //! [stage.cluster.config]
 //! features = ["sepal_length", "petal_length"]
 //! k = 3                      # required unless `centroids` are given
-//! init = "first"             # default: the first k distinct rows
+//! init = "first"             # default: the first k distinct rows; or "k-means++"
+//! seed = 0                   # default; k-means++ only: its random draws
 //! # centroids = [[5.0, 1.5], [6.0, 4.5], [6.5, 5.5]]   # or explicit starting centroids (then no `init`)
-//! max_iter = 100             # default; most fit passes in all, the `init = "first"` pass included
+//! max_iter = 100             # default; most fit passes in all, init passes included (then at least one Lloyd pass)
 //! tol = 0.0                  # default; stop once no centroid moves more than this
 //! ```
 //!
@@ -31,6 +32,38 @@
 //! is the first k distinct rows of partition 0 whenever partition 0 has k
 //! of them, and never depends on how the input is partitioned.
 //!
+//! `init = "k-means++"` is the seeding of Arthur and Vassilvitskii (2007),
+//! in k passes: the first center is a row drawn uniformly at random, and
+//! each next one a row drawn with probability proportional to D(x)^2, its
+//! squared distance to the nearest center chosen so far. This is plain
+//! k-means++, one candidate per step, not scikit-learn's greedy variant
+//! (which draws `2 + ln k` candidates per step and keeps the one that
+//! lowers the inertia most): cheaper per center, and more often ends in a
+//! worse local optimum, so try a few seeds. Rows already chosen
+//! (D(x) = 0) are never drawn again; fewer than k distinct rows fail the
+//! fit. Seeding pass `j` computes the distances to `j` centers: the k
+//! passes cost as much as (k-1)/2 Lloyd passes.
+//!
+//! Each draw is a weighted sample that needs no coordination between
+//! partitions (Efraimidis and Spirakis' exponential clocks): every row gets
+//! `u`, uniform in (0, 1), from the xxh3 hash of its features seeded with
+//! `splitmix64(seed + step * 0x9e3779b97f4a7c15)`, and the draw is the row
+//! with the smallest clock `-ln(u) / D(x)^2` (of independent exponential
+//! clocks with rates `w_i`, row `i` rings first with probability
+//! `w_i / sum w`). Each partition keeps its earliest row, the merge keeps
+//! the earlier of two, equal clocks going to the smaller row
+//! (lexicographically, by `f64::total_cmp`). The clocks depend only on the
+//! seed, the step and the rows' values, so the centers are the same rows at
+//! any partitioning or parallelism, and the same seed gives the same
+//! centers on every run. The features are hashed rounded to f32, so that
+//! last-bit noise from upstream (a scaler whose statistics merge in another
+//! order at another partitioning) practically never changes the draw.
+//! Clocks are compared as `ln(-ln u) - ln D(x)^2`, which orders them the
+//! same and stays finite. One caveat: identical rows share their clock, so
+//! a row repeated m times is drawn as one row, not with m times the weight
+//! (a row index that would tell the copies apart depends on partitioning);
+//! rows equal in f32 share `u` too.
+//!
 //! Distances are computed as `sum_f (x_f - c_f)^2`, not through the
 //! `|x|^2 - 2 x.c + |c|^2` expansion, so they lose no precision to
 //! cancellation. Rows with a null or non-finite feature are skipped when
@@ -42,16 +75,22 @@
 //! `arith-columns`: three kernel calls per centroid and feature), the
 //! nearest centroid (`compare-columns`, `if-then-else`), the per-centroid
 //! sums (`compare`, `summarize`, `dot` of each feature with the centroid's
-//! mask) and the inertia (`summarize`). Copied into the guest: only with
-//! `init = "first"`, the features of each partition's first batches, until
-//! it has k distinct rows.
+//! mask) and the inertia (`summarize`); for k-means++ also the row hashes
+//! (`hash-rows`). Copied into the guest: with `init = "first"`, the
+//! features of each partition's first batches, until it has k distinct
+//! rows; with `init = "k-means++"`, in each seeding pass every row's hash
+//! and D(x)^2 (two numbers per row, for the clocks), and the features of
+//! each batch's earliest row.
 //!
 //! # Model
 //!
-//! JSON: `features`, `centroids` (k rows of `features.len()`), `inertia`
-//! (the sum of squared distances of the rows to their nearest centroid in
-//! the last pass; with `tol = 0` these are the final centroids), `sizes`
-//! (rows per centroid in the last pass), `rows`, `passes` and `converged`.
+//! JSON: `features`, `centroids` (k rows of `features.len()`),
+//! `initial_centroids` (where the Lloyd passes started: the first rows, the
+//! k-means++ centers or the given centroids), `inertia` (the sum of
+//! squared distances of the rows to their nearest centroid in the last
+//! pass; with `tol = 0` these are the final centroids), `sizes` (rows per
+//! centroid in the last pass), `rows`, `passes` (init passes included) and
+//! `converged`.
 
 use serde::{Deserialize, Serialize};
 use wasmpipe_sdk::{Batch, Column, Compare, DataType, Error, Estimator, Outcome, Predictor, Result, Task, Unary};
@@ -62,6 +101,7 @@ struct Config {
     features: Vec<String>,
     k: Option<usize>,
     init: Option<String>,
+    seed: Option<u64>,
     centroids: Option<Vec<Vec<f64>>>,
     #[serde(default = "default_max_iter")]
     max_iter: u32,
@@ -73,6 +113,9 @@ fn default_max_iter() -> u32 {
     100
 }
 
+/// The `init` that seeds by k-means++.
+const KMEANS_PP: &str = "k-means++";
+
 /// The config, checked: `(config, k)`.
 fn config() -> Result<(Config, usize)> {
     let config: Config = wasmpipe_sdk::config()?;
@@ -83,8 +126,12 @@ fn config() -> Result<(Config, usize)> {
     }
     if let Some(init) = &config.init
         && init != "first"
+        && init != KMEANS_PP
     {
-        return invalid(format!("init: the only method is \"first\", got {init:?} (or give `centroids`)"));
+        return invalid(format!("init: \"first\" or \"{KMEANS_PP}\", got {init:?} (or give `centroids`)"));
+    }
+    if config.seed.is_some() && config.init.as_deref() != Some(KMEANS_PP) {
+        return invalid(format!("seed: only used with init = \"{KMEANS_PP}\""));
     }
     let k = match (&config.centroids, config.k) {
         (Some(_), _) if config.init.is_some() => return invalid("give `init` or `centroids`, not both".into()),
@@ -158,20 +205,48 @@ fn nearest(x: &[Column], centroids: &[Vec<f64>]) -> Result<(Column, Column)> {
     Ok((best, index))
 }
 
+/// A row drawn by k-means++ and its clock (smaller is earlier).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Pick {
+    clock: f64,
+    row: Vec<f64>,
+}
+
 /// One partition's partial state.
 #[derive(Serialize, Deserialize)]
 enum State {
     /// `init = "first"`: the first distinct rows seen, at most k.
     First { k: usize, rows: Vec<Vec<f64>> },
-    /// A Lloyd pass from `centroids`: per centroid, the sums of its rows'
-    /// features and their number; the squared distances' sum.
-    Lloyd { centroids: Vec<Vec<f64>>, rows: u64, sizes: Vec<u64>, sums: Vec<Vec<f64>>, inertia: f64 },
+    /// A k-means++ seeding pass: the centers chosen so far (fewer than k)
+    /// and the earliest row seen for the next one.
+    Seed { centers: Vec<Vec<f64>>, best: Option<Pick> },
+    /// A Lloyd pass from `centroids` (the first one from `initial`): per
+    /// centroid, the sums of its rows' features and their number; the
+    /// squared distances' sum.
+    Lloyd {
+        initial: Vec<Vec<f64>>,
+        centroids: Vec<Vec<f64>>,
+        rows: u64,
+        sizes: Vec<u64>,
+        sums: Vec<Vec<f64>>,
+        inertia: f64,
+    },
+}
+
+/// What a pass hands the next.
+#[derive(Serialize, Deserialize)]
+enum Carry {
+    /// k-means++: the centers chosen so far, fewer than k.
+    Seeding(Vec<Vec<f64>>),
+    /// Lloyd: the centroids to assign to, and where the first pass started.
+    Lloyd { initial: Vec<Vec<f64>>, centroids: Vec<Vec<f64>> },
 }
 
 #[derive(Serialize, Deserialize)]
 struct Model {
     features: Vec<String>,
     centroids: Vec<Vec<f64>>,
+    initial_centroids: Vec<Vec<f64>>,
     inertia: f64,
     sizes: Vec<u64>,
     rows: u64,
@@ -211,22 +286,86 @@ fn move_centroids(centroids: &[Vec<f64>], sums: &[Vec<f64>], sizes: &[u64]) -> (
     (next, shift)
 }
 
-fn lloyd(centroids: Vec<Vec<f64>>) -> State {
+fn lloyd(initial: Vec<Vec<f64>>, centroids: Vec<Vec<f64>>) -> State {
     let (k, d) = (centroids.len(), centroids[0].len());
-    State::Lloyd { centroids, rows: 0, sizes: vec![0; k], sums: vec![vec![0.0; d]; k], inertia: 0.0 }
+    State::Lloyd { initial, centroids, rows: 0, sizes: vec![0; k], sums: vec![vec![0.0; d]; k], inertia: 0.0 }
+}
+
+/// The hash seed of k-means++ step `step` (the number of centers chosen):
+/// splitmix64 of `seed + step * golden ratio`, so every step draws afresh.
+fn step_seed(seed: u64, step: usize) -> u64 {
+    let mut z = seed.wrapping_add((step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A row's clock `ln(-ln u) - ln w` (the log of the exponential clock
+/// `-ln(u) / w`: same order, always finite) for `u`, the row's hash over
+/// 2^64, and the weight `w > 0`. `u` is kept inside (0, 1), so `-ln u` is
+/// in [1.1e-16, 708]; `w` is capped at `f64::MAX`.
+fn clock(u: f64, w: f64) -> f64 {
+    let u = u.clamp(f64::MIN_POSITIVE, 1.0 - f64::EPSILON / 2.0);
+    (-u.ln()).ln() - w.min(f64::MAX).ln()
+}
+
+/// The earliest clock among the rows (uniforms `u`) of weight above zero
+/// (all weights 1 when `weights` is `None`), and the rows that have it;
+/// `None` when no row has a weight above zero.
+fn earliest(u: &[f64], weights: Option<&[f64]>) -> Option<(f64, Vec<usize>)> {
+    let mut best: Option<(f64, Vec<usize>)> = None;
+    for (i, &ui) in u.iter().enumerate() {
+        let w = weights.map_or(1.0, |w| w[i]);
+        if w.is_nan() || w <= 0.0 {
+            continue;
+        }
+        let c = clock(ui, w);
+        match &mut best {
+            Some((b, rows)) if c == *b => rows.push(i),
+            Some((b, _)) if c > *b => {}
+            _ => best = Some((c, vec![i])),
+        }
+    }
+    best
+}
+
+/// The earlier of two picks: the smaller clock, then the smaller row
+/// (lexicographically, by `total_cmp`). Associative and commutative, so the
+/// merged pick does not depend on partitioning or merge order.
+fn earlier(a: Option<Pick>, b: Option<Pick>) -> Option<Pick> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let order = a.clock.total_cmp(&b.clock).then_with(|| {
+                a.row
+                    .iter()
+                    .zip(&b.row)
+                    .map(|(x, y)| x.total_cmp(y))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            Some(if order.is_le() { a } else { b })
+        }
+        (a, None) => a,
+        (None, b) => b,
+    }
 }
 
 struct KMeans;
 
 impl Estimator for KMeans {
     type State = State;
-    type Carry = Vec<Vec<f64>>;
+    type Carry = Carry;
     type Model = Model;
 
-    fn begin(_task: &Task, carry: Option<Vec<Vec<f64>>>) -> Result<State> {
+    fn begin(_task: &Task, carry: Option<Carry>) -> Result<State> {
         let (config, k) = config()?;
         Ok(match (carry, config.centroids) {
-            (Some(centroids), _) | (None, Some(centroids)) => lloyd(centroids),
+            (Some(Carry::Lloyd { initial, centroids }), _) => lloyd(initial, centroids),
+            (Some(Carry::Seeding(centers)), _) => State::Seed { centers, best: None },
+            (None, Some(centroids)) => lloyd(centroids.clone(), centroids),
+            (None, None) if config.init.as_deref() == Some(KMEANS_PP) => {
+                State::Seed { centers: Vec::new(), best: None }
+            }
             (None, None) => State::First { k, rows: Vec::new() },
         })
     }
@@ -245,7 +384,36 @@ impl Estimator for KMeans {
                 let n = batch.num_rows() as usize;
                 add_distinct(rows, (0..n).map(|i| values.iter().map(|col| col[i]).collect()), *k);
             }
-            State::Lloyd { centroids, rows, sizes, sums, inertia } => {
+            State::Seed { centers, best } => {
+                let batch = usable(batch, &config.features)?;
+                let n = batch.num_rows() as usize;
+                if n == 0 {
+                    return Ok(());
+                }
+                let x = columns(&batch, &config.features)?;
+                let seed = step_seed(config.seed.unwrap_or(0), centers.len());
+                // The hash of the features rounded to f32, so that last-bit differences
+                // upstream (a scaler's statistics merged in another order) draw the same.
+                let rounded = x.iter().map(|c| c.cast(&DataType::Float32)).collect::<Result<Vec<_>>>()?;
+                let hash = wasmpipe_sdk::hash_rows(&rounded.iter().collect::<Vec<_>>(), seed)?;
+                let u = hash.mul_scalar(2f64.powi(-64))?.read_f64()?;
+                // Pass 0 draws uniformly; later ones by D(x)^2.
+                let weights = if centers.is_empty() { None } else { Some(nearest(&x, centers)?.0.read_f64()?) };
+                let Some((clock, tied)) = earliest(&u, weights.as_deref()) else {
+                    return Ok(());
+                };
+                // Copy in the earliest row's features (more than one only on a tie).
+                let mut mask = vec![false; n];
+                tied.iter().for_each(|&i| mask[i] = true);
+                let chosen = batch.filter_rows(&mask)?;
+                let values =
+                    columns(&chosen, &config.features)?.iter().map(|c| c.read_f64()).collect::<Result<Vec<_>>>()?;
+                for i in 0..tied.len() {
+                    let row = values.iter().map(|col| col[i]).collect();
+                    *best = earlier(best.take(), Some(Pick { clock, row }));
+                }
+            }
+            State::Lloyd { centroids, rows, sizes, sums, inertia, .. } => {
                 let batch = usable(batch, &config.features)?;
                 if batch.num_rows() == 0 {
                     return Ok(());
@@ -276,30 +444,48 @@ impl Estimator for KMeans {
                 add_distinct(&mut rows, more, k);
                 State::First { k, rows }
             }
+            (State::Seed { centers, best }, State::Seed { best: other, .. }) => {
+                State::Seed { centers, best: earlier(best, other) }
+            }
             (
-                State::Lloyd { centroids, rows, mut sizes, mut sums, inertia },
+                State::Lloyd { initial, centroids, rows, mut sizes, mut sums, inertia },
                 State::Lloyd { rows: r, sizes: z, sums: s, inertia: i, .. },
             ) => {
                 sizes.iter_mut().zip(z).for_each(|(a, b)| *a += b);
                 for (a, b) in sums.iter_mut().zip(s) {
                     a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
                 }
-                State::Lloyd { centroids, rows: rows + r, sizes, sums, inertia: inertia + i }
+                State::Lloyd { initial, centroids, rows: rows + r, sizes, sums, inertia: inertia + i }
             }
             _ => wasmpipe_sdk::fail!("cannot merge states of different passes"),
         })
     }
 
-    fn finalize(state: State, pass: u32) -> Result<Outcome<Model, Vec<Vec<f64>>>> {
-        let (config, _) = config()?;
+    fn finalize(state: State, pass: u32) -> Result<Outcome<Model, Carry>> {
+        let (config, k) = config()?;
         match state {
             State::First { k, rows } => {
                 if rows.len() < k {
                     wasmpipe_sdk::fail!("k = {k} but the data has only {} distinct usable rows", rows.len());
                 }
-                Ok(Outcome::NextPass(rows))
+                Ok(Outcome::NextPass(Carry::Lloyd { initial: rows.clone(), centroids: rows }))
             }
-            State::Lloyd { centroids, rows, sizes, sums, inertia } => {
+            State::Seed { mut centers, best } => {
+                let Some(pick) = best else {
+                    if centers.is_empty() {
+                        wasmpipe_sdk::fail!("no usable rows to cluster");
+                    }
+                    wasmpipe_sdk::fail!("k = {k} but the data has only {} distinct usable rows", centers.len());
+                };
+                wasmpipe_sdk::debug!("k-means++ center {} of {k}: {:?}", centers.len() + 1, pick.row);
+                centers.push(pick.row);
+                Ok(Outcome::NextPass(if centers.len() < k {
+                    Carry::Seeding(centers)
+                } else {
+                    Carry::Lloyd { initial: centers.clone(), centroids: centers }
+                }))
+            }
+            State::Lloyd { initial, centroids, rows, sizes, sums, inertia } => {
                 if rows == 0 {
                     wasmpipe_sdk::fail!("no usable rows to cluster");
                 }
@@ -311,7 +497,7 @@ impl Estimator for KMeans {
                 wasmpipe_sdk::debug!("pass {pass}: inertia {inertia}, largest move {shift}");
                 let converged = shift <= config.tol;
                 if !converged && pass + 1 < config.max_iter {
-                    return Ok(Outcome::NextPass(next));
+                    return Ok(Outcome::NextPass(Carry::Lloyd { initial, centroids: next }));
                 }
                 if converged {
                     wasmpipe_sdk::info!("converged in {} passes on {rows} rows, inertia {inertia:.6}", pass + 1);
@@ -321,6 +507,7 @@ impl Estimator for KMeans {
                 let model = Model {
                     features: config.features,
                     centroids: next,
+                    initial_centroids: initial,
                     inertia,
                     sizes,
                     rows,
@@ -382,6 +569,96 @@ mod tests {
             }
             assert_eq!(merged, whole, "chunks of {size}");
         }
+    }
+
+    /// A stand-in for a row's uniform: its hash over 2^64, as the stage computes it.
+    fn hash(seed: u64, row: usize) -> f64 {
+        step_seed(seed, row) as f64 * 2f64.powi(-64)
+    }
+
+    #[test]
+    fn clocks_draw_rows_in_proportion_to_their_weights() {
+        let weights = [0.0, 1.0, 2.0, 3.0, 4.0, f64::NAN];
+        let trials = 100_000;
+        let (mut drawn, mut uniform) = ([0u32; 6], [0u32; 6]);
+        for t in 0..trials {
+            let hashes: Vec<f64> = (0..weights.len()).map(|i| hash(t, i)).collect();
+            let (_, rows) = earliest(&hashes, Some(&weights)).unwrap();
+            drawn[rows[0]] += 1;
+            uniform[earliest(&hashes, None).unwrap().1[0]] += 1;
+        }
+        assert_eq!((drawn[0], drawn[5]), (0, 0), "weight 0 or NaN: never drawn");
+        for (i, w) in weights.iter().enumerate().take(5).skip(1) {
+            let share = drawn[i] as f64 / trials as f64;
+            // Binomial standard deviation at most 0.0016: within 4 of them.
+            assert!((share - w / 10.0).abs() < 0.0065, "row {i}: {share} vs {}", w / 10.0);
+        }
+        for (i, n) in uniform.iter().enumerate() {
+            assert!((*n as f64 / trials as f64 - 1.0 / 6.0).abs() < 0.0065, "row {i}: {n} of {trials}");
+        }
+    }
+
+    /// The merged pick of rows `data` (each `(row, weight)`) cut into `chunks`,
+    /// in the order given, as partitions and the merge see them.
+    fn pick(data: &[(Vec<f64>, f64)], chunk: usize, reverse: bool) -> Option<Pick> {
+        let mut parts: Vec<Option<Pick>> = data
+            .chunks(chunk)
+            .map(|part| {
+                // Equal rows hash equal, as the kernel's hash of the features does.
+                let hashes: Vec<f64> = part.iter().map(|(r, _)| hash(7, r[0].to_bits() as usize)).collect();
+                let weights: Vec<f64> = part.iter().map(|(_, w)| *w).collect();
+                let (clock, rows) = earliest(&hashes, Some(&weights))?;
+                rows.into_iter().map(|i| Some(Pick { clock, row: part[i].0.clone() })).fold(None, earlier)
+            })
+            .collect();
+        if reverse {
+            parts.reverse();
+        }
+        parts.into_iter().fold(None, earlier)
+    }
+
+    #[test]
+    fn picks_do_not_depend_on_partitioning_or_merge_order() {
+        let data: Vec<(Vec<f64>, f64)> = (0..40).map(|i| (vec![(i % 23) as f64, 1.0], ((i * 7) % 5) as f64)).collect();
+        let whole = pick(&data, data.len(), false).expect("some row has weight");
+        for chunk in 1..data.len() {
+            assert_eq!(pick(&data, chunk, false).as_ref(), Some(&whole), "chunks of {chunk}");
+            assert_eq!(pick(&data, chunk, true).as_ref(), Some(&whole), "chunks of {chunk}, merged backwards");
+        }
+        let zero: Vec<(Vec<f64>, f64)> = data.iter().map(|(r, _)| (r.clone(), 0.0)).collect();
+        assert_eq!(pick(&zero, 3, false), None, "no row with weight: nothing to draw");
+    }
+
+    #[test]
+    fn equal_clocks_go_to_the_smaller_row() {
+        let a = Pick { clock: -1.0, row: vec![1.0, 5.0] };
+        let b = Pick { clock: -1.0, row: vec![1.0, -5.0] };
+        let c = Pick { clock: -2.0, row: vec![9.0, 9.0] };
+        assert_eq!(earlier(Some(a.clone()), Some(b.clone())), Some(b.clone()));
+        assert_eq!(earlier(Some(b.clone()), Some(a.clone())), Some(b.clone()));
+        assert_eq!(earlier(Some(a.clone()), Some(c.clone())), Some(c));
+        assert_eq!(earlier(None, Some(a.clone())), Some(a.clone()));
+        assert_eq!(earlier(Some(a.clone()), None), Some(a));
+    }
+
+    #[test]
+    fn clocks_stay_finite_and_ordered_at_the_extremes() {
+        // u64::MAX over 2^64 rounds to 1.
+        for (u, w) in [(0.0, 1.0), (1.0, 1.0), (1e-19, 5e-324), (1.0, f64::INFINITY), (1.0, f64::MAX), (0.0, 5e-324)] {
+            assert!(clock(u, w).is_finite(), "clock({u}, {w}) = {}", clock(u, w));
+        }
+        // More weight, earlier; a larger u, earlier.
+        assert!(clock(0.3, 2.0) < clock(0.3, 1.0));
+        assert!(clock(0.9, 1.0) < clock(0.3, 1.0));
+    }
+
+    #[test]
+    fn each_step_and_seed_hash_afresh() {
+        let seeds: Vec<u64> = (0..4).flat_map(|s| (0..8).map(move |step| step_seed(s, step))).collect();
+        let mut distinct = seeds.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), seeds.len());
     }
 
     #[test]
