@@ -15,6 +15,7 @@
 //! same parsing as Arrow's own CSV reader); a non-empty value the cast
 //! turns into a null is a value that does not parse.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use serde_json::value::RawValue;
 
 use crate::StorageError;
 use crate::quarantine;
@@ -44,36 +46,38 @@ const INFER_BYTES: usize = 1 << 20;
 
 /// One value as read, before conversion to its column's type.
 #[derive(Debug, Clone, PartialEq)]
-enum Cell {
+enum Value<'a> {
     Null,
     /// A CSV field: its type is whatever its text parses as.
-    Field(String),
+    Field(&'a str),
     /// A JSON string: text, whatever it looks like.
-    Str(String),
+    Str(Cow<'a, str>),
     /// A JSON number, as written; `true` when it is an integer.
-    Num(String, bool),
+    Num(&'a str, bool),
     Bool(bool),
     /// A JSON array or object, as JSON text.
-    Nested(String),
+    Nested(&'a str),
 }
 
-impl Cell {
-    fn text(&self) -> Option<String> {
+impl Value<'_> {
+    fn text(&self) -> Option<&str> {
         match self {
-            Cell::Null => None,
-            Cell::Field(s) | Cell::Str(s) | Cell::Num(s, _) | Cell::Nested(s) => Some(s.clone()),
-            Cell::Bool(b) => Some(b.to_string()),
+            Value::Null => None,
+            Value::Field(s) | Value::Num(s, _) | Value::Nested(s) => Some(s),
+            Value::Str(s) => Some(s),
+            Value::Bool(true) => Some("true"),
+            Value::Bool(false) => Some("false"),
         }
     }
 
     fn kind(&self) -> Kind {
         match self {
-            Cell::Null => Kind::Null,
-            Cell::Str(_) | Cell::Nested(_) => Kind::Text,
-            Cell::Num(_, true) => Kind::Int,
-            Cell::Num(_, false) => Kind::Float,
-            Cell::Bool(_) => Kind::Bool,
-            Cell::Field(s) => {
+            Value::Null => Kind::Null,
+            Value::Str(_) | Value::Nested(_) => Kind::Text,
+            Value::Num(_, true) => Kind::Int,
+            Value::Num(_, false) => Kind::Float,
+            Value::Bool(_) => Kind::Bool,
+            Value::Field(s) => {
                 if s.parse::<i64>().is_ok() {
                     Kind::Int
                 } else if s.parse::<f64>().is_ok() {
@@ -87,15 +91,18 @@ impl Cell {
         }
     }
 
-    fn from_json(v: serde_json::Value) -> Cell {
-        use serde_json::Value;
-        match v {
-            Value::Null => Cell::Null,
-            Value::Bool(b) => Cell::Bool(b),
-            Value::Number(n) => Cell::Num(n.to_string(), n.is_i64() || n.is_u64()),
-            Value::String(s) => Cell::Str(s),
-            nested => Cell::Nested(nested.to_string()),
-        }
+    /// A JSON value from its raw text, borrowing it where it can.
+    fn from_json(raw: &RawValue) -> Result<Value<'_>, String> {
+        let text = raw.get();
+        Ok(match text.as_bytes()[0] {
+            b'n' => Value::Null,
+            b't' => Value::Bool(true),
+            b'f' => Value::Bool(false),
+            b'{' | b'[' => Value::Nested(text),
+            b'"' if !text.contains('\\') => Value::Str(Cow::Borrowed(&text[1..text.len() - 1])),
+            b'"' => Value::Str(Cow::Owned(serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?)),
+            _ => Value::Num(text, !text.contains(['.', 'e', 'E'])),
+        })
     }
 }
 
@@ -131,18 +138,78 @@ impl Kind {
     }
 }
 
-/// One record of the file: where it starts, its text, and its values (by
-/// CSV header position, or JSON key) or why it cannot be read.
-struct Record {
-    line: u64,
-    raw: Vec<u8>,
-    values: Result<Values, String>,
+/// A JSON object's members in the order written, keys and values borrowed
+/// from the line where they can be.
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl<'de> serde::de::DeserializeSeed<'de> for Key {
+            type Value = Cow<'de, str>;
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_str(self)
+            }
+        }
+        impl<'de> serde::de::Visitor<'de> for Key {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_string()))
+            }
+        }
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut members = Vec::new();
+                while let Some(key) = map.next_key_seed(Key)? {
+                    members.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(members))
+            }
+        }
+        d.deserialize_map(Object)
+    }
 }
 
-enum Values {
-    Fields(Vec<Cell>),
-    /// Keys in the order written.
-    Object(indexmap::IndexMap<String, serde_json::Value>),
+/// One record's values, borrowed from the record or the reader's buffers.
+enum Record<'a> {
+    /// CSV: the unescaped fields, end offsets into `text`.
+    Fields { text: &'a str, ends: &'a [usize] },
+    /// JSON Lines: the object's members.
+    Object(Members<'a>),
+}
+
+impl Record<'_> {
+    /// The value of the column at `header` position (CSV) or named `name`
+    /// (JSON, where it is usually the member at position `hint`).
+    fn get(&self, header: Option<usize>, hint: usize, name: &str) -> Result<Value<'_>, String> {
+        match self {
+            Record::Fields { text, ends } => Ok(match header {
+                Some(i) => {
+                    let start = if i == 0 { 0 } else { ends[i - 1] };
+                    let field = &text[start..ends[i]];
+                    if field.is_empty() { Value::Null } else { Value::Field(field) }
+                }
+                None => Value::Null,
+            }),
+            Record::Object(m) => {
+                match m.0.get(hint).filter(|(k, _)| k == name).or_else(|| m.0.iter().find(|(k, _)| k == name)) {
+                    Some((_, v)) => Value::from_json(v),
+                    None => Ok(Value::Null),
+                }
+            }
+        }
+    }
 }
 
 /// Cuts a byte stream into records: lines, except that a CSV newline
@@ -175,46 +242,126 @@ impl Splitter {
         }
     }
 
-    /// The next complete record (its first line and bytes, without the line
-    /// terminator); at `eof`, the unterminated rest too. Blank lines are
-    /// skipped.
-    fn next(&mut self, eof: bool) -> Option<(u64, Vec<u8>)> {
+    /// The next complete record (its first line and the range of its
+    /// bytes in `buf`, without the line terminator); at `eof`, the
+    /// unterminated rest too. Blank lines are skipped.
+    fn next(&mut self, eof: bool) -> Option<(u64, std::ops::Range<usize>)> {
         loop {
             let mut end = None;
-            while self.scan < self.buf.len() {
-                let b = self.buf[self.scan];
-                self.scan += 1;
-                if self.quotes && b == b'"' {
-                    self.in_quotes = !self.in_quotes;
-                } else if b == b'\n' && !self.in_quotes {
-                    end = Some(self.scan - 1);
-                    break;
+            if self.quotes {
+                while self.scan < self.buf.len() {
+                    let b = self.buf[self.scan];
+                    self.scan += 1;
+                    if b == b'"' {
+                        self.in_quotes = !self.in_quotes;
+                    } else if b == b'\n' && !self.in_quotes {
+                        end = Some(self.scan - 1);
+                        break;
+                    }
                 }
+            } else if let Some(i) = self.buf[self.scan..].iter().position(|b| *b == b'\n') {
+                end = Some(self.scan + i);
+                self.scan += i + 1;
+            } else {
+                self.scan = self.buf.len();
             }
             let end = match end {
                 Some(e) => e,
                 None if eof && self.start < self.buf.len() => self.buf.len(),
                 None => return None,
             };
-            let mut raw = self.buf[self.start..end].to_vec();
-            self.start = self.scan;
+            let mut range = self.start..end;
+            self.start = self.scan.max(end);
             let line = self.line;
-            self.line += 1 + raw.iter().filter(|b| **b == b'\n').count() as u64;
-            if raw.last() == Some(&b'\r') {
-                raw.pop();
+            self.line += 1 + self.buf[range.clone()].iter().filter(|b| **b == b'\n').count() as u64;
+            if range.end > range.start && self.buf[range.end - 1] == b'\r' {
+                range.end -= 1;
             }
-            if !raw.iter().all(u8::is_ascii_whitespace) {
-                return Some((line, raw));
+            if !self.buf[range.clone()].iter().all(u8::is_ascii_whitespace) {
+                return Some((line, range));
             }
         }
     }
 }
 
-/// Split one CSV record into its fields (RFC 4180).
-fn csv_fields(reader: &mut csv_core::Reader, raw: &[u8]) -> Result<Vec<String>, String> {
+/// Reads one file's records and gathers them into batches and quarantine.
+struct TextReader {
+    format: TextFormat,
+    url: String,
+    csv: csv_core::Reader,
+    /// CSV column names, from the header.
+    header: Vec<String>,
+    /// Reused buffers of the CSV field splitter.
+    out: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl TextReader {
+    fn new(format: TextFormat, url: String) -> Self {
+        TextReader { format, url, csv: csv_core::Reader::new(), header: Vec::new(), out: Vec::new(), ends: Vec::new() }
+    }
+
+    /// Split one record into its values, or say why it cannot be.
+    fn parse<'a>(&'a mut self, raw: &'a [u8]) -> Result<Record<'a>, String> {
+        match self.format {
+            TextFormat::Csv => {
+                let n = csv_fields(&mut self.csv, raw, &mut self.out, &mut self.ends);
+                if !self.header.is_empty() && n != self.header.len() {
+                    return Err(format!("has {n} fields, the header has {}", self.header.len()));
+                }
+                let end = self.ends[..n].last().copied().unwrap_or(0);
+                let text = std::str::from_utf8(&self.out[..end]).map_err(|_| "not valid UTF-8".to_string())?;
+                Ok(Record::Fields { text, ends: &self.ends[..n] })
+            }
+            TextFormat::Jsonl => match serde_json::from_slice::<Members>(raw) {
+                Ok(m) => Ok(Record::Object(m)),
+                Err(e) if e.is_data() => Err("not a JSON object".to_string()),
+                Err(e) => Err(format!("not valid JSON: {e}")),
+            },
+        }
+    }
+
+    /// The schema the head's records imply: CSV columns in header order,
+    /// JSON keys in order of first appearance; records that do not parse
+    /// are ignored.
+    fn infer(&mut self, head: &[u8], records: &[(u64, std::ops::Range<usize>)]) -> Schema {
+        let mut columns: Vec<(String, Kind)> = self.header.iter().map(|h| (h.clone(), Kind::Null)).collect();
+        for (_, range) in records {
+            match self.parse(&head[range.clone()]) {
+                Ok(record @ Record::Fields { .. }) => {
+                    for (i, col) in columns.iter_mut().enumerate() {
+                        let kind = record.get(Some(i), i, &col.0).map_or(Kind::Text, |v| v.kind());
+                        col.1 = col.1.join(kind);
+                    }
+                }
+                Ok(Record::Object(members)) => {
+                    for (key, raw) in &members.0 {
+                        let kind = Value::from_json(raw).map_or(Kind::Text, |v| v.kind());
+                        match columns.iter_mut().find(|(name, _)| name == key) {
+                            Some(col) => col.1 = col.1.join(kind),
+                            None => columns.push((key.to_string(), kind)),
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        Schema::new(
+            columns.into_iter().map(|(name, kind)| Field::new(name, kind.data_type(), true)).collect::<Vec<_>>(),
+        )
+    }
+}
+
+/// Split one CSV record into its unescaped fields (RFC 4180): their text in
+/// `out`, the end of each in `ends`; returns the number of fields.
+fn csv_fields(reader: &mut csv_core::Reader, raw: &[u8], out: &mut Vec<u8>, ends: &mut Vec<usize>) -> usize {
     reader.reset();
-    let mut out = vec![0u8; raw.len() + 1];
-    let mut ends = vec![0usize; raw.iter().filter(|b| **b == b',').count() + 1];
+    if out.len() < raw.len() + 1 {
+        out.resize(raw.len() + 1, 0);
+    }
+    if ends.is_empty() {
+        ends.resize(16, 0);
+    }
     let (mut nin, mut nout, mut nend) = (0, 0, 0);
     loop {
         let input = if nin < raw.len() { &raw[nin..] } else { &[][..] };
@@ -226,135 +373,121 @@ fn csv_fields(reader: &mut csv_core::Reader, raw: &[u8]) -> Result<Vec<String>, 
             csv_core::ReadRecordResult::InputEmpty => continue,
             csv_core::ReadRecordResult::OutputFull => out.resize(out.len() * 2, 0),
             csv_core::ReadRecordResult::OutputEndsFull => ends.resize(ends.len() * 2, 0),
-            csv_core::ReadRecordResult::Record | csv_core::ReadRecordResult::End => break,
+            csv_core::ReadRecordResult::Record | csv_core::ReadRecordResult::End => return nend,
         }
     }
-    let mut fields = Vec::with_capacity(nend);
-    let mut from = 0;
-    for &end in &ends[..nend] {
-        let field = std::str::from_utf8(&out[from..end]).map_err(|_| "not valid UTF-8".to_string())?;
-        fields.push(field.to_string());
-        from = end;
-    }
-    Ok(fields)
 }
 
-/// Reads one file's records and turns them into batches and quarantine.
-struct TextReader {
-    format: TextFormat,
-    url: String,
-    csv: csv_core::Reader,
-    /// CSV column names, from the header.
-    header: Vec<String>,
+/// A batch's worth of records, gathered column by column as text.
+struct Gather {
+    schema: SchemaRef,
+    /// Each schema column's position in the CSV header.
+    header_index: Vec<Option<usize>>,
+    columns: Vec<StringBuilder>,
+    /// Every record's text, one after another, and where each ends.
+    raw: Vec<u8>,
+    raw_ends: Vec<usize>,
+    lines: Vec<u64>,
+    /// Why a record cannot be read (its columns hold nulls).
+    reasons: Vec<Option<String>>,
 }
 
-impl TextReader {
-    fn parse(&mut self, line: u64, raw: Vec<u8>) -> Record {
-        let values = match self.format {
-            TextFormat::Csv => csv_fields(&mut self.csv, &raw).and_then(|fields| {
-                if fields.len() != self.header.len() {
-                    return Err(format!("has {} fields, the header has {}", fields.len(), self.header.len()));
-                }
-                Ok(Values::Fields(
-                    fields.into_iter().map(|f| if f.is_empty() { Cell::Null } else { Cell::Field(f) }).collect(),
-                ))
-            }),
-            TextFormat::Jsonl => match serde_json::from_slice::<indexmap::IndexMap<String, serde_json::Value>>(&raw) {
-                Ok(map) => Ok(Values::Object(map)),
-                Err(e) if e.is_data() => Err("not a JSON object".to_string()),
-                Err(e) => Err(format!("not valid JSON: {e}")),
-            },
-        };
-        Record { line, raw, values }
-    }
-
-    /// The value of `column` in a record.
-    fn cell(&self, values: &Values, column: &str) -> Cell {
-        match values {
-            Values::Fields(cells) => {
-                self.header.iter().position(|h| h == column).map_or(Cell::Null, |i| cells[i].clone())
-            }
-            Values::Object(map) => map.get(column).cloned().map_or(Cell::Null, Cell::from_json),
+impl Gather {
+    fn new(schema: SchemaRef, header: &[String]) -> Self {
+        let header_index = schema.fields().iter().map(|f| header.iter().position(|h| h == f.name())).collect();
+        let columns = schema.fields().iter().map(|_| StringBuilder::new()).collect();
+        Gather {
+            schema,
+            header_index,
+            columns,
+            raw: Vec::new(),
+            raw_ends: Vec::new(),
+            lines: Vec::new(),
+            reasons: Vec::new(),
         }
     }
 
-    /// The schema the records imply: CSV columns in header order, JSON keys
-    /// in order of first appearance; records that do not parse are ignored.
-    fn infer(&self, records: &VecDeque<Record>) -> Schema {
-        let mut columns: Vec<(String, Kind)> = self.header.iter().map(|h| (h.clone(), Kind::Null)).collect();
-        for record in records {
-            match &record.values {
-                Ok(Values::Fields(cells)) => {
-                    for (col, cell) in columns.iter_mut().zip(cells) {
-                        col.1 = col.1.join(cell.kind());
-                    }
-                }
-                Ok(Values::Object(map)) => {
-                    for (key, value) in map {
-                        let kind = Cell::from_json(value.clone()).kind();
-                        match columns.iter_mut().find(|(name, _)| name == key) {
-                            Some(col) => col.1 = col.1.join(kind),
-                            None => columns.push((key.clone(), kind)),
+    fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Add one record: one value (or a null) to every column, and the
+    /// reason when it cannot be read (its row is then filtered out).
+    fn push(&mut self, reader: &mut TextReader, line: u64, raw: &[u8]) {
+        self.raw.extend_from_slice(raw);
+        self.raw_ends.push(self.raw.len());
+        self.lines.push(line);
+        let Gather { schema, header_index, columns, .. } = self;
+        let failed = match reader.parse(raw) {
+            Ok(record) => {
+                let mut failed = None;
+                for (j, (column, (field, header))) in
+                    columns.iter_mut().zip(schema.fields().iter().zip(header_index.iter())).enumerate()
+                {
+                    match record.get(*header, j, field.name()) {
+                        Ok(value) => column.append_option(value.text()),
+                        Err(why) => {
+                            column.append_null();
+                            failed.get_or_insert(why);
                         }
                     }
                 }
-                Err(_) => {}
+                failed
             }
-        }
-        Schema::new(
-            columns.into_iter().map(|(name, kind)| Field::new(name, kind.data_type(), true)).collect::<Vec<_>>(),
-        )
+            Err(why) => {
+                for column in columns.iter_mut() {
+                    column.append_null();
+                }
+                Some(why)
+            }
+        };
+        self.reasons.push(failed);
     }
 
-    /// Convert records to a batch of `schema`, and those that do not fit to
-    /// quarantine rows.
-    fn convert(
-        &self,
-        records: Vec<Record>,
-        schema: &SchemaRef,
-    ) -> Result<(Option<RecordBatch>, Option<RecordBatch>), StorageError> {
+    /// Convert the gathered records to a batch of the schema, and those
+    /// that do not fit to quarantine rows; start afresh.
+    fn finish(&mut self, url: &str) -> Result<(Option<RecordBatch>, Option<RecordBatch>), StorageError> {
         let arrow_err =
-            |e: arrow::error::ArrowError| StorageError::Text { url: self.url.clone(), reason: e.to_string() };
-        let mut reasons: Vec<Option<String>> = records.iter().map(|r| r.values.as_ref().err().cloned()).collect();
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
-            let mut text = StringBuilder::new();
-            for record in &records {
-                match &record.values {
-                    Ok(values) => text.append_option(self.cell(values, field.name()).text()),
-                    Err(_) => text.append_null(),
-                }
-            }
-            let text = text.finish();
+            |e: arrow::error::ArrowError| StorageError::Text { url: url.to_string(), reason: e.to_string() };
+        let mut reasons = std::mem::take(&mut self.reasons);
+        let mut typed: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
+        for (field, builder) in self.schema.fields().iter().zip(&mut self.columns) {
+            let text = builder.finish();
             let options = CastOptions { safe: true, ..Default::default() };
-            let typed = cast_with_options(&text, field.data_type(), &options).map_err(arrow_err)?;
-            for (i, reason) in reasons.iter_mut().enumerate() {
-                if reason.is_none() && text.is_valid(i) && typed.is_null(i) {
-                    *reason = Some(format!(
-                        "column {:?}: {:?} is not a valid {}",
-                        field.name(),
-                        text.value(i),
-                        field.data_type()
-                    ));
+            let values = cast_with_options(&text, field.data_type(), &options).map_err(arrow_err)?;
+            if values.null_count() > text.null_count() {
+                for (i, reason) in reasons.iter_mut().enumerate() {
+                    if reason.is_none() && text.is_valid(i) && values.is_null(i) {
+                        *reason = Some(format!(
+                            "column {:?}: {:?} is not a valid {}",
+                            field.name(),
+                            text.value(i),
+                            field.data_type()
+                        ));
+                    }
                 }
             }
-            columns.push(typed);
+            typed.push(values);
+        }
+        let all = RecordBatch::try_new(self.schema.clone(), typed).map_err(arrow_err)?;
+        let (raw, ends, lines) =
+            (std::mem::take(&mut self.raw), std::mem::take(&mut self.raw_ends), std::mem::take(&mut self.lines));
+        if reasons.iter().all(Option::is_none) {
+            return Ok(((all.num_rows() > 0).then_some(all), None));
         }
         let keep = BooleanArray::from(reasons.iter().map(|r| r.is_none()).collect::<Vec<_>>());
-        let all = RecordBatch::try_new(schema.clone(), columns).map_err(arrow_err)?;
         let rows = filter_record_batch(&all, &keep).map_err(arrow_err)?;
-        let rejected: Vec<(u64, String, String)> = records
-            .iter()
-            .zip(reasons)
-            .filter_map(|(r, reason)| reason.map(|why| (r.line, why, String::from_utf8_lossy(&r.raw).into_owned())))
-            .collect();
-        let quarantined = (!rejected.is_empty()).then(|| {
-            let (lines, rest): (Vec<_>, Vec<_>) =
-                rejected.into_iter().map(|(l, why, raw)| (Some(l as i64), (why, raw))).unzip();
-            let (reasons, raws): (Vec<_>, Vec<_>) = rest.into_iter().unzip();
-            quarantine::batch(&self.url, lines, reasons, raws)
-        });
-        Ok(((rows.num_rows() > 0).then_some(rows), quarantined))
+        let (mut q_lines, mut q_reasons, mut q_records) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, reason) in reasons.into_iter().enumerate() {
+            if let Some(why) = reason {
+                let start = if i == 0 { 0 } else { ends[i - 1] };
+                q_lines.push(Some(lines[i] as i64));
+                q_reasons.push(why);
+                q_records.push(String::from_utf8_lossy(&raw[start..ends[i]]).into_owned());
+            }
+        }
+        let quarantined = quarantine::batch(url, q_lines, q_reasons, q_records);
+        Ok(((rows.num_rows() > 0).then_some(rows), Some(quarantined)))
     }
 }
 
@@ -371,7 +504,7 @@ pub(crate) async fn open(
 ) -> Result<BatchStream, StorageError> {
     let mut chunks = chunks;
     let mut splitter = Splitter::new(format);
-    let mut reader = TextReader { format, url: url.clone(), csv: csv_core::Reader::new(), header: Vec::new() };
+    let mut reader = TextReader::new(format, url.clone());
 
     // Read the head: enough to infer a schema from.
     let mut eof = false;
@@ -390,18 +523,31 @@ pub(crate) async fn open(
         }
     }
     if format == TextFormat::Csv {
-        let Some((_, raw)) = splitter.next(eof) else {
+        let Some((_, range)) = splitter.next(eof) else {
             return Err(StorageError::Text {
                 url,
                 reason: "the file is empty: a CSV file starts with a header".into(),
             });
         };
-        reader.header = csv_fields(&mut reader.csv, &raw)
-            .map_err(|why| StorageError::Text { url: url.clone(), reason: format!("the header row is {why}") })?;
+        let raw = splitter.buf[range].to_vec();
+        reader.header = match reader.parse(&raw) {
+            Ok(Record::Fields { text, ends }) => {
+                let mut start = 0;
+                ends.iter()
+                    .map(|&end| {
+                        let name = text[start..end].to_string();
+                        start = end;
+                        name
+                    })
+                    .collect()
+            }
+            Ok(Record::Object(_)) => unreachable!("CSV records are fields"),
+            Err(why) => return Err(StorageError::Text { url, reason: format!("the header row is {why}") }),
+        };
     }
-    let mut head = VecDeque::new();
-    while let Some((line, raw)) = splitter.next(eof) {
-        head.push_back(reader.parse(line, raw));
+    let mut head = Vec::new();
+    while let Some(record) = splitter.next(eof) {
+        head.push(record);
     }
     let schema = match declared {
         Some(schema) => {
@@ -416,34 +562,39 @@ pub(crate) async fn open(
             }
             schema
         }
-        None => Arc::new(reader.infer(&head)),
+        None => Arc::new(reader.infer(&splitter.buf, &head)),
     };
     let schema = match columns {
         Some(cols) => Arc::new(schema.project(&crate::read::project(&schema, cols, &url)?).expect("indices in range")),
         None => schema,
     };
+    let gather = Gather::new(schema, &reader.header);
+    let head: VecDeque<(u64, Vec<u8>)> = head.into_iter().map(|(line, r)| (line, splitter.buf[r].to_vec())).collect();
 
     struct State {
         reader: TextReader,
         splitter: Splitter,
         chunks: BoxStream<'static, Result<Bytes, StorageError>>,
-        ready: VecDeque<Record>,
+        head: VecDeque<(u64, Vec<u8>)>,
+        gather: Gather,
         out: VecDeque<Chunk>,
         eof: bool,
-        schema: SchemaRef,
         batch_rows: usize,
     }
-    let state = State { reader, splitter, chunks, ready: head, out: VecDeque::new(), eof, schema, batch_rows };
+    let state = State { reader, splitter, chunks, head, gather, out: VecDeque::new(), eof, batch_rows };
     let stream = futures::stream::try_unfold(state, |mut s| async move {
         loop {
             if let Some(chunk) = s.out.pop_front() {
                 return Ok(Some((chunk, s)));
             }
-            // Fill a batch's worth of records, reading on as needed.
-            while s.ready.len() < s.batch_rows {
-                if let Some((line, raw)) = s.splitter.next(s.eof) {
-                    let record = s.reader.parse(line, raw);
-                    s.ready.push_back(record);
+            // Gather a batch's worth of records, reading on as needed.
+            while s.gather.len() < s.batch_rows {
+                if let Some((line, raw)) = s.head.pop_front() {
+                    s.gather.push(&mut s.reader, line, &raw);
+                    continue;
+                }
+                if let Some((line, range)) = s.splitter.next(s.eof) {
+                    s.gather.push(&mut s.reader, line, &s.splitter.buf[range]);
                     continue;
                 }
                 if s.eof {
@@ -454,12 +605,10 @@ pub(crate) async fn open(
                     None => s.eof = true,
                 }
             }
-            if s.ready.is_empty() {
+            if s.gather.len() == 0 {
                 return Ok(None);
             }
-            let n = s.ready.len().min(s.batch_rows);
-            let records: Vec<Record> = s.ready.drain(..n).collect();
-            let (rows, quarantined) = s.reader.convert(records, &s.schema)?;
+            let (rows, quarantined) = s.gather.finish(&s.reader.url)?;
             s.out.extend(rows.map(Chunk::Rows));
             s.out.extend(quarantined.map(Chunk::Quarantined));
         }
@@ -474,15 +623,16 @@ mod tests {
     fn records(format: TextFormat, text: &str, chunk: usize) -> Vec<(u64, String)> {
         let mut s = Splitter::new(format);
         let mut out = Vec::new();
+        let mut take = |s: &mut Splitter, eof| {
+            while let Some((l, r)) = s.next(eof) {
+                out.push((l, String::from_utf8(s.buf[r].to_vec()).unwrap()));
+            }
+        };
         for piece in text.as_bytes().chunks(chunk) {
             s.push(piece);
-            while let Some((l, r)) = s.next(false) {
-                out.push((l, String::from_utf8(r).unwrap()));
-            }
+            take(&mut s, false);
         }
-        while let Some((l, r)) = s.next(true) {
-            out.push((l, String::from_utf8(r).unwrap()));
-        }
+        take(&mut s, true);
         out
     }
 
@@ -505,16 +655,40 @@ mod tests {
         assert_eq!(records(TextFormat::Jsonl, "{\"a\":\"\\\"\"}\n{}\n", 3).len(), 2);
     }
 
+    fn values(format: TextFormat, header: &[&str], raw: &str) -> Result<Vec<Option<String>>, String> {
+        let mut reader = TextReader::new(format, "test".into());
+        reader.header = header.iter().map(|h| h.to_string()).collect();
+        let record = reader.parse(raw.as_bytes())?;
+        header
+            .iter()
+            .enumerate()
+            .map(|(i, name)| record.get(Some(i), i, name).map(|v| v.text().map(str::to_string)))
+            .collect()
+    }
+
     #[test]
-    fn csv_fields_unquote() {
-        let mut r = csv_core::Reader::new();
-        assert_eq!(csv_fields(&mut r, b"1,\"a,b\",,\"say \"\"hi\"\"\"").unwrap(), ["1", "a,b", "", "say \"hi\""]);
-        assert_eq!(csv_fields(&mut r, b"x").unwrap(), ["x"]);
+    fn records_split_into_values() {
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            values(TextFormat::Csv, &["a", "b", "c", "d"], "1,\"a,b\",,\"say \"\"hi\"\"\""),
+            Ok(vec![some("1"), some("a,b"), None, some("say \"hi\"")])
+        );
+        assert_eq!(values(TextFormat::Csv, &["a", "b"], "1"), Err("has 1 fields, the header has 2".into()));
+        assert_eq!(
+            values(
+                TextFormat::Jsonl,
+                &["a", "b", "c", "d", "e"],
+                r#"{"e": [1, {"x": 2}], "a": 1.5, "b": "q\"\u00e9", "c": null, "z": true}"#
+            ),
+            Ok(vec![some("1.5"), some("q\"é"), None, None, some("[1, {\"x\": 2}]")])
+        );
+        assert_eq!(values(TextFormat::Jsonl, &["a"], "[1]"), Err("not a JSON object".into()));
+        assert!(values(TextFormat::Jsonl, &["a"], "{\"a\": ").unwrap_err().starts_with("not valid JSON"));
     }
 
     #[test]
     fn kinds_widen_as_values_are_seen() {
-        let k = |s: &str| Cell::Field(s.into()).kind();
+        let k = |s: &str| Value::Field(s).kind();
         assert_eq!(k("12"), Kind::Int);
         assert_eq!(k("1.5e3"), Kind::Float);
         assert_eq!(k("TRUE"), Kind::Bool);
@@ -522,8 +696,10 @@ mod tests {
         assert_eq!(Kind::Int.join(Kind::Float), Kind::Float);
         assert_eq!(Kind::Null.join(Kind::Bool), Kind::Bool);
         assert_eq!(Kind::Int.join(Kind::Bool), Kind::Text);
-        assert_eq!(Cell::from_json(serde_json::json!("12")).kind(), Kind::Text);
-        assert_eq!(Cell::from_json(serde_json::json!([1])).kind(), Kind::Text);
-        assert_eq!(Cell::from_json(serde_json::json!(3)).kind(), Kind::Int);
+        let json = |s: &str| Value::from_json(&serde_json::from_str::<Box<RawValue>>(s).unwrap()).unwrap().kind();
+        assert_eq!(json("\"12\""), Kind::Text);
+        assert_eq!(json("[1]"), Kind::Text);
+        assert_eq!(json("3"), Kind::Int);
+        assert_eq!(json("3e2"), Kind::Float);
     }
 }
