@@ -38,11 +38,13 @@ lint:
 	cd stages && $(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Criterion benches (stage, pipeline), storage throughput on Garage
-## (installed by test-deps) against the local filesystem, then logistic
-## regression at scale against scikit-learn.
+## (installed by test-deps) against the local filesystem, text ingest
+## against Arrow's decoders, then logistic regression at scale against
+## scikit-learn.
 bench: stages test-deps
 	$(CARGO) bench -p wasmpipe-benches --bench stage --bench pipeline
 	$(CARGO) bench -p wasmpipe-benches --bench storage
+	$(CARGO) bench -p wasmpipe-benches --bench ingest
 	$(CARGO) bench -p wasmpipe-benches --bench scale
 
 clean:
