@@ -110,14 +110,12 @@ fn rerun_commits_anew_and_removes_what_the_new_commit_does_not_list() {
     let rows: usize = read_committed(&clean).iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 442);
     // Lineage: the commit names its input's commit (by identity) and the
-    // component. batch_rows changed, so ingest was committed anew too.
-    let ingest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(store.path().join("diabetes/ingest/_wasmpipe_commit.json")).unwrap())
-            .unwrap();
-    assert_eq!(ingest["run_id"], second.run_id.as_str());
-    let identity = ingest["identity"].as_str().unwrap();
+    // component. batch_rows changed, so validate was committed anew too.
+    let validate = commit_record(&store.path().join("diabetes/validate"));
+    assert_eq!(validate["run_id"], second.run_id.as_str());
+    let identity = validate["identity"].as_str().unwrap();
     assert_eq!(identity.len(), 64);
-    assert!(commit["inputs"][0].as_str().unwrap().ends_with(&format!("diabetes/ingest@{identity}")));
+    assert!(commit["inputs"][0].as_str().unwrap().ends_with(&format!("diabetes/validate@{identity}")));
     assert_eq!(commit["component"].as_str().unwrap().len(), 64);
 }
 

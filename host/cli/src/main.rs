@@ -30,6 +30,7 @@ enum Command {
     Build(BuildArgs),
     Deploy(DeployArgs),
     Deployments(DeploymentsArgs),
+    Models(ModelsArgs),
     Gen(generate::GenArgs),
 }
 
@@ -86,6 +87,20 @@ struct DeploymentsArgs {
     show: Option<String>,
 }
 
+/// List the model registry under a store, newest first, or show one
+/// model's lineage card. Every model an estimator stage fits is registered
+/// there by SHA-256; a stage applies one with `model = "sha256:…"`.
+#[derive(clap::Args)]
+struct ModelsArgs {
+    /// Show this model's card: its SHA-256, or a unique prefix of it.
+    model: Option<String>,
+    /// The store whose registry to read, as given to `wasmpipe run
+    /// --store` (default `wasmpipe-data`; runs with `--from ROOT` store
+    /// under `ROOT/data`).
+    #[arg(long, env = "WASMPIPE_STORE", default_value = "wasmpipe-data")]
+    store: String,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -102,6 +117,7 @@ fn main() -> ExitCode {
         Command::Build(args) => build(args),
         Command::Deploy(args) => deploy(args),
         Command::Deployments(args) => deployments(args),
+        Command::Models(args) => models(args),
         Command::Gen(args) => generate::generate(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -267,6 +283,55 @@ fn deployments(args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn models(args: ModelsArgs) -> anyhow::Result<ExitCode> {
+    let store = absolute_location(&args.store)?;
+    let executor = executor(None, store.clone(), Level::Warn)?;
+    if let Some(wanted) = &args.model {
+        let card = executor.model_card(wanted)?;
+        println!("{}", serde_json::to_string_pretty(&card).context("rendering the model card")?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cards = executor.models()?;
+    if cards.is_empty() {
+        println!("no models are registered under {store}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let fitted_by: Vec<String> = cards.iter().map(|c| format!("{}/{}", c.pipeline, c.stage)).collect();
+    let width = fitted_by.iter().map(String::len).max().unwrap_or(0).max("PIPELINE/STAGE".len());
+    let run_width = cards.iter().map(|c| c.run_id.len()).max().unwrap_or(0).max("RUN".len());
+    println!(
+        "{:<12}  {:<width$}  {:<19}  {:<run_width$}  {:>10}  SHA256",
+        "MODEL", "PIPELINE/STAGE", "CREATED (UTC)", "RUN", "BYTES"
+    );
+    for (card, by) in cards.iter().zip(&fitted_by) {
+        println!(
+            "{:<12}  {by:<width$}  {:<19}  {:<run_width$}  {:>10}  {}",
+            &card.sha256[..12.min(card.sha256.len())],
+            utc(card.created_at),
+            card.run_id,
+            human_bytes(card.bytes),
+            card.sha256
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC), by the
+/// civil-from-days algorithm (no calendar crate for one column).
+fn utc(secs: u64) -> String {
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
 fn rank(level: Level) -> u8 {
     match level {
         Level::Trace => 0,
@@ -324,10 +389,11 @@ fn print_report(report: &RunReport) {
     println!("{table}");
     println!("run {} finished in {:.2}s", report.run_id, report.wall.as_secs_f64());
     println!("outputs:");
+    let width = report.stages.iter().map(|s| s.name.len()).max().unwrap_or(0);
     for s in &report.stages {
-        println!("  {:<12} {}", s.name, s.output);
+        println!("  {:<width$} {}", s.name, s.output);
         if s.rows_quarantined > 0 {
-            println!("  {:<12} {} rows quarantined in {}/_quarantine", "", s.rows_quarantined, s.output);
+            println!("  {:<width$} {} rows quarantined in {}/_quarantine", "", s.rows_quarantined, s.output);
         }
     }
     // Each stage's report, or an aggregator's result when it published none.
@@ -341,13 +407,30 @@ fn print_report(report: &RunReport) {
         match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(text) {
             Ok(map) => {
                 for (k, v) in map {
-                    match v.as_f64() {
-                        Some(f) if !v.is_u64() && !v.is_i64() => println!("{k} = {f:.4}"),
+                    match (&v, v.as_f64()) {
+                        (_, Some(f)) if !v.is_u64() && !v.is_i64() => println!("{k} = {f:.4}"),
+                        // A list of records (a validation report's rules): one per line.
+                        (serde_json::Value::Array(items), _) if items.iter().any(|i| i.is_object()) => {
+                            println!("{k} =");
+                            for item in items {
+                                println!("  {item}");
+                            }
+                        }
                         _ => println!("{k} = {v}"),
                     }
                 }
             }
             Err(_) => println!("  ({} bytes, not a JSON object)", text.len()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_renders_calendar_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_825_600), "2000-02-29 12:00:00");
+        assert_eq!(super::utc(1_735_689_599), "2024-12-31 23:59:59");
     }
 }

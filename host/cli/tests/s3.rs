@@ -37,7 +37,7 @@ fn deploy_then_run_from_the_bucket_and_read_the_outputs_with_pyarrow() {
     let (stdout, stderr) = deploy(server, "examples/diabetes/wasmpipe.toml", &root);
     assert!(stdout.contains("deployed diabetes version 1"), "{stdout}");
     let uploads = stderr.lines().filter(|l| l.starts_with("uploaded ")).count();
-    assert_eq!(uploads, 5 + 1 + 1, "five components, the CSV and the manifest:\n{stderr}");
+    assert_eq!(uploads, 7 + 1 + 1, "seven components, the CSV and the manifest:\n{stderr}");
 
     // Deploying the same content again uploads nothing.
     let (stdout, stderr) = deploy(server, "examples/diabetes/wasmpipe.toml", &root);
@@ -47,7 +47,7 @@ fn deploy_then_run_from_the_bucket_and_read_the_outputs_with_pyarrow() {
     let (stdout, _) = ok(wasmpipe(server).args(["deployments", &root]).output().unwrap());
     assert!(stdout.contains("diabetes") && stdout.contains("latest v1"), "{stdout}");
     let (pinned, _) = ok(wasmpipe(server).args(["deployments", &root, "diabetes@1"]).output().unwrap());
-    assert_eq!(pinned.matches("component = \"sha256:").count(), 5, "{pinned}");
+    assert_eq!(pinned.matches("component = \"sha256:").count(), 11, "one per stage:\n{pinned}");
     assert!(pinned.contains("inputs = [\"inputs/"), "the CSV is pinned by content too:\n{pinned}");
 
     // Run it from the bucket, from a directory that holds nothing of it.
@@ -108,22 +108,29 @@ fn deploy_then_run_from_the_bucket_and_read_the_outputs_with_pyarrow() {
     assert!(stdout.contains("latest v2") && stdout.contains("v1 v2"), "{stdout}");
 }
 
-/// A stage's committed objects: (part by task index, or model by content;
-/// rows; bytes).
+/// A stage's committed objects: (part by task index, or model, quarantine
+/// part or report by name; rows; bytes).
 type Committed = Vec<(String, u64, u64)>;
 
 /// Every stage's committed objects under `store`; `None` for a stage with
 /// no commit.
 fn committed(storage: &Storage, store: &str) -> Vec<(String, Option<Committed>)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    ["ingest", "clean", "scale", "fit", "evaluate"]
+    let stages = ["ingest", "validate", "clean", "scale", "fit", "evaluate"];
+    let held_out = ["train", "test", "fit_train", "predict_test", "evaluate_test"];
+    stages
         .iter()
+        .chain(&held_out)
         .map(|stage| {
             let at = storage.resolve(&format!("{store}/diabetes/{stage}")).unwrap();
             let record = rt.block_on(commit::read(&at)).unwrap();
             let parts = record.map(|r| {
                 let mut v: Committed = r.parts.iter().map(|p| (p.name[..10].to_string(), p.rows, p.bytes)).collect();
                 v.extend(r.model.iter().map(|m| (m.name.clone(), 0, m.bytes)));
+                v.extend(r.quarantine.iter().map(|p| (p.name.clone(), p.rows, p.bytes)));
+                v.extend(
+                    r.report.iter().flat_map(|f| std::iter::once(&f.json).chain(&f.table)).map(|n| (n.clone(), 0, 0)),
+                );
                 v
             });
             (stage.to_string(), parts)
@@ -202,11 +209,21 @@ fn runs_killed_at_random_points_then_rerun_give_exactly_a_clean_runs_output() {
         }
         assert_eq!(metric(&stdout), metric(&clean_stdout), "kill {kill} at {delay:?}");
         assert_eq!(committed(&storage, &store), clean, "kill {kill} at {delay:?}");
-        let left = listing(&storage, &store);
-        let expected: usize = clean.iter().map(|(_, p)| p.as_ref().unwrap().len() + 1).sum();
-        assert_eq!(left.len(), expected, "kill {kill}: only commits, parts and models remain:\n{left:#?}");
+        // The model registry beside the outputs holds content-addressed
+        // models and their cards, whole or not at all.
+        let (registry, left): (Vec<String>, Vec<String>) =
+            listing(&storage, &store).into_iter().partition(|n| n.starts_with("_models/"));
         assert!(
-            left.iter().all(|n| n.ends_with("_wasmpipe_commit.json") || n.contains("/part-") || n.contains("/_model-")),
+            registry.iter().all(|n| n.ends_with("/model.bin") || n.ends_with("/card.json")),
+            "kill {kill}: {registry:#?}"
+        );
+        let expected: usize = clean.iter().map(|(_, p)| p.as_ref().unwrap().len() + 1).sum();
+        assert_eq!(left.len(), expected, "kill {kill}: only commits, parts, models and reports remain:\n{left:#?}");
+        assert!(
+            left.iter().all(|n| n.ends_with("_wasmpipe_commit.json")
+                || n.contains("/part-")
+                || n.contains("/_model-")
+                || n.contains("/_report-")),
             "kill {kill}: {left:#?}"
         );
     }

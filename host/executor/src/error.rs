@@ -76,6 +76,23 @@ pub enum RunError {
         /// Why.
         reason: String,
     },
+    /// The model registry could not be read.
+    #[error("model registry: {source}")]
+    Registry {
+        /// What went wrong.
+        source: Box<StorageError>,
+    },
+    /// The model registry holds no model, or more than one, that matches
+    /// what was asked for.
+    #[error("{}", no_such_model(registry, wanted, matches))]
+    NoSuchModel {
+        /// The registry's URL.
+        registry: String,
+        /// The SHA-256 or prefix asked for.
+        wanted: String,
+        /// The models that match, when more than one does.
+        matches: Vec<String>,
+    },
     /// The manifest is unreadable or invalid.
     #[error(transparent)]
     Manifest(#[from] wasmpipe_manifest::ManifestError),
@@ -87,6 +104,20 @@ pub enum RunError {
         /// What went wrong.
         source: Box<StorageError>,
     },
+}
+
+fn no_such_model(registry: &str, wanted: &str, matches: &[String]) -> String {
+    if matches.is_empty() {
+        format!(
+            "no model {wanted:?} in the model registry {registry}\n  hint: `wasmpipe models` lists the models there, by SHA-256 (any unique prefix of one names it)"
+        )
+    } else {
+        format!(
+            "{wanted:?} matches {} models in the model registry {registry}: {}\n  hint: give more digits of the SHA-256",
+            matches.len(),
+            matches.join(", ")
+        )
+    }
 }
 
 fn more_failures(others: usize) -> String {

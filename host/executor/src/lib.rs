@@ -12,12 +12,17 @@
 //!   with it;
 //! * an aggregator does the fitting half only: its "model" is its result.
 //!
+//! Every model an estimator fits also goes to the model registry under the
+//! store (`<store>/_models/<sha256>/`, with a lineage card), from where any
+//! pipeline can apply it by hash (see [`ModelCard`]).
+//!
 //! A stage's outputs become visible only through its commit record, written
 //! after every task succeeded (see `wasmpipe_storage::commit`).
 
 mod deploy;
 mod error;
 mod plan;
+mod registry;
 mod task;
 
 use std::path::Path;
@@ -31,6 +36,7 @@ use wasmpipe_storage::commit::Model;
 
 pub use deploy::{DeployedPipeline, Deployment};
 pub use error::{RunError, TaskFailure};
+pub use registry::{CARD_FORMAT, ModelCard};
 
 /// How to run.
 #[derive(Clone)]

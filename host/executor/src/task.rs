@@ -10,7 +10,7 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
-use wasmpipe_manifest::{ColumnType, Format as ManifestFormat, Input, Manifest};
+use wasmpipe_manifest::{ColumnType, Format as ManifestFormat, Input, Manifest, ModelSource};
 use wasmpipe_runtime::{
     CallError, FitOutcome, InstanceLimits, InstanceSetup, Report, StageInstance, StageKind, TaskInfo,
 };
@@ -21,6 +21,7 @@ use wasmpipe_storage::write::{PartWriter, part_name};
 use wasmpipe_storage::{Location, Storage, StorageError};
 
 use crate::plan::PlannedStage;
+use crate::registry::{self, ModelCard};
 use crate::{Executor, RunError, StageReport, TaskFailure};
 
 /// An identity: the SHA-256 of `parts`, each prefixed with its length so
@@ -177,7 +178,10 @@ pub(crate) fn run_stage(
     {
         // Finish the clean-up a run killed after its commit left undone.
         exec.io.block_on(commit::remove_unreferenced(&run.output, record)).map_err(storage_err)?;
-        return run.already_committed(record, started).map_err(storage_err);
+        let report = run.already_committed(record, started).map_err(storage_err)?;
+        // A model committed before the registry existed enters it now.
+        register_model(exec, storage, stage, &report, record, report.model_bytes.as_deref()).map_err(storage_err)?;
+        return Ok(report);
     }
     let seen = previous.map(|(_, e_tag)| e_tag);
 
@@ -269,11 +273,36 @@ pub(crate) fn run_stage(
         report: report_files,
         committed_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
+    // Into the registry before the commit, so a committed model is always
+    // there.
+    register_model(exec, storage, stage, &report, &record, model_bytes.as_deref()).map_err(storage_err)?;
     exec.io.block_on(commit::write(&run.output, &record, seen)).map_err(storage_err)?;
     report.tasks_skipped = skipped.into_inner();
     report.model_bytes = model_bytes.map(Arc::from);
     report.wall = started.elapsed();
     Ok(report)
+}
+
+/// Put the model that `record` commits in the registry under the store,
+/// with its lineage card, when an estimator fitted it (an estimator that
+/// applies a model commits none; an aggregator's is a result).
+fn register_model(
+    exec: &Executor,
+    storage: &Storage,
+    stage: &PlannedStage,
+    report: &StageReport,
+    record: &CommitRecord,
+    bytes: Option<&[u8]>,
+) -> Result<(), StorageError> {
+    let (StageKind::Estimator, Some(model), Some(bytes)) = (report.kind, &record.model, bytes) else {
+        return Ok(());
+    };
+    let card = ModelCard::new(record, model, &report.output, &stage.config_json, report.report.as_deref());
+    let root = registry::root(storage, &exec.config.store)?;
+    if exec.io.block_on(registry::register(&root, bytes, &card))? {
+        tracing::debug!(stage = %report.name, "registered model {}", model.sha256);
+    }
+    Ok(())
 }
 
 /// The model (bytes and hash) that `source` names, for a stage that
@@ -283,7 +312,7 @@ fn applied_model(
     exec: &Executor,
     storage: &Storage,
     stage: &PlannedStage,
-    source: &Input,
+    source: &ModelSource,
     done: &[StageReport],
     lineage: &mut Vec<String>,
 ) -> Result<(Vec<u8>, String), RunError> {
@@ -295,23 +324,66 @@ fn applied_model(
             stage.component.kind()
         )));
     }
+    let store = exec.config.store.trim_end_matches('/');
     let location = match source {
-        Input::Stage(up) => {
+        ModelSource::Registry(sha) => return registry_model(exec, storage, stage, sha, lineage),
+        ModelSource::Stage(up) => {
             let report = done.iter().find(|r| &r.name == up).expect("stages run in dependency order");
             storage.resolve(&report.output).map_err(storage_err)?
         }
-        Input::Location(l) => storage.resolve(l).map_err(storage_err)?,
+        ModelSource::Pipeline { pipeline, stage: fitted } => {
+            storage.resolve(&format!("{store}/{pipeline}/{fitted}")).map_err(storage_err)?
+        }
+        ModelSource::Location(l) => storage.resolve(l).map_err(storage_err)?,
     };
     let record = exec.io.block_on(commit::read(&location)).map_err(storage_err)?;
     let Some(model) = record.and_then(|r| r.model) else {
-        return Err(model_err(format!(
-            "{} holds no committed model; `model` must name the output of an estimator stage that has run",
-            location.url()
-        )));
+        return Err(model_err(match source {
+            ModelSource::Pipeline { pipeline, stage: fitted } => format!(
+                "`model = \"{source}\"`: {} holds no committed model\n  hint: run pipeline {pipeline:?} with this store first (its estimator stage {fitted:?} commits its model there); `pipeline:` reads a stage's default output <store>/{pipeline}/{fitted}, so for a stage with its own `output`, name that location instead",
+                location.url()
+            ),
+            _ => format!(
+                "{} holds no committed model; `model` must name the output of an estimator stage that has run",
+                location.url()
+            ),
+        }));
     };
     let bytes = exec.io.block_on(location.child(&model.name).get_verified(&model.sha256)).map_err(storage_err)?;
     lineage.push(format!("model {}@{}", location.url(), model.sha256));
     Ok((bytes.to_vec(), model.sha256))
+}
+
+/// The registry's model `sha` (`model = "sha256:…"`), checked against its
+/// hash.
+fn registry_model(
+    exec: &Executor,
+    storage: &Storage,
+    stage: &PlannedStage,
+    sha: &str,
+    lineage: &mut Vec<String>,
+) -> Result<(Vec<u8>, String), RunError> {
+    let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
+    let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
+    let root = registry::root(storage, &exec.config.store).map_err(storage_err)?;
+    let at = registry::model_location(&root, sha);
+    match exec.io.block_on(registry::fetch(&root, sha)) {
+        Ok(Some(bytes)) => {
+            lineage.push(format!("model sha256:{sha}"));
+            Ok((bytes.to_vec(), sha.to_string()))
+        }
+        Ok(None) => Err(model_err(format!(
+            "no model sha256:{sha} in the model registry: {} does not exist\n  hint: `wasmpipe models --store {}` lists the models there; a model enters the registry when an estimator stage fits it with this store",
+            at.url(),
+            exec.config.store
+        ))),
+        Err(StorageError::HashMismatch { actual, .. }) => Err(model_err(format!(
+            "{} hashes to {actual}, not {sha}: the registry's copy was changed or damaged\n  hint: delete {} and rerun the pipeline that fitted the model",
+            at.url(),
+            root.child(sha).url()
+        ))),
+        Err(e) => Err(storage_err(e)),
+    }
 }
 
 /// Write a stage's published report beside its output, named by the hash

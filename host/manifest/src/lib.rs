@@ -27,6 +27,10 @@ use serde::Deserialize;
 /// The manifest format version this crate reads.
 pub const VERSION: u32 = 1;
 
+/// Where the model registry lives under the store (`<store>/_models`);
+/// no pipeline may have this name, whose outputs would land there.
+pub const REGISTRY_DIR: &str = "_models";
+
 /// A parsed, validated pipeline.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -127,12 +131,10 @@ pub struct Stage {
     /// Read only these columns (projection); default all.
     pub columns: Option<Vec<String>>,
     /// Apply an already fitted model instead of fitting one (estimators
-    /// only): `stage:NAME` for the model another estimator stage of this
-    /// pipeline fitted, or the location of a committed estimator output
-    /// (its latest commit's model), e.g. `s3://lake/data/diabetes/fit`.
-    /// This is batch prediction, and how a model fitted on a training
-    /// split is applied to the test split.
-    pub model: Option<Input>,
+    /// only); see [`ModelSource`] for the forms. This is batch prediction,
+    /// and how a model fitted on a training split is applied to the test
+    /// split.
+    pub model: Option<ModelSource>,
     /// Overrides of `[defaults]`.
     #[serde(default)]
     pub limits: Settings,
@@ -170,7 +172,7 @@ impl<'de> Deserialize<'de> for ComponentSource {
             return Err(serde::de::Error::custom("`component` is empty: give a .wasm file or a stage crate directory"));
         }
         if let Some(hex) = s.strip_prefix("sha256:") {
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            if !is_sha256(hex) {
                 return Err(serde::de::Error::custom(format!(
                     "`component = {s:?}`: a pinned component is `sha256:` and 64 lowercase hex digits"
                 )));
@@ -199,6 +201,85 @@ impl<'de> Deserialize<'de> for Input {
             None => Ok(Input::Location(s)),
         }
     }
+}
+
+/// Where the model a stage applies comes from (`model = "..."`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// `stage:NAME`: the model another estimator stage of this pipeline
+    /// fits in the same run.
+    Stage(String),
+    /// `sha256:HEX`: a model in the registry under the store
+    /// (`<store>/_models/HEX/`), by the SHA-256 of its bytes.
+    Registry(String),
+    /// `pipeline:NAME/STAGE`: the model of the latest committed run of
+    /// stage `STAGE` of pipeline `NAME`, at its default output
+    /// `<store>/NAME/STAGE`.
+    Pipeline {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The stage's name in that pipeline.
+        stage: String,
+    },
+    /// The location of a committed estimator output (a path or URL, e.g.
+    /// `s3://lake/data/diabetes/fit`): its latest commit's model.
+    Location(String),
+}
+
+/// What `model` may be, for error messages.
+const MODEL_FORMS: &str = "`model` is `stage:NAME` (a stage of this pipeline), `sha256:HEX` (a model in the registry), `pipeline:NAME/STAGE` (the latest committed run of another pipeline's stage) or the location of a committed estimator output (a path or URL)";
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::Stage(name) => write!(f, "stage:{name}"),
+            ModelSource::Registry(hex) => write!(f, "sha256:{hex}"),
+            ModelSource::Pipeline { pipeline, stage } => write!(f, "pipeline:{pipeline}/{stage}"),
+            ModelSource::Location(l) => f.write_str(l),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModelSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = |what: &str| serde::de::Error::custom(format!("`model = {s:?}`: {what}; {MODEL_FORMS}"));
+        if let Some(name) = s.strip_prefix("stage:") {
+            return Ok(ModelSource::Stage(name.to_string()));
+        }
+        if let Some(hex) = s.strip_prefix("sha256:") {
+            if !is_sha256(hex) {
+                return Err(bad("a registry model is `sha256:` and 64 lowercase hex digits"));
+            }
+            return Ok(ModelSource::Registry(hex.to_string()));
+        }
+        if let Some(rest) = s.strip_prefix("pipeline:") {
+            return match rest.split_once('/') {
+                Some((pipeline, stage)) if valid_name(pipeline) && valid_name(stage) => {
+                    Ok(ModelSource::Pipeline { pipeline: pipeline.into(), stage: stage.into() })
+                }
+                _ => Err(bad("name another pipeline's stage as `pipeline:NAME/STAGE` (letters, digits, '-' or '_')")),
+            };
+        }
+        if s.is_empty() {
+            return Err(bad("it is empty"));
+        }
+        // `word:` that is not a URL scheme (`s3://`) is a misspelt form,
+        // not a relative path anyone means.
+        if let Some((prefix, rest)) = s.split_once(':')
+            && prefix.len() > 1
+            && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && !rest.starts_with("//")
+        {
+            return Err(bad(&format!("`{prefix}:` is not a form wasmpipe knows")));
+        }
+        Ok(ModelSource::Location(s))
+    }
+}
+
+/// 64 lowercase hex digits.
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Input file formats.
@@ -307,6 +388,11 @@ impl Manifest {
         if !valid_name(&self.name) {
             return invalid(format!("pipeline name {:?} must be letters, digits, '-' or '_'", self.name));
         }
+        if self.name == REGISTRY_DIR {
+            return invalid(format!(
+                "pipeline name {REGISTRY_DIR:?} is reserved: the model registry lives at <store>/{REGISTRY_DIR}"
+            ));
+        }
         if self.stages.is_empty() {
             return invalid("the pipeline has no stages: add a [stage.NAME] table".into());
         }
@@ -331,18 +417,24 @@ impl Manifest {
             if stage.inputs.is_empty() {
                 return invalid(format!("stage {name:?} has no inputs: set `inputs = [...]`"));
             }
-            for input in stage.inputs.iter().chain(&stage.model) {
-                if let Input::Stage(up) = input {
-                    if up == name {
-                        return invalid(format!("stage {name:?} reads its own output"));
-                    }
-                    if !self.stages.contains_key(up) {
-                        let known: Vec<&str> = self.stages.keys().map(String::as_str).collect();
-                        return invalid(format!(
-                            "stage {name:?} reads `stage:{up}`, but there is no stage {up:?} (stages: {})",
-                            known.join(", ")
-                        ));
-                    }
+            if let Some(ModelSource::Pipeline { pipeline, stage: fitted }) = &stage.model
+                && pipeline == &self.name
+                && self.stages.contains_key(fitted)
+            {
+                return invalid(format!(
+                    "stage {name:?} applies `pipeline:{pipeline}/{fitted}`, a stage of this pipeline that this run fits again; use `model = \"stage:{fitted}\"`"
+                ));
+            }
+            for up in self.upstream(stage) {
+                if up == name {
+                    return invalid(format!("stage {name:?} reads its own output"));
+                }
+                if !self.stages.contains_key(up) {
+                    let known: Vec<&str> = self.stages.keys().map(String::as_str).collect();
+                    return invalid(format!(
+                        "stage {name:?} reads `stage:{up}`, but there is no stage {up:?} (stages: {})",
+                        known.join(", ")
+                    ));
                 }
             }
             if let Some(schema) = &stage.schema
@@ -397,10 +489,15 @@ impl Manifest {
     /// Names of the stages `stage` reads from.
     /// (Its inputs' and its model's.)
     pub fn upstream<'a>(&'a self, stage: &'a Stage) -> impl Iterator<Item = &'a str> + 'a {
-        stage.inputs.iter().chain(&stage.model).filter_map(|i| match i {
+        let inputs = stage.inputs.iter().filter_map(|i| match i {
             Input::Stage(s) => Some(s.as_str()),
             Input::Location(_) => None,
-        })
+        });
+        let model = stage.model.iter().filter_map(|m| match m {
+            ModelSource::Stage(s) => Some(s.as_str()),
+            _ => None,
+        });
+        inputs.chain(model)
     }
 }
 
