@@ -4,8 +4,9 @@
 //! prediction and `classify_eval`), at a tenth of the rows and at the full
 //! row count (`WASMPIPE_BENCH_ROWS`, default 10M), and the same fit in
 //! scikit-learn on the same data in the same run. Reports wall time,
-//! passes, accuracy, log loss and peak RSS (per process, from `wait4`), so
-//! one can see that wasmpipe's memory does not grow with the rows.
+//! passes, accuracy, log loss, the binned ROC AUC with its error bound and
+//! peak RSS (per process, from `wait4`), so one can see that wasmpipe's
+//! memory does not grow with the rows.
 //! Results go to the `<!-- scale -->` section of `benches/RESULTS.md`.
 
 mod results;
@@ -62,7 +63,8 @@ fn main() {
 
         // Training and batch prediction in one run, evaluation in another
         // (over the committed predictions), so each reports its own memory.
-        // No ROC AUC: its exact form keeps every distinct score, O(rows).
+        // The binned ROC AUC: its state is O(bins), where the exact one
+        // keeps every distinct score, O(rows).
         let features: Vec<String> = (0..20).map(|j| format!("\"f{j}\"")).collect();
         let head = "version = 1\nname = \"scale\"\n[defaults]\nbatch_rows = 65536\nrow_group_rows = 500000\ntimeout_s = 3600\n";
         let fit = format!(
@@ -73,7 +75,7 @@ fn main() {
         );
         let store = work.path().join(format!("store-{n}"));
         let evaluate = format!(
-            "{head}memory_mib = 1024\n[stage.evaluate]\ncomponent = {:?}\ninputs = [{:?}]\n[stage.evaluate.config]\ntarget = \"target\"\nroc_auc = false\n",
+            "{head}memory_mib = 1024\n[stage.evaluate]\ncomponent = {:?}\ninputs = [{:?}]\n[stage.evaluate.config]\ntarget = \"target\"\nroc_auc = \"binned\"\n",
             repo().join("stages/classify_eval").display().to_string(),
             store.join("scale/fit").display().to_string(),
         );
@@ -90,6 +92,15 @@ fn main() {
             serde_json::from_slice(&std::fs::read(store.join("scale/fit/_wasmpipe_commit.json")).expect("fit commit"))
                 .expect("commit JSON");
         let passes = &commit["model"]["passes"];
+        // The metrics in full precision, from the evaluation's report.
+        let evaluated = store.join("scale/evaluate");
+        let evaluate_commit: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(evaluated.join("_wasmpipe_commit.json")).expect("evaluate commit"))
+                .expect("commit JSON");
+        let report = evaluated.join(evaluate_commit["report"]["json"].as_str().expect("evaluate publishes a report"));
+        let metrics: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(report).expect("report")).expect("report JSON");
+        let (auc, bound) = (&metrics["roc_auc"], &metrics["roc_auc_error_bound"]);
 
         let mut sk = Command::new(&python);
         sk.arg(repo().join("tests/python/scale_sklearn.py")).arg(&data);
@@ -102,11 +113,13 @@ fn main() {
             std::fs::metadata(&data).map_or(0, |m| m.len()) / 1_000_000
         ));
         lines.push(format!(
-            "scale wasmpipe = {run_s:.1} s fit + prediction ({passes} passes, peak RSS {:.0} MiB), {eval_s:.1} s evaluation (peak RSS {:.0} MiB), accuracy {}, log_loss {}",
+            "scale wasmpipe = {run_s:.1} s fit + prediction ({passes} passes, peak RSS {:.0} MiB), {eval_s:.1} s evaluation (peak RSS {:.0} MiB), accuracy {}, log_loss {}, roc_auc {:.6} (binned, error bound {:.1e})",
             mib(run_rss),
             mib(eval_rss),
             metric(&stdout, "accuracy"),
             metric(&stdout, "log_loss"),
+            auc.as_f64().expect("a binned roc_auc"),
+            bound.as_f64().expect("a roc_auc_error_bound"),
         ));
         lines.push(format!(
             "scale sklearn = {sk_s:.1} s (load {:.1} s, fit {:.1} s, {} iterations), peak RSS {:.0} MiB, accuracy {:.4}, log_loss {:.4}",
@@ -125,7 +138,7 @@ fn main() {
     results::write_section(
         "scale",
         &format!(
-            "## Scale: logistic regression, 20 features\n\nWritten by `benches/scale.rs` (`make bench`); each run replaces this section.\n\n- date: {}\n- machine: {}\n- wasmpipe = `wasmpipe run` of logreg (fit, then batch prediction of every row), then a second run of classify_eval over the committed predictions; row groups of 500k rows (the partitions), batches of 64k rows; sklearn = `LogisticRegression(C=1)` (lbfgs, tol 1e-6) on the same file loaded whole, in the same run\n- peak RSS per process, from wait4\n\n```\n{}\n```",
+            "## Scale: logistic regression, 20 features\n\nWritten by `benches/scale.rs` (`make bench`); each run replaces this section.\n\n- date: {}\n- machine: {}\n- wasmpipe = `wasmpipe run` of logreg (fit, then batch prediction of every row), then a second run of classify_eval (ROC AUC binned in 65536 bins, with its error bound) over the committed predictions; row groups of 500k rows (the partitions), batches of 64k rows; sklearn = `LogisticRegression(C=1)` (lbfgs, tol 1e-6) on the same file loaded whole, in the same run\n- peak RSS per process, from wait4\n\n```\n{}\n```",
             results::date(),
             results::machine(),
             lines.join("\n")

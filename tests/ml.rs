@@ -11,6 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
+use arrow::array::{Array, AsArray, Float64Array};
+use arrow::datatypes::Float64Type;
 use serde_json::{Value, json};
 use wasmpipe_executor::RunReport;
 use wasmpipe_tests::*;
@@ -86,8 +88,9 @@ fn max_relative_difference(ours: &[f64], want: &[f64]) -> f64 {
 }
 
 /// Fit `logreg` (after the scaler) and evaluate it with `classify_eval` at
-/// every partitioning; compare with scikit-learn. Returns the reference.
-fn check_logreg(csv: &Path, target: &str, c: f64) -> Value {
+/// every partitioning; compare with scikit-learn. Returns the reference and
+/// the store of the 8-partition run, whose predictions it was computed on.
+fn check_logreg(csv: &Path, target: &str, c: f64) -> (Value, tempfile::TempDir) {
     let features = features_of(csv, target);
     let stages = format!(
         r#"[stage.fit]
@@ -126,7 +129,8 @@ target = "{target}"
     }
 
     // scikit-learn, reading the 8-partition run's predictions.
-    let (model, metrics, store) = runs.last().unwrap();
+    let (model, metrics, store) = runs.pop().unwrap();
+    let (model, metrics) = (&model, &metrics);
     let args = json!({
         "task": "logreg", "csv": csv, "features": features, "target": target, "c": c,
         "fit_dir": store.path().join("ml/fit"),
@@ -158,18 +162,132 @@ target = "{target}"
     assert!(accuracy <= 0.01 && log_loss <= 0.01, "accuracy off by {accuracy}, log loss by {log_loss}");
     // classify_eval's metrics are sklearn.metrics' on the same predictions.
     assert_close(metrics, &reference["metrics_on_ours"], 1e-9, "metrics");
-    reference
+    (reference, store)
 }
 
 #[test]
 fn logreg_binary_matches_scikit_learn_at_any_partitioning() {
-    let reference = check_logreg(&data("breast_cancer.csv"), "target", 1.0);
-    assert!(reference["metrics_on_ours"]["roc_auc"].as_f64().unwrap() > 0.99, "{reference}");
+    let (reference, store) = check_logreg(&data("breast_cancer.csv"), "target", 1.0);
+    let sklearn = reference["metrics_on_ours"]["roc_auc"].as_f64().unwrap();
+    assert!(sklearn > 0.99, "{reference}");
+    check_binned_roc_auc(&store.path().join("ml/fit"), sklearn);
+}
+
+/// The predictions committed in `fit_dir` (target, prediction and the
+/// probability columns) as a CSV file in `dir`, every number written so
+/// that it reads back to the same bits.
+fn predictions_csv(fit_dir: &Path, dir: &Path) -> PathBuf {
+    let batches = read_committed(fit_dir);
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let schema = batch.schema();
+    let names: Vec<&str> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|n| *n == "target" || *n == "prediction" || n.starts_with("proba_"))
+        .collect();
+    let mut text = names.join(",") + "\n";
+    for row in 0..batch.num_rows() {
+        let cells: Vec<String> = names
+            .iter()
+            .map(|name| {
+                let column = batch.column_by_name(name).unwrap();
+                assert!(column.is_valid(row), "{name} is null at row {row}");
+                match column.as_any().downcast_ref::<Float64Array>() {
+                    Some(values) => format!("{:?}", values.value(row)),
+                    None => arrow::util::display::array_value_to_string(column, row).unwrap(),
+                }
+            })
+            .collect();
+        text += &(cells.join(",") + "\n");
+    }
+    let csv = dir.join("predictions.csv");
+    std::fs::write(&csv, text).unwrap();
+    csv
+}
+
+/// `classify_eval` on the predictions in `fit_dir`, the exact ROC AUC of
+/// which scikit-learn puts at `sklearn`: exact, binned (the default bins)
+/// and coarsely binned (64 bins), each at 1, 3 and 8 partitions of the same
+/// rows. Binned, the AUC is within its reported bound of scikit-learn's,
+/// the bound is in the report and the logs, and the AUC and the bound are
+/// the same, bit for bit, at any partitioning.
+fn check_binned_roc_auc(fit_dir: &Path, sklearn: f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = predictions_csv(fit_dir, dir.path());
+    let evaluate = |name: &str, config: &str| {
+        format!(
+            "[stage.{name}]\ncomponent = {}\ninputs = [\"stage:prep\"]\n\n[stage.{name}.config]\ntarget = \"target\"\n{config}\n\n",
+            toml_path(&component("classify_eval"))
+        )
+    };
+    let stages = [
+        evaluate("exact", ""),
+        evaluate("binned", "roc_auc = \"binned\""),
+        evaluate("coarse", "roc_auc = \"binned\"\nroc_bins = 64"),
+    ]
+    .concat();
+    let mut first: Option<Vec<Value>> = None;
+    for partitions in PARTITIONS {
+        let store = tempfile::tempdir().unwrap();
+        let (exec, logs) = executor(store.path(), partitions);
+        let text = manifest(&csv, None, partitions, &stages);
+        let report = run_text(&exec, &text, store.path()).unwrap_or_else(|e| panic!("pipeline fails: {e}\n{text}"));
+        let results: Vec<Value> = ["exact", "binned", "coarse"].iter().map(|s| result(&report, s)).collect();
+        let [exact, binned, coarse] = &results[..] else { unreachable!() };
+        assert!((exact["roc_auc"].as_f64().unwrap() - sklearn).abs() <= 1e-12, "{exact}");
+        assert_eq!(exact["roc_auc_error_bound"], 0.0, "the exact AUC's bound");
+        for (name, m) in [("binned", binned), ("coarse", coarse)] {
+            let (auc, bound) = (m["roc_auc"].as_f64().unwrap(), m["roc_auc_error_bound"].as_f64().unwrap());
+            let diff = (auc - sklearn).abs();
+            eprintln!(
+                "breast cancer, {partitions} partitions, {name}: roc_auc {auc} vs scikit-learn {sklearn}: \
+                 |diff| {diff:.3e}, bound {bound:.3e}"
+            );
+            assert!(diff <= bound + 1e-12, "{name}: |{auc} - {sklearn}| = {diff:e} is over the bound {bound:e}");
+            // Only the ROC AUC and its bound depend on the bins.
+            for key in ["rows", "accuracy", "log_loss", "confusion_matrix", "f1", "macro", "weighted"] {
+                assert_eq!(m[key], exact[key], "{name}.{key}");
+            }
+            // The published report (JSON and rows) and the log carry the bound.
+            let (doc, table) = read_report(&store.path().join("ml").join(name));
+            assert_eq!(&doc, m, "{name}: the report is the result");
+            let row = table.iter().find_map(|batch| {
+                let metric = batch.column_by_name("metric").unwrap().as_string::<i32>();
+                let value = batch.column_by_name("value").unwrap().as_primitive::<Float64Type>();
+                (0..batch.num_rows()).find(|&i| metric.value(i) == "roc_auc_error_bound").map(|i| value.value(i))
+            });
+            assert_eq!(row, Some(bound), "{name}: the report's roc_auc_error_bound row");
+            let logs = logs.lock().unwrap();
+            let line = format!("roc_auc = {auc:.6}, roc_auc_error_bound = {bound:.3e} (");
+            assert!(
+                logs.iter().any(|(label, r)| label == &format!("{name}[merge]") && r.message.starts_with(&line)),
+                "{name}: no log line {line:?}"
+            );
+        }
+        // The default bins leave nothing in doubt on these scores; 64 bins
+        // leave some, and stay within their bound.
+        assert!(binned["roc_auc_error_bound"].as_f64().unwrap() <= 1e-3, "{binned}");
+        assert!(coarse["roc_auc_error_bound"].as_f64().unwrap() > 0.0, "{coarse}");
+        // The AUC and its bound come from integer counts, the same bits at
+        // any partitioning; the log loss is a float sum, close.
+        match &first {
+            None => first = Some(results),
+            Some(want) => {
+                for (m, w) in results.iter().zip(want) {
+                    for key in ["roc_auc", "roc_auc_error_bound", "confusion_matrix"] {
+                        assert_eq!(m[key], w[key], "{partitions} partitions: {key} differs from 1 partition");
+                    }
+                    assert_same(m, w, "metrics");
+                }
+            }
+        }
+    }
 }
 
 #[test]
 fn logreg_multinomial_matches_scikit_learn_at_any_partitioning() {
-    let reference = check_logreg(&data("wine.csv"), "target", 0.5);
+    let (reference, _) = check_logreg(&data("wine.csv"), "target", 0.5);
     assert_eq!(reference["classes"], json!([0, 1, 2]));
 }
 
@@ -197,7 +315,7 @@ fn logreg_learns_string_classes() {
         })
         .collect();
     std::fs::write(&csv, named.concat()).unwrap();
-    let reference = check_logreg(&csv, "species", 2.0);
+    let (reference, _) = check_logreg(&csv, "species", 2.0);
     assert_eq!(reference["classes"], json!(["setosa", "versicolor", "virginica"]));
 }
 
