@@ -3,7 +3,8 @@
 //! lineage card; a second pipeline scores Parquet with it by hash
 //! (`model = "sha256:…"`) and by the training pipeline's latest run
 //! (`model = "pipeline:ml/fit"`), and its predictions are the training
-//! pipeline's own.
+//! pipeline's own. The evaluation of a model's predictions is recorded
+//! with it.
 
 use std::path::Path;
 
@@ -96,6 +97,13 @@ fn fitted_models_are_registered_with_lineage_and_score_other_pipelines_data() {
     assert_eq!(card.created_at, commit["committed_at"].as_u64().unwrap());
     assert_eq!(card.passes, 1);
     assert!(card.output.ends_with("/ml/fit"), "{}", card.output);
+    // How it did: the evaluation of its predictions is recorded with it.
+    let evaluations = exec.model_evaluations(&sha).unwrap();
+    assert_eq!(evaluations.len(), 1);
+    let e = &evaluations[0];
+    assert_eq!((e.pipeline.as_str(), e.stage.as_str(), e.predictions.as_str()), ("ml", "evaluate", "fit"));
+    assert_eq!((e.model.as_str(), e.run_id.as_str()), (sha.as_str(), first.run_id.as_str()));
+    assert_eq!(e.report, result(&first, "evaluate"), "the evaluate stage's metrics");
     // The library finds it by any unique prefix, with or without `sha256:`.
     assert_eq!(exec.model_card(&sha[..8]).unwrap(), card);
     assert_eq!(exec.model_card(&format!("sha256:{sha}")).unwrap(), card);
@@ -124,6 +132,7 @@ fn fitted_models_are_registered_with_lineage_and_score_other_pipelines_data() {
         lineage("by_pipeline")
     );
     assert_eq!(shas(&exec), [sha.as_str()], "applying a model registers nothing");
+    assert_eq!(exec.model_evaluations(&sha).unwrap().len(), 1, "nothing evaluated the scores");
 
     // Refit with another alpha: a second entry; `pipeline:` follows it,
     // the old hash still names the old model.

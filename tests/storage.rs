@@ -48,6 +48,7 @@ fn record(parts: Vec<commit::Part>, run_id: &str) -> CommitRecord {
         rows: parts.iter().map(|p| p.rows).sum(),
         parts,
         model: None,
+        applied_model: None,
         quarantine: vec![],
         report: None,
         committed_at: 0,

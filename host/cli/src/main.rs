@@ -289,6 +289,13 @@ fn models(args: ModelsArgs) -> anyhow::Result<ExitCode> {
     if let Some(wanted) = &args.model {
         let card = executor.model_card(wanted)?;
         println!("{}", serde_json::to_string_pretty(&card).context("rendering the model card")?);
+        for e in executor.model_evaluations(&card.sha256)? {
+            println!(
+                "evaluated by {}/{} (run {}) on the predictions of {}:",
+                e.pipeline, e.stage, e.run_id, e.predictions
+            );
+            println!("{}", serde_json::to_string_pretty(&e.report).context("rendering an evaluation")?);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let cards = executor.models()?;

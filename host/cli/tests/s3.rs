@@ -210,11 +210,13 @@ fn runs_killed_at_random_points_then_rerun_give_exactly_a_clean_runs_output() {
         assert_eq!(metric(&stdout), metric(&clean_stdout), "kill {kill} at {delay:?}");
         assert_eq!(committed(&storage, &store), clean, "kill {kill} at {delay:?}");
         // The model registry beside the outputs holds content-addressed
-        // models and their cards, whole or not at all.
+        // models, their cards and their evaluations, whole or not at all.
         let (registry, left): (Vec<String>, Vec<String>) =
             listing(&storage, &store).into_iter().partition(|n| n.starts_with("_models/"));
         assert!(
-            registry.iter().all(|n| n.ends_with("/model.bin") || n.ends_with("/card.json")),
+            registry.iter().all(|n| n.ends_with("/model.bin")
+                || n.ends_with("/card.json")
+                || n.contains("/evaluations/diabetes--evaluate")),
             "kill {kill}: {registry:#?}"
         );
         let expected: usize = clean.iter().map(|(_, p)| p.as_ref().unwrap().len() + 1).sum();

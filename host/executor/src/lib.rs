@@ -36,7 +36,7 @@ use wasmpipe_storage::commit::Model;
 
 pub use deploy::{DeployedPipeline, Deployment};
 pub use error::{RunError, TaskFailure};
-pub use registry::{CARD_FORMAT, ModelCard};
+pub use registry::{CARD_FORMAT, Evaluation, ModelCard};
 
 /// How to run.
 #[derive(Clone)]
@@ -98,6 +98,9 @@ pub struct StageReport {
     pub model_bytes: Option<Arc<[u8]>>,
     /// The report the stage published (a JSON document), if any.
     pub report: Option<String>,
+    /// SHA-256 of the model the stage applied (`model = ...`) instead of
+    /// fitting one.
+    pub applied_model: Option<String>,
     /// Rows set aside in the quarantine: text records that did not parse,
     /// and rows the stage quarantined.
     pub rows_quarantined: u64,
@@ -177,6 +180,7 @@ impl Executor {
         let mut reports: Vec<StageReport> = Vec::new();
         for stage in stages {
             let report = task::run_stage(self, storage, manifest, &stage, &run_id, &reports)?;
+            registry::record_evaluation(self, storage, manifest, &run_id, &reports, &report)?;
             reports.push(report);
         }
         Ok(RunReport { run_id, stages: reports, wall: started.elapsed() })

@@ -5,6 +5,10 @@
 //! ```text
 //! <store>/_models/<sha256>/model.bin    the model's bytes
 //! <store>/_models/<sha256>/card.json    its lineage card (ModelCard)
+//! <store>/_models/<sha256>/evaluations/<pipeline>--<stage>.json
+//!                                       how it did: the latest report of
+//!                                       each evaluation stage that scored
+//!                                       its predictions (Evaluation)
 //! ```
 //!
 //! An entry is written before the commit that lists its model, so every
@@ -21,7 +25,10 @@ use wasmpipe_manifest::REGISTRY_DIR;
 use wasmpipe_storage::commit::{CommitRecord, Model};
 use wasmpipe_storage::{Location, Storage, StorageError};
 
-use crate::{Executor, RunError};
+use wasmpipe_manifest::Manifest;
+use wasmpipe_runtime::StageKind;
+
+use crate::{Executor, RunError, StageReport};
 
 /// Identifies the card format.
 pub const CARD_FORMAT: &str = "wasmpipe-model/1";
@@ -93,6 +100,96 @@ impl ModelCard {
             report: report.map(json),
         }
     }
+}
+
+/// How a model did: the report of a stage that evaluated its predictions
+/// (an aggregator downstream of the stage that fitted or applied it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The model, SHA-256 hex.
+    pub model: String,
+    /// The pipeline of the evaluation stage.
+    pub pipeline: String,
+    /// The evaluation stage.
+    pub stage: String,
+    /// The stage whose predictions it evaluated (which fitted or applied
+    /// the model).
+    pub predictions: String,
+    /// The run that committed the evaluation.
+    pub run_id: String,
+    /// The evaluation stage's output (URL).
+    pub output: String,
+    /// Its report: the metrics.
+    pub report: serde_json::Value,
+}
+
+/// Record, for each model whose predictions evaluation stage `report`
+/// scored, that stage's report beside the model in the registry. The
+/// models are the nearest upstream of the stage: walking up its inputs,
+/// the first stage on each path that fitted (estimators) or applied a
+/// model. A stage that is not an aggregator with a report records nothing.
+pub(crate) fn record_evaluation(
+    exec: &Executor,
+    storage: &Storage,
+    manifest: &Manifest,
+    run_id: &str,
+    done: &[StageReport],
+    report: &StageReport,
+) -> Result<(), RunError> {
+    let (StageKind::Aggregator, Some(json)) = (report.kind, &report.report) else {
+        return Ok(());
+    };
+    let mut models: Vec<(String, String)> = Vec::new();
+    let mut todo: Vec<&str> = manifest.upstream(&manifest.stages[&report.name]).collect();
+    let mut seen: Vec<&str> = Vec::new();
+    while let Some(name) = todo.pop() {
+        if seen.contains(&name) {
+            continue;
+        }
+        seen.push(name);
+        let Some(up) = done.iter().find(|r| r.name == name) else { continue };
+        let fitted = up.model.as_ref().filter(|_| up.kind == StageKind::Estimator).map(|m| m.sha256.clone());
+        match fitted.or_else(|| up.applied_model.clone()) {
+            Some(sha) => models.push((sha, up.name.clone())),
+            None => todo.extend(manifest.upstream(&manifest.stages[name])),
+        }
+    }
+    let root = root(storage, &exec.config.store).map_err(registry_err)?;
+    let report_json: serde_json::Value = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
+    for (sha, predictions) in models {
+        let evaluation = Evaluation {
+            model: sha.clone(),
+            pipeline: manifest.name.clone(),
+            stage: report.name.clone(),
+            predictions,
+            run_id: report.committed_before.clone().unwrap_or_else(|| run_id.to_string()),
+            output: report.output.clone(),
+            report: report_json.clone(),
+        };
+        let at = root.child(&format!("{sha}/{EVALUATIONS_DIR}/{}--{}.json", manifest.name, report.name));
+        let bytes = serde_json::to_vec_pretty(&evaluation).expect("evaluations serialize");
+        exec.io.block_on(at.put(bytes)).map_err(registry_err)?;
+    }
+    Ok(())
+}
+
+/// Where a model's evaluations are, within its registry entry.
+const EVALUATIONS_DIR: &str = "evaluations";
+
+/// The evaluations recorded for model `sha256`, by pipeline and stage.
+pub(crate) async fn evaluations(root: &Location, sha256: &str) -> Result<Vec<Evaluation>, StorageError> {
+    let dir = root.child(&format!("{sha256}/{EVALUATIONS_DIR}"));
+    let mut listed: Vec<_> = dir.store().list(Some(dir.path())).try_collect().await.map_err(|e| dir.error(e))?;
+    listed.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut out = Vec::with_capacity(listed.len());
+    for meta in listed {
+        let at = dir.at(meta.location);
+        let Some((bytes, _)) = at.get_opt().await? else { continue };
+        let evaluation = serde_json::from_slice(&bytes)
+            .map_err(|e| StorageError::Text { url: at.url().into(), reason: format!("not an evaluation: {e}") })?;
+        out.push(evaluation);
+    }
+    Ok(out)
 }
 
 /// The registry under the store root `store`.
@@ -205,6 +302,12 @@ impl Executor {
     pub fn models(&self) -> Result<Vec<ModelCard>, RunError> {
         let root = self.registry()?;
         self.io.block_on(list(&root)).map_err(registry_err)
+    }
+
+    /// The evaluations recorded for the registered model `sha256`.
+    pub fn model_evaluations(&self, sha256: &str) -> Result<Vec<Evaluation>, RunError> {
+        let root = self.registry()?;
+        self.io.block_on(evaluations(&root, sha256)).map_err(registry_err)
     }
 
     /// The card of the registered model whose SHA-256 is `wanted` or

@@ -204,6 +204,7 @@ pub(crate) fn run_stage(
         model_bytes: None,
         report: None,
         rows_quarantined: 0,
+        applied_model: applied.as_ref().map(|(_, sha)| sha.clone()),
         committed_before: None,
     };
     let skipped = AtomicUsize::new(0);
@@ -269,6 +270,7 @@ pub(crate) fn run_stage(
         rows: report.rows_out,
         parts,
         model: report.model.clone(),
+        applied_model: report.applied_model.clone(),
         quarantine: quarantined,
         report: report_files,
         committed_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -656,6 +658,12 @@ impl StageRun<'_> {
             model_bytes,
             report,
             rows_quarantined: record.quarantine.iter().map(|p| p.rows).sum(),
+            // (Records of older versions name it only in their lineage:
+            // `model sha256:HEX` or `model URL@HEX`.)
+            applied_model: record.applied_model.clone().or_else(|| {
+                let entry = record.inputs.iter().find_map(|i| i.strip_prefix("model "))?;
+                entry.rsplit(['@', ':']).next().map(str::to_string)
+            }),
             committed_before: Some(record.run_id.clone()),
         })
     }

@@ -97,6 +97,9 @@ pub struct CommitRecord {
     pub parts: Vec<Part>,
     /// The model or result, for fit stages.
     pub model: Option<Model>,
+    /// SHA-256 of the model the stage applied instead of fitting one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_model: Option<String>,
     /// The quarantined rows' parts (under `_quarantine/`), in task order.
     #[serde(default)]
     pub quarantine: Vec<Part>,
