@@ -199,9 +199,10 @@ fn conformance_s3_moto() {
 fn demo_text(input: &str) -> String {
     let text = std::fs::read_to_string(repo().join("examples/diabetes/wasmpipe.toml")).unwrap();
     let mut text = text.replace("inputs = [\"diabetes.csv\"]", &format!("inputs = [{input:?}]"));
-    for stage in ["passthrough", "clean", "scaler", "linreg", "evaluate"] {
-        let wasm = component(stage);
-        text = text.replace(&format!("\"../../stages/{stage}\""), &toml_path(&wasm));
+    while let Some(at) = text.find("\"../../stages/") {
+        let name_len = text[at + 14..].find('"').expect("a closing quote");
+        let stage = text[at + 14..at + 14 + name_len].to_string();
+        text.replace_range(at..at + 15 + name_len, &toml_path(&component(&stage)));
     }
     text
 }
@@ -212,7 +213,9 @@ fn demo_text(input: &str) -> String {
 /// models by content.
 fn committed(storage: &Storage, store: &str) -> Vec<(String, String, u64, u64)> {
     let mut out = Vec::new();
-    for stage in ["ingest", "clean", "scale", "fit", "evaluate"] {
+    let manifest = Manifest::parse(&std::fs::read_to_string(repo().join("examples/diabetes/wasmpipe.toml")).unwrap())
+        .expect("the demo manifest parses");
+    for stage in manifest.stages.keys() {
         let at = storage.resolve(&format!("{store}/diabetes/{stage}")).unwrap();
         let record = rt().block_on(commit::read(&at)).unwrap().unwrap_or_else(|| panic!("{stage} committed"));
         for p in record.parts {
@@ -220,6 +223,9 @@ fn committed(storage: &Storage, store: &str) -> Vec<(String, String, u64, u64)> 
         }
         if let Some(m) = record.model {
             out.push((stage.to_string(), m.name, 0, m.bytes));
+        }
+        for q in record.quarantine {
+            out.push((stage.to_string(), q.name, q.rows, q.bytes));
         }
     }
     out
