@@ -47,9 +47,9 @@
 //! JSON: `columns`, `edges` (per column, scikit-learn's `bin_edges_`),
 //! `n_buckets` (per column, after removing narrow buckets), `counts`.
 
-use quantiles::{Pass, Search};
+use quantiles::{Extent, Pass, Search};
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Compare, DataType, Error, Estimator, Outcome, Predictor, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, Compare, DataType, Error, Estimator, Outcome, Result, Task};
 
 #[derive(Deserialize, Serialize, Clone, Copy, PartialEq, Debug)]
 #[serde(rename_all = "snake_case")]
@@ -139,14 +139,6 @@ fn edges(plans: &[(u64, u64, f64)], ranks: &[u64], values: &[f64]) -> Vec<f64> {
     all.iter().enumerate().filter(|(i, e)| *i == 0 || **e - all[i - 1] > 1e-8).map(|(_, e)| *e).collect()
 }
 
-/// Count, min and max of one column's values.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
-struct Extent {
-    n: u64,
-    min: f64,
-    max: f64,
-}
-
 #[derive(Serialize, Deserialize)]
 enum State {
     Extents(Vec<Extent>),
@@ -172,9 +164,7 @@ impl Estimator for Bucketizer {
         let config = config()?;
         Ok(match carry {
             Some((searches, n)) => State::Search { passes: searches.into_iter().map(Pass::new).collect(), n },
-            None => {
-                State::Extents(vec![Extent { n: 0, min: f64::INFINITY, max: f64::NEG_INFINITY }; config.columns.len()])
-            }
+            None => State::Extents(vec![Extent::default(); config.columns.len()]),
         })
     }
 
@@ -185,9 +175,7 @@ impl Estimator for Bucketizer {
             State::Extents(extents) => {
                 for (x, e) in columns.zip(extents) {
                     let s = x?.summarize()?;
-                    if s.count > 0 {
-                        *e = Extent { n: e.n + s.count, min: e.min.min(s.min), max: e.max.max(s.max) };
-                    }
+                    e.add(s.count, s.min, s.max);
                 }
             }
             State::Search { passes, .. } => {
@@ -201,12 +189,9 @@ impl Estimator for Bucketizer {
 
     fn merge(left: State, right: State) -> Result<State> {
         Ok(match (left, right) {
-            (State::Extents(a), State::Extents(b)) => State::Extents(
-                a.into_iter()
-                    .zip(b)
-                    .map(|(a, b)| Extent { n: a.n + b.n, min: a.min.min(b.min), max: a.max.max(b.max) })
-                    .collect(),
-            ),
+            (State::Extents(a), State::Extents(b)) => {
+                State::Extents(a.into_iter().zip(b).map(|(a, b)| a.merge(b)).collect())
+            }
             (State::Search { passes, n }, State::Search { passes: more, .. }) => {
                 State::Search { passes: passes.into_iter().zip(more).map(|(a, b)| a.merge(b)).collect(), n }
             }
@@ -230,7 +215,7 @@ impl Estimator for Bucketizer {
                 if let Some((name, _)) = config.columns.iter().zip(&extents).find(|(_, e)| e.n == 0) {
                     wasmpipe_sdk::fail!("column {name:?} has no non-null, non-NaN values to bucketize");
                 }
-                let searches = extents.iter().map(|e| Search::new(ranks(e.n), e.n, e.min, e.max)).collect();
+                let searches = extents.iter().map(|e| e.search(ranks(e.n))).collect();
                 (searches, extents.iter().map(|e| e.n).collect::<Vec<_>>())
             }
             State::Search { passes, n } => {
@@ -255,17 +240,9 @@ impl Estimator for Bucketizer {
     }
 }
 
-struct Apply(Model);
-
-impl Predictor for Apply {
-    type Model = Model;
-
-    fn open(_task: &Task, model: Model) -> Result<Self> {
-        Ok(Apply(model))
-    }
-
-    fn transform(&mut self, mut batch: Batch) -> Result<Option<Batch>> {
-        for (name, edges) in self.0.columns.iter().zip(&self.0.edges) {
+impl Apply for Model {
+    fn apply(&self, mut batch: Batch) -> Result<Option<Batch>> {
+        for (name, edges) in self.columns.iter().zip(&self.edges) {
             let x = batch.column(name)?;
             // 0 where x is a number (inf included), NaN where NaN, null where null.
             let mut bucket = x.clamp(-f64::MAX, f64::MAX)?.mul_scalar(0.0)?;
@@ -278,7 +255,7 @@ impl Predictor for Apply {
     }
 }
 
-wasmpipe_sdk::export_estimator!(Bucketizer, Apply);
+wasmpipe_sdk::export_estimator!(Bucketizer, Model);
 
 #[cfg(test)]
 mod tests {

@@ -46,7 +46,7 @@
 
 use quantiles::{Pass, Search};
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Column, DataType, Error, Estimator, Outcome, Predictor, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, Column, DataType, Error, Estimator, Outcome, Result, Task};
 
 #[derive(Deserialize, Serialize, Clone, Copy, PartialEq, Debug)]
 #[serde(rename_all = "snake_case")]
@@ -308,17 +308,9 @@ impl<M, C> MapDone<M, C> for Outcome<M, C> {
     }
 }
 
-struct Apply(Model);
-
-impl Predictor for Apply {
-    type Model = Model;
-
-    fn open(_task: &Task, model: Model) -> Result<Self> {
-        Ok(Apply(model))
-    }
-
-    fn transform(&mut self, mut batch: Batch) -> Result<Option<Batch>> {
-        for (name, &value) in self.0.columns.iter().zip(&self.0.statistics) {
+impl Apply for Model {
+    fn apply(&self, mut batch: Batch) -> Result<Option<Batch>> {
+        for (name, &value) in self.columns.iter().zip(&self.statistics) {
             let filled = batch.column(name)?.fill_null(value)?;
             let nan = filled.is_nan()?;
             let constant: Column = nan.cast(&DataType::Float64)?.mul_scalar(0.0)?.add_scalar(value)?;
@@ -328,7 +320,7 @@ impl Predictor for Apply {
     }
 }
 
-wasmpipe_sdk::export_estimator!(Imputer, Apply);
+wasmpipe_sdk::export_estimator!(Imputer, Model);
 
 #[cfg(test)]
 mod tests {

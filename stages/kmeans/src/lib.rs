@@ -93,7 +93,7 @@
 //! `converged`.
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Column, Compare, DataType, Error, Estimator, Outcome, Predictor, Result, Task, Unary};
+use wasmpipe_sdk::{Apply, Batch, Column, Compare, DataType, Error, Estimator, Outcome, Result, Task, Unary};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -520,18 +520,10 @@ impl Estimator for KMeans {
     }
 }
 
-struct Assign(Model);
-
-impl Predictor for Assign {
-    type Model = Model;
-
-    fn open(_task: &Task, model: Model) -> Result<Self> {
-        Ok(Assign(model))
-    }
-
-    fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
-        let x = columns(&batch, &self.0.features)?;
-        let (best, index) = nearest(&x, &self.0.centroids)?;
+impl Apply for Model {
+    fn apply(&self, batch: Batch) -> Result<Option<Batch>> {
+        let x = columns(&batch, &self.features)?;
+        let (best, index) = nearest(&x, &self.centroids)?;
         // NaN indices (a NaN feature) become null.
         let cluster = index.cast(&DataType::Int64)?;
         let out = batch.with_column("cluster", &cluster)?;
@@ -539,7 +531,7 @@ impl Predictor for Assign {
     }
 }
 
-wasmpipe_sdk::export_estimator!(KMeans, Assign);
+wasmpipe_sdk::export_estimator!(KMeans, Model);
 
 #[cfg(test)]
 mod tests {

@@ -18,7 +18,7 @@
 //! kernels (`gram`, `matvec`): no column values are copied into the sandbox.
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Column, Estimator, Outcome, Predictor, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, Column, Estimator, Outcome, Result, Task};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,24 +132,15 @@ fn solve_spd(a: Vec<f64>, b: Vec<f64>, k: usize) -> Result<Vec<f64>> {
     }
 }
 
-struct Predict(Model);
-
-impl Predictor for Predict {
-    type Model = Model;
-
-    fn open(_task: &Task, model: Model) -> Result<Self> {
-        Ok(Predict(model))
-    }
-
-    fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
-        let m = &self.0;
-        let x = columns(&batch, &m.features)?;
-        let yhat = wasmpipe_sdk::matvec(&x.iter().collect::<Vec<_>>(), &m.coefficients, m.intercept)?;
-        Ok(Some(batch.with_column(&m.prediction, &yhat)?))
+impl Apply for Model {
+    fn apply(&self, batch: Batch) -> Result<Option<Batch>> {
+        let x = columns(&batch, &self.features)?;
+        let yhat = wasmpipe_sdk::matvec(&x.iter().collect::<Vec<_>>(), &self.coefficients, self.intercept)?;
+        Ok(Some(batch.with_column(&self.prediction, &yhat)?))
     }
 }
 
-wasmpipe_sdk::export_estimator!(LinReg, Predict);
+wasmpipe_sdk::export_estimator!(LinReg, Model);
 
 #[cfg(test)]
 mod tests {

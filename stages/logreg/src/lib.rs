@@ -88,7 +88,7 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Column, Compare, DataType, Error, Estimator, Outcome, Predictor, Result, Task, Unary};
+use wasmpipe_sdk::{Apply, Batch, Column, Compare, DataType, Error, Estimator, Outcome, Result, Task, Unary};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -611,17 +611,9 @@ fn newton_step(hessian: &[f64], gradient: &[f64], p: usize) -> Result<Vec<f64>> 
     wasmpipe_sdk::fail!("the Hessian is not positive definite (features collinear with c very large?)")
 }
 
-struct Predict(Model);
-
-impl Predictor for Predict {
-    type Model = Model;
-
-    fn open(_task: &Task, model: Model) -> Result<Self> {
-        Ok(Predict(model))
-    }
-
-    fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
-        let model = &self.0;
+impl Apply for Model {
+    fn apply(&self, batch: Batch) -> Result<Option<Batch>> {
+        let model = &self;
         let x = columns(&batch, &model.features)?;
         let margins = model
             .intercepts
@@ -655,7 +647,7 @@ impl Predictor for Predict {
     }
 }
 
-wasmpipe_sdk::export_estimator!(LogReg, Predict);
+wasmpipe_sdk::export_estimator!(LogReg, Model);
 
 #[cfg(test)]
 mod tests {

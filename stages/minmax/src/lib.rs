@@ -29,7 +29,7 @@
 //! `feature_range` and `clip`.
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Error, Estimator, Outcome, Predictor, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, Error, Estimator, Outcome, Result, Task};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,22 +148,13 @@ impl Estimator for MinMax {
     }
 }
 
-struct Apply(Model);
-
-impl Predictor for Apply {
-    type Model = Model;
-
-    fn open(_task: &Task, model: Model) -> Result<Self> {
-        Ok(Apply(model))
-    }
-
-    fn transform(&mut self, mut batch: Batch) -> Result<Option<Batch>> {
-        let m = &self.0;
-        for (i, name) in m.columns.iter().enumerate() {
+impl Apply for Model {
+    fn apply(&self, mut batch: Batch) -> Result<Option<Batch>> {
+        for (i, name) in self.columns.iter().enumerate() {
             // x * scale + offset, in the host: scikit-learn's order of operations.
-            let mut x = batch.column(name)?.mul_scalar(m.scale[i])?.add_scalar(m.offset[i])?;
-            if m.clip {
-                x = x.clamp(m.feature_range[0], m.feature_range[1])?;
+            let mut x = batch.column(name)?.mul_scalar(self.scale[i])?.add_scalar(self.offset[i])?;
+            if self.clip {
+                x = x.clamp(self.feature_range[0], self.feature_range[1])?;
             }
             batch = batch.with_column(name, &x)?;
         }
@@ -171,7 +162,7 @@ impl Predictor for Apply {
     }
 }
 
-wasmpipe_sdk::export_estimator!(MinMax, Apply);
+wasmpipe_sdk::export_estimator!(MinMax, Model);
 
 #[cfg(test)]
 mod tests {

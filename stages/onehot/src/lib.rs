@@ -63,7 +63,7 @@
 use std::fmt::Debug;
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Column, DataType, Error, Estimator, Outcome, Predictor, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, Column, DataType, Error, Estimator, Outcome, Result, Task};
 
 /// The most categories one column may have.
 const MAX_CATEGORIES: usize = 4096;
@@ -353,26 +353,17 @@ fn indicators(codes: &[Option<usize>], width: usize) -> Vec<Vec<f64>> {
     out
 }
 
-struct Apply(Model);
-
-impl Predictor for Apply {
-    type Model = Model;
-
-    fn open(_task: &Task, model: Model) -> Result<Self> {
-        Ok(Apply(model))
-    }
-
-    fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
-        let m = &self.0;
-        let mut blocks = Vec::with_capacity(m.columns.len());
-        for (i, name) in m.columns.iter().enumerate() {
-            let null = m.nulls[i].then_some(m.categories[i].len());
-            let codes = match (read(&batch, name)?, &m.categories[i]) {
-                (Rows::Int(r), Values::Int(c)) => codes(&r, c, null, m.null_category, m.handle_unknown, name),
-                (Rows::Str(r), Values::Str(c)) => codes(&r, c, null, m.null_category, m.handle_unknown, name),
+impl Apply for Model {
+    fn apply(&self, batch: Batch) -> Result<Option<Batch>> {
+        let mut blocks = Vec::with_capacity(self.columns.len());
+        for (i, name) in self.columns.iter().enumerate() {
+            let null = self.nulls[i].then_some(self.categories[i].len());
+            let codes = match (read(&batch, name)?, &self.categories[i]) {
+                (Rows::Int(r), Values::Int(c)) => codes(&r, c, null, self.null_category, self.handle_unknown, name),
+                (Rows::Str(r), Values::Str(c)) => codes(&r, c, null, self.null_category, self.handle_unknown, name),
                 // A column fitted with nulls only has no typed categories.
                 (Rows::Str(r), Values::Int(c)) if c.is_empty() => {
-                    codes(&r, &[], null, m.null_category, m.handle_unknown, name)
+                    codes(&r, &[], null, self.null_category, self.handle_unknown, name)
                 }
                 _ => {
                     return Err(Error::TypeMismatch(format!(
@@ -381,10 +372,10 @@ impl Predictor for Apply {
                 }
             }
             .map_err(Error::StageFailed)?;
-            blocks.push(indicators(&codes, m.names[i].len()));
+            blocks.push(indicators(&codes, self.names[i].len()));
         }
-        let mut out = if m.keep_original { batch } else { batch.drop_columns(&m.columns)? };
-        for (names, block) in m.names.iter().zip(blocks) {
+        let mut out = if self.keep_original { batch } else { batch.drop_columns(&self.columns)? };
+        for (names, block) in self.names.iter().zip(blocks) {
             for (name, values) in names.iter().zip(block) {
                 out = out.with_f64s(name, &values)?;
             }
@@ -393,7 +384,7 @@ impl Predictor for Apply {
     }
 }
 
-wasmpipe_sdk::export_estimator!(OneHot, Apply);
+wasmpipe_sdk::export_estimator!(OneHot, Model);
 
 #[cfg(test)]
 mod tests {

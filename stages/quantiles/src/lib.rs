@@ -173,6 +173,45 @@ impl Pass {
     }
 }
 
+/// Count, min and max of a column's non-null, non-NaN values: what a
+/// [`Search`] starts from. Extents merge by taking both; the empty extent
+/// is the [`Default`].
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Debug)]
+pub struct Extent {
+    /// Values seen.
+    pub n: u64,
+    /// The least of them (+inf when none).
+    pub min: f64,
+    /// The greatest of them (-inf when none).
+    pub max: f64,
+}
+
+impl Default for Extent {
+    fn default() -> Self {
+        Extent { n: 0, min: f64::INFINITY, max: f64::NEG_INFINITY }
+    }
+}
+
+impl Extent {
+    /// Add `n` values that lie in `[min, max]`.
+    pub fn add(&mut self, n: u64, min: f64, max: f64) {
+        if n > 0 {
+            *self = Extent { n: self.n + n, min: self.min.min(min), max: self.max.max(max) };
+        }
+    }
+
+    /// Both extents in one.
+    pub fn merge(mut self, other: Extent) -> Extent {
+        self.add(other.n, other.min, other.max);
+        self
+    }
+
+    /// The search for the values at `ranks`, each below `n`.
+    pub fn search(&self, ranks: Vec<u64>) -> Search {
+        Search::new(ranks, self.n, self.min, self.max)
+    }
+}
+
 /// The search for the values at `ranks` of one column.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct Search {

@@ -12,7 +12,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Estimator, Outcome, Predictor, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, Estimator, Outcome, Result, Task};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,18 +112,9 @@ impl Estimator for Scaler {
     }
 }
 
-struct Apply(Model);
-
-impl Predictor for Apply {
-    type Model = Model;
-
-    fn open(_task: &Task, model: Model) -> Result<Self> {
-        Ok(Apply(model))
-    }
-
-    fn transform(&mut self, mut batch: Batch) -> Result<Option<Batch>> {
-        let m = &self.0;
-        for ((name, mean), std) in m.columns.iter().zip(&m.mean).zip(&m.std) {
+impl Apply for Model {
+    fn apply(&self, mut batch: Batch) -> Result<Option<Batch>> {
+        for ((name, mean), std) in self.columns.iter().zip(&self.mean).zip(&self.std) {
             // (x - mean) / std in the host, handle to handle.
             let scaled = batch.column(name)?.standardize(*mean, *std)?;
             batch = batch.with_column(name, &scaled)?;
@@ -132,7 +123,7 @@ impl Predictor for Apply {
     }
 }
 
-wasmpipe_sdk::export_estimator!(Scaler, Apply);
+wasmpipe_sdk::export_estimator!(Scaler, Model);
 
 #[cfg(test)]
 mod tests {

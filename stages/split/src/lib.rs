@@ -64,7 +64,7 @@
 
 use std::collections::BTreeMap;
 
-use quantiles::{Pass, Search};
+use quantiles::{Extent, Pass, Search};
 use serde::{Deserialize, Serialize};
 use wasmpipe_sdk::{Batch, Column, DataType, Error, Estimator, Outcome, Predictor, Result, Task};
 
@@ -152,13 +152,6 @@ fn assign(u: f64, cuts: &[Option<f64>]) -> usize {
     cuts.iter().filter(|c| c.is_some_and(|c| u >= c)).count()
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
-struct Extent {
-    n: u64,
-    min: f64,
-    max: f64,
-}
-
 #[derive(Serialize, Deserialize)]
 enum State {
     /// No stratify: nothing to learn.
@@ -215,13 +208,9 @@ impl Estimator for Split {
             State::Nothing => {}
             State::Extents(extents) => {
                 for (c, values) in by_class {
-                    let e = extents.entry(c.to_string()).or_insert(Extent {
-                        n: 0,
-                        min: f64::INFINITY,
-                        max: f64::NEG_INFINITY,
-                    });
+                    let e = extents.entry(c.to_string()).or_default();
                     for v in values {
-                        *e = Extent { n: e.n + 1, min: e.min.min(v), max: e.max.max(v) };
+                        e.add(1, v, v);
                     }
                 }
             }
@@ -241,8 +230,8 @@ impl Estimator for Split {
             (State::Nothing, State::Nothing) => State::Nothing,
             (State::Extents(mut a), State::Extents(b)) => {
                 for (c, e) in b {
-                    let x = a.entry(c).or_insert(Extent { n: 0, min: f64::INFINITY, max: f64::NEG_INFINITY });
-                    *x = Extent { n: x.n + e.n, min: x.min.min(e.min), max: x.max.max(e.max) };
+                    let x = a.entry(c).or_default();
+                    *x = x.merge(e);
                 }
                 State::Extents(a)
             }
@@ -269,7 +258,7 @@ impl Estimator for Split {
                         let mut ranks: Vec<u64> =
                             cut_ranks(&cumulative, e.n).into_iter().filter(|&r| r < e.n).collect();
                         ranks.dedup();
-                        (c.clone(), Search::new(ranks, e.n, e.min, e.max))
+                        (c.clone(), e.search(ranks))
                     })
                     .collect();
                 (searches, extents.iter().map(|(c, e)| (c.clone(), e.n)).collect::<BTreeMap<_, _>>())

@@ -487,7 +487,9 @@ pub trait Estimator: 'static {
     fn finalize(state: Self::State, pass: u32) -> Result<Outcome<Self::Model, Self::Carry>>;
 }
 
-/// The transform half of an estimator: applies the fitted model.
+/// The transform half of an estimator: applies the fitted model. A model
+/// that needs nothing set up per task implements [`Apply`] instead, and is
+/// its own predictor.
 pub trait Predictor: Sized + 'static {
     /// The model type, as the estimator produced it.
     type Model: DeserializeOwned;
@@ -495,6 +497,26 @@ pub trait Predictor: Sized + 'static {
     fn open(task: &Task, model: Self::Model) -> Result<Self>;
     /// Map one batch with the model.
     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>>;
+}
+
+/// A model that applies itself to each batch: the [`Predictor`] of most
+/// estimators, with nothing to set up per task. Export the model type as
+/// the predictor: `export_estimator!(MyEstimator, MyModel)`.
+pub trait Apply: DeserializeOwned + 'static {
+    /// Map one batch with the model.
+    fn apply(&self, batch: Batch) -> Result<Option<Batch>>;
+}
+
+impl<M: Apply> Predictor for M {
+    type Model = M;
+
+    fn open(_task: &Task, model: M) -> Result<M> {
+        Ok(model)
+    }
+
+    fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
+        self.apply(batch)
+    }
 }
 
 thread_local! {
