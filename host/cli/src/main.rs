@@ -307,12 +307,12 @@ fn models(args: ModelsArgs) -> anyhow::Result<ExitCode> {
     let width = fitted_by.iter().map(String::len).max().unwrap_or(0).max("PIPELINE/STAGE".len());
     let run_width = cards.iter().map(|c| c.run_id.len()).max().unwrap_or(0).max("RUN".len());
     println!(
-        "{:<12}  {:<width$}  {:<19}  {:<run_width$}  {:>10}  SHA256",
-        "MODEL", "PIPELINE/STAGE", "CREATED (UTC)", "RUN", "BYTES"
+        "{:<12}  {:<width$}  {:<20}  {:<run_width$}  {:>10}  SHA256",
+        "MODEL", "PIPELINE/STAGE", "CREATED", "RUN", "BYTES"
     );
     for (card, by) in cards.iter().zip(&fitted_by) {
         println!(
-            "{:<12}  {by:<width$}  {:<19}  {:<run_width$}  {:>10}  {}",
+            "{:<12}  {by:<width$}  {:<20}  {:<run_width$}  {:>10}  {}",
             &card.sha256[..12.min(card.sha256.len())],
             utc(card.created_at),
             card.run_id,
@@ -323,20 +323,9 @@ fn models(args: ModelsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Seconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS` (UTC), by the
-/// civil-from-days algorithm (no calendar crate for one column).
+/// Seconds since the Unix epoch as an RFC 3339 date and time, UTC.
 fn utc(secs: u64) -> String {
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
 }
 
 fn rank(level: Level) -> u8 {
@@ -436,8 +425,8 @@ fn print_report(report: &RunReport) {
 mod tests {
     #[test]
     fn utc_renders_calendar_dates() {
-        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc(951_825_600), "2000-02-29 12:00:00");
-        assert_eq!(super::utc(1_735_689_599), "2024-12-31 23:59:59");
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::utc(951_825_600), "2000-02-29T12:00:00Z");
+        assert_eq!(super::utc(1_735_689_599), "2024-12-31T23:59:59Z");
     }
 }
