@@ -404,7 +404,11 @@ fn print_report(report: &RunReport) {
             Ok(map) => {
                 for (k, v) in map {
                     match (&v, v.as_f64()) {
-                        (_, Some(f)) if !v.is_u64() && !v.is_i64() => println!("{k} = {f:.4}"),
+                        // Four decimals, or significant digits for what they would round to 0.
+                        (_, Some(f)) if !v.is_u64() && !v.is_i64() => match f.abs() {
+                            a if a > 0.0 && a < 5e-5 => println!("{k} = {f:.3e}"),
+                            _ => println!("{k} = {f:.4}"),
+                        },
                         // A list of records (a validation report's rules): one per line.
                         (serde_json::Value::Array(items), _) if items.iter().any(|i| i.is_object()) => {
                             println!("{k} =");

@@ -63,7 +63,7 @@ pub enum StorageError {
     },
     /// A content-addressed object does not hash to its name.
     #[error(
-        "{url}: its SHA-256 is {actual}, not the {expected} it is stored under\n  hint: the object was changed or damaged in the store; run `wasmpipe deploy` again to re-upload it"
+        "{url}: its SHA-256 is {actual}, not the {expected} it is stored under\n  hint: the object was changed or damaged in the store; write it again from its source (`wasmpipe deploy` for a deployed component or input, a rerun of the stage that fitted a model)"
     )]
     HashMismatch {
         /// The object.
