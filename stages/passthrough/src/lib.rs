@@ -1,5 +1,5 @@
 //! Identity stage: every batch out as it came in. Used for ingestion (the
-//! host parses CSV or Parquet, the stage forwards it, the host commits
+//! host parses CSV, JSON Lines or Parquet, the stage forwards it, the host commits
 //! Parquet) and to test the data plane.
 
 use wasmpipe_sdk::{Batch, Result, Task, Transformer};
