@@ -242,6 +242,17 @@ impl Splitter {
         }
     }
 
+    /// Where the next record starts, to split again from there.
+    fn mark(&self) -> (usize, u64) {
+        (self.start, self.line)
+    }
+
+    /// Split again from `mark` (no bytes pushed since): the records after
+    /// it come again.
+    fn rewind(&mut self, (start, line): (usize, u64)) {
+        (self.start, self.scan, self.line, self.in_quotes) = (start, start, line, false);
+    }
+
     /// The next complete record (its first line and the range of its
     /// bytes in `buf`, without the line terminator); at `eof`, the
     /// unterminated rest too. Blank lines are skipped.
@@ -545,10 +556,6 @@ pub(crate) async fn open(
             Err(why) => return Err(StorageError::Text { url, reason: format!("the header row is {why}") }),
         };
     }
-    let mut head = Vec::new();
-    while let Some(record) = splitter.next(eof) {
-        head.push(record);
-    }
     let schema = match declared {
         Some(schema) => {
             if format == TextFormat::Csv
@@ -562,26 +569,34 @@ pub(crate) async fn open(
             }
             schema
         }
-        None => Arc::new(reader.infer(&splitter.buf, &head)),
+        None => {
+            // Infer from the head's records, then split them again to read.
+            let mark = splitter.mark();
+            let mut head = Vec::new();
+            while let Some(record) = splitter.next(eof) {
+                head.push(record);
+            }
+            let schema = reader.infer(&splitter.buf, &head);
+            splitter.rewind(mark);
+            Arc::new(schema)
+        }
     };
     let schema = match columns {
         Some(cols) => Arc::new(schema.project(&crate::read::project(&schema, cols, &url)?).expect("indices in range")),
         None => schema,
     };
     let gather = Gather::new(schema, &reader.header);
-    let head: VecDeque<(u64, Vec<u8>)> = head.into_iter().map(|(line, r)| (line, splitter.buf[r].to_vec())).collect();
 
     struct State {
         reader: TextReader,
         splitter: Splitter,
         chunks: BoxStream<'static, Result<Bytes, StorageError>>,
-        head: VecDeque<(u64, Vec<u8>)>,
         gather: Gather,
         out: VecDeque<Chunk>,
         eof: bool,
         batch_rows: usize,
     }
-    let state = State { reader, splitter, chunks, head, gather, out: VecDeque::new(), eof, batch_rows };
+    let state = State { reader, splitter, chunks, gather, out: VecDeque::new(), eof, batch_rows };
     let stream = futures::stream::try_unfold(state, |mut s| async move {
         loop {
             if let Some(chunk) = s.out.pop_front() {
@@ -589,10 +604,6 @@ pub(crate) async fn open(
             }
             // Gather a batch's worth of records, reading on as needed.
             while s.gather.len() < s.batch_rows {
-                if let Some((line, raw)) = s.head.pop_front() {
-                    s.gather.push(&mut s.reader, line, &raw);
-                    continue;
-                }
                 if let Some((line, range)) = s.splitter.next(s.eof) {
                     s.gather.push(&mut s.reader, line, &s.splitter.buf[range]);
                     continue;
