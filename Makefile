@@ -3,7 +3,7 @@ CARGO ?= cargo
 WASMPIPE := target/release/wasmpipe
 STAGES := passthrough clean scaler linreg evaluate hostile baseline logreg kmeans classify_eval split minmax imputer hasher bucketizer poly onehot validate
 
-.PHONY: demo test toolchain host stages test-deps lint bench clean test-aarch64
+.PHONY: demo test toolchain host stages test-deps lint bench clean test-aarch64 fuzz
 
 ## Run the demo pipelines on the local filesystem: diabetes regression,
 ## breast-cancer binary and wine multi-class classification.
@@ -58,3 +58,15 @@ test-aarch64:
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
 	CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu" \
 	$(CARGO) test --release -p wasmpipe-simd --target aarch64-unknown-linux-gnu
+
+## Fuzz every target under libFuzzer (cargo-fuzz, on stable Rust) for
+## FUZZ_SECONDS each; new inputs that raise coverage are kept in
+## fuzz/corpus/TARGET/, which `make test` replays.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := manifest records csv jsonl parquet kernels
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none --features libfuzzer $$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=30 || exit 1; \
+	done

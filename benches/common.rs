@@ -22,10 +22,10 @@ pub fn task() -> TaskInfo {
 
 /// A memory cap of `memory_mib` and no practical CPU deadline.
 pub fn limits(memory_mib: u64) -> InstanceLimits {
-    InstanceLimits { memory_bytes: memory_mib << 20, cpu: Duration::from_secs(3600) }
+    InstanceLimits { memory_bytes: memory_mib << 20, host_memory_bytes: 4 << 30, cpu: Duration::from_secs(3600) }
 }
 
 /// A benchmark instance with `config` as its stage config.
 pub fn setup(config: &str) -> InstanceSetup {
-    InstanceSetup { config_json: config.into(), label: "bench".into(), sink: None }
+    InstanceSetup { config_json: config.into(), label: "bench".into(), sink: None, seed: [0; 32] }
 }

@@ -137,11 +137,15 @@ fn an_identical_rerun_skips_committed_stages_and_resumes_completed_tasks() {
     assert_eq!(result(&again, "evaluate"), result(&first, "evaluate"));
 
     // A run that died in `clean` after its tasks completed but before it
-    // committed leaves what this recreates: every task's record and part,
-    // and no commit. One part has gone missing as well.
+    // committed leaves what this recreates: its journal (naming the parts it
+    // was about to write), every task's record and part, and no commit. One
+    // part has gone missing as well.
     let commit: serde_json::Value =
         serde_json::from_slice(&std::fs::read(clean.join("_wasmpipe_commit.json")).unwrap()).unwrap();
     std::fs::create_dir_all(clean.join("_wasmpipe_tasks")).unwrap();
+    let names: Vec<&str> = commit["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let journal = serde_json::json!({"run_id": "died", "objects": names});
+    std::fs::write(clean.join("_wasmpipe_tasks/journal-died.json"), journal.to_string()).unwrap();
     for part in commit["parts"].as_array().unwrap() {
         let record = serde_json::json!({"part": part, "rows_in": part["rows"]});
         std::fs::write(clean.join("_wasmpipe_tasks").join(part["task"].as_str().unwrap()), record.to_string()).unwrap();

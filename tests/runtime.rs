@@ -21,11 +21,11 @@ fn task() -> TaskInfo {
 }
 
 fn setup(config: &str) -> InstanceSetup {
-    InstanceSetup { config_json: config.into(), label: "s[0]".into(), sink: None }
+    InstanceSetup { config_json: config.into(), label: "s[0]".into(), sink: None, seed: [0; 32] }
 }
 
 fn limits() -> InstanceLimits {
-    InstanceLimits { memory_bytes: 64 << 20, cpu: std::time::Duration::from_secs(10) }
+    InstanceLimits { memory_bytes: 64 << 20, host_memory_bytes: 64 << 20, cpu: std::time::Duration::from_secs(10) }
 }
 
 #[test]

@@ -155,3 +155,218 @@ fn an_unknown_config_key_is_an_error_naming_it() {
     let text = err.to_string();
     assert!(text.contains("invalid config") && text.contains("mdoe"), "{text}");
 }
+
+// ---------------------------------------------------------------------------
+// Attacks through the host's own work: each is stopped by the stage's host
+// memory budget or its deadline, the process's peak memory stays bounded,
+// and the next run in the same process works.
+
+/// Serializes the attacks of this binary, so that each one's peak memory
+/// is its own.
+static ATTACKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Resident set size now and its peak since the last reset, in MiB, from
+/// the kernel's accounting of this process.
+fn rss_mib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in status"));
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Reset the peak resident set size to the current one.
+fn reset_peak() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM (Linux)");
+}
+
+/// What an attack did: its error (if any), the growth of the process's
+/// peak RSS over its RSS before, in MiB, and how long it took.
+struct Attack {
+    result: Result<(), RunError>,
+    peak_growth_mib: u64,
+    took: std::time::Duration,
+}
+
+/// Run the hostile stage in `mode` in partition 0 of iris, with `limits`.
+fn attack(mode: &str, n: u64, limits: &str) -> Attack {
+    let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let input = ingest_iris(&exec, store.path());
+    let config = format!("mode = {mode:?}\npartition = 0\nn = {n}");
+    reset_peak();
+    let (before, _) = rss_mib();
+    let started = std::time::Instant::now();
+    let result = hostile(&exec, &input, store.path(), &config, limits);
+    let took = started.elapsed();
+    let (_, peak) = rss_mib();
+    still_works(&exec, &input, store.path());
+    eprintln!("attack {mode} n={n}: peak RSS +{} MiB, {took:?}", peak.saturating_sub(before));
+    Attack { result, peak_growth_mib: peak.saturating_sub(before), took }
+}
+
+/// Most the process's peak RSS may grow in an attack on a stage whose
+/// budgets are 64 MiB: the stage's own memory, its host budget, the
+/// current batch and the runtime's working set, with room to spare.
+const PEAK_GROWTH_MIB: u64 = 400;
+
+const SMALL: &str = "memory_mib = 64\nhost_memory_mib = 64\ntimeout_s = 20";
+
+fn host_memory_failure(a: &Attack) {
+    let err = a.result.as_ref().expect_err("the attack must fail its task");
+    let text = err.to_string();
+    assert!(text.contains("host memory budget of 64 MiB") && text.contains("host_memory_mib"), "{text}");
+    assert!(text.contains("transform partition 0 of 5"), "{text}");
+    assert!(a.peak_growth_mib < PEAK_GROWTH_MIB, "peak RSS grew {} MiB", a.peak_growth_mib);
+}
+
+fn deadline_failure(a: &Attack, limit_ms: u64) {
+    let err = a.result.as_ref().expect_err("the attack must fail its task");
+    let text = err.to_string();
+    assert!(text.contains(&format!("CPU deadline of {limit_ms} ms")), "{text}");
+    assert!(a.peak_growth_mib < 1024, "peak RSS grew {} MiB", a.peak_growth_mib);
+}
+
+#[test]
+fn a_histogram_of_four_billion_bins_is_refused_before_allocating() {
+    host_memory_failure(&attack("histogram", u32::MAX as u64, SMALL));
+}
+
+#[test]
+fn concatenating_a_column_with_itself_hits_the_host_budget() {
+    host_memory_failure(&attack("concat", 30, SMALL));
+}
+
+#[test]
+fn hoarding_column_handles_hits_the_host_budget() {
+    host_memory_failure(&attack("hoard", 400, SMALL));
+}
+
+#[test]
+fn small_views_pin_their_parents_and_count_as_such() {
+    host_memory_failure(&attack("views", 400, SMALL));
+}
+
+#[test]
+fn taking_one_long_string_many_times_is_refused() {
+    host_memory_failure(&attack("take", 1_000_000, SMALL));
+}
+
+#[test]
+fn a_distinct_count_over_more_than_the_budget_is_refused() {
+    host_memory_failure(&attack("distinct", 4_000_000, "memory_mib = 512\nhost_memory_mib = 64"));
+}
+
+#[test]
+fn huge_log_lines_are_cut_and_the_kept_log_is_bounded() {
+    let store = tempfile::tempdir().unwrap();
+    let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());
+    let (exec, logs) = executor(store.path(), 2);
+    let input = ingest_iris(&exec, store.path());
+    reset_peak();
+    let (before, _) = rss_mib();
+    hostile(&exec, &input, store.path(), "mode = \"log\"\npartition = 0\nn = 300", "memory_mib = 128")
+        .expect("logging is not a failure");
+    let (_, peak) = rss_mib();
+    let logs = logs.lock().unwrap();
+    let lines: Vec<_> = logs.iter().filter(|(label, _)| label.starts_with("hostile[0]")).collect();
+    assert_eq!(lines.len(), 300, "the sink sees every line");
+    for (_, record) in &lines {
+        assert!(record.message.len() < wasmpipe_runtime::LOG_LINE_BYTES + 64, "{}", record.message.len());
+        assert!(record.message.ends_with("more bytes cut)"), "{}", &record.message[record.message.len() - 40..]);
+    }
+    assert!(peak.saturating_sub(before) < PEAK_GROWTH_MIB, "peak RSS grew {} MiB", peak.saturating_sub(before));
+}
+
+#[test]
+fn a_gram_matrix_of_a_thousand_views_stops_at_the_deadline() {
+    let a = attack("gram", 1000, "memory_mib = 64\nhost_memory_mib = 1024\ntimeout_s = 1");
+    deadline_failure(&a, 1000);
+    assert!(a.took < std::time::Duration::from_secs(60), "unstopped, it takes minutes: {:?}", a.took);
+}
+
+#[test]
+fn matvec_and_row_hashes_over_many_views_stop_at_the_deadline() {
+    for mode in ["matvec", "hash"] {
+        let a = attack(mode, 20_000, "memory_mib = 64\nhost_memory_mib = 1024\ntimeout_s = 1");
+        deadline_failure(&a, 1000);
+    }
+}
+
+#[test]
+fn a_distinct_count_that_fits_stops_at_the_deadline() {
+    let a = attack("distinct", 12_000_000, "memory_mib = 512\nhost_memory_mib = 2048\ntimeout_s = 0.5");
+    deadline_failure(&a, 500);
+}
+
+#[test]
+fn quarantining_with_huge_reasons_is_charged_to_the_deadline() {
+    let a = attack("quarantine", 2000, "memory_mib = 128\nhost_memory_mib = 256\ntimeout_s = 1");
+    deadline_failure(&a, 1000);
+}
+
+#[test]
+fn a_long_wasi_sleep_fails_at_once_without_waiting() {
+    let a = attack("sleep", 30, "timeout_s = 1");
+    deadline_failure(&a, 1000);
+    assert!(a.took < std::time::Duration::from_secs(20), "slept for real: {:?}", a.took);
+}
+
+#[test]
+fn a_wait_for_the_end_of_time_fails_at_once() {
+    let a = attack("sleep_forever", 0, "timeout_s = 1");
+    deadline_failure(&a, 1000);
+}
+
+#[test]
+fn partitions_that_write_different_schemas_fail_at_commit() {
+    let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let input = ingest_iris(&exec, store.path());
+    let err = hostile(&exec, &input, store.path(), "mode = \"schema\"", "").unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RunError::SchemaMismatch { .. }), "{text}");
+    assert!(text.contains("partition 0 wrote mixed: Float64") && text.contains("mixed: Utf8"), "{text}");
+    assert!(!store.path().join("hostile/hostile/_wasmpipe_commit.json").exists(), "nothing was committed");
+}
+
+#[test]
+fn wasi_random_numbers_are_the_same_in_every_attempt_of_a_task() {
+    let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let input = ingest_iris(&exec, store.path());
+    let out = store.path().join("hostile/hostile");
+    let attempt = || -> (Vec<f64>, Vec<Vec<u8>>) {
+        hostile(&exec, &input, store.path(), "mode = \"random\"", "").unwrap();
+        let draws = read_committed(&out)
+            .iter()
+            .map(|b| {
+                let c = b.column_by_name("random").unwrap();
+                c.as_any().downcast_ref::<arrow::array::Float64Array>().unwrap().value(0)
+            })
+            .collect();
+        let record = commit_record(&out);
+        let parts = record["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| std::fs::read(out.join(p["name"].as_str().unwrap())).unwrap())
+            .collect();
+        (draws, parts)
+    };
+    let (first, first_parts) = attempt();
+    // Every task again, from nothing.
+    std::fs::remove_dir_all(&out).unwrap();
+    let (second, second_parts) = attempt();
+    assert_eq!(first.len(), 5);
+    assert_eq!(first, second, "a task draws the same numbers in every attempt");
+    assert!(first_parts == second_parts, "and writes the same bytes");
+    let mut distinct = first.clone();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    assert_eq!(distinct.len(), 5, "each task has a seed of its own: {first:?}");
+}

@@ -57,6 +57,16 @@ struct RunArgs {
     /// Show no stage logs (warnings and errors still show).
     #[arg(long, short, conflicts_with = "verbose")]
     quiet: bool,
+    /// Let a pipeline run `--from` a deployment also read below this
+    /// prefix (a URL or a path; repeatable). By default it reads only
+    /// inside its root: never the runner's files.
+    #[arg(long, value_name = "PREFIX")]
+    allow_input: Vec<String>,
+    /// Let stages write below this prefix (a URL or a path; repeatable).
+    /// By default outputs go only under the store (and, for a local
+    /// manifest, its directory).
+    #[arg(long, value_name = "PREFIX")]
+    allow_output: Vec<String>,
 }
 
 /// Build a stage crate into a component (prints its path, size and hash).
@@ -173,6 +183,11 @@ fn absolute_location(location: &str) -> anyhow::Result<String> {
     Ok(std::path::absolute(location).with_context(|| format!("cannot resolve {location}"))?.display().to_string())
 }
 
+/// `--allow-*` prefixes in absolute form.
+fn allowed(prefixes: &[String]) -> anyhow::Result<Vec<String>> {
+    prefixes.iter().map(|p| absolute_location(p)).collect()
+}
+
 fn executor(parallelism: Option<usize>, store: String, min_level: Level) -> anyhow::Result<Executor> {
     let color = std::io::stderr().is_terminal();
     let mut config = ExecutorConfig::new(store);
@@ -212,7 +227,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Some(s) => absolute_location(s)?,
                 None => format!("{}/data", root.trim_end_matches('/')),
             };
-            let executor = executor(args.parallelism, store, min_level)?;
+            let mut executor = executor(args.parallelism, store, min_level)?;
+            executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             let (name, version) = name_version(&args.target)?;
             let (_, manifest, version) = executor.deployed_manifest(&root, name, version)?;
             eprintln!("running pipeline {name:?} version {version} from {root} ({} stages)", manifest.stages.len());
@@ -229,7 +245,8 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| PathBuf::from("."));
             let base_dir = base_dir.canonicalize().with_context(|| format!("cannot resolve {}", base_dir.display()))?;
             let store = absolute_location(args.store.as_deref().unwrap_or("wasmpipe-data"))?;
-            let executor = executor(args.parallelism, store, min_level)?;
+            let mut executor = executor(args.parallelism, store, min_level)?;
+            executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             eprintln!("running pipeline {:?} ({} stages)", manifest.name, manifest.stages.len());
             executor.run(&manifest, &base_dir)?
         }

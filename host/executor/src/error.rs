@@ -60,13 +60,48 @@ pub enum RunError {
     /// A deployed pipeline names a component by a relative path, which
     /// means nothing in the store it runs from.
     #[error(
-        "stage {stage:?}: component {component:?} is a relative path, but this pipeline runs from a deployment\n  hint: deploy the manifest with `wasmpipe deploy`, which pins every component by its SHA-256"
+        "stage {stage:?}: component {component:?} is a path, but this pipeline runs from a deployment, which runs only components pinned by SHA-256 (`sha256:...`)\n  hint: deploy the manifest with `wasmpipe deploy`, which pins every component"
     )]
     Unpinned {
         /// The stage.
         stage: String,
         /// The path as written.
         component: String,
+    },
+    /// A stage names a location outside what the run may touch.
+    #[error(
+        "stage {stage:?}: may not {what} {url}: it is outside {}\n  hint: if you trust this pipeline with it, allow it with `{flag} PREFIX`",
+        allowed.join(", ")
+    )]
+    Confined {
+        /// The stage.
+        stage: String,
+        /// `read` or `write to`.
+        what: &'static str,
+        /// The location.
+        url: String,
+        /// The prefixes the run may use.
+        allowed: Vec<String>,
+        /// The flag that widens them.
+        flag: &'static str,
+    },
+    /// The parts of a stage's output disagree on the schema.
+    #[error(
+        "stage {stage:?}: its partitions wrote different schemas to {output}: partition {first} wrote {first_fields}, partition {other} wrote {other_fields}; an output has one schema\n  hint: make the stage emit the same columns and types for every partition (cast, or fill missing columns)"
+    )]
+    SchemaMismatch {
+        /// The stage.
+        stage: String,
+        /// Its output.
+        output: String,
+        /// A partition, and its fields that differ.
+        first: usize,
+        /// Those fields.
+        first_fields: String,
+        /// Another partition that disagrees.
+        other: usize,
+        /// Its fields.
+        other_fields: String,
     },
     /// A stage's `model` cannot be applied.
     #[error("stage {stage:?}: {reason}")]
@@ -138,6 +173,15 @@ pub enum TaskFailure {
     /// Reading input or writing output failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// The task ran past its wall-clock backstop (stuck reading or
+    /// writing, or in the host).
+    #[error(
+        "ran past its wall-clock limit of {limit_s} s and was stopped\n  hint: raise `wall_timeout_s` in the stage's [limits], or check that its storage answers"
+    )]
+    WallClock {
+        /// The limit, in seconds.
+        limit_s: f64,
+    },
     /// A bug in wasmpipe or a library it uses (a panic), caught so that
     /// only this task fails.
     #[error("internal error: {0}\n  hint: this is a wasmpipe bug; please report it with the input that caused it")]

@@ -19,6 +19,7 @@
 //! A stage's outputs become visible only through its commit record, written
 //! after every task succeeded (see `wasmpipe_storage::commit`).
 
+mod authority;
 mod deploy;
 mod error;
 mod plan;
@@ -49,6 +50,12 @@ pub struct ExecutorConfig {
     pub store: String,
     /// Receives every log line of every task as it happens.
     pub sink: Option<LogSink>,
+    /// Prefixes (URLs or paths) a run from a deployment may read besides
+    /// its root (`--allow-input`).
+    pub allow_input: Vec<String>,
+    /// Prefixes outputs may go to besides the store (and, for a local run,
+    /// the manifest's directory) (`--allow-output`).
+    pub allow_output: Vec<String>,
 }
 
 impl ExecutorConfig {
@@ -58,6 +65,8 @@ impl ExecutorConfig {
             parallelism: std::thread::available_parallelism().map_or(1, |n| n.get()),
             store: store.into(),
             sink: None,
+            allow_input: Vec::new(),
+            allow_output: Vec::new(),
         }
     }
 }
@@ -153,6 +162,13 @@ impl Executor {
         Ok(Executor { runtime: Arc::new(runtime), io, pool, config: ExecutorConfig { parallelism, ..config } })
     }
 
+    /// Widen what runs may read (from a deployment) and write: see
+    /// [`ExecutorConfig::allow_input`] and [`ExecutorConfig::allow_output`].
+    pub fn allow(&mut self, input: Vec<String>, output: Vec<String>) {
+        self.config.allow_input = input;
+        self.config.allow_output = output;
+    }
+
     /// The engine.
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
@@ -176,10 +192,17 @@ impl Executor {
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let run_id = new_run_id();
+        let authority = authority::Authority::new(
+            storage,
+            &self.config.store,
+            local_dir,
+            &self.config.allow_input,
+            &self.config.allow_output,
+        )?;
         let stages = plan::load_stages(self, manifest, storage, local_dir)?;
         let mut reports: Vec<StageReport> = Vec::new();
         for stage in stages {
-            let report = task::run_stage(self, storage, manifest, &stage, &run_id, &reports)?;
+            let report = task::run_stage(self, storage, manifest, &stage, &run_id, &reports, &authority)?;
             registry::record_evaluation(self, storage, manifest, &run_id, &reports, &report)?;
             reports.push(report);
         }

@@ -35,8 +35,18 @@ impl PlannedStage {
     pub fn memory_bytes(&self) -> u64 {
         self.settings.memory_mib.unwrap_or(defaults::MEMORY_MIB) << 20
     }
+    pub fn host_memory_bytes(&self) -> u64 {
+        self.settings.host_memory_mib.or(self.settings.memory_mib).unwrap_or(defaults::MEMORY_MIB) << 20
+    }
     pub fn cpu(&self) -> std::time::Duration {
         std::time::Duration::from_secs_f64(self.settings.timeout_s.unwrap_or(defaults::TIMEOUT_S))
+    }
+    /// The wall-clock backstop of one task.
+    pub fn wall(&self) -> std::time::Duration {
+        match self.settings.wall_timeout_s {
+            Some(s) => std::time::Duration::from_secs_f64(s),
+            None => self.cpu() * 4 + std::time::Duration::from_secs(60),
+        }
     }
     pub fn batch_rows(&self) -> usize {
         self.settings.batch_rows.unwrap_or(defaults::BATCH_ROWS)
@@ -86,8 +96,10 @@ pub(crate) fn component_bytes(
     source: &ComponentSource,
     toolchain: &mut Option<Toolchain>,
 ) -> Result<(Vec<u8>, PathBuf), RunError> {
+    // A deployed pipeline (no local directory) runs pinned components
+    // only: a path, absolute or not, would be the runner's file.
     let local = |p: &Path| match local_dir {
-        _ if p.is_absolute() => Ok(p.to_path_buf()),
+        Some(_) if p.is_absolute() => Ok(p.to_path_buf()),
         Some(dir) => Ok(dir.join(p)),
         None => Err(RunError::Unpinned { stage: stage.into(), component: p.display().to_string() }),
     };

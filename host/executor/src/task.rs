@@ -14,12 +14,13 @@ use wasmpipe_manifest::{ColumnType, Format as ManifestFormat, Input, Manifest, M
 use wasmpipe_runtime::{
     CallError, FitOutcome, InstanceLimits, InstanceSetup, Report, StageInstance, StageKind, TaskInfo,
 };
-use wasmpipe_storage::commit::{self, COMMIT_FORMAT, CommitRecord, Model, Part, REPORT_PREFIX, ReportFiles};
+use wasmpipe_storage::commit::{self, COMMIT_FORMAT, CommitRecord, Journal, Model, Part, REPORT_PREFIX, ReportFiles};
 use wasmpipe_storage::quarantine::{self, QUARANTINE_DIR};
 use wasmpipe_storage::read::{self, Chunk, Format, InputFile, Partition};
 use wasmpipe_storage::write::{PartWriter, part_name};
 use wasmpipe_storage::{Location, Storage, StorageError};
 
+use crate::authority::Authority;
 use crate::plan::PlannedStage;
 use crate::registry::{self, ModelCard};
 use crate::{Executor, RunError, StageReport, TaskFailure};
@@ -39,6 +40,12 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
 /// model) is stored and checked under, and that records report.
 fn content_sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// When a task must end, by the wall clock, and the limit that set it.
+struct Deadline {
+    at: Instant,
+    limit_s: f64,
 }
 
 /// Everything a stage's tasks share.
@@ -63,6 +70,10 @@ struct TransformOutcome {
     #[serde(default)]
     quarantine: Option<Part>,
     rows_in: u64,
+    /// The part's columns, `name: type` (records of older versions lack
+    /// them).
+    #[serde(default)]
+    schema: Option<Vec<String>>,
 }
 
 /// The Arrow schema a stage's declared `schema` reads text inputs as.
@@ -89,6 +100,7 @@ pub(crate) fn run_stage(
     stage: &PlannedStage,
     run_id: &str,
     done: &[StageReport],
+    authority: &Authority,
 ) -> Result<StageReport, RunError> {
     let started = Instant::now();
     let spec = &manifest.stages[&stage.name];
@@ -99,6 +111,7 @@ pub(crate) fn run_stage(
         None => format!("{}/{}/{}", exec.config.store.trim_end_matches('/'), manifest.name, stage.name),
     };
     let output = storage.resolve(&output_url).map_err(storage_err)?;
+    authority.check_output(&stage.name, &output)?;
 
     // Inputs, with their lineage.
     let format = spec.format.map(|f| match f {
@@ -114,9 +127,16 @@ pub(crate) fn run_stage(
                 let report = done.iter().find(|r| &r.name == up).expect("stages run in dependency order");
                 (storage.resolve(&report.output).map_err(storage_err)?, Some(up))
             }
-            Input::Location(l) => (storage.resolve(l).map_err(storage_err)?, None),
+            Input::Location(l) => {
+                let location = storage.resolve(l).map_err(storage_err)?;
+                authority.check_input(&stage.name, &location)?;
+                (location, None)
+            }
         };
         let listing = exec.io.block_on(read::list(&location, format)).map_err(storage_err)?;
+        for file in &listing.files {
+            exec.io.block_on(authority.verify_deployed_input(&file.location)).map_err(storage_err)?;
+        }
         match (&listing.commit, upstream) {
             (Some(c), _) => lineage.push(format!("{}@{}", location.url(), c.identity)),
             (None, Some(up)) => {
@@ -148,7 +168,7 @@ pub(crate) fn run_stage(
         format!("{:?} {:?}", spec.columns, spec.schema).as_bytes(),
     ]);
     let applied = match &spec.model {
-        Some(source) => Some(applied_model(exec, storage, stage, source, done, &mut lineage)?),
+        Some(source) => Some(applied_model(exec, storage, stage, source, done, &mut lineage, authority)?),
         None => None,
     };
     // What the output depends on: the stage, every partition it reads, and
@@ -183,6 +203,13 @@ pub(crate) fn run_stage(
         register_model(exec, storage, stage, &report, record, report.model_bytes.as_deref()).map_err(storage_err)?;
         return Ok(report);
     }
+    exec.io.block_on(commit::check_writable(&run.output, previous.as_ref().map(|(r, _)| r))).map_err(storage_err)?;
+    // What the new commit will replace: named in the journal, so that
+    // clean-up finds it even if this run is killed right after committing.
+    let replaced: Vec<String> = previous
+        .as_ref()
+        .map(|(r, _)| r.objects().filter(|o| *o != commit::COMMIT_FILE).map(String::from).collect())
+        .unwrap_or_default();
     let seen = previous.map(|(_, e_tag)| e_tag);
 
     let bytes_per_pass: u64 = run.partitions.iter().map(|p| p.bytes).sum();
@@ -218,6 +245,17 @@ pub(crate) fn run_stage(
         model_id = sha;
     } else if matches!(report.kind, StageKind::Estimator | StageKind::Aggregator) {
         let (bytes, passes, rows, published) = run.fit(&skipped)?;
+        let sha = content_sha256(&bytes);
+        let name = format!("_model-{}.bin", &sha[..16]);
+        let mut planned = replaced.clone();
+        planned.push(name.clone());
+        planned.extend(published.iter().flat_map(|p| {
+            let (json, table) = report_names(p);
+            [json, table]
+        }));
+        planned.extend(run.transform_objects(&sha, report.kind));
+        let journal = Journal { run_id: run_id.into(), objects: planned };
+        exec.io.block_on(commit::write_journal(&run.output, &journal)).map_err(storage_err)?;
         if let Some(published) = published {
             let (files, written) = exec.io.block_on(write_report(&run.output, &published)).map_err(storage_err)?;
             report.bytes_written += written;
@@ -230,8 +268,6 @@ pub(crate) fn run_stage(
         if report.kind == StageKind::Aggregator {
             report.rows_in = rows;
         }
-        let sha = content_sha256(&bytes);
-        let name = format!("_model-{}.bin", &sha[..16]);
         let at = run.output.child(&name);
         exec.io.block_on(at.put(bytes.clone())).map_err(storage_err)?;
         report.model = Some(Model { name, sha256: sha.clone(), bytes: bytes.len() as u64, passes });
@@ -243,10 +279,18 @@ pub(crate) fn run_stage(
     let mut parts = Vec::new();
     let mut quarantined = Vec::new();
     if matches!(report.kind, StageKind::Transformer | StageKind::Estimator) {
+        if model_bytes.is_none() || report.applied_model.is_some() {
+            // No fit wrote a journal: this is the stage's first write.
+            let mut planned = replaced;
+            planned.extend(run.transform_objects(&model_id, report.kind));
+            let journal = Journal { run_id: run_id.into(), objects: planned };
+            exec.io.block_on(commit::write_journal(&run.output, &journal)).map_err(storage_err)?;
+        }
         let outcomes =
             run.parallel("transform", |i| run.transform_task(i, model_bytes.as_deref(), &model_id, &skipped))?;
         report.tasks += run.partitions.len();
         report.bytes_read += bytes_per_pass;
+        run.check_one_schema(&outcomes)?;
         for o in outcomes {
             report.rows_in += o.rows_in;
             parts.extend(o.part);
@@ -317,6 +361,7 @@ fn applied_model(
     source: &ModelSource,
     done: &[StageReport],
     lineage: &mut Vec<String>,
+    authority: &Authority,
 ) -> Result<(Vec<u8>, String), RunError> {
     let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
     let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
@@ -336,7 +381,11 @@ fn applied_model(
         ModelSource::Pipeline { pipeline, stage: fitted } => {
             storage.resolve(&format!("{store}/{pipeline}/{fitted}")).map_err(storage_err)?
         }
-        ModelSource::Location(l) => storage.resolve(l).map_err(storage_err)?,
+        ModelSource::Location(l) => {
+            let location = storage.resolve(l).map_err(storage_err)?;
+            authority.check_input(&stage.name, &location)?;
+            location
+        }
     };
     let record = exec.io.block_on(commit::read(&location)).map_err(storage_err)?;
     let Some(model) = record.and_then(|r| r.model) else {
@@ -388,16 +437,22 @@ fn registry_model(
     }
 }
 
+/// The names of a published report's JSON and Parquet files, by the hash
+/// of its JSON.
+fn report_names(published: &Report) -> (String, String) {
+    let stem = format!("{REPORT_PREFIX}{}", &content_sha256(published.json.as_bytes())[..16]);
+    (format!("{stem}.json"), format!("{stem}.parquet"))
+}
+
 /// Write a stage's published report beside its output, named by the hash
 /// of its JSON; returns the files and the bytes written.
 async fn write_report(output: &Location, published: &Report) -> Result<(ReportFiles, u64), StorageError> {
-    let stem = format!("{REPORT_PREFIX}{}", &content_sha256(published.json.as_bytes())[..16]);
-    let json = format!("{stem}.json");
+    let (json, table_name) = report_names(published);
     output.child(&json).put(published.json.clone().into_bytes()).await?;
     let mut written = published.json.len() as u64;
     let mut table = None;
     if let Some(rows) = &published.table {
-        let name = format!("{stem}.parquet");
+        let name = table_name;
         let mut writer = PartWriter::new(output, name.clone(), String::new(), rows.num_rows().max(1));
         writer.write(rows).await?;
         if let Some(part) = writer.finish().await? {
@@ -416,6 +471,44 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 impl StageRun<'_> {
+    /// The objects the transform tasks will write (their parts and
+    /// quarantine parts), applying the model `model_id`.
+    fn transform_objects(&self, model_id: &str, kind: StageKind) -> Vec<String> {
+        if !matches!(kind, StageKind::Transformer | StageKind::Estimator) {
+            return Vec::new();
+        }
+        (0..self.partitions.len())
+            .flat_map(|i| {
+                let name = part_name(i, &self.task_id(i, model_id));
+                [format!("{QUARANTINE_DIR}/{name}"), name]
+            })
+            .collect()
+    }
+
+    /// Fail when two partitions wrote parts of different schemas: readers
+    /// see an output as one table.
+    fn check_one_schema(&self, outcomes: &[TransformOutcome]) -> Result<(), RunError> {
+        let mut written = outcomes.iter().enumerate().filter_map(|(i, o)| Some((i, o.schema.as_ref()?)));
+        let Some((first, expected)) = written.next() else {
+            return Ok(());
+        };
+        let Some((other, found)) = written.find(|(_, s)| s != &expected) else {
+            return Ok(());
+        };
+        let only = |a: &[String], b: &[String]| {
+            let differing: Vec<&str> = a.iter().filter(|f| !b.contains(f)).map(String::as_str).collect();
+            if differing.is_empty() { "the same columns in another order".to_string() } else { differing.join(", ") }
+        };
+        Err(RunError::SchemaMismatch {
+            stage: self.stage.name.clone(),
+            output: self.output.url().into(),
+            first,
+            first_fields: only(expected, found),
+            other,
+            other_fields: only(found, expected),
+        })
+    }
+
     fn task_id(&self, index: usize, salt: &str) -> String {
         let part = self.partitions.get(index).map(Partition::identity).unwrap_or_default();
         sha256_hex(&[self.identity.as_bytes(), part.as_bytes(), salt.as_bytes()])
@@ -435,11 +528,41 @@ impl StageRun<'_> {
         }
     }
 
-    fn instantiate(&self, label: String) -> Result<StageInstance, CallError> {
-        let limits = InstanceLimits { memory_bytes: self.stage.memory_bytes(), cpu: self.stage.cpu() };
-        let setup =
-            InstanceSetup { config_json: self.stage.config_json.clone(), label, sink: self.exec.config.sink.clone() };
+    /// An instance for the task `task_id`: its random numbers are seeded
+    /// from the task's identity, so every attempt writes the same bytes.
+    fn instantiate(&self, label: String, task_id: &str) -> Result<StageInstance, CallError> {
+        let limits = InstanceLimits {
+            memory_bytes: self.stage.memory_bytes(),
+            host_memory_bytes: self.stage.host_memory_bytes(),
+            cpu: self.stage.cpu(),
+        };
+        let setup = InstanceSetup {
+            config_json: self.stage.config_json.clone(),
+            label,
+            sink: self.exec.config.sink.clone(),
+            seed: Sha256::digest(task_id.as_bytes()).into(),
+        };
         self.exec.runtime.instantiate(&self.stage.component, &limits, setup)
+    }
+
+    /// The wall-clock backstop of a task that starts now.
+    fn wall_deadline(&self) -> Deadline {
+        Deadline { at: Instant::now() + self.stage.wall(), limit_s: self.stage.wall().as_secs_f64() }
+    }
+
+    /// Drive `io` to its end on the I/O runtime, unless the task's wall
+    /// clock runs out first.
+    fn block<T, E: Into<TaskFailure>>(
+        &self,
+        deadline: &Deadline,
+        io: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, TaskFailure> {
+        let left = deadline.at.saturating_duration_since(Instant::now());
+        // (The timer is made inside the runtime, whose clock it needs.)
+        match self.exec.io.block_on(async { tokio::time::timeout(left, io).await }) {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(TaskFailure::WallClock { limit_s: deadline.limit_s }),
+        }
     }
 
     fn task_info(&self, index: usize, pass: u32) -> TaskInfo {
@@ -520,15 +643,16 @@ impl StageRun<'_> {
     fn each_batch(
         &self,
         index: usize,
+        deadline: &Deadline,
         mut each: impl FnMut(Chunk) -> Result<(), TaskFailure>,
     ) -> Result<u64, TaskFailure> {
         let Some(part) = self.partitions.get(index) else {
             return Ok(0);
         };
-        let io = &self.exec.io;
-        let mut stream = io.block_on(read::open(part, self.columns, self.stage.batch_rows(), self.schema.clone()))?;
+        let mut stream =
+            self.block(deadline, read::open(part, self.columns, self.stage.batch_rows(), self.schema.clone()))?;
         let mut rows = 0;
-        while let Some(chunk) = io.block_on(stream.next()) {
+        while let Some(chunk) = self.block(deadline, async { Ok::<_, StorageError>(stream.next().await) })? {
             let chunk = chunk?;
             rows += match &chunk {
                 Chunk::Rows(b) | Chunk::Quarantined(b) => b.num_rows() as u64,
@@ -558,49 +682,55 @@ impl StageRun<'_> {
             skipped.fetch_add(1, Ordering::Relaxed);
             return Ok(done);
         }
-        let mut inst = self.instantiate(format!("{}[{index}]", self.stage.name))?;
+        let deadline = self.wall_deadline();
+        let mut inst = self.instantiate(format!("{}[{index}]", self.stage.name), &task_id)?;
         inst.open(&self.task_info(index, 0), model)?;
-        let io = &self.exec.io;
         let name = part_name(index, &task_id);
         let row_group_rows = self.stage.row_group_rows();
         let mut writer = PartWriter::new(&self.output, name.clone(), task_id.clone(), row_group_rows);
         let mut rejected =
             PartWriter::new(&self.output, format!("{QUARANTINE_DIR}/{name}"), task_id.clone(), row_group_rows);
         let source = self.source(index);
-        // Rows the stage set aside during its last call.
+        // Rows the stage set aside during its last call: rendering and
+        // writing them is work done for the stage, charged to its time.
         let set_aside = |inst: &mut StageInstance, rejected: &mut PartWriter| -> Result<(), TaskFailure> {
             for q in inst.take_quarantined() {
+                let started = Instant::now();
                 let rows = quarantine::of_rows(&source, &q.rows, &q.reasons)
                     .map_err(|e| TaskFailure::Internal(format!("rendering quarantined rows: {e}")))?;
-                io.block_on(rejected.write(&rows))?;
+                self.block(&deadline, rejected.write(&rows))?;
+                inst.charge(started.elapsed())?;
             }
             Ok(())
         };
-        let rows_in = self.each_batch(index, |chunk| {
+        let rows_in = self.each_batch(index, &deadline, |chunk| {
             match chunk {
                 Chunk::Rows(batch) => {
                     let out = inst.transform(batch)?;
                     set_aside(&mut inst, &mut rejected)?;
                     if let Some(out) = out {
-                        io.block_on(writer.write(&out))?;
+                        self.block(&deadline, writer.write(&out))?;
                     }
                 }
-                Chunk::Quarantined(rows) => io.block_on(rejected.write(&rows))?,
+                Chunk::Quarantined(rows) => self.block(&deadline, rejected.write(&rows))?,
             }
             Ok(())
         })?;
         let out = inst.close()?;
         set_aside(&mut inst, &mut rejected)?;
         if let Some(out) = out {
-            io.block_on(writer.write(&out))?;
+            self.block(&deadline, writer.write(&out))?;
         }
+        let schema =
+            writer.schema().map(|s| s.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect());
         let outcome = TransformOutcome {
-            part: io.block_on(writer.finish())?,
-            quarantine: io.block_on(rejected.finish())?,
+            schema,
+            part: self.block(&deadline, writer.finish())?,
+            quarantine: self.block(&deadline, rejected.finish())?,
             rows_in,
         };
         let record = serde_json::to_vec(&outcome).expect("serializes");
-        io.block_on(commit::write_task(&self.output, &task_id, record))?;
+        self.block(&deadline, commit::write_task(&self.output, &task_id, record))?;
         Ok(outcome)
     }
 
@@ -687,9 +817,10 @@ impl StageRun<'_> {
             let rows = u64::from_le_bytes(bytes[..8].try_into().expect("eight bytes"));
             return Ok((bytes[8..].to_vec(), rows));
         }
-        let mut inst = self.instantiate(format!("{}[fit {index}]", self.stage.name))?;
+        let deadline = self.wall_deadline();
+        let mut inst = self.instantiate(format!("{}[fit {index}]", self.stage.name), &task_id)?;
         inst.fit_open(&self.task_info(index, pass), carry)?;
-        let rows = self.each_batch(index, |chunk| match chunk {
+        let rows = self.each_batch(index, &deadline, |chunk| match chunk {
             Chunk::Rows(batch) => Ok(inst.fit_batch(batch)?),
             // An estimator's transform tasks quarantine these; an aggregator
             // has none, and must not lose them.
@@ -707,7 +838,7 @@ impl StageRun<'_> {
         let state = inst.fit_close()?;
         let mut record = rows.to_le_bytes().to_vec();
         record.extend_from_slice(&state);
-        io.block_on(commit::write_task(&self.output, &task_id, record))?;
+        self.block(&deadline, commit::write_task(&self.output, &task_id, record))?;
         Ok((state, rows))
     }
 
@@ -723,7 +854,8 @@ impl StageRun<'_> {
             let rows = states.iter().map(|(_, r)| r).sum();
             let describe = |_| format!("merge and finalize of fit pass {pass}");
             let merged = self.parallel_n(1, describe, |_| {
-                let mut inst = self.instantiate(format!("{}[merge]", self.stage.name))?;
+                let merge_id = self.task_id(usize::MAX, &format!("merge pass {pass}"));
+                let mut inst = self.instantiate(format!("{}[merge]", self.stage.name), &merge_id)?;
                 let mut states = states.iter().map(|(s, _)| s);
                 let first = states.next().expect("at least one fit task").clone();
                 let state = states.try_fold(first, |acc, s| inst.merge(&acc, s))?;

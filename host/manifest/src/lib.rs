@@ -62,11 +62,22 @@ pub struct Settings {
     /// Most tasks of the stage that run at once (default: the number of
     /// cores, or `--parallelism`).
     pub parallelism: Option<u32>,
-    /// Linear-memory cap of each instance, in MiB (default 256).
+    /// Linear-memory cap of each instance, in MiB (default 256; at most
+    /// 4096, all that a wasm32 instance can address).
     pub memory_mib: Option<u64>,
-    /// CPU time each instance may spend in the stage's code, in seconds
-    /// (default 300).
+    /// Host memory each instance may hold through the host, in MiB: the
+    /// arrays behind its handles, kernel outputs and scratch, the rows it
+    /// quarantined, its report and kept log lines (default: `memory_mib`).
+    /// The batch the host is handing the stage is allowed on top.
+    pub host_memory_mib: Option<u64>,
+    /// Time each instance may spend in its calls, in seconds (default
+    /// 300): the stage's code, the host's work on its behalf (kernels,
+    /// quarantined rows) and its waits on the WASI clock.
     pub timeout_s: Option<f64>,
+    /// Wall-clock backstop of each task, in seconds, reading and writing
+    /// included (default: 4 x `timeout_s` + 60). A task stuck anywhere,
+    /// in a call or in storage, fails when it runs out.
+    pub wall_timeout_s: Option<f64>,
     /// Rows per batch handed to the stage (default 8192).
     pub batch_rows: Option<usize>,
     /// Rows per row group in the Parquet the stage writes (default: one row
@@ -82,6 +93,12 @@ pub mod defaults {
     /// Instance memory cap: enough for a stage that copies a few columns
     /// of a default-sized batch, small enough for many at once.
     pub const MEMORY_MIB: u64 = 256;
+    /// The most linear memory a wasm32 instance can address: 2^32 bytes.
+    pub const MAX_MEMORY_MIB: u64 = 4096;
+    /// The largest host-memory budget: far beyond any stage that lets the
+    /// host hold batches for it, and small enough that a typo cannot hand
+    /// a stage the machine.
+    pub const MAX_HOST_MEMORY_MIB: u64 = 65536;
     /// CPU time per instance.
     pub const TIMEOUT_S: f64 = 300.0;
     /// Rows per batch: Arrow's usual batch size.
@@ -96,7 +113,9 @@ impl Settings {
         Settings {
             parallelism: self.parallelism.or(fallback.parallelism),
             memory_mib: self.memory_mib.or(fallback.memory_mib),
+            host_memory_mib: self.host_memory_mib.or(fallback.host_memory_mib),
             timeout_s: self.timeout_s.or(fallback.timeout_s),
+            wall_timeout_s: self.wall_timeout_s.or(fallback.wall_timeout_s),
             batch_rows: self.batch_rows.or(fallback.batch_rows),
             row_group_rows: self.row_group_rows.or(fallback.row_group_rows),
             max_passes: self.max_passes.or(fallback.max_passes),
@@ -507,14 +526,24 @@ fn check_settings(place: &str, s: &Settings) -> Result<(), ManifestError> {
         return bad("parallelism", "must be at least 1");
     }
     if let Some(m) = s.memory_mib
-        && !(1..=65536).contains(&m)
+        && !(1..=defaults::MAX_MEMORY_MIB).contains(&m)
     {
-        return bad("memory_mib", "must be between 1 and 65536 (64 GiB)");
+        return bad(
+            "memory_mib",
+            "must be between 1 and 4096: a wasm32 instance addresses at most 4 GiB (keep more in the host: `host_memory_mib`)",
+        );
     }
-    if let Some(t) = s.timeout_s
-        && !(t > 0.0 && t <= 86_400.0)
+    if let Some(m) = s.host_memory_mib
+        && !(1..=defaults::MAX_HOST_MEMORY_MIB).contains(&m)
     {
-        return bad("timeout_s", "must be more than 0 and at most 86400 (one day)");
+        return bad("host_memory_mib", "must be between 1 and 65536 (64 GiB)");
+    }
+    for (key, value) in [("timeout_s", s.timeout_s), ("wall_timeout_s", s.wall_timeout_s)] {
+        if let Some(t) = value
+            && !(t > 0.0 && t <= 86_400.0)
+        {
+            return bad(key, "must be more than 0 and at most 86400 (one day)");
+        }
     }
     if s.batch_rows == Some(0) {
         return bad("batch_rows", "must be at least 1");

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::{Estimator, FIT_INTERFACE, TRANSFORM_INTERFACE};
@@ -118,11 +118,21 @@ impl Runtime {
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
-        Estimator::add_to_linker::<_, wasmtime::component::HasSelf<StageState>>(&mut linker, |s| s)
+        Estimator::add_to_linker::<_, HasSelf<StageState>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         // Components built for wasm32-wasip2 import WASI; they get a context
         // that denies everything (see `instance::deny_all_wasi`).
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        // ...except for the monotonic clock, which is the stage's own: it
+        // moves only when the stage waits, and waits are charged, never
+        // slept (see `crate::clock`).
+        linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::clocks::monotonic_clock::add_to_linker::<_, HasSelf<StageState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        linker.allow_shadowing(false);
 
         let ticker = EpochTicker::start(engine.clone());
         Ok(Runtime { engine, linker, config, _ticker: ticker })

@@ -75,7 +75,7 @@ pub enum CallError {
     Stage(String),
     /// The stage ran past its CPU deadline.
     #[error(
-        "exceeded its CPU deadline of {limit_ms} ms and was stopped\n  hint: raise `timeout_s` in the stage's [limits]"
+        "exceeded its CPU deadline of {limit_ms} ms and was stopped (its own code, the host's work for it and its waits all count)\n  hint: raise `timeout_s` in the stage's [limits]"
     )]
     Deadline {
         /// The deadline.
@@ -89,6 +89,17 @@ pub enum CallError {
         /// The cap.
         cap_mib: u64,
         /// What it asked for.
+        asked_mib: u64,
+    },
+    /// The host memory held for the stage (its arrays, kernel outputs,
+    /// quarantined rows, report, log) would have exceeded its budget.
+    #[error(
+        "exceeded its host memory budget of {budget_mib} MiB (a request for {asked_mib} MiB more was refused) and was stopped\n  hint: raise `host_memory_mib` in the stage's [limits], or have the stage keep fewer or smaller columns at once"
+    )]
+    HostMemory {
+        /// The budget.
+        budget_mib: u64,
+        /// What the refused request asked for.
         asked_mib: u64,
     },
     /// The stage trapped (panicked, hit `unreachable`, accessed memory out of

@@ -19,6 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::wasmpipe::stage::{host, types};
 use crate::bindings::{DataType, Field, Level, TimeUnit, WitError};
+use crate::budget::HostBudget;
 
 /// A column handle's host data: an immutable Arrow array.
 pub struct ColumnHandle(pub ArrayRef);
@@ -106,12 +107,35 @@ pub struct StageState {
     pub(crate) phase: Phase,
     pub(crate) quarantined: Vec<Quarantined>,
     pub(crate) report: Option<Report>,
+    /// Host memory and time the stage may use (see [`crate::budget`]).
+    pub(crate) budget: HostBudget,
+    /// Bytes of log text kept in `log`.
+    log_bytes: usize,
+    /// The stage's monotonic clock, in nanoseconds: it advances only by
+    /// the waits the stage asks for (see [`crate::clock`]).
+    pub(crate) clock_ns: u64,
 }
+
+/// Longest log line kept or passed on, in bytes; longer ones are cut, with
+/// a note of how much was cut. Generous for a message, small beside a
+/// terminal or a log collector.
+pub const LOG_LINE_BYTES: usize = 16 << 10;
+
+/// Log text an instance keeps for its error report, in bytes. The sink has
+/// seen every line already; this is only what a failure quotes from.
+pub const LOG_KEEP_BYTES: usize = 1 << 20;
+
+/// What one live handle costs the host besides its arrays: the table slot,
+/// the `Arc`s, a batch's schema. Charged per handle (and per column of a
+/// batch) so that a flood of handles to one small array is bounded too.
+const HANDLE_BYTES: usize = 128;
+const FIELD_BYTES: usize = 96;
 
 impl StageState {
     /// The state of a fresh instance.
     pub(crate) fn new(
         limits: MemoryCap,
+        budget: HostBudget,
         wasi: WasiCtx,
         config_json: Arc<str>,
         label: String,
@@ -128,30 +152,84 @@ impl StageState {
             phase: Phase::Other,
             quarantined: Vec::new(),
             report: None,
+            budget,
+            log_bytes: 0,
+            clock_ns: 0,
         }
     }
 
-    fn push_log(&mut self, record: LogRecord) {
+    fn push_log(&mut self, mut record: LogRecord) {
+        if record.message.len() > LOG_LINE_BYTES {
+            // A new string: a truncated one would keep its whole capacity.
+            let cut = record.message.floor_char_boundary(LOG_LINE_BYTES);
+            let more = record.message.len() - cut;
+            record.message = format!("{}... ({more} more bytes cut)", &record.message[..cut]);
+        }
         if let Some(sink) = &self.sink {
             sink(&self.label, &record);
         }
-        // Bound the kept log so a chatty stage cannot grow host memory
-        // without limit; the sink has already seen every line.
-        const KEEP: usize = 10_000;
-        if self.log.len() < KEEP {
+        // Keep a bounded tail for error reports: a chatty stage cannot grow
+        // host memory; the sink has already seen every line.
+        if self.log_bytes + record.message.len() <= LOG_KEEP_BYTES {
+            self.log_bytes += record.message.len();
+            self.log.push(record);
+        } else if record.level == Level::Error {
+            // An error line is what a failure quotes: make room for it.
+            while self.log_bytes + record.message.len() > LOG_KEEP_BYTES && !self.log.is_empty() {
+                let old = self.log.remove(0);
+                self.log_bytes -= old.message.len();
+            }
+            self.log_bytes += record.message.len();
             self.log.push(record);
         }
     }
 
-    /// Put a batch into the table and return the guest's handle to it.
+    /// Put the batch the host hands the stage into the table: its memory is
+    /// the host's allowance for this call.
     pub(crate) fn push_batch(&mut self, batch: RecordBatch) -> Result<Resource<BatchHandle>> {
-        Ok(self.table.push(BatchHandle(batch))?)
+        self.budget.claim_input(&batch)?;
+        self.insert_batch(batch)
     }
 
     /// Take a batch the guest returned out of the table.
     pub(crate) fn take_batch(&mut self, handle: Resource<BatchHandle>) -> Result<RecordBatch> {
-        Ok(self.table.delete(handle)?.0)
+        let batch = self.table.delete(handle)?.0;
+        self.budget.release(batch_cost(&batch));
+        Ok(batch)
     }
+
+    /// Put an array the stage asked for into the table, charged to its
+    /// budget.
+    pub(crate) fn push_column(&mut self, array: ArrayRef) -> Result<Resource<ColumnHandle>> {
+        self.budget.claim(array.as_ref())?;
+        self.budget.hold(HANDLE_BYTES)?;
+        Ok(self.table.push(ColumnHandle(array))?)
+    }
+
+    /// Put a batch the stage asked for into the table, charged to its
+    /// budget.
+    pub(crate) fn push_new_batch(&mut self, batch: RecordBatch) -> Result<Resource<BatchHandle>> {
+        for c in batch.columns() {
+            self.budget.claim(c.as_ref())?;
+        }
+        self.insert_batch(batch)
+    }
+
+    fn insert_batch(&mut self, batch: RecordBatch) -> Result<Resource<BatchHandle>> {
+        self.budget.hold(batch_cost(&batch))?;
+        Ok(self.table.push(BatchHandle(batch))?)
+    }
+
+    fn delete_column(&mut self, handle: Resource<ColumnHandle>) -> Result<()> {
+        self.table.delete(handle)?;
+        self.budget.release(HANDLE_BYTES);
+        Ok(())
+    }
+}
+
+/// The bookkeeping a batch handle costs besides its arrays.
+fn batch_cost(batch: &RecordBatch) -> usize {
+    HANDLE_BYTES + FIELD_BYTES * batch.num_columns()
 }
 
 impl WasiView for StageState {
@@ -192,6 +270,14 @@ fn validity(values_len: usize, validity: Option<Vec<bool>>) -> Result<Option<Nul
         }
         Some(v) => Ok(Some(NullBuffer::from(v))),
     }
+}
+
+/// Host memory a copy of `array` into guest values takes on its way (the
+/// host builds the list, then wasmtime copies it into the guest): eight
+/// bytes a value, a cast's output, and each string's bytes and header.
+fn copy_bytes(array: &dyn Array) -> usize {
+    let strings = array.as_any().downcast_ref::<StringArray>().map_or(0, |a| a.value_data().len());
+    array.len().saturating_mul(40).saturating_add(strings)
 }
 
 /// Cast a numeric or boolean column to `to`, for the `read-*` copies.
@@ -256,12 +342,14 @@ impl types::HostColumn for StageState {
             Err(e) => return Ok(Err(e)),
         };
         let array: ArrayRef = Arc::new(BooleanArray::new(values.into(), nulls));
-        Ok(Ok(self.table.push(ColumnHandle(array))?))
+        Ok(Ok(self.push_column(array)?))
     }
 
     fn from_utf8(&mut self, values: Vec<Option<String>>) -> Result<Result<Resource<ColumnHandle>, WitError>> {
+        let bytes: usize = values.iter().map(|v| v.as_ref().map_or(0, String::len)).sum();
+        self.budget.reserve(bytes + 5 * values.len())?;
         let array: ArrayRef = Arc::new(StringArray::from(values));
-        Ok(Ok(self.table.push(ColumnHandle(array))?))
+        Ok(Ok(self.push_column(array)?))
     }
 
     fn len(&mut self, this: Resource<ColumnHandle>) -> Result<u64> {
@@ -290,16 +378,20 @@ impl types::HostColumn for StageState {
             ))));
         }
         let sliced = array.slice(offset as usize, length as usize);
-        Ok(Ok(self.table.push(ColumnHandle(sliced))?))
+        Ok(Ok(self.push_column(sliced)?))
     }
 
     fn validity(&mut self, this: Resource<ColumnHandle>) -> Result<Option<Vec<bool>>> {
         let array = &self.table.get(&this)?.0;
+        self.budget.check_time()?;
+        self.budget.reserve(copy_bytes(array.as_ref()))?;
         Ok(array.logical_nulls().filter(|n| n.null_count() > 0).map(|n| n.iter().collect()))
     }
 
     fn read_f64(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<f64>, WitError>> {
         let array = &self.table.get(&this)?.0;
+        self.budget.check_time()?;
+        self.budget.reserve(copy_bytes(array.as_ref()))?;
         Ok(cast_numeric(array, &ArrowType::Float64, &NUMERIC, "a numeric column").map(|a| {
             let a = a.as_any().downcast_ref::<Float64Array>().expect("cast to f64");
             match a.nulls() {
@@ -311,6 +403,8 @@ impl types::HostColumn for StageState {
 
     fn read_f32(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<f32>, WitError>> {
         let array = &self.table.get(&this)?.0;
+        self.budget.check_time()?;
+        self.budget.reserve(copy_bytes(array.as_ref()))?;
         Ok(cast_numeric(array, &ArrowType::Float32, &NUMERIC, "a numeric column").map(|a| {
             let a = a.as_any().downcast_ref::<Float32Array>().expect("cast to f32");
             match a.nulls() {
@@ -322,6 +416,8 @@ impl types::HostColumn for StageState {
 
     fn read_i64(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<i64>, WitError>> {
         let array = &self.table.get(&this)?.0;
+        self.budget.check_time()?;
+        self.budget.reserve(copy_bytes(array.as_ref()))?;
         let accepts = [ArrowType::Boolean, ArrowType::Int32, ArrowType::Int64];
         Ok(cast_numeric(array, &ArrowType::Int64, &accepts, "an integer, boolean or timestamp column").map(|a| {
             let a = a.as_any().downcast_ref::<Int64Array>().expect("cast to i64");
@@ -331,6 +427,8 @@ impl types::HostColumn for StageState {
 
     fn read_i32(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<i32>, WitError>> {
         let array = &self.table.get(&this)?.0;
+        self.budget.check_time()?;
+        self.budget.reserve(copy_bytes(array.as_ref()))?;
         let accepts = [ArrowType::Boolean, ArrowType::Int32];
         Ok(cast_numeric(array, &ArrowType::Int32, &accepts, "an int32 or boolean column").map(|a| {
             let a = a.as_any().downcast_ref::<Int32Array>().expect("cast to i32");
@@ -340,6 +438,8 @@ impl types::HostColumn for StageState {
 
     fn read_bool(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<bool>, WitError>> {
         let array = &self.table.get(&this)?.0;
+        self.budget.check_time()?;
+        self.budget.reserve(copy_bytes(array.as_ref()))?;
         Ok(match array.as_any().downcast_ref::<BooleanArray>() {
             Some(a) => Ok(a.iter().map(|v| v.unwrap_or(false)).collect()),
             None => Err(type_mismatch("a boolean column", array.data_type())),
@@ -348,6 +448,8 @@ impl types::HostColumn for StageState {
 
     fn read_utf8(&mut self, this: Resource<ColumnHandle>) -> Result<Result<Vec<Option<String>>, WitError>> {
         let array = &self.table.get(&this)?.0;
+        self.budget.check_time()?;
+        self.budget.reserve(copy_bytes(array.as_ref()))?;
         Ok(match array.as_any().downcast_ref::<StringArray>() {
             Some(a) => Ok(a.iter().map(|v| v.map(str::to_owned)).collect()),
             None => Err(type_mismatch("a utf8 column", array.data_type())),
@@ -355,8 +457,7 @@ impl types::HostColumn for StageState {
     }
 
     fn drop(&mut self, rep: Resource<ColumnHandle>) -> Result<()> {
-        self.table.delete(rep)?;
-        Ok(())
+        self.delete_column(rep)
     }
 }
 
@@ -367,7 +468,8 @@ fn assemble(columns: Vec<(String, ArrayRef)>) -> Result<RecordBatch, WitError> {
     };
     let rows = first.1.len();
     let mut fields = Vec::with_capacity(columns.len());
-    for (i, (name, array)) in columns.iter().enumerate() {
+    let mut seen = std::collections::HashSet::with_capacity(columns.len());
+    for (name, array) in &columns {
         if array.len() != rows {
             return Err(WitError::LengthMismatch(format!(
                 "column {name:?} has {} rows but column {:?} has {rows}",
@@ -375,7 +477,7 @@ fn assemble(columns: Vec<(String, ArrayRef)>) -> Result<RecordBatch, WitError> {
                 first.0
             )));
         }
-        if columns[..i].iter().any(|(n, _)| n == name) {
+        if !seen.insert(name.as_str()) {
             return Err(WitError::InvalidArgument(format!("column name {name:?} appears twice")));
         }
         fields.push(ArrowField::new(name, array.data_type().clone(), array.null_count() > 0));
@@ -417,8 +519,14 @@ fn replace_columns(batch: &RecordBatch, set: Vec<(String, ArrayRef)>) -> Result<
 
 fn column_index(batch: &RecordBatch, name: &str) -> Result<usize, WitError> {
     batch.schema().index_of(name).map_err(|_| {
-        let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
-        WitError::ColumnNotFound(format!("{name:?} (the batch has {})", names.join(", ")))
+        // Name a few: a batch may have thousands of columns.
+        const SHOWN: usize = 20;
+        let fields = batch.schema().fields().clone();
+        let mut names: Vec<&str> = fields.iter().take(SHOWN).map(|f| f.name().as_str()).collect();
+        let more = fields.len().saturating_sub(SHOWN);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        names.sort_unstable();
+        WitError::ColumnNotFound(format!("{name:?} (the batch has {}{more})", names.join(", ")))
     })
 }
 
@@ -439,7 +547,7 @@ impl StageState {
         r: Result<RecordBatch, WitError>,
     ) -> Result<Result<Resource<BatchHandle>, WitError>> {
         Ok(match r {
-            Ok(b) => Ok(self.table.push(BatchHandle(b))?),
+            Ok(b) => Ok(self.push_new_batch(b)?),
             Err(e) => Err(e),
         })
     }
@@ -449,7 +557,7 @@ impl StageState {
         r: Result<ArrayRef, WitError>,
     ) -> Result<Result<Resource<ColumnHandle>, WitError>> {
         Ok(match r {
-            Ok(a) => Ok(self.table.push(ColumnHandle(a))?),
+            Ok(a) => Ok(self.push_column(a)?),
             Err(e) => Err(e),
         })
     }
@@ -586,8 +694,7 @@ impl types::HostBatch for StageState {
     }
 
     fn drop(&mut self, rep: Resource<BatchHandle>) -> Result<()> {
-        self.table.delete(rep)?;
-        Ok(())
+        self.take_batch(rep).map(drop)
     }
 }
 
@@ -625,7 +732,10 @@ impl host::Host for StageState {
                 rows.num_rows()
             ))));
         }
+        self.budget.check_time()?;
         if rows.num_rows() > 0 {
+            let reasons = cut_reasons(&reasons);
+            self.budget.claim(reasons.as_ref())?;
             self.quarantined.push(Quarantined { rows, reasons });
         }
         Ok(Ok(()))
@@ -639,12 +749,42 @@ impl host::Host for StageState {
         if self.phase != Phase::Finalize {
             return Ok(Err(WitError::InvalidArgument("a report is published from `finalize` only".into())));
         }
-        if let Err(e) = serde_json::from_str::<serde_json::Value>(&json) {
+        self.budget.check_time()?;
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&json) {
             return Ok(Err(WitError::InvalidArgument(format!("the report is not JSON: {e}"))));
+        }
+        self.budget.hold(json.len())?;
+        if let Some(old) = self.report.take() {
+            self.budget.release(old.json.len());
         }
         self.report = Some(Report { json, table });
         Ok(Ok(()))
     }
+}
+
+/// Longest quarantine reason kept, in bytes: a reason says why in a line;
+/// the row itself is kept beside it.
+pub const REASON_BYTES: usize = 1 << 10;
+
+/// `reasons` with every value cut to [`REASON_BYTES`] (the same array when
+/// none is longer).
+fn cut_reasons(reasons: &ArrayRef) -> ArrayRef {
+    let Some(strings) = reasons.as_any().downcast_ref::<StringArray>() else {
+        return reasons.clone();
+    };
+    if strings.iter().flatten().all(|r| r.len() <= REASON_BYTES) {
+        return reasons.clone();
+    }
+    let cut = strings.iter().map(|r| {
+        r.map(|r| match r.len() <= REASON_BYTES {
+            true => r.to_string(),
+            false => {
+                let cut = r.floor_char_boundary(REASON_BYTES);
+                format!("{}... ({} more bytes cut)", &r[..cut], r.len() - cut)
+            }
+        })
+    });
+    Arc::new(cut.collect::<StringArray>())
 }
 
 impl StageState {

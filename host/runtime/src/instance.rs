@@ -4,17 +4,19 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
+use rand::SeedableRng;
 use wasmtime::component::InstancePre;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
 use crate::bindings::exports::wasmpipe::stage::{fit, transform};
 use crate::bindings::{FitOutcome, Level, TaskInfo, WitError};
-use crate::engine::{EPOCH_TICK, Runtime};
+use crate::budget::{HostBudget, HostLimit};
+use crate::engine::Runtime;
 use crate::error::{CallError, RuntimeError};
 use crate::host::{LogRecord, LogSink, MemoryCap, Phase, Quarantined, Report, StageState};
 
@@ -108,7 +110,14 @@ impl StageComponent {
 pub struct InstanceLimits {
     /// Linear memory cap in bytes.
     pub memory_bytes: u64,
-    /// CPU time the instance may spend in guest calls, over its whole life.
+    /// Host memory the instance may hold through the host (arrays behind
+    /// its handles, kernel outputs and scratch, rows it quarantined, its
+    /// report, kept log lines), in bytes; the batch being handed to it is
+    /// allowed on top (see [`crate::budget`]).
+    pub host_memory_bytes: u64,
+    /// Time the instance may spend in guest calls, over its whole life:
+    /// its own code, the host's work on its behalf, and its (virtual)
+    /// waits.
     pub cpu: Duration,
 }
 
@@ -121,6 +130,10 @@ pub struct InstanceSetup {
     pub label: String,
     /// Receives log lines as they happen.
     pub sink: Option<LogSink>,
+    /// Seeds the stage's WASI random numbers, so that every attempt of a
+    /// task draws the same ones and writes the same bytes (derive it from
+    /// the task's identity).
+    pub seed: [u8; 32],
 }
 
 /// A stopped clock: stages get no time unless the host grants it, and
@@ -178,22 +191,44 @@ impl Runtime {
     ) -> Result<StageInstance, CallError> {
         let out = MemoryOutputPipe::new(STDIO_CAPACITY);
         let err = MemoryOutputPipe::new(STDIO_CAPACITY);
+        // Random numbers from the task's seed: the same in every attempt.
+        let stream = |salt: u8| {
+            let mut seed = setup.seed;
+            seed[0] ^= salt;
+            rand::rngs::StdRng::from_seed(seed)
+        };
+        let insecure_seed = u128::from_le_bytes(setup.seed[16..].try_into().expect("16 bytes"));
         // No preopened directories, no environment, no arguments, no
-        // network, a frozen clock: a stage that imports WASI gets nothing.
+        // network, a frozen wall clock (the monotonic clock is the stage's
+        // own, see `crate::clock`): a stage that imports WASI gets nothing.
         let wasi = WasiCtxBuilder::new()
             .stdout(out.clone())
             .stderr(err.clone())
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
+            .secure_random(stream(1))
+            .insecure_random(stream(2))
+            .insecure_random_seed(insecure_seed)
             .allow_ip_name_lookup(false)
             .allow_tcp(false)
             .allow_udp(false)
             .build();
         let cap = limits.memory_bytes.min(self.config.max_memory_bytes);
         let memory = MemoryCap { cap: cap as usize, refused: None };
-        let state = StageState::new(memory, wasi, setup.config_json, setup.label, setup.sink);
+        let budget = HostBudget::new(usize::try_from(limits.host_memory_bytes).unwrap_or(usize::MAX));
+        let state = StageState::new(memory, budget, wasi, setup.config_json, setup.label, setup.sink);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        // Every epoch tick, a running call checks its deadline, which the
+        // host's work and the stage's waits have moved closer.
+        store.epoch_deadline_callback(|mut ctx| {
+            let budget = &mut ctx.data_mut().budget;
+            if budget.past_deadline() {
+                budget.exceeded.get_or_insert(HostLimit::Deadline);
+                return Err(Trap::Interrupt.into());
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
         let mut instance = StageInstance {
             store,
             transform: None,
@@ -240,11 +275,10 @@ impl StageInstance {
         if self.poisoned {
             return Err(CallError::Poisoned);
         }
-        let ticks = (self.cpu_left.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64;
-        self.store.set_epoch_deadline(ticks);
-        let started = Instant::now();
+        self.store.data_mut().budget.start_call(self.cpu_left);
+        self.store.set_epoch_deadline(1);
         let result = call(&mut self.store);
-        self.cpu_left = self.cpu_left.saturating_sub(started.elapsed());
+        self.cpu_left = self.store.data().budget.time_left();
         self.drain_stdio();
         result.map_err(|e| {
             self.poisoned = true;
@@ -253,6 +287,13 @@ impl StageInstance {
     }
 
     fn classify(&mut self, e: wasmtime::Error) -> CallError {
+        match self.store.data().budget.exceeded {
+            Some(HostLimit::Memory { budget_mib, asked_mib }) => {
+                return CallError::HostMemory { budget_mib, asked_mib };
+            }
+            Some(HostLimit::Deadline) => return CallError::Deadline { limit_ms: self.cpu_limit.as_millis() as u64 },
+            None => {}
+        }
         if let Some(asked) = self.store.data().limits.refused {
             return CallError::Memory { cap_mib: self.memory_cap >> 20, asked_mib: (asked as u64) >> 20 };
         }
@@ -294,6 +335,28 @@ impl StageInstance {
     /// CPU time spent in guest calls so far.
     pub fn cpu_used(&self) -> Duration {
         self.cpu_limit.saturating_sub(self.cpu_left)
+    }
+
+    /// Charge `spent`, time the host worked for the stage outside a call
+    /// (writing the rows it quarantined, say), to its time budget; past
+    /// the deadline the instance fails as a call would.
+    pub fn charge(&mut self, spent: Duration) -> Result<(), CallError> {
+        if self.poisoned {
+            return Err(CallError::Poisoned);
+        }
+        if spent >= self.cpu_left {
+            self.cpu_left = Duration::ZERO;
+            self.poisoned = true;
+            return Err(CallError::Deadline { limit_ms: self.cpu_limit.as_millis() as u64 });
+        }
+        self.cpu_left -= spent;
+        Ok(())
+    }
+
+    /// Host memory the instance holds now, and its budget, in bytes.
+    pub fn host_memory(&self) -> (usize, usize) {
+        let budget = &self.store.data().budget;
+        (budget.used(), budget.limit())
     }
 
     /// `transform.open`.

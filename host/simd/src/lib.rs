@@ -292,7 +292,16 @@ const BLOCK: usize = 1024;
 /// Rows per parallel chunk in `gram`. The chunks are fixed by the row
 /// count, never by the number of threads, so the result is the same
 /// bits at any parallelism.
-const CHUNK: usize = 1 << 16;
+pub const GRAM_CHUNK: usize = 1 << 16;
+const CHUNK: usize = GRAM_CHUNK;
+
+/// Bytes of scratch space `gram` takes for `columns` columns (the target
+/// included) of `rows` rows: one m x m partial matrix per chunk, and the
+/// sum.
+pub fn gram_scratch_bytes(columns: usize, rows: usize) -> usize {
+    let m = columns.saturating_add(1);
+    m.saturating_mul(m).saturating_mul(8).saturating_mul(rows.div_ceil(CHUNK).saturating_add(1))
+}
 
 /// Upper triangle of X^T X (row-major k x k, mirrored at the end) and
 /// X^T y, for columns `x` (all of `y`'s length), with an optional leading
@@ -300,6 +309,18 @@ const CHUNK: usize = 1 << 16;
 /// Gram matrix is computed in 4 x 4 register tiles over blocks of rows
 /// held in cache; inputs over one chunk fan out on rayon.
 pub fn gram(x: &[&[f64]], y: &[f64], intercept: bool) -> (Vec<f64>, Vec<f64>) {
+    gram_until(x, y, intercept, &|| false).expect("never stopped")
+}
+
+/// [`gram`], giving up (`None`) as soon as `stop` says so; it is asked
+/// once per block of rows, so a caller with a deadline is answered within
+/// one block's work.
+pub fn gram_until(
+    x: &[&[f64]],
+    y: &[f64],
+    intercept: bool,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Option<(Vec<f64>, Vec<f64>)> {
     use rayon::prelude::*;
     let n = y.len();
     let mut cols: Vec<&[f64]> = x.iter().map(|c| &c[..n]).collect();
@@ -311,9 +332,9 @@ pub fn gram(x: &[&[f64]], y: &[f64], intercept: bool) -> (Vec<f64>, Vec<f64>) {
             let rows = c * CHUNK..((c + 1) * CHUNK).min(n);
             let chunk: Vec<&[f64]> = cols.iter().map(|col| &col[rows.clone()]).collect();
             let sums = chunk.iter().map(|col| sum(col)).collect();
-            (gram_upper(&chunk), sums)
+            Some((gram_upper(&chunk, stop)?, sums))
         })
-        .collect();
+        .collect::<Option<_>>()?;
     let mut full = vec![0.0; m * m];
     let mut sums = vec![0.0; m];
     for (g, s) in parts {
@@ -341,12 +362,12 @@ pub fn gram(x: &[&[f64]], y: &[f64], intercept: bool) -> (Vec<f64>, Vec<f64>) {
             xtx[a * k + b] = xtx[b * k + a];
         }
     }
-    (xtx, xty)
+    Some((xtx, xty))
 }
 
 /// The upper triangle (with the diagonal) of the Gram matrix of `cols`,
 /// all of one length, row-major m x m; the lower triangle is left zero.
-fn gram_upper(cols: &[&[f64]]) -> Vec<f64> {
+fn gram_upper(cols: &[&[f64]], stop: &(dyn Fn() -> bool + Sync)) -> Option<Vec<f64>> {
     let m = cols.len();
     let n = cols.first().map_or(0, |c| c.len());
     let mut out = vec![0.0; m * m];
@@ -358,6 +379,11 @@ fn gram_upper(cols: &[&[f64]]) -> Vec<f64> {
         // last column (their products are computed and dropped).
         let col = |i: usize| &cols[i.min(m - 1)][start..end];
         for qa in 0..quads {
+            // A row of tiles is m / 4 tiles of one block: with thousands of
+            // columns, asking per block would answer too late.
+            if stop() {
+                return None;
+            }
             for qb in qa..quads {
                 let tile = dot4x4(std::array::from_fn(|t| col(4 * qa + t)), std::array::from_fn(|t| col(4 * qb + t)));
                 for (t, row) in tile.iter().enumerate() {
@@ -372,7 +398,7 @@ fn gram_upper(cols: &[&[f64]]) -> Vec<f64> {
         }
         start = end;
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]

@@ -20,8 +20,18 @@
 //!   that ignore the conditions (Garage), the protocol still holds for any
 //!   number of identical runs; runs of different versions of a stage must
 //!   not write one output at the same time (see `docs/commit-protocol.md`).
-//! * After the commit lands, parts, quarantine parts, models and reports it
-//!   does not list, and all task records, are deleted.
+//! * Before a stage writes anything beside its task records, it writes a
+//!   journal (`_wasmpipe_tasks/journal-….json`) naming every object it is
+//!   about to write and every object of the commit it will replace.
+//! * After the commit lands, the objects the journals and the replaced
+//!   commit name that the new commit does not list are deleted, then the
+//!   journals, task records and probe objects under `_wasmpipe_tasks/`.
+//!   Nothing else is ever deleted: an object in the output prefix that no
+//!   wasmpipe record names is not wasmpipe's, and is left alone.
+//! * A stage refuses to write into a prefix that holds objects no wasmpipe
+//!   record names and no commit: that is someone else's data.
+
+use std::collections::HashSet;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -115,8 +125,103 @@ pub struct CommitRecord {
 /// How report files' names start, within a stage's output prefix.
 pub const REPORT_PREFIX: &str = "_report-";
 
-/// Where task records live, within a stage's output prefix.
+/// Where task records live, within a stage's output prefix: wasmpipe's
+/// working directory, every object of which wasmpipe wrote.
 pub const TASKS_DIR: &str = "_wasmpipe_tasks";
+
+/// How journal names start, within [`TASKS_DIR`].
+pub const JOURNAL_PREFIX: &str = "journal-";
+
+/// What a stage is about to write into its output, recorded before it
+/// writes, so that clean-up deletes exactly what wasmpipe wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// The run writing.
+    pub run_id: String,
+    /// Objects it will write (relative to the output prefix), and the
+    /// objects of the commit it will replace.
+    pub objects: Vec<String>,
+}
+
+impl CommitRecord {
+    /// Every object the record lists, relative to the output prefix (the
+    /// record itself included).
+    pub fn objects(&self) -> impl Iterator<Item = &str> {
+        self.parts
+            .iter()
+            .map(|p| p.name.as_str())
+            .chain(self.model.iter().map(|m| m.name.as_str()))
+            .chain(self.quarantine.iter().map(|p| p.name.as_str()))
+            .chain(self.report.iter().flat_map(|r| std::iter::once(r.json.as_str()).chain(r.table.as_deref())))
+            .chain([COMMIT_FILE])
+    }
+}
+
+/// Record `journal` under `output` before writing what it names.
+pub async fn write_journal(output: &Location, journal: &Journal) -> Result<(), StorageError> {
+    let json = serde_json::to_vec(journal).expect("journals serialize");
+    let name = format!("{TASKS_DIR}/{JOURNAL_PREFIX}{}.json", journal.run_id);
+    output.child(&name).put(json).await
+}
+
+/// The objects under `output`, relative to it.
+async fn list_relative(output: &Location) -> Result<Vec<String>, StorageError> {
+    let store = output.store();
+    let listed: Vec<_> = store.list(Some(output.path())).try_collect().await.map_err(|e| output.error(e))?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|meta| {
+            let rel = meta.location.prefix_match(output.path())?;
+            Some(rel.map(|s| s.as_ref().to_string()).collect::<Vec<_>>().join("/"))
+        })
+        .collect())
+}
+
+/// Whether `rel` lies in wasmpipe's working directory.
+fn in_tasks_dir(rel: &str) -> bool {
+    rel.strip_prefix(TASKS_DIR).is_some_and(|r| r.starts_with('/'))
+}
+
+/// Every object the journals under `output` name.
+async fn journaled(output: &Location, listed: &[String]) -> Result<Vec<String>, StorageError> {
+    let mut named = Vec::new();
+    for rel in listed.iter().filter(|r| in_tasks_dir(r)) {
+        let file = &rel[TASKS_DIR.len() + 1..];
+        if !(file.starts_with(JOURNAL_PREFIX) && file.ends_with(".json")) {
+            continue;
+        }
+        let Some((bytes, _)) = output.child(rel).get_opt().await? else {
+            continue;
+        };
+        // A journal cut short by a kill names nothing it can prove.
+        if let Ok(journal) = serde_json::from_slice::<Journal>(&bytes) {
+            named.extend(journal.objects);
+        }
+    }
+    Ok(named)
+}
+
+/// Refuse to write into `output` when it holds objects that no wasmpipe
+/// record names and no commit: someone else's data, which wasmpipe must
+/// neither mix its parts into nor ever clean up. A committed output may
+/// hold foreign objects; they are left alone.
+pub async fn check_writable(output: &Location, committed: Option<&CommitRecord>) -> Result<(), StorageError> {
+    if committed.is_some() {
+        return Ok(());
+    }
+    let listed = list_relative(output).await?;
+    let named: HashSet<String> = journaled(output, &listed).await?.into_iter().collect();
+    let foreign: Vec<&String> =
+        listed.iter().filter(|r| !in_tasks_dir(r) && r.as_str() != COMMIT_FILE && !named.contains(*r)).collect();
+    if let Some(first) = foreign.first() {
+        return Err(StorageError::ForeignObjects {
+            url: output.url().into(),
+            count: foreign.len(),
+            example: (*first).clone(),
+        });
+    }
+    Ok(())
+}
 
 /// Read the commit record at `output`, if there is one.
 pub async fn read(output: &Location) -> Result<Option<CommitRecord>, StorageError> {
@@ -155,7 +260,10 @@ pub async fn write(output: &Location, record: &CommitRecord, seen: Seen) -> Resu
     let e_tag = match seen {
         None => None,
         // A record without a version cannot be checked: overwrite it.
-        Some(None) => return finish(output, record, at.put(json).await).await,
+        Some(None) => {
+            at.put(json).await?;
+            return remove_unreferenced(output, record).await;
+        }
         Some(Some(e_tag)) => Some(e_tag),
     };
     if !at.put_if(json, e_tag).await? {
@@ -163,11 +271,6 @@ pub async fn write(output: &Location, record: &CommitRecord, seen: Seen) -> Resu
             read(output).await.ok().flatten().map_or_else(|| "another run".into(), |r| format!("run {}", r.run_id));
         return Err(StorageError::CommitConflict { url: at.url().into(), other });
     }
-    remove_unreferenced(output, record).await
-}
-
-async fn finish(output: &Location, record: &CommitRecord, put: Result<(), StorageError>) -> Result<(), StorageError> {
-    put?;
     remove_unreferenced(output, record).await
 }
 
@@ -182,43 +285,34 @@ pub async fn write_task(output: &Location, task_id: &str, bytes: Vec<u8>) -> Res
     output.child(&format!("{TASKS_DIR}/{task_id}")).put(bytes).await
 }
 
-/// Delete parts and models under `output` that `record` does not list
-/// (leftovers of earlier commits and of runs that died before committing),
-/// every task record, and leftover probe objects.
+/// Delete what wasmpipe wrote under `output` that `record` does not list:
+/// the objects the journals name (leftovers of the commit it replaced and
+/// of runs that died before committing), then everything in wasmpipe's
+/// working directory (journals, task records, probe objects). An object
+/// no wasmpipe record names is never deleted.
 pub async fn remove_unreferenced(output: &Location, record: &CommitRecord) -> Result<(), StorageError> {
-    let keep: Vec<&str> = record
-        .parts
+    let keep: HashSet<&str> = record.objects().collect();
+    let listed = list_relative(output).await?;
+    let present: HashSet<&str> = listed.iter().map(String::as_str).collect();
+    let mut named = journaled(output, &listed).await?;
+    named.sort();
+    named.dedup();
+    let doomed = named
         .iter()
-        .map(|p| p.name.as_str())
-        .chain(record.model.iter().map(|m| m.name.as_str()))
-        .chain(record.quarantine.iter().map(|p| p.name.as_str()))
-        .chain(record.report.iter().flat_map(|r| std::iter::once(r.json.as_str()).chain(r.table.as_deref())))
-        .chain([COMMIT_FILE])
-        .collect();
-    let store = output.store();
-    let listed: Vec<_> = store.list(Some(output.path())).try_collect().await.map_err(|e| output.error(e))?;
-    for meta in listed {
-        let Some(rel) = meta
-            .location
-            .prefix_match(output.path())
-            .map(|p| p.map(|s| s.as_ref().to_string()).collect::<Vec<_>>().join("/"))
-        else {
-            continue;
-        };
-        // Parts, quarantine, models, reports, task records, and the scratch
-        // object of a conditional-write probe that a killed run left behind.
-        let ours = rel.starts_with("part-")
-            || rel.starts_with(crate::quarantine::QUARANTINE_DIR)
-            || rel.starts_with("_model-")
-            || rel.starts_with(REPORT_PREFIX)
-            || rel.starts_with(TASKS_DIR)
-            || rel.starts_with(crate::location::PROBE_PREFIX);
-        if ours && !keep.contains(&rel.as_str()) {
-            match store.delete(&meta.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(output.at(meta.location.clone()).error(e)),
-            }
+        .filter(|r| !in_tasks_dir(r) && !keep.contains(r.as_str()) && present.contains(r.as_str()))
+        .chain(listed.iter().filter(|r| in_tasks_dir(r) && !is_journal(r)))
+        // Journals last: until the end, they say what is left to delete.
+        .chain(listed.iter().filter(|r| is_journal(r)));
+    for rel in doomed {
+        let at = output.child(rel);
+        match at.store().delete(at.path()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(at.error(e)),
         }
     }
     Ok(())
+}
+
+fn is_journal(rel: &str) -> bool {
+    in_tasks_dir(rel) && rel[TASKS_DIR.len() + 1..].starts_with(JOURNAL_PREFIX)
 }

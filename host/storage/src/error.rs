@@ -103,4 +103,17 @@ pub enum StorageError {
         /// The difference.
         detail: String,
     },
+    /// An output prefix holds objects that no wasmpipe record names, and
+    /// no commit: someone else's data.
+    #[error(
+        "{url} holds {count} object(s) that wasmpipe did not write (e.g. {example:?}) and no wasmpipe commit; wasmpipe writes only into an empty prefix or one it committed to, and never deletes what it did not write\n  hint: choose another `output` (or `--store`), or move those objects away"
+    )]
+    ForeignObjects {
+        /// The output prefix.
+        url: String,
+        /// How many foreign objects.
+        count: usize,
+        /// One of them, relative to the prefix.
+        example: String,
+    },
 }

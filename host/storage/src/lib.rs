@@ -21,4 +21,31 @@ mod text;
 pub mod write;
 
 pub use error::StorageError;
+
+/// Most columns wasmpipe reads from one file. Real tables have hundreds,
+/// wide ones thousands; a file of a million empty columns is an attack on
+/// the reader's memory (a builder, a writer and a page buffer each).
+pub const MAX_COLUMNS: usize = 10_000;
+
+/// Most values (rows x columns) in one batch read or one row group
+/// written: 4 Mi values, 32 MiB of float64. A batch of a wide table has
+/// fewer rows than `batch_rows`, so that memory follows the batch budget,
+/// not the file's width.
+pub const MAX_BATCH_VALUES: usize = 1 << 22;
+
+/// Longest text record (a CSV row or a JSON line), in bytes. A record is
+/// buffered whole before it is split into values.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
+
+/// Largest column chunk of a Parquet row group, decoded, in bytes. A
+/// chunk's pages are decompressed one at a time, so this bounds the
+/// memory one page takes; a small file whose page inflates to gigabytes
+/// is refused before reading.
+pub const MAX_CHUNK_BYTES: i64 = 256 << 20;
+
+/// Rows per batch (or row group) for a table of `columns` columns, given
+/// the stage's `batch_rows`: at most [`MAX_BATCH_VALUES`] values.
+pub fn rows_for_width(batch_rows: usize, columns: usize) -> usize {
+    batch_rows.min(MAX_BATCH_VALUES / columns.max(1)).max(1)
+}
 pub use location::{Conditional, Location, MAX_REQUESTS_PER_STORE, Storage, StoreOptions};

@@ -179,6 +179,9 @@ async fn probe(at: &Location) -> Conditional {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let mut parts: Vec<_> = at.path().parts().collect();
     parts.pop();
+    // In wasmpipe's working directory, where clean-up finds what a killed
+    // probe left behind.
+    parts.push(crate::commit::TASKS_DIR.into());
     parts.push(format!("{PROBE_PREFIX}{}-{nanos}", std::process::id()).into());
     let scratch = at.at(parts.into_iter().collect());
     let store = at.store();
@@ -238,6 +241,15 @@ impl Storage {
             // on an object store.
             local: Backend::new(Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))),
             cloud: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The URL relative locations resolve below, for a storage made with
+    /// [`Storage::at_url`] (a deployment's root).
+    pub fn base_url(&self) -> Option<&str> {
+        match &self.base {
+            Base::Url(u) => Some(u),
+            Base::Dir(_) => None,
         }
     }
 

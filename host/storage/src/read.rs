@@ -232,6 +232,7 @@ pub async fn partitions(files: &[InputFile]) -> Result<Vec<Partition>, StorageEr
                 let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
                     .await
                     .map_err(|source| StorageError::Parquet { url: file.location.url().into(), source })?;
+                check_footer(file, metadata.metadata())?;
                 for (i, rg) in metadata.metadata().row_groups().iter().enumerate() {
                     out.push(Partition {
                         file: file.clone(),
@@ -245,6 +246,59 @@ pub async fn partitions(files: &[InputFile]) -> Result<Vec<Partition>, StorageEr
         }
     }
     Ok(out)
+}
+
+/// Refuse a footer that cannot be true, or that would make the reader
+/// hold more than its limits allow: too many columns, row counts that do
+/// not add up, column chunks outside the file, or a chunk that decodes to
+/// more than [`crate::MAX_CHUNK_BYTES`].
+fn check_footer(file: &InputFile, metadata: &ParquetMetaData) -> Result<(), StorageError> {
+    let bad = |reason: String| StorageError::Text { url: file.location.url().into(), reason };
+    let columns = metadata.file_metadata().schema_descr().num_columns();
+    if columns > crate::MAX_COLUMNS {
+        return Err(bad(format!(
+            "{columns} columns, more than the {} wasmpipe reads from one file\n  hint: split the table into narrower files",
+            crate::MAX_COLUMNS
+        )));
+    }
+    let claimed = metadata.file_metadata().num_rows();
+    let mut total: i64 = 0;
+    for (i, rg) in metadata.row_groups().iter().enumerate() {
+        if rg.num_rows() < 0 {
+            return Err(bad(format!("corrupt footer: row group {i} claims {} rows", rg.num_rows())));
+        }
+        total = total.saturating_add(rg.num_rows());
+        for c in rg.columns() {
+            // (Not `byte_range`, which panics on a negative offset.)
+            let start = c.dictionary_page_offset().unwrap_or_else(|| c.data_page_offset());
+            let len = c.compressed_size();
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(s, l)| s.checked_add(l))
+                .is_some_and(|end| end <= file.size);
+            if !inside || c.uncompressed_size() < 0 {
+                return Err(bad(format!(
+                    "corrupt footer: column {} of row group {i} claims bytes {start}..{} of a {}-byte file",
+                    c.column_path(),
+                    start.saturating_add(len),
+                    file.size
+                )));
+            }
+            if c.uncompressed_size() > crate::MAX_CHUNK_BYTES {
+                return Err(bad(format!(
+                    "column {} of row group {i} decodes to {} MiB, more than the {} MiB wasmpipe decodes at once\n  hint: rewrite the file with smaller row groups (e.g. pyarrow's row_group_size)",
+                    c.column_path(),
+                    c.uncompressed_size() >> 20,
+                    crate::MAX_CHUNK_BYTES >> 20
+                )));
+            }
+        }
+    }
+    if total != claimed {
+        return Err(bad(format!("corrupt footer: the file claims {claimed} rows but its row groups hold {total}")));
+    }
+    Ok(())
 }
 
 /// What reading a partition yields.
@@ -295,9 +349,10 @@ pub async fn open(
                     .await
                     .map_err(|source| StorageError::Parquet { url: url.to_string(), source })?,
             };
+            let width = columns.map_or(metadata.parquet_schema().num_columns(), <[String]>::len);
             let mut builder =
                 ParquetRecordBatchStreamBuilder::new_with_metadata(parquet_reader(&part.file), metadata.clone())
-                    .with_batch_size(batch_rows);
+                    .with_batch_size(crate::rows_for_width(batch_rows, width));
             if let Some(cols) = columns {
                 let indices = project(metadata.schema(), cols, &url)?;
                 builder = builder.with_projection(ProjectionMask::roots(metadata.parquet_schema(), indices));

@@ -242,6 +242,24 @@ impl Splitter {
         }
     }
 
+    /// Bytes of the record being read that have no end yet.
+    fn pending(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// The error for a record that grew past [`crate::MAX_RECORD_BYTES`].
+    fn too_long(&self, url: &str) -> StorageError {
+        StorageError::Text {
+            url: url.into(),
+            reason: format!(
+                "the record at line {} is longer than {} MiB (no line end found)\n  hint: check that this is a {} file with one record per line",
+                self.line,
+                crate::MAX_RECORD_BYTES >> 20,
+                if self.quotes { "CSV" } else { "JSON Lines" }
+            ),
+        }
+    }
+
     /// Where the next record starts, to split again from there.
     fn mark(&self) -> (usize, u64) {
         (self.start, self.line)
@@ -337,7 +355,13 @@ impl TextReader {
     /// are ignored.
     fn infer(&mut self, head: &[u8], records: &[(u64, std::ops::Range<usize>)]) -> Schema {
         let mut columns: Vec<(String, Kind)> = self.header.iter().map(|h| (h.clone(), Kind::Null)).collect();
+        // By name, for JSON members: a linear search per member would cost
+        // columns^2 on a wide head.
+        let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (_, range) in records {
+            if columns.len() > crate::MAX_COLUMNS {
+                break; // refused by the caller
+            }
             match self.parse(&head[range.clone()]) {
                 Ok(record @ Record::Fields { .. }) => {
                     for (i, col) in columns.iter_mut().enumerate() {
@@ -348,9 +372,12 @@ impl TextReader {
                 Ok(Record::Object(members)) => {
                     for (key, raw) in &members.0 {
                         let kind = Value::from_json(raw).map_or(Kind::Text, |v| v.kind());
-                        match columns.iter_mut().find(|(name, _)| name == key) {
-                            Some(col) => col.1 = col.1.join(kind),
-                            None => columns.push((key.to_string(), kind)),
+                        match index.get(key.as_ref()) {
+                            Some(&i) => columns[i].1 = columns[i].1.join(kind),
+                            None => {
+                                index.insert(key.to_string(), columns.len());
+                                columns.push((key.to_string(), kind));
+                            }
                         }
                     }
                 }
@@ -534,11 +561,24 @@ pub(crate) async fn open(
         }
     }
     if format == TextFormat::Csv {
-        let Some((_, range)) = splitter.next(eof) else {
-            return Err(StorageError::Text {
-                url,
-                reason: "the file is empty: a CSV file starts with a header".into(),
-            });
+        // The header, however long the head had to be to hold it.
+        let range = loop {
+            if let Some((_, range)) = splitter.next(eof) {
+                break range;
+            }
+            if eof {
+                return Err(StorageError::Text {
+                    url,
+                    reason: "the file is empty: a CSV file starts with a header".into(),
+                });
+            }
+            if splitter.pending() > crate::MAX_RECORD_BYTES {
+                return Err(splitter.too_long(&url));
+            }
+            match chunks.next().await {
+                Some(chunk) => splitter.push(&chunk?),
+                None => eof = true,
+            }
         };
         let raw = splitter.buf[range].to_vec();
         reader.header = match reader.parse(&raw) {
@@ -555,6 +595,16 @@ pub(crate) async fn open(
             Ok(Record::Object(_)) => unreachable!("CSV records are fields"),
             Err(why) => return Err(StorageError::Text { url, reason: format!("the header row is {why}") }),
         };
+    }
+    let too_wide = |n: usize| StorageError::Text {
+        url: url.clone(),
+        reason: format!(
+            "{n} columns, more than the {} wasmpipe reads from one file\n  hint: split the table into narrower files, or read fewer columns with a declared `schema`",
+            crate::MAX_COLUMNS
+        ),
+    };
+    if declared.is_none() && reader.header.len() > crate::MAX_COLUMNS {
+        return Err(too_wide(reader.header.len()));
     }
     let schema = match declared {
         Some(schema) => {
@@ -585,6 +635,10 @@ pub(crate) async fn open(
         Some(cols) => Arc::new(schema.project(&crate::read::project(&schema, cols, &url)?).expect("indices in range")),
         None => schema,
     };
+    if schema.fields().len() > crate::MAX_COLUMNS {
+        return Err(too_wide(schema.fields().len()));
+    }
+    let batch_rows = crate::rows_for_width(batch_rows, schema.fields().len());
     let gather = Gather::new(schema, &reader.header);
 
     struct State {
@@ -610,6 +664,9 @@ pub(crate) async fn open(
                 }
                 if s.eof {
                     break;
+                }
+                if s.splitter.pending() > crate::MAX_RECORD_BYTES {
+                    return Err(s.splitter.too_long(&s.reader.url));
                 }
                 match s.chunks.next().await {
                     Some(chunk) => s.splitter.push(&chunk?),

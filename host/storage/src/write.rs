@@ -47,7 +47,9 @@ impl PartWriter {
         if self.writer.is_none() {
             let mut props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .set_max_row_group_row_count(Some(self.row_group_rows))
+                // A wide table gets shorter row groups: the writer buffers
+                // a row group's pages in memory.
+                .set_max_row_group_row_count(Some(crate::rows_for_width(self.row_group_rows, batch.num_columns())))
                 .set_created_by(format!("wasmpipe {}", env!("CARGO_PKG_VERSION")));
             // Floating-point columns rarely repeat values: building their
             // dictionary cost 2.4x the write time of plain encoding and the
@@ -75,6 +77,11 @@ impl PartWriter {
         result.map_err(|e| self.err(e))?;
         self.rows += batch.num_rows() as u64;
         Ok(())
+    }
+
+    /// The schema of what was written, once anything was.
+    pub fn schema(&self) -> Option<&arrow::datatypes::SchemaRef> {
+        self.schema.as_ref()
     }
 
     /// Finish the file. `None` when no rows were written.

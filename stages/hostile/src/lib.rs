@@ -6,7 +6,28 @@
 //! * `snoop`: tries to read a file, the environment and the network, and
 //!   reports what it got as a one-row batch (must get nothing);
 //! * `panic`: panics (the host must name the stage and the message);
-//! * `fail`: returns a stage error.
+//! * `fail`: returns a stage error;
+//! * `random`: passes rows through with a column of WASI random numbers
+//!   (every attempt of a task must draw the same ones).
+//!
+//! And attacks on the host through its own work, each sized by `n` (must be
+//! stopped by the host memory budget or the deadline, the host going on):
+//!
+//! * `histogram`: a histogram of `n` bins (`u32::MAX`: 34 GB of counts);
+//! * `concat`: a column concatenated with itself, doubling, `n` times;
+//! * `hoard`: `n` columns of a million floats, every handle kept;
+//! * `views`: `n` one-row slices of fresh million-row columns, each
+//!   pinning its parent's buffer after the parent handle is dropped;
+//! * `log`: `n` log lines of 16 MiB;
+//! * `distinct`: a column of `n` distinct values built in the host, then
+//!   counted;
+//! * `gram`: a Gram matrix of `n` views of one million-row column;
+//! * `matvec`, `hash`: the same over `n` views (columns x rows work);
+//! * `take`: a 1 MiB string taken `n` times;
+//! * `quarantine`: `n` rows quarantined with 32 MiB reasons;
+//! * `sleep`: a WASI sleep of `n` seconds;
+//! * `sleep_forever`: a wait on the monotonic instant `u64::MAX`;
+//! * `schema`: a float column in partition 0, text elsewhere.
 //!
 //! With `partition = N` it misbehaves only in partition N and passes the
 //! other partitions' batches through.
@@ -20,9 +41,18 @@ struct Config {
     mode: String,
     /// Misbehave only in this partition; pass batches through elsewhere.
     partition: Option<u32>,
+    /// How hard to push, per mode.
+    #[serde(default)]
+    n: u64,
 }
 
-struct Hostile(Config);
+struct Hostile(Config, Task);
+
+/// A million floats, built in the host.
+fn million() -> Result<Column> {
+    let values: Vec<f64> = (0..1_000_000).map(|i| i as f64).collect();
+    Column::from_f64(&values, None)
+}
 
 fn outcome<T, E: std::fmt::Display>(r: std::result::Result<T, E>) -> String {
     match r {
@@ -37,7 +67,7 @@ impl Transformer for Hostile {
         if config.partition.is_some_and(|p| p != task.partition) {
             config.mode = "pass".into();
         }
-        Ok(Hostile(config))
+        Ok(Hostile(config, task.clone()))
     }
 
     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
@@ -68,10 +98,104 @@ impl Transformer for Hostile {
                 ])?))
             }
             "panic" => panic!("hostile stage panicked on purpose"),
+            "random" => {
+                let mut bytes = [0u8; 8];
+                getrandom(&mut bytes);
+                let draw = u64::from_le_bytes(bytes) as f64;
+                let n = batch.num_rows() as usize;
+                let column = Column::from_f64(&vec![draw; n], None)?;
+                Ok(Some(batch.with_column("random", &column)?))
+            }
+            "histogram" => {
+                let column = Column::from_f64(&[1.0, 2.0], None)?;
+                let counts = column.histogram(self.0.n as u32, 0.0, 1.0)?;
+                wasmpipe_sdk::fail!("histogram of {} bins came back", counts.len())
+            }
+            "concat" => {
+                let mut column = million()?;
+                for _ in 0..self.0.n {
+                    column = wasmpipe_sdk::concat(&[&column, &column])?;
+                }
+                wasmpipe_sdk::fail!("concatenated {} rows", column.len())
+            }
+            "hoard" => {
+                let hoard = (0..self.0.n).map(|_| million()).collect::<Result<Vec<_>>>()?;
+                wasmpipe_sdk::fail!("kept {} columns", hoard.len())
+            }
+            "views" => {
+                let mut views = Vec::new();
+                for _ in 0..self.0.n {
+                    views.push(million()?.slice(0, 1)?);
+                }
+                wasmpipe_sdk::fail!("kept {} views", views.len())
+            }
+            "log" => {
+                let line = "x".repeat(16 << 20);
+                for _ in 0..self.0.n {
+                    wasmpipe_sdk::info!("{line}");
+                }
+                Ok(Some(batch))
+            }
+            "distinct" => {
+                let values: Vec<f64> = (0..self.0.n).map(|i| i as f64).collect();
+                let column = Column::from_f64(&values, None)?;
+                let doubled = wasmpipe_sdk::concat(&[&column, &column])?;
+                let count = doubled.distinct_count()?;
+                wasmpipe_sdk::fail!("counted {count} distinct values")
+            }
+            "gram" | "matvec" | "hash" => {
+                let column = million()?;
+                let views = (0..self.0.n).map(|_| column.slice(0, column.len())).collect::<Result<Vec<_>>>()?;
+                let refs: Vec<&Column> = views.iter().collect();
+                match self.0.mode.as_str() {
+                    "gram" => drop(wasmpipe_sdk::gram(&refs, &column, true)?),
+                    "matvec" => drop(wasmpipe_sdk::matvec(&refs, &vec![1.0; refs.len()], 0.0)?),
+                    _ => drop(wasmpipe_sdk::hash_rows(&refs, 7)?),
+                }
+                wasmpipe_sdk::fail!("{} over {} columns came back", self.0.mode, refs.len())
+            }
+            "take" => {
+                let long = Column::from_utf8(&[Some("y".repeat(1 << 20))])?;
+                let zeros: Vec<i64> = vec![0; self.0.n as usize];
+                let indices = Column::from_i64(&zeros, None)?;
+                let taken = long.take(&indices)?;
+                wasmpipe_sdk::fail!("took {} strings", taken.len())
+            }
+            "quarantine" => {
+                let reason = "r".repeat(32 << 20);
+                let one = batch.slice(0, 1)?;
+                for _ in 0..self.0.n {
+                    wasmpipe_sdk::quarantine(&one, std::slice::from_ref(&reason))?;
+                }
+                Ok(Some(batch))
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(self.0.n));
+                Ok(Some(batch))
+            }
+            "sleep_forever" => {
+                wasi::clocks::monotonic_clock::subscribe_instant(u64::MAX).block();
+                Ok(Some(batch))
+            }
+            "schema" => {
+                let n = batch.num_rows() as usize;
+                let column = if self.1.partition == 0 {
+                    Column::from_f64(&vec![1.5; n], None)?
+                } else {
+                    Column::from_utf8(&vec![Some("text".to_string()); n])?
+                };
+                Ok(Some(batch.with_column("mixed", &column)?))
+            }
             "fail" => wasmpipe_sdk::fail!("hostile stage failed on purpose"),
             other => Err(wasmpipe_sdk::Error::InvalidConfig(format!("unknown mode {other:?}"))),
         }
     }
+}
+
+/// Fill `bytes` from WASI's random numbers.
+fn getrandom(bytes: &mut [u8]) {
+    let drawn = wasi::random::random::get_random_bytes(bytes.len() as u64);
+    bytes.copy_from_slice(&drawn);
 }
 
 wasmpipe_sdk::export_transformer!(Hostile);

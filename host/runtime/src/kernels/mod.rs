@@ -20,6 +20,7 @@ use crate::bindings::WitError;
 use crate::bindings::wasmpipe::stage::kernels::{
     self, Arith, Compare, NormalEquations as Gram, SortKey, Summary as Moments, Unary,
 };
+use crate::budget::Ticker;
 use crate::host::{ColumnHandle, StageState};
 
 type KernelResult<T> = std::result::Result<T, WitError>;
@@ -140,13 +141,33 @@ pub fn moments(values: &Float64Array) -> Moments {
     Moments { count, nulls, nans, sum, mean, m2, min, max }
 }
 
+/// Bytes an elementwise kernel's output over `rows` rows may take: eight
+/// a value and its validity bit, plus room for a widening cast of its
+/// input on the way.
+fn elementwise_bytes(rows: usize) -> usize {
+    rows.saturating_mul(17)
+}
+
+/// Bytes of the part of `array` a copy reads (a slice's own rows, not its
+/// parent's).
+fn slice_bytes(array: &dyn Array) -> usize {
+    array.to_data().get_slice_memory_size().unwrap_or_else(|_| array.get_array_memory_size())
+}
+
 impl StageState {
-    fn array(&self, handle: &Resource<ColumnHandle>) -> Result<ArrayRef> {
+    /// The array behind a handle. Every kernel starts here, so this is also
+    /// where a kernel call past the deadline stops.
+    fn array(&mut self, handle: &Resource<ColumnHandle>) -> Result<ArrayRef> {
+        self.budget.check_time()?;
         Ok(self.table.get(handle)?.0.clone())
     }
 
-    fn f64_column(&self, handle: &Resource<ColumnHandle>) -> Result<KernelResult<Arc<Float64Array>>> {
-        Ok(as_f64(&self.array(handle)?))
+    /// A column as float64, with room checked for an elementwise output of
+    /// its length (and for the cast, when it needs one).
+    fn f64_column(&mut self, handle: &Resource<ColumnHandle>) -> Result<KernelResult<Arc<Float64Array>>> {
+        let array = self.array(handle)?;
+        self.budget.reserve(elementwise_bytes(array.len()))?;
+        Ok(as_f64(&array))
     }
 
     /// Combine two boolean masks of equal length with `op`.
@@ -157,6 +178,7 @@ impl StageState {
         op: fn(&BooleanArray, &BooleanArray) -> std::result::Result<BooleanArray, arrow::error::ArrowError>,
     ) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let (l, r) = (self.array(left)?, self.array(right)?);
+        self.budget.reserve(elementwise_bytes(l.len()))?;
         let out = as_bool(&l).and_then(|l| {
             as_bool(&r).and_then(|r| {
                 same_len(l, r)?;
@@ -168,24 +190,29 @@ impl StageState {
 
     fn push_kernel_column(&mut self, r: KernelResult<ArrayRef>) -> Result<KernelResult<Resource<ColumnHandle>>> {
         Ok(match r {
-            Ok(a) => Ok(self.table.push(ColumnHandle(a))?),
+            Ok(a) => Ok(self.push_column(a)?),
             Err(e) => Err(e),
         })
     }
 }
 
 /// Columns as f64 with their rows restricted to those where every column is
-/// non-null and finite; borrowed when no row is dropped.
-fn finite_rows(columns: &[Arc<Float64Array>]) -> (u64, Vec<Vec<f64>>, bool) {
+/// non-null and finite; borrowed when no row is dropped (`all_finite`, as
+/// the caller found).
+fn finite_rows(columns: &[Arc<Float64Array>], all_finite: bool) -> (u64, Vec<Vec<f64>>, bool) {
     let n = columns.first().map_or(0, |c| c.len());
-    let all_valid = columns.iter().all(|c| c.null_count() == 0 && c.values().iter().all(|v| v.is_finite()));
-    if all_valid {
+    if all_finite {
         return (n as u64, Vec::new(), true);
     }
     let keep: Vec<bool> = (0..n).map(|i| columns.iter().all(|c| c.is_valid(i) && c.value(i).is_finite())).collect();
     let filtered =
         columns.iter().map(|c| c.values().iter().zip(&keep).filter(|(_, k)| **k).map(|(v, _)| *v).collect()).collect();
     (keep.iter().filter(|k| **k).count() as u64, filtered, false)
+}
+
+/// Whether every value of every column is non-null and finite.
+fn all_finite(columns: &[Arc<Float64Array>]) -> bool {
+    columns.iter().all(|c| c.null_count() == 0 && c.values().iter().all(|v| v.is_finite()))
 }
 
 /// The Arrow type for a WIT data type, for `cast`.
@@ -243,6 +270,48 @@ fn hash_bytes(array: &dyn Array, i: usize, buf: &mut Vec<u8>) -> KernelResult<()
         other => return Err(WitError::TypeMismatch(format!("cannot hash a {other} column"))),
     }
     Ok(())
+}
+
+/// Most sort keys `sort-to-indices` takes: Arrow's sort runs to the end
+/// once started, and with many keys equal rows cost a comparison each.
+pub const MAX_SORT_KEYS: usize = 16;
+
+/// Bytes `take` of `indices` from `values` produces: the indices' count of
+/// values, and for text the bytes of every string taken (one long string
+/// taken a million times is a million copies).
+fn take_bytes(values: &dyn Array, indices: &dyn Array) -> usize {
+    use arrow::array::{AsArray, StringArray};
+    let fixed = indices.len().saturating_mul(17);
+    let Some(strings) = values.as_any().downcast_ref::<StringArray>() else {
+        return fixed;
+    };
+    let Ok(idx) = arrow::compute::cast(indices, &ArrowType::UInt64) else {
+        return fixed;
+    };
+    let idx = idx.as_primitive::<arrow::datatypes::UInt64Type>();
+    idx.iter()
+        .flatten()
+        .filter(|&i| (i as usize) < strings.len())
+        .fold(fixed, |acc, i| acc.saturating_add(strings.value_length(i as usize) as usize))
+}
+
+/// Row `i` of a fixed-width column as the 64 bits `hash_rows` hashes it by
+/// (integers widened to i64, floats to f64), for an exact distinct count;
+/// `None` for a null.
+fn value_bits(array: &dyn Array, i: usize) -> KernelResult<Option<u64>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float32Type, Float64Type, Int32Type, Int64Type};
+    if array.is_null(i) {
+        return Ok(None);
+    }
+    Ok(Some(match array.data_type() {
+        ArrowType::Boolean => u64::from(array.as_boolean().value(i)),
+        ArrowType::Int32 => i64::from(array.as_primitive::<Int32Type>().value(i)) as u64,
+        ArrowType::Int64 => array.as_primitive::<Int64Type>().value(i) as u64,
+        ArrowType::Float32 => f64::from(array.as_primitive::<Float32Type>().value(i)).to_bits(),
+        ArrowType::Float64 => array.as_primitive::<Float64Type>().value(i).to_bits(),
+        other => return Err(WitError::TypeMismatch(format!("cannot count distinct values of a {other} column"))),
+    }))
 }
 
 impl kernels::Host for StageState {
@@ -318,14 +387,16 @@ impl kernels::Host for StageState {
 
     fn not(&mut self, mask: Resource<ColumnHandle>) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let m = self.array(&mask)?;
+        self.budget.reserve(elementwise_bytes(m.len()))?;
         let out = as_bool(&m).and_then(|m| boolean::not(m).map(|m| Arc::new(m) as ArrayRef).map_err(arrow_err));
         self.push_kernel_column(out)
     }
 
     fn is_null(&mut self, values: Resource<ColumnHandle>) -> Result<Resource<ColumnHandle>> {
         let a = self.array(&values)?;
+        self.budget.reserve(elementwise_bytes(a.len()))?;
         let mask = boolean::is_null(&a).expect("is_null accepts every array");
-        Ok(self.table.push(ColumnHandle(Arc::new(mask)))?)
+        self.push_column(Arc::new(mask))
     }
 
     fn is_nan(&mut self, values: Resource<ColumnHandle>) -> Result<KernelResult<Resource<ColumnHandle>>> {
@@ -369,13 +440,30 @@ impl kernels::Host for StageState {
                 return Ok(Err(e));
             }
         }
-        let (rows, filtered, borrowed) = finite_rows(&columns);
-        let (xtx, xty) = if borrowed {
+        // Scratch: the partial matrices, and copies of the columns when
+        // some rows are dropped. Columns may all be one array, so the work
+        // (columns^2 x rows) is bounded by the deadline, not by memory.
+        let n = y.len();
+        let mut finite = true;
+        let mut ticker = Ticker::new(&mut self.budget);
+        for c in &columns {
+            finite = finite && all_finite(std::slice::from_ref(c));
+            ticker.tick(c.len())?;
+        }
+        let copies = if finite { 0 } else { columns.len().saturating_mul(n).saturating_mul(8) };
+        self.budget.reserve(simd::gram_scratch_bytes(columns.len(), n).saturating_add(copies))?;
+        let (rows, filtered, borrowed) = finite_rows(&columns, finite);
+        let deadline = self.budget.deadline();
+        let stop = || std::time::Instant::now() >= deadline;
+        let done = if borrowed {
             let x: Vec<&[f64]> = columns[..features.len()].iter().map(|c| &c.values()[..]).collect();
-            simd::gram(&x, y.values(), intercept)
+            simd::gram_until(&x, y.values(), intercept, &stop)
         } else {
             let x: Vec<&[f64]> = filtered[..features.len()].iter().map(Vec::as_slice).collect();
-            simd::gram(&x, &filtered[features.len()], intercept)
+            simd::gram_until(&x, &filtered[features.len()], intercept, &stop)
+        };
+        let Some((xtx, xty)) = done else {
+            return Err(self.budget.overdue());
         };
         Ok(Ok(Gram { rows, xtx, xty }))
     }
@@ -400,21 +488,20 @@ impl kernels::Host for StageState {
                 Err(e) => return Ok(Err(e)),
             }
         }
-        let out = (|| {
-            let n = arrays.first().map_or(0, |a| a.len());
-            for a in &arrays {
-                same_len(a.as_ref(), arrays[0].as_ref())?;
+        let n = arrays.first().map_or(0, |a| a.len());
+        if let Some(a) = arrays.iter().find(|a| a.len() != n) {
+            return Ok(Err(WitError::LengthMismatch(format!("{} rows against {n}", a.len()))));
+        }
+        let mut y = vec![bias; n];
+        let mut ticker = Ticker::new(&mut self.budget);
+        for (a, w) in arrays.iter().zip(&weights) {
+            for (acc, x) in y.iter_mut().zip(a.values().iter()) {
+                *acc += w * x;
             }
-            let mut y = vec![bias; n];
-            for (a, w) in arrays.iter().zip(&weights) {
-                for (acc, x) in y.iter_mut().zip(a.values().iter()) {
-                    *acc += w * x;
-                }
-            }
-            let nulls = arrays.iter().fold(None::<NullBuffer>, |acc, a| NullBuffer::union(acc.as_ref(), a.nulls()));
-            Ok(Arc::new(Float64Array::new(y.into(), nulls)) as ArrayRef)
-        })();
-        self.push_kernel_column(out)
+            ticker.tick(n)?;
+        }
+        let nulls = arrays.iter().fold(None::<NullBuffer>, |acc, a| NullBuffer::union(acc.as_ref(), a.nulls()));
+        self.push_kernel_column(Ok(Arc::new(Float64Array::new(y.into(), nulls))))
     }
     fn map_unary(&mut self, op: Unary, values: Resource<ColumnHandle>) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let out = self.f64_column(&values)?.map(|v| match op {
@@ -476,6 +563,9 @@ impl kernels::Host for StageState {
 
     fn cast(&mut self, values: Resource<ColumnHandle>, to: DataType) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let array = self.array(&values)?;
+        // Text takes the most: a float as text is up to 24 bytes.
+        let width = if matches!(to, DataType::Utf8) { 32 } else { 17 };
+        self.budget.reserve(array.len().saturating_mul(width))?;
         let out = arrow_type(&to).and_then(|t| {
             if !arrow::compute::can_cast_types(array.data_type(), &t) {
                 return Err(WitError::TypeMismatch(format!("cannot cast {} to {t}", array.data_type())));
@@ -505,6 +595,7 @@ impl kernels::Host for StageState {
         otherwise: Resource<ColumnHandle>,
     ) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let (m, t, o) = (self.array(&mask)?, self.array(&then)?, self.array(&otherwise)?);
+        self.budget.reserve(slice_bytes(t.as_ref()).saturating_add(slice_bytes(o.as_ref())))?;
         let out = as_bool(&m).and_then(|m| {
             same_len(m, t.as_ref())?;
             same_len(m, o.as_ref())?;
@@ -523,6 +614,7 @@ impl kernels::Host for StageState {
         mask: Resource<ColumnHandle>,
     ) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let (v, m) = (self.array(&values)?, self.array(&mask)?);
+        self.budget.reserve(slice_bytes(v.as_ref()))?;
         let out = as_bool(&m).and_then(|m| {
             same_len(v.as_ref(), m)?;
             arrow::compute::filter(&v, m).map_err(arrow_err)
@@ -536,6 +628,9 @@ impl kernels::Host for StageState {
         indices: Resource<ColumnHandle>,
     ) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let (v, i) = (self.array(&values)?, self.array(&indices)?);
+        if i.data_type().is_integer() {
+            self.budget.reserve(take_bytes(v.as_ref(), i.as_ref()))?;
+        }
         let out = if !i.data_type().is_integer() {
             Err(WitError::TypeMismatch(format!("indices must be integers, found {}", i.data_type())))
         } else {
@@ -547,6 +642,8 @@ impl kernels::Host for StageState {
 
     fn concat(&mut self, columns: Vec<Resource<ColumnHandle>>) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let arrays = columns.iter().map(|c| self.array(c)).collect::<Result<Vec<_>>>()?;
+        let bytes = arrays.iter().fold(0usize, |acc, a| acc.saturating_add(slice_bytes(a.as_ref())));
+        self.budget.reserve(bytes)?;
         let out = match arrays.first() {
             None => Err(WitError::InvalidArgument("concat of no columns".into())),
             Some(first) if arrays.iter().any(|a| a.data_type() != first.data_type()) => {
@@ -566,8 +663,14 @@ impl kernels::Host for StageState {
         keys: Vec<SortKey>,
     ) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let arrays = columns.iter().map(|c| self.array(c)).collect::<Result<Vec<_>>>()?;
+        let rows = arrays.first().map_or(0, |a| a.len());
+        // Indices, and the sort's own scratch of row indices.
+        self.budget.reserve(rows.saturating_mul(16))?;
         let out = if arrays.len() != keys.len() || arrays.is_empty() {
             Err(WitError::InvalidArgument(format!("{} columns but {} sort keys", arrays.len(), keys.len())))
+        } else if arrays.len() > MAX_SORT_KEYS {
+            // Arrow's sort cannot be stopped midway; keys bound its work.
+            Err(WitError::InvalidArgument(format!("{} sort keys; at most {MAX_SORT_KEYS} are allowed", arrays.len())))
         } else {
             let sort: Vec<arrow::compute::SortColumn> = arrays
                 .iter()
@@ -593,34 +696,64 @@ impl kernels::Host for StageState {
             let msg = format!("histogram needs bins > 0 and lo < hi (got {bins} bins over [{lo}, {hi}])");
             return Ok(Err(WitError::InvalidArgument(msg)));
         }
-        Ok(self.f64_column(&values)?.map(|v| {
-            let mut counts = vec![0u64; bins as usize];
-            let width = (hi - lo) / bins as f64;
-            for x in v.iter().flatten() {
-                if x >= lo && x <= hi {
-                    let bin = (((x - lo) / width) as usize).min(bins as usize - 1);
-                    counts[bin] += 1;
-                }
+        // The counts go back to the guest as a list: the stage's own memory
+        // cap bounds them too, but the host builds them first.
+        self.budget.reserve((bins as usize).saturating_mul(8))?;
+        let v = match self.f64_column(&values)? {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut counts = Vec::new();
+        if counts.try_reserve_exact(bins as usize).is_err() {
+            return Err(self.budget.refuse((bins as usize).saturating_mul(8)));
+        }
+        counts.resize(bins as usize, 0u64);
+        let width = (hi - lo) / bins as f64;
+        let mut ticker = Ticker::new(&mut self.budget);
+        for x in v.iter() {
+            ticker.tick(1)?;
+            if let Some(x) = x
+                && x >= lo
+                && x <= hi
+            {
+                let bin = (((x - lo) / width) as usize).min(bins as usize - 1);
+                counts[bin] += 1;
             }
-            counts
-        }))
+        }
+        Ok(Ok(counts))
     }
 
     fn distinct_count(&mut self, values: Resource<ColumnHandle>) -> Result<KernelResult<u64>> {
         let array = self.array(&values)?;
-        let mut seen = std::collections::HashSet::new();
-        let mut buf = Vec::new();
-        for i in 0..array.len() {
-            if array.is_null(i) {
-                continue;
+        // A set entry per row at worst: a key and the table's overhead.
+        self.budget.reserve(array.len().saturating_mul(32))?;
+        let mut ticker = Ticker::new(&mut self.budget);
+        let count = match array.as_any().downcast_ref::<arrow::array::StringArray>() {
+            // Strings are compared in place: the set holds borrowed keys.
+            Some(strings) => {
+                let mut seen = std::collections::HashSet::new();
+                for s in strings.iter().flatten() {
+                    ticker.tick(1)?;
+                    seen.insert(s);
+                }
+                seen.len()
             }
-            buf.clear();
-            if let Err(e) = hash_bytes(array.as_ref(), i, &mut buf) {
-                return Ok(Err(e));
+            None => {
+                let mut seen = std::collections::HashSet::new();
+                for i in 0..array.len() {
+                    ticker.tick(1)?;
+                    match value_bits(array.as_ref(), i) {
+                        Ok(Some(bits)) => {
+                            seen.insert(bits);
+                        }
+                        Ok(None) => {}
+                        Err(e) => return Ok(Err(e)),
+                    }
+                }
+                seen.len()
             }
-            seen.insert(buf.clone());
-        }
-        Ok(Ok(seen.len() as u64))
+        };
+        Ok(Ok(count as u64))
     }
 
     fn hash_rows(
@@ -629,25 +762,27 @@ impl kernels::Host for StageState {
         seed: u64,
     ) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let arrays = columns.iter().map(|c| self.array(c)).collect::<Result<Vec<_>>>()?;
-        let out = (|| {
-            let Some(first) = arrays.first() else {
-                return Err(WitError::InvalidArgument("hash of no columns".into()));
-            };
+        let Some(first) = arrays.first() else {
+            return Ok(Err(WitError::InvalidArgument("hash of no columns".into())));
+        };
+        if let Some(a) = arrays.iter().find(|a| a.len() != first.len()) {
+            return Ok(Err(WitError::LengthMismatch(format!("{} rows against {}", a.len(), first.len()))));
+        }
+        self.budget.reserve(elementwise_bytes(first.len()))?;
+        let mut hashes = Vec::with_capacity(first.len());
+        let mut buf = Vec::new();
+        let mut ticker = Ticker::new(&mut self.budget);
+        for i in 0..first.len() {
+            buf.clear();
             for a in &arrays {
-                same_len(a.as_ref(), first.as_ref())?;
-            }
-            let mut hashes = Vec::with_capacity(first.len());
-            let mut buf = Vec::new();
-            for i in 0..first.len() {
-                buf.clear();
-                for a in &arrays {
-                    hash_bytes(a.as_ref(), i, &mut buf)?;
+                if let Err(e) = hash_bytes(a.as_ref(), i, &mut buf) {
+                    return Ok(Err(e));
                 }
-                hashes.push(xxhash_rust::xxh3::xxh3_64_with_seed(&buf, seed));
             }
-            Ok(Arc::new(arrow::array::UInt64Array::from(hashes)) as ArrayRef)
-        })();
-        self.push_kernel_column(out)
+            hashes.push(xxhash_rust::xxh3::xxh3_64_with_seed(&buf, seed));
+            ticker.tick(arrays.len())?;
+        }
+        self.push_kernel_column(Ok(Arc::new(arrow::array::UInt64Array::from(hashes))))
     }
 }
 
@@ -725,7 +860,8 @@ mod tests {
     fn gram_rows_drop_nulls_and_non_finite_values() {
         let a = Arc::new(f64s(&[Some(1.0), None, Some(3.0), Some(f64::INFINITY), Some(5.0)]));
         let y = Arc::new(f64s(&[Some(1.0), Some(2.0), Some(f64::NAN), Some(4.0), Some(5.0)]));
-        let (rows, filtered, borrowed) = finite_rows(&[a, y]);
+        let columns = [a, y];
+        let (rows, filtered, borrowed) = finite_rows(&columns, all_finite(&columns));
         assert_eq!((rows, borrowed), (2, false));
         assert_eq!(filtered, vec![vec![1.0, 5.0], vec![1.0, 5.0]]);
     }
@@ -743,11 +879,14 @@ mod host_tests {
 
     fn state() -> StageState {
         let limits = MemoryCap { cap: 1 << 20, refused: None };
-        StageState::new(limits, wasmtime_wasi::WasiCtxBuilder::new().build(), "{}".into(), "test".into(), None)
+        let mut budget = crate::budget::HostBudget::new(64 << 20);
+        budget.start_call(std::time::Duration::from_secs(60));
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
+        StageState::new(limits, budget, wasi, "{}".into(), "test".into(), None)
     }
 
     fn put(s: &mut StageState, a: ArrayRef) -> Resource<ColumnHandle> {
-        s.table.push(ColumnHandle(a)).unwrap()
+        s.push_column(a).unwrap()
     }
 
     fn get(s: &StageState, h: KernelResult<Resource<ColumnHandle>>) -> ArrayRef {

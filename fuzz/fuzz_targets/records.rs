@@ -1,0 +1,3 @@
+//! libFuzzer entry point; see `wasmpipe_fuzz::records`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wasmpipe_fuzz::records(data));
