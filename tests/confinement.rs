@@ -260,3 +260,56 @@ fn a_parquet_chunk_that_inflates_beyond_the_limit_is_refused_before_reading() {
     let err = exec.run(&Manifest::parse(&text).unwrap(), dir.path()).unwrap_err().to_string();
     assert!(err.contains("decodes to 320 MiB, more than the 256 MiB"), "{err}");
 }
+
+/// `file` with its footer rewritten by `edit`: the data pages as written,
+/// the metadata as a liar would have it.
+fn rewrite_footer(
+    file: &Path,
+    edit: impl FnOnce(parquet::file::metadata::ParquetMetaData) -> parquet::file::metadata::ParquetMetaData,
+) {
+    use parquet::file::metadata::{ParquetMetaDataReader, ParquetMetaDataWriter};
+    let bytes = std::fs::read(file).unwrap();
+    let footer_len = u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap()) as usize;
+    let data_end = bytes.len() - 8 - footer_len;
+    let metadata =
+        ParquetMetaDataReader::new().parse_and_finish(&std::fs::File::open(file).unwrap()).expect("a valid footer");
+    let mut out = bytes[..data_end].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &edit(metadata)).finish().unwrap();
+    std::fs::write(file, out).unwrap();
+}
+
+#[test]
+fn a_parquet_footer_whose_row_counts_cannot_be_true_is_refused() {
+    use parquet::file::metadata::ParquetMetaData;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("liar.parquet");
+    let batch = arrow::record_batch::RecordBatch::try_from_iter([(
+        "x",
+        std::sync::Arc::new(arrow::array::Float64Array::from(vec![1.0, 2.0, 3.0])) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(std::fs::File::create(&file).unwrap(), batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    // The row group (and so the file) claims 10^15 rows; its column holds 3.
+    rewrite_footer(&file, |m| {
+        let groups = m
+            .row_groups()
+            .iter()
+            .map(|g| g.clone().into_builder().set_num_rows(1_000_000_000_000_000).build().unwrap());
+        ParquetMetaData::new(m.file_metadata().clone(), groups.collect())
+    });
+    let (exec, _) = executor(&dir.path().join("store"), 2);
+    let text = format!(
+        "version = 1\nname = \"read\"\n[stage.copy]\ncomponent = {}\ninputs = [{}]\n",
+        toml_path(&component("passthrough")),
+        toml_path(&file)
+    );
+    let err = exec.run(&Manifest::parse(&text).unwrap(), dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("liar.parquet")
+            && err.contains("claims 1000000000000000 rows but its column \"x\" holds 3 values"),
+        "{err}"
+    );
+}

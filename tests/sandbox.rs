@@ -270,6 +270,7 @@ fn huge_log_lines_are_cut_and_the_kept_log_is_bounded() {
     hostile(&exec, &input, store.path(), "mode = \"log\"\npartition = 0\nn = 300", "memory_mib = 128")
         .expect("logging is not a failure");
     let (_, peak) = rss_mib();
+    eprintln!("attack log n=300: peak RSS +{} MiB", peak.saturating_sub(before));
     let logs = logs.lock().unwrap();
     let lines: Vec<_> = logs.iter().filter(|(label, _)| label.starts_with("hostile[0]")).collect();
     assert_eq!(lines.len(), 300, "the sink sees every line");

@@ -88,7 +88,15 @@ async fn conformance(root: Location, expect: Conditional) {
         parts.push(part);
     }
     // A stray part of a run that died, beside them, and quarantine parts:
-    // one the commit lists, one it does not.
+    // one the commit lists, one it does not. That run had journaled them
+    // before writing, as every run does; a foreign object (no journal
+    // names it) stays whatever its name.
+    let journal = commit::Journal {
+        run_id: "died".into(),
+        objects: vec![part_name(9, &"c".repeat(64)), format!("{QUARANTINE_DIR}/{}", part_name(0, &"c".repeat(64)))],
+    };
+    commit::write_journal(&out, &journal).await.unwrap();
+    out.child("part-00008-ffffffffffffffff.parquet").put(b"someone else's".to_vec()).await.unwrap();
     let mut stray = PartWriter::new(&out, part_name(9, &"c".repeat(64)), "c".repeat(64), 1000);
     stray.write(&batch(0, 10)).await.unwrap();
     stray.finish().await.unwrap();
@@ -104,7 +112,7 @@ async fn conformance(root: Location, expect: Conditional) {
     // Before any commit, a listing sees the parts (a plain prefix of files).
     let before = read::list(&out, None).await.unwrap();
     assert!(before.commit.is_none());
-    assert_eq!(before.files.len(), 3, "{url}: names starting with _ are not data");
+    assert_eq!(before.files.len(), 4, "{url}: names starting with _ are not data");
 
     let committed = CommitRecord { quarantine: vec![quarantined[0].clone()], ..record(parts.clone(), "run-1") };
     commit::write(&out, &committed, None).await.unwrap();
@@ -138,10 +146,14 @@ async fn conformance(root: Location, expect: Conditional) {
             .unwrap()
     };
     left.sort();
-    let mut want: Vec<String> =
-        parts.iter().chain(&quarantined[..1]).map(|p| p.name.clone()).chain(["_wasmpipe_commit.json".into()]).collect();
+    let mut want: Vec<String> = parts
+        .iter()
+        .chain(&quarantined[..1])
+        .map(|p| p.name.clone())
+        .chain(["_wasmpipe_commit.json".into(), "part-00008-ffffffffffffffff.parquet".into()])
+        .collect();
     want.sort();
-    assert_eq!(left, want, "{url}: nothing but the commit, its parts and its quarantine");
+    assert_eq!(left, want, "{url}: nothing but the commit, its parts, its quarantine and what wasmpipe did not write");
 
     // Two runs racing on one output: the second, which read the output
     // before the first committed, must not land where the store can check.

@@ -96,10 +96,13 @@ pub(crate) fn component_bytes(
     source: &ComponentSource,
     toolchain: &mut Option<Toolchain>,
 ) -> Result<(Vec<u8>, PathBuf), RunError> {
-    // A deployed pipeline (no local directory) runs pinned components
-    // only: a path, absolute or not, would be the runner's file.
+    // A pipeline run from a deployment (its locations resolve below a URL)
+    // runs pinned components only: a path, absolute or not, would be the
+    // runner's file.
+    let deployed = storage.base_url().is_some();
     let local = |p: &Path| match local_dir {
-        Some(_) if p.is_absolute() => Ok(p.to_path_buf()),
+        _ if deployed => Err(RunError::Unpinned { stage: stage.into(), component: p.display().to_string() }),
+        _ if p.is_absolute() => Ok(p.to_path_buf()),
         Some(dir) => Ok(dir.join(p)),
         None => Err(RunError::Unpinned { stage: stage.into(), component: p.display().to_string() }),
     };

@@ -285,6 +285,17 @@ fn check_footer(file: &InputFile, metadata: &ParquetMetaData) -> Result<(), Stor
                     file.size
                 )));
             }
+            // Every row has at least one value (or level) in every column,
+            // exactly one in a column that does not repeat.
+            let repeated = c.column_descr().max_rep_level() > 0;
+            if c.num_values() < rg.num_rows() || (!repeated && c.num_values() != rg.num_rows()) {
+                return Err(bad(format!(
+                    "corrupt footer: row group {i} claims {} rows but its column {} holds {} values",
+                    rg.num_rows(),
+                    c.column_path(),
+                    c.num_values()
+                )));
+            }
             if c.uncompressed_size() > crate::MAX_CHUNK_BYTES {
                 return Err(bad(format!(
                     "column {} of row group {i} decodes to {} MiB, more than the {} MiB wasmpipe decodes at once\n  hint: rewrite the file with smaller row groups (e.g. pyarrow's row_group_size)",

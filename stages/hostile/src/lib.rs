@@ -170,7 +170,9 @@ impl Transformer for Hostile {
                 Ok(Some(batch))
             }
             "sleep" => {
-                std::thread::sleep(std::time::Duration::from_secs(self.0.n));
+                // WASI directly, as std's sleep does on wasip2 (and as it
+                // cannot on wasm32-unknown-unknown, which has no clock).
+                wasi::clocks::monotonic_clock::subscribe_duration(self.0.n * 1_000_000_000).block();
                 Ok(Some(batch))
             }
             "sleep_forever" => {
