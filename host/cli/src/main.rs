@@ -232,7 +232,15 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let (name, version) = name_version(&args.target)?;
             let (_, manifest, version) = executor.deployed_manifest(&root, name, version)?;
             eprintln!("running pipeline {name:?} version {version} from {root} ({} stages)", manifest.stages.len());
-            let storage = Storage::at_url(&root).with_options(manifest.storage.clone());
+            // The runner's store configuration (its environment), not the
+            // deployer's: a deployed `[storage]` could send the runner's
+            // signed requests to a server of the deployer's choosing.
+            if !manifest.storage.is_empty() {
+                eprintln!(
+                    "warning: ignoring the deployed manifest's [storage] options; a run from a deployment uses this machine's store settings (AWS_ENDPOINT_URL, ...)"
+                );
+            }
+            let storage = Storage::at_url(&root);
             executor.run_in(&manifest, &storage, None)?
         }
         None => {

@@ -94,7 +94,8 @@ impl Authority {
     }
 
     /// For a deployed run, check a file under the root's `inputs/SHA256/`
-    /// against the hash in its name (the whole object is read once).
+    /// against the hash in its name (streamed through the hash once, never
+    /// held whole).
     pub(crate) async fn verify_deployed_input(&self, file: &Location) -> Result<(), StorageError> {
         let Some(root) = &self.deployed_root else {
             return Ok(());
@@ -108,7 +109,7 @@ impl Authority {
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(());
         }
-        file.get_verified(hex).await.map(drop)
+        file.verify_streaming(hex).await
     }
 }
 

@@ -203,7 +203,10 @@ pub(crate) fn run_stage(
         register_model(exec, storage, stage, &report, record, report.model_bytes.as_deref()).map_err(storage_err)?;
         return Ok(report);
     }
-    exec.io.block_on(commit::check_writable(&run.output, previous.as_ref().map(|(r, _)| r))).map_err(storage_err)?;
+    let committed = previous.as_ref().map(|(r, _)| r);
+    exec.io
+        .block_on(commit::check_writable(&run.output, committed, &manifest.name, &stage.name))
+        .map_err(storage_err)?;
     // What the new commit will replace: named in the journal, so that
     // clean-up finds it even if this run is killed right after committing.
     let replaced: Vec<String> = previous

@@ -102,7 +102,7 @@ pub struct StageState {
     pub(crate) wasi: WasiCtx,
     pub(crate) config_json: Arc<str>,
     pub(crate) label: String,
-    pub(crate) log: Vec<LogRecord>,
+    pub(crate) log: std::collections::VecDeque<LogRecord>,
     pub(crate) sink: Option<LogSink>,
     pub(crate) phase: Phase,
     pub(crate) quarantined: Vec<Quarantined>,
@@ -147,7 +147,7 @@ impl StageState {
             wasi,
             config_json,
             label,
-            log: Vec::new(),
+            log: std::collections::VecDeque::new(),
             sink,
             phase: Phase::Other,
             quarantined: Vec::new(),
@@ -169,18 +169,21 @@ impl StageState {
             sink(&self.label, &record);
         }
         // Keep a bounded tail for error reports: a chatty stage cannot grow
-        // host memory; the sink has already seen every line.
-        if self.log_bytes + record.message.len() <= LOG_KEEP_BYTES {
-            self.log_bytes += record.message.len();
-            self.log.push(record);
+        // host memory; the sink has already seen every line. A record
+        // costs its text and its bookkeeping, so empty lines count too.
+        let cost = |r: &LogRecord| r.message.len() + std::mem::size_of::<LogRecord>();
+        if self.log_bytes + cost(&record) <= LOG_KEEP_BYTES {
+            self.log_bytes += cost(&record);
+            self.log.push_back(record);
         } else if record.level == Level::Error {
             // An error line is what a failure quotes: make room for it.
-            while self.log_bytes + record.message.len() > LOG_KEEP_BYTES && !self.log.is_empty() {
-                let old = self.log.remove(0);
-                self.log_bytes -= old.message.len();
+            while self.log_bytes + cost(&record) > LOG_KEEP_BYTES
+                && let Some(old) = self.log.pop_front()
+            {
+                self.log_bytes -= cost(&old);
             }
-            self.log_bytes += record.message.len();
-            self.log.push(record);
+            self.log_bytes += cost(&record);
+            self.log.push_back(record);
         }
     }
 
@@ -276,8 +279,12 @@ fn validity(values_len: usize, validity: Option<Vec<bool>>) -> Result<Option<Nul
 /// host builds the list, then wasmtime copies it into the guest): eight
 /// bytes a value, a cast's output, and each string's bytes and header.
 fn copy_bytes(array: &dyn Array) -> usize {
-    let strings = array.as_any().downcast_ref::<StringArray>().map_or(0, |a| a.value_data().len());
-    array.len().saturating_mul(40).saturating_add(strings)
+    match array.as_any().downcast_ref::<StringArray>() {
+        // A `String` (24 bytes) and its bytes a value.
+        Some(a) => array.len().saturating_mul(24).saturating_add(a.value_data().len()),
+        // A value, and a widening cast on the way.
+        None => array.len().saturating_mul(16),
+    }
 }
 
 /// Cast a numeric or boolean column to `to`, for the `read-*` copies.
@@ -466,6 +473,7 @@ fn assemble(columns: Vec<(String, ArrayRef)>) -> Result<RecordBatch, WitError> {
     let Some(first) = columns.first() else {
         return Err(WitError::InvalidArgument("a batch needs at least one column".into()));
     };
+    check_width(columns.len())?;
     let rows = first.1.len();
     let mut fields = Vec::with_capacity(columns.len());
     let mut seen = std::collections::HashSet::with_capacity(columns.len());
@@ -487,8 +495,48 @@ fn assemble(columns: Vec<(String, ArrayRef)>) -> Result<RecordBatch, WitError> {
         .map_err(|e| WitError::InvalidArgument(e.to_string()))
 }
 
+/// Most columns a batch may have: as many as wasmpipe reads from a file.
+/// Columns may share one array, so a batch's bytes are not bounded by the
+/// arrays the stage holds; its width is.
+fn check_width(columns: usize) -> Result<(), WitError> {
+    if columns > MAX_BATCH_COLUMNS {
+        return Err(WitError::InvalidArgument(format!(
+            "a batch of {columns} columns; at most {MAX_BATCH_COLUMNS} are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// See [`check_width`]; the same as the readers' limit.
+pub const MAX_BATCH_COLUMNS: usize = 10_000;
+
+/// Bytes of a batch's rows, each column counted as often as it appears
+/// (a copy of the batch, its rendering or its encoding touches each).
+pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch.columns().iter().fold(0usize, |acc, c| {
+        let bytes = c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size());
+        acc.saturating_add(bytes)
+    })
+}
+
+/// Bytes of the columns of a batch that repeat the values of an earlier
+/// column (the same array, or the same rows of one buffer): memory the
+/// batch does not hold but any copy or encoding of it takes.
+pub(crate) fn repeated_bytes(batch: &RecordBatch) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    batch.columns().iter().fold(0usize, |acc, c| {
+        let data = c.to_data();
+        let key = (data.buffers().first().map(|b| b.as_ptr() as usize), data.offset(), data.len());
+        if seen.insert(key) {
+            return acc;
+        }
+        acc.saturating_add(data.get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()))
+    })
+}
+
 /// Replace or append columns, keeping the nullability of untouched fields.
 fn replace_columns(batch: &RecordBatch, set: Vec<(String, ArrayRef)>) -> Result<RecordBatch, WitError> {
+    check_width(batch.num_columns() + set.len())?;
     let schema = batch.schema();
     let mut fields: Vec<ArrowField> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
@@ -633,6 +681,9 @@ impl types::HostBatch for StageState {
         names: Vec<String>,
     ) -> Result<Result<Resource<BatchHandle>, WitError>> {
         let batch = &self.table.get(&this)?.0;
+        if let Err(e) = check_width(names.len()) {
+            return Ok(Err(e));
+        }
         let selected = names
             .iter()
             .map(|n| column_index(batch, n))
@@ -648,6 +699,7 @@ impl types::HostBatch for StageState {
     ) -> Result<Result<Resource<BatchHandle>, WitError>> {
         let batch = &self.table.get(&this)?.0;
         let kept = names.iter().map(|n| column_index(batch, n)).collect::<Result<Vec<_>, _>>().and_then(|gone| {
+            let gone: std::collections::HashSet<usize> = gone.into_iter().collect();
             let keep: Vec<usize> = (0..batch.num_columns()).filter(|i| !gone.contains(i)).collect();
             batch.project(&keep).map_err(|e| WitError::InvalidArgument(e.to_string()))
         });
@@ -661,6 +713,8 @@ impl types::HostBatch for StageState {
     ) -> Result<Result<Resource<BatchHandle>, WitError>> {
         let mask = self.table.get(&mask)?.0.clone();
         let batch = &self.table.get(&this)?.0;
+        self.budget.check_time()?;
+        self.budget.reserve(batch_bytes(batch))?;
         let filtered = match mask.as_any().downcast_ref::<BooleanArray>() {
             None => Err(type_mismatch("a boolean mask", mask.data_type())),
             Some(_) if mask.len() != batch.num_rows() => Err(WitError::LengthMismatch(format!(
@@ -734,6 +788,9 @@ impl host::Host for StageState {
         }
         self.budget.check_time()?;
         if rows.num_rows() > 0 {
+            // The host renders the rows as JSON text (escaped: up to 6
+            // bytes a byte) before writing them.
+            self.budget.reserve(batch_bytes(&rows).saturating_mul(6))?;
             let reasons = cut_reasons(&reasons);
             self.budget.claim(reasons.as_ref())?;
             self.quarantined.push(Quarantined { rows, reasons });

@@ -219,6 +219,11 @@ impl Runtime {
         let state = StageState::new(memory, budget, wasi, setup.config_json, setup.label, setup.sink);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        // What one call may copy between guest and host (wasmtime's
+        // hostcall fuel: each string and list lifted counts its bytes) is
+        // the host budget too, so a list of a million views of one long
+        // string cannot make the host copy it a million times.
+        store.set_hostcall_fuel(usize::try_from(limits.host_memory_bytes).unwrap_or(usize::MAX));
         // Every epoch tick, a running call checks its deadline, which the
         // host's work and the stage's waits have moved closer.
         store.epoch_deadline_callback(|mut ctx| {
@@ -327,9 +332,10 @@ impl StageInstance {
         self.fit.clone().ok_or_else(|| CallError::Stage("this stage does not export fit".into()))
     }
 
-    /// The log lines this instance has produced so far.
-    pub fn log(&self) -> &[LogRecord] {
-        &self.store.data().log
+    /// The log lines this instance has kept (the last [`crate::LOG_KEEP_BYTES`]
+    /// of them; the sink saw every one).
+    pub fn log(&self) -> Vec<LogRecord> {
+        self.store.data().log.iter().cloned().collect()
     }
 
     /// CPU time spent in guest calls so far.
@@ -374,7 +380,10 @@ impl StageInstance {
 
     /// The report the stage published from `finalize`, if any.
     pub fn take_report(&mut self) -> Option<Report> {
-        self.store.data_mut().report.take()
+        let state = self.store.data_mut();
+        let report = state.report.take()?;
+        state.budget.release(report.json.len());
+        Some(report)
     }
 
     /// `transform.transform`: hands `batch` to the guest, returns its output.
@@ -401,7 +410,13 @@ impl StageInstance {
         match out.map_err(stage_error)? {
             None => Ok(None),
             Some(handle) => {
-                let batch = self.guarded(|s| s.data_mut().take_batch(handle))?;
+                // The host writes the batch: each column is encoded in turn,
+                // so columns that repeat one array cost again.
+                let batch = self.guarded(|s| {
+                    let batch = s.data_mut().take_batch(handle)?;
+                    s.data_mut().budget.reserve(crate::host::repeated_bytes(&batch))?;
+                    Ok(batch)
+                })?;
                 Ok(Some(batch))
             }
         }

@@ -201,12 +201,26 @@ async fn journaled(output: &Location, listed: &[String]) -> Result<Vec<String>, 
     Ok(named)
 }
 
-/// Refuse to write into `output` when it holds objects that no wasmpipe
-/// record names and no commit: someone else's data, which wasmpipe must
-/// neither mix its parts into nor ever clean up. A committed output may
-/// hold foreign objects; they are left alone.
-pub async fn check_writable(output: &Location, committed: Option<&CommitRecord>) -> Result<(), StorageError> {
-    if committed.is_some() {
+/// Refuse to write into `output` for stage `stage` of pipeline `pipeline`
+/// when it holds objects that no wasmpipe record names and no commit
+/// (someone else's data, which wasmpipe must neither mix its parts into nor
+/// ever clean up), or the commit of another pipeline's stage (whose parts
+/// a new commit would delete). A committed output may hold foreign
+/// objects; they are left alone.
+pub async fn check_writable(
+    output: &Location,
+    committed: Option<&CommitRecord>,
+    pipeline: &str,
+    stage: &str,
+) -> Result<(), StorageError> {
+    if let Some(record) = committed {
+        if record.pipeline != pipeline || record.stage != stage {
+            return Err(StorageError::OtherOwner {
+                url: output.url().into(),
+                pipeline: record.pipeline.clone(),
+                stage: record.stage.clone(),
+            });
+        }
         return Ok(());
     }
     let listed = list_relative(output).await?;

@@ -103,6 +103,18 @@ pub enum StorageError {
         /// The difference.
         detail: String,
     },
+    /// An output prefix holds the commit of another pipeline's stage.
+    #[error(
+        "{url} holds the output of stage {stage:?} of pipeline {pipeline:?}; a stage replaces only its own commit\n  hint: give this stage its own `output`, or delete that output first if it is no longer needed"
+    )]
+    OtherOwner {
+        /// The output prefix.
+        url: String,
+        /// The pipeline whose commit is there.
+        pipeline: String,
+        /// Its stage.
+        stage: String,
+    },
     /// An output prefix holds objects that no wasmpipe record names, and
     /// no commit: someone else's data.
     #[error(

@@ -138,6 +138,25 @@ impl Location {
         Ok(bytes)
     }
 
+    /// Check the object against `sha256` (hex) without holding it: its
+    /// bytes are hashed as they stream in. An error naming it when it is
+    /// missing or does not match.
+    pub async fn verify_streaming(&self, sha256: &str) -> Result<(), StorageError> {
+        use futures::StreamExt;
+        use sha2::{Digest, Sha256};
+        let got = self.store().get(&self.path).await.map_err(|e| self.error(e))?;
+        let mut stream = got.into_stream();
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            hasher.update(chunk.map_err(|e| self.error(e))?);
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != sha256 {
+            return Err(StorageError::HashMismatch { url: self.url.clone(), expected: sha256.into(), actual });
+        }
+        Ok(())
+    }
+
     /// Write the object whole (one put: atomic on every store).
     pub async fn put(&self, bytes: impl Into<Bytes>) -> Result<(), StorageError> {
         self.store().put(&self.path, bytes.into().into()).await.map(drop).map_err(|e| self.error(e))

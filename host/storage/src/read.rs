@@ -158,6 +158,14 @@ impl Partition {
     }
 }
 
+/// How Parquet is read: by its Parquet schema alone, ignoring an embedded
+/// Arrow schema, so that columns come as the plain types stages see
+/// (`utf8`, not a dictionary, a view or a large string whose values one
+/// page could make the reader repeat row by row).
+fn reader_options() -> ArrowReaderOptions {
+    ArrowReaderOptions::new().with_skip_arrow_metadata(true)
+}
+
 fn parquet_reader(file: &InputFile) -> ObjectReader {
     ObjectReader { location: file.location.clone(), size: file.size }
 }
@@ -229,7 +237,7 @@ pub async fn partitions(files: &[InputFile]) -> Result<Vec<Partition>, StorageEr
             }),
             Format::Parquet => {
                 let mut reader = parquet_reader(file);
-                let metadata = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+                let metadata = ArrowReaderMetadata::load_async(&mut reader, reader_options())
                     .await
                     .map_err(|source| StorageError::Parquet { url: file.location.url().into(), source })?;
                 check_footer(file, metadata.metadata())?;
@@ -356,7 +364,7 @@ pub async fn open(
         Format::Parquet => {
             let metadata = match &part.metadata {
                 Some(m) => m.clone(),
-                None => ArrowReaderMetadata::load_async(&mut parquet_reader(&part.file), ArrowReaderOptions::new())
+                None => ArrowReaderMetadata::load_async(&mut parquet_reader(&part.file), reader_options())
                     .await
                     .map_err(|source| StorageError::Parquet { url: url.to_string(), source })?,
             };

@@ -167,7 +167,15 @@ impl StageState {
     fn f64_column(&mut self, handle: &Resource<ColumnHandle>) -> Result<KernelResult<Arc<Float64Array>>> {
         let array = self.array(handle)?;
         self.budget.reserve(elementwise_bytes(array.len()))?;
-        Ok(as_f64(&array))
+        let cast = as_f64(&array);
+        if let Ok(c) = &cast
+            && array.data_type() != &ArrowType::Float64
+        {
+            // A new array, held while the kernel runs: a kernel over many
+            // handles to one int column holds as many casts.
+            self.budget.claim(c.as_ref())?;
+        }
+        Ok(cast)
     }
 
     /// Combine two boolean masks of equal length with `op`.
@@ -773,14 +781,18 @@ impl kernels::Host for StageState {
         let mut buf = Vec::new();
         let mut ticker = Ticker::new(&mut self.budget);
         for i in 0..first.len() {
-            buf.clear();
+            // Streamed value by value (the same hash as of the bytes
+            // joined): a row of many long strings is never held whole.
+            let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(seed);
             for a in &arrays {
+                buf.clear();
                 if let Err(e) = hash_bytes(a.as_ref(), i, &mut buf) {
                     return Ok(Err(e));
                 }
+                hasher.update(&buf);
+                ticker.tick(1 + buf.len() / 64)?;
             }
-            hashes.push(xxhash_rust::xxh3::xxh3_64_with_seed(&buf, seed));
-            ticker.tick(arrays.len())?;
+            hashes.push(hasher.digest());
         }
         self.push_kernel_column(Ok(Arc::new(arrow::array::UInt64Array::from(hashes))))
     }
