@@ -193,18 +193,21 @@ fn clean_up_deletes_only_what_wasmpipe_wrote() {
     assert!(!out.join("_wasmpipe_tasks").exists(), "no working files are left");
 }
 
+/// The error of a pipeline in `dir` that copies `file` through passthrough.
+fn copy_error(dir: &Path, file: &Path) -> String {
+    let (exec, _) = executor(&dir.join("store"), 2);
+    let text = format!(
+        "version = 1\nname = \"read\"\n[stage.copy]\ncomponent = {}\ninputs = [{}]\n",
+        toml_path(&component("passthrough")),
+        toml_path(file)
+    );
+    exec.run(&Manifest::parse(&text).unwrap(), dir).unwrap_err().to_string()
+}
+
 #[test]
 fn readers_refuse_files_that_would_make_them_hold_too_much() {
     let dir = tempfile::tempdir().unwrap();
-    let (exec, _) = executor(&dir.path().join("store"), 2);
-    let run = |file: &Path| -> String {
-        let text = format!(
-            "version = 1\nname = \"read\"\n[stage.copy]\ncomponent = {}\ninputs = [{}]\n",
-            toml_path(&component("passthrough")),
-            toml_path(file)
-        );
-        exec.run(&Manifest::parse(&text).unwrap(), dir.path()).unwrap_err().to_string()
-    };
+    let run = |file: &Path| copy_error(dir.path(), file);
 
     // 200,000 columns in a 1.3 MB CSV.
     let wide = dir.path().join("wide.csv");
@@ -251,13 +254,7 @@ fn a_parquet_chunk_that_inflates_beyond_the_limit_is_refused_before_reading() {
     let size = std::fs::metadata(&file).unwrap().len();
     assert!(size < 2 << 20, "the bomb is small: {size} bytes");
 
-    let (exec, _) = executor(&dir.path().join("store"), 2);
-    let text = format!(
-        "version = 1\nname = \"read\"\n[stage.copy]\ncomponent = {}\ninputs = [{}]\n",
-        toml_path(&component("passthrough")),
-        toml_path(&file)
-    );
-    let err = exec.run(&Manifest::parse(&text).unwrap(), dir.path()).unwrap_err().to_string();
+    let err = copy_error(dir.path(), &file);
     assert!(err.contains("decodes to 320 MiB, more than the 256 MiB"), "{err}");
 }
 
@@ -300,16 +297,43 @@ fn a_parquet_footer_whose_row_counts_cannot_be_true_is_refused() {
             .map(|g| g.clone().into_builder().set_num_rows(1_000_000_000_000_000).build().unwrap());
         ParquetMetaData::new(m.file_metadata().clone(), groups.collect())
     });
-    let (exec, _) = executor(&dir.path().join("store"), 2);
-    let text = format!(
-        "version = 1\nname = \"read\"\n[stage.copy]\ncomponent = {}\ninputs = [{}]\n",
-        toml_path(&component("passthrough")),
-        toml_path(&file)
-    );
-    let err = exec.run(&Manifest::parse(&text).unwrap(), dir.path()).unwrap_err().to_string();
+    let err = copy_error(dir.path(), &file);
     assert!(
         err.contains("liar.parquet")
             && err.contains("claims 1000000000000000 rows but its column \"x\" holds 3 values"),
         "{err}"
     );
+}
+
+#[test]
+fn wide_json_objects_are_read_by_name_whatever_their_member_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wide.jsonl");
+    let line = |order: &mut dyn Iterator<Item = usize>, row: usize| {
+        let members: Vec<String> = order.map(|i| format!("\"c{i}\": {}", row * 100 + i)).collect();
+        format!("{{{}}}", members.join(", "))
+    };
+    let text = [line(&mut (0..40), 0), line(&mut (0..40).rev(), 1), line(&mut (0..40).step_by(2), 2)].join("\n");
+    std::fs::write(&file, text).unwrap();
+    let (exec, _) = executor(&dir.path().join("store"), 2);
+    let manifest = format!(
+        "version = 1\nname = \"read\"\n[stage.copy]\ncomponent = {}\ninputs = [{}]\n",
+        toml_path(&component("passthrough")),
+        toml_path(&file)
+    );
+    exec.run(&Manifest::parse(&manifest).unwrap(), dir.path()).unwrap();
+    let batches = read_committed(&dir.path().join("store/read/copy"));
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let value = |col: &str, row: usize| {
+        let c = batch.column_by_name(col).unwrap();
+        let c = c.as_any().downcast_ref::<arrow::array::Int64Array>().unwrap();
+        arrow::array::Array::is_valid(c, row).then(|| c.value(row))
+    };
+    assert_eq!(batch.num_rows(), 3);
+    for i in 0..40 {
+        let name = format!("c{i}");
+        assert_eq!(value(&name, 0), Some(i as i64));
+        assert_eq!(value(&name, 1), Some(100 + i as i64), "reversed members, {name}");
+        assert_eq!(value(&name, 2), (i % 2 == 0).then_some(200 + i as i64), "missing members are null, {name}");
+    }
 }

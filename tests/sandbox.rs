@@ -260,6 +260,19 @@ fn a_distinct_count_over_more_than_the_budget_is_refused() {
 }
 
 #[test]
+fn a_batch_repeating_one_column_thousands_of_times_is_charged_per_copy() {
+    host_memory_failure(&attack("alias", 5000, SMALL));
+}
+
+#[test]
+fn a_batch_of_more_columns_than_any_file_may_have_is_refused() {
+    let a = attack("wide", 20_000, SMALL);
+    let text = a.result.expect_err("refused").to_string();
+    assert!(text.contains("a batch of 20000 columns; at most 10000"), "{text}");
+    assert!(a.peak_growth_mib < PEAK_GROWTH_MIB, "peak RSS grew {} MiB", a.peak_growth_mib);
+}
+
+#[test]
 fn huge_log_lines_are_cut_and_the_kept_log_is_bounded() {
     let store = tempfile::tempdir().unwrap();
     let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());

@@ -37,6 +37,10 @@ pub const MAX_BATCH_VALUES: usize = 1 << 22;
 /// buffered whole before it is split into values.
 pub const MAX_RECORD_BYTES: usize = 16 << 20;
 
+/// Most text (CSV or JSON Lines records) gathered into one batch, in
+/// bytes: 8,192 records of 16 MiB would be 128 GiB.
+pub const MAX_BATCH_TEXT_BYTES: usize = 64 << 20;
+
 /// Largest column chunk of a Parquet row group, decoded, in bytes. A
 /// chunk's pages are decompressed one at a time, so this bounds the
 /// memory one page takes; a small file whose page inflates to gigabytes

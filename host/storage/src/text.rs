@@ -459,10 +459,29 @@ impl Gather {
         let failed = match reader.parse(raw) {
             Ok(record) => {
                 let mut failed = None;
+                // An object with many members is looked up by name: a scan
+                // per column would cost columns x members.
+                let index: Option<std::collections::HashMap<&str, usize>> = match &record {
+                    Record::Object(m) if m.0.len() > 32 => {
+                        let mut index = std::collections::HashMap::with_capacity(m.0.len());
+                        for (i, (key, _)) in m.0.iter().enumerate() {
+                            index.entry(key.as_ref()).or_insert(i);
+                        }
+                        Some(index)
+                    }
+                    _ => None,
+                };
                 for (j, (column, (field, header))) in
                     columns.iter_mut().zip(schema.fields().iter().zip(header_index.iter())).enumerate()
                 {
-                    match record.get(*header, j, field.name()) {
+                    let value = match (&record, &index) {
+                        (Record::Object(m), Some(index)) => match index.get(field.name().as_str()) {
+                            Some(&i) => Value::from_json(m.0[i].1),
+                            None => Ok(Value::Null),
+                        },
+                        _ => record.get(*header, j, field.name()),
+                    };
+                    match value {
                         Ok(value) => column.append_option(value.text()),
                         Err(why) => {
                             column.append_null();
@@ -657,7 +676,10 @@ pub(crate) async fn open(
                 return Ok(Some((chunk, s)));
             }
             // Gather a batch's worth of records, reading on as needed.
-            while s.gather.len() < s.batch_rows {
+            // A batch ends at `batch_rows` records or at a batch's worth
+            // of text, whichever comes first: long records make short
+            // batches, not large ones.
+            while s.gather.len() < s.batch_rows && s.gather.raw.len() < crate::MAX_BATCH_TEXT_BYTES {
                 if let Some((line, range)) = s.splitter.next(s.eof) {
                     s.gather.push(&mut s.reader, line, &s.splitter.buf[range]);
                     continue;

@@ -27,6 +27,9 @@
 //! * `quarantine`: `n` rows quarantined with 32 MiB reasons;
 //! * `sleep`: a WASI sleep of `n` seconds;
 //! * `sleep_forever`: a wait on the monotonic instant `u64::MAX`;
+//! * `alias`: a batch of one million-row column under `n` names, filtered
+//!   (a copy of every column);
+//! * `wide`: a batch of `n` columns;
 //! * `schema`: a float column in partition 0, text elsewhere.
 //!
 //! With `partition = N` it misbehaves only in partition N and passes the
@@ -178,6 +181,14 @@ impl Transformer for Hostile {
             "sleep_forever" => {
                 wasi::clocks::monotonic_clock::subscribe_instant(u64::MAX).block();
                 Ok(Some(batch))
+            }
+            "alias" | "wide" => {
+                let column = if self.0.mode == "alias" { million()? } else { Column::from_f64(&[1.0], None)? };
+                let names: Vec<(String, &Column)> = (0..self.0.n).map(|i| (format!("c{i}"), &column)).collect();
+                let wide = Batch::from_columns(&names)?;
+                let keep = Column::from_bool(&vec![true; column.len() as usize], None)?;
+                let copy = wide.filter(&keep)?;
+                wasmpipe_sdk::fail!("filtered {} columns", copy.schema().len())
             }
             "schema" => {
                 let n = batch.num_rows() as usize;
