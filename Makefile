@@ -60,13 +60,16 @@ test-aarch64:
 	$(CARGO) test --release -p wasmpipe-simd --target aarch64-unknown-linux-gnu
 
 ## Fuzz every target under libFuzzer (cargo-fuzz, on stable Rust) for
-## FUZZ_SECONDS each; new inputs that raise coverage are kept in
-## fuzz/corpus/TARGET/, which `make test` replays.
+## FUZZ_SECONDS each, from the seeds in fuzz/corpus/TARGET/ (which `make
+## test` replays); inputs that reach new code go to fuzz/found/TARGET/
+## (not committed), crashes to fuzz/artifacts/. A crash, once fixed, joins
+## the seeds.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := manifest records csv jsonl parquet kernels
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	for t in $(FUZZ_TARGETS); do \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none --features libfuzzer $$t fuzz/corpus/$$t -- \
+		mkdir -p fuzz/found/$$t && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer none --features libfuzzer $$t fuzz/found/$$t fuzz/corpus/$$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=30 || exit 1; \
 	done

@@ -237,9 +237,7 @@ pub async fn partitions(files: &[InputFile]) -> Result<Vec<Partition>, StorageEr
             }),
             Format::Parquet => {
                 let mut reader = parquet_reader(file);
-                let metadata = ArrowReaderMetadata::load_async(&mut reader, reader_options())
-                    .await
-                    .map_err(|source| StorageError::Parquet { url: file.location.url().into(), source })?;
+                let metadata = load_metadata(file, &mut reader).await?;
                 check_footer(file, metadata.metadata())?;
                 for (i, rg) in metadata.metadata().row_groups().iter().enumerate() {
                     out.push(Partition {
@@ -254,6 +252,27 @@ pub async fn partitions(files: &[InputFile]) -> Result<Vec<Partition>, StorageEr
         }
     }
     Ok(out)
+}
+
+/// A Parquet file's footer, as Arrow reads it; a panic in the parser is a
+/// malformed file too.
+async fn load_metadata(file: &InputFile, reader: &mut ObjectReader) -> Result<ArrowReaderMetadata, StorageError> {
+    let url = file.location.url();
+    match std::panic::AssertUnwindSafe(ArrowReaderMetadata::load_async(reader, reader_options())).catch_unwind().await {
+        Ok(Ok(metadata)) => Ok(metadata),
+        Ok(Err(source)) => Err(StorageError::Parquet { url: url.into(), source }),
+        Err(panic) => Err(malformed(url, panic)),
+    }
+}
+
+/// The error for a Parquet file whose decoding panicked.
+fn malformed(url: &str, panic: Box<dyn std::any::Any + Send>) -> StorageError {
+    let why = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "the decoder failed".into());
+    StorageError::Text { url: url.into(), reason: format!("malformed Parquet data ({why})") }
 }
 
 /// Refuse a footer that cannot be true, or that would make the reader
@@ -364,9 +383,7 @@ pub async fn open(
         Format::Parquet => {
             let metadata = match &part.metadata {
                 Some(m) => m.clone(),
-                None => ArrowReaderMetadata::load_async(&mut parquet_reader(&part.file), reader_options())
-                    .await
-                    .map_err(|source| StorageError::Parquet { url: url.to_string(), source })?,
+                None => load_metadata(&part.file, &mut parquet_reader(&part.file)).await?,
             };
             let width = columns.map_or(metadata.parquet_schema().num_columns(), <[String]>::len);
             let mut builder =
@@ -380,10 +397,15 @@ pub async fn open(
                 builder = builder.with_row_groups(vec![rg]);
             }
             let stream = builder.build().map_err(|source| StorageError::Parquet { url: url.to_string(), source })?;
-            Ok(stream
+            // parquet-rs asserts on some malformed pages instead of failing
+            // (fuzzing found one in its definition levels): such a file
+            // ends in an error naming it, like any other corrupt file.
+            Ok(std::panic::AssertUnwindSafe(stream)
+                .catch_unwind()
                 .map(move |b| match b {
-                    Ok(b) => Ok(Chunk::Rows(b)),
-                    Err(source) => Err(StorageError::Parquet { url: url.to_string(), source }),
+                    Ok(Ok(b)) => Ok(Chunk::Rows(b)),
+                    Ok(Err(source)) => Err(StorageError::Parquet { url: url.to_string(), source }),
+                    Err(panic) => Err(malformed(&url, panic)),
                 })
                 .boxed())
         }

@@ -340,6 +340,11 @@ impl TextReader {
                 }
                 let end = self.ends[..n].last().copied().unwrap_or(0);
                 let text = std::str::from_utf8(&self.out[..end]).map_err(|_| "not valid UTF-8".to_string())?;
+                // Each field on its own: two invalid halves of a character
+                // on either side of a comma join into a valid whole.
+                if !self.ends[..n].iter().all(|&e| text.is_char_boundary(e)) {
+                    return Err("not valid UTF-8".to_string());
+                }
                 Ok(Record::Fields { text, ends: &self.ends[..n] })
             }
             TextFormat::Jsonl => match serde_json::from_slice::<Members>(raw) {
@@ -772,6 +777,11 @@ mod tests {
             ),
             Ok(vec![some("1.5"), some("q\"é"), None, None, some("[1, {\"x\": 2}]")])
         );
+        // Found by fuzzing: the halves of one character on either side of
+        // a comma make valid UTF-8 only together.
+        let halves = [0xef, 0xab, b',', 0xbf];
+        let mut reader = TextReader::new(TextFormat::Csv, "x.csv".into());
+        assert!(matches!(reader.parse(&halves), Err(why) if why == "not valid UTF-8"));
         assert_eq!(values(TextFormat::Jsonl, &["a"], "[1]"), Err("not a JSON object".into()));
         assert!(values(TextFormat::Jsonl, &["a"], "{\"a\": ").unwrap_err().starts_with("not valid JSON"));
     }
