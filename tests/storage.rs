@@ -83,8 +83,15 @@ async fn conformance(root: Location, expect: Conditional) {
         w.write(&batch(i as i64 * 2500, 2500)).await.unwrap();
         let part = w.finish().await.unwrap().expect("rows were written");
         assert_eq!(part.rows, 2500);
-        commit::write_task(&out, &task, serde_json::to_vec(&part.name).unwrap()).await.unwrap();
-        assert!(commit::read_task(&out, &task).await.unwrap().is_some());
+        let record = commit::TaskRecord::Transform {
+            part: Some(part.clone()),
+            quarantine: None,
+            rows_in: 2500,
+            schema: Some(vec!["x: Int64".into()]),
+        };
+        commit::write_task(&out, &task, &record, b"payload").await.unwrap();
+        let (read, payload) = commit::read_task(&out, &task).await.unwrap().expect("the record is there");
+        assert_eq!((read, &payload[..]), (record, &b"payload"[..]), "{url}: task records round-trip");
         parts.push(part);
     }
     // A stray part of a run that died, beside them, and quarantine parts:

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use wasmpipe_executor::{Executor, ExecutorConfig, RunReport};
+use wasmpipe_executor::{EngineKind, Executor, ExecutorConfig, LockedPipeline, RunError, RunReport, TaskSpec};
 use wasmpipe_manifest::Manifest;
 use wasmpipe_runtime::{Level, LogRecord};
 use wasmpipe_storage::Storage;
@@ -27,6 +27,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(RunArgs),
+    Plan(PlanArgs),
+    Task(TaskArgs),
+    Commit(CommitArgs),
     Build(BuildArgs),
     Deploy(DeployArgs),
     Deployments(DeploymentsArgs),
@@ -67,6 +70,88 @@ struct RunArgs {
     /// manifest, its directory).
     #[arg(long, value_name = "PREFIX")]
     allow_output: Vec<String>,
+    /// What runs the tasks: `local` (threads in this process) or `process`
+    /// (a `wasmpipe task` child process per task).
+    #[arg(long, value_enum, default_value = "local", env = "WASMPIPE_ENGINE")]
+    engine: EngineArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    Local,
+    Process,
+}
+
+/// Resolve a pipeline into its plan and print it: components by SHA-256,
+/// every default applied, references turned into locations.
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// The manifest (wasmpipe.toml); with `--from`, the deployed pipeline:
+    /// `NAME` or `NAME@VERSION`.
+    target: String,
+    /// The deployment root to read the deployed plan from.
+    #[arg(long, env = "WASMPIPE_FROM")]
+    from: Option<String>,
+    /// Print the plan document (JSON) instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Run one task of a plan and print its outcome as JSON (the task
+/// contract engines use; see docs/commit-protocol.md). Exit codes: 0 done,
+/// 65 deterministic failure, 75 transient failure, 70 internal error.
+#[derive(clap::Args)]
+struct TaskArgs {
+    /// The plan's URL or path (`STORE/_plans/SHA256.json`).
+    #[arg(long)]
+    plan: String,
+    /// Refuse the plan unless it hashes to this.
+    #[arg(long)]
+    plan_sha256: Option<String>,
+    /// The stage.
+    #[arg(long)]
+    stage: String,
+    /// The task: `fit:N`, `merge` or `transform:N`.
+    #[arg(long)]
+    task: String,
+    /// The fit pass.
+    #[arg(long, default_value_t = 0)]
+    pass: u32,
+    /// The engine's name for this attempt (for logs).
+    #[arg(long)]
+    attempt: Option<String>,
+    /// The store (default: the one the plan is kept in, else
+    /// `wasmpipe-data`).
+    #[arg(long, env = "WASMPIPE_STORE")]
+    store: Option<String>,
+    /// Stage logs on stderr as text, or as one JSON object per line.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Commit a stage of a plan from the records its tasks left: checks that
+/// every task of its final pass completed, then writes the commit record.
+/// Exit codes as for `wasmpipe task`.
+#[derive(clap::Args)]
+struct CommitArgs {
+    /// The plan's URL or path.
+    #[arg(long)]
+    plan: String,
+    /// The stage.
+    #[arg(long)]
+    stage: String,
+    /// The store (default: the one the plan is kept in).
+    #[arg(long, env = "WASMPIPE_STORE")]
+    store: Option<String>,
+    /// The run id to record (default: a new one).
+    #[arg(long)]
+    run_id: Option<String>,
 }
 
 /// Build a stage crate into a component (prints its path, size and hash).
@@ -124,6 +209,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Plan(args) => plan(args),
+        Command::Task(args) => task(args),
+        Command::Commit(args) => commit(args),
         Command::Build(args) => build(args),
         Command::Deploy(args) => deploy(args),
         Command::Deployments(args) => deployments(args),
@@ -134,7 +222,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             print_error(&err);
-            ExitCode::FAILURE
+            match err.downcast_ref::<RunError>() {
+                Some(e) => ExitCode::from(e.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -188,9 +279,24 @@ fn allowed(prefixes: &[String]) -> anyhow::Result<Vec<String>> {
     prefixes.iter().map(|p| absolute_location(p)).collect()
 }
 
-fn executor(parallelism: Option<usize>, store: String, min_level: Level) -> anyhow::Result<Executor> {
+fn engine(arg: EngineArg) -> anyhow::Result<EngineKind> {
+    Ok(match arg {
+        EngineArg::Local => EngineKind::Local,
+        EngineArg::Process => EngineKind::Process {
+            program: std::env::current_exe().context("finding the wasmpipe binary for the process engine")?,
+        },
+    })
+}
+
+fn executor(
+    parallelism: Option<usize>,
+    store: String,
+    min_level: Level,
+    engine: EngineKind,
+) -> anyhow::Result<Executor> {
     let color = std::io::stderr().is_terminal();
     let mut config = ExecutorConfig::new(store);
+    config.engine = engine;
     if let Some(p) = parallelism {
         anyhow::ensure!(p > 0, "--parallelism must be at least 1");
         config.parallelism = p;
@@ -227,11 +333,16 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Some(s) => absolute_location(s)?,
                 None => format!("{}/data", root.trim_end_matches('/')),
             };
-            let mut executor = executor(args.parallelism, store, min_level)?;
+            let mut executor = executor(args.parallelism, store, min_level, engine(args.engine)?)?;
             executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             let (name, version) = name_version(&args.target)?;
             let (_, manifest, version) = executor.deployed_manifest(&root, name, version)?;
-            eprintln!("running pipeline {name:?} version {version} from {root} ({} stages)", manifest.stages.len());
+            let (plan, _) = executor.deployed_plan(&root, name, Some(version))?;
+            eprintln!(
+                "running pipeline {name:?} version {version} from {root} ({} stages, plan {})",
+                plan.stages.len(),
+                &plan.hash()[..12]
+            );
             // The runner's store configuration (its environment), not the
             // deployer's: a deployed `[storage]` could send the runner's
             // signed requests to a server of the deployer's choosing.
@@ -240,20 +351,14 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     "warning: ignoring the deployed manifest's [storage] options; a run from a deployment uses this machine's store settings (AWS_ENDPOINT_URL, ...)"
                 );
             }
-            let storage = Storage::at_url(&root);
-            executor.run_in(&manifest, &storage, None)?
+            executor.run_plan(&plan)?
         }
         None => {
             let path = Path::new(&args.target);
             let manifest = Manifest::load(path)?;
-            let base_dir = path
-                .parent()
-                .map(Path::to_path_buf)
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or_else(|| PathBuf::from("."));
-            let base_dir = base_dir.canonicalize().with_context(|| format!("cannot resolve {}", base_dir.display()))?;
+            let base_dir = manifest_dir(path)?;
             let store = absolute_location(args.store.as_deref().unwrap_or("wasmpipe-data"))?;
-            let mut executor = executor(args.parallelism, store, min_level)?;
+            let mut executor = executor(args.parallelism, store, min_level, engine(args.engine)?)?;
             executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             eprintln!("running pipeline {:?} ({} stages)", manifest.name, manifest.stages.len());
             executor.run(&manifest, &base_dir)?
@@ -263,9 +368,188 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
+    let executor = executor(Some(1), absolute_location("wasmpipe-data")?, Level::Warn, EngineKind::Local)?;
+    let plan = match &args.from {
+        Some(root) => {
+            let (name, version) = name_version(&args.target)?;
+            executor.deployed_plan(&absolute_location(root)?, name, version)?.0
+        }
+        None => {
+            let path = Path::new(&args.target);
+            let manifest = Manifest::load(path)?;
+            let base_dir = manifest_dir(path)?;
+            let storage = Storage::new(&base_dir).with_options(manifest.storage.clone());
+            executor.resolve(&manifest, &storage, Some(&base_dir))?
+        }
+    };
+    if args.json {
+        println!("{}", String::from_utf8_lossy(&plan.to_json()));
+    } else {
+        print_plan(&plan);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_plan(plan: &LockedPipeline) {
+    println!(
+        "pipeline {:?}: plan {} (format {}, {} stages)",
+        plan.pipeline,
+        plan.hash(),
+        plan.format,
+        plan.stages.len()
+    );
+    if let Some(root) = &plan.root {
+        println!("deployed under {root}");
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+        "stage",
+        "kind",
+        "component",
+        "reads",
+        "model",
+        "writes",
+        "limits",
+    ]);
+    for s in &plan.stages {
+        let reads: Vec<String> = s
+            .inputs
+            .iter()
+            .map(|i| match i {
+                wasmpipe_executor::InputRef::Stage { stage } => format!("stage:{stage}"),
+                wasmpipe_executor::InputRef::Location { url } => url.clone(),
+            })
+            .collect();
+        let model = match &s.model {
+            None => "-".to_string(),
+            Some(wasmpipe_executor::ModelRef::Stage { stage }) => format!("stage:{stage}"),
+            Some(wasmpipe_executor::ModelRef::Registry { sha256 }) => format!("sha256:{}", &sha256[..12]),
+            Some(wasmpipe_executor::ModelRef::Output { written, .. }) => written.clone(),
+        };
+        let writes = match &s.output {
+            wasmpipe_executor::OutputRef::Store { path } => format!("STORE/{path}"),
+            wasmpipe_executor::OutputRef::Location { url } => url.clone(),
+        };
+        let l = &s.limits;
+        table.add_row([
+            s.name.clone(),
+            s.kind.to_string(),
+            format!("{} ({})", &s.component.sha256[..12], human_bytes(s.component.bytes)),
+            reads.join("\n"),
+            model,
+            writes,
+            format!(
+                "{} MiB, {} s, {} rows/batch{}",
+                l.memory_mib,
+                l.timeout_s,
+                l.batch_rows,
+                if l.max_passes != wasmpipe_manifest::defaults::MAX_PASSES {
+                    format!(", {} passes", l.max_passes)
+                } else {
+                    String::new()
+                }
+            ),
+        ]);
+    }
+    println!("{table}");
+}
+
+/// The store a plan kept at `STORE/_plans/SHA256.json` belongs to.
+fn store_of_plan(plan: &str) -> Option<String> {
+    let (store, _) = plan.rsplit_once(&format!("/{}/", wasmpipe_executor::PLANS_DIR))?;
+    Some(store.to_string())
+}
+
+fn task_executor(plan: &str, store: Option<&str>, log_format: LogFormat) -> anyhow::Result<Executor> {
+    let store = match store.map(str::to_string).or_else(|| store_of_plan(plan)) {
+        Some(s) => absolute_location(&s)?,
+        None => absolute_location("wasmpipe-data")?,
+    };
+    let mut config = ExecutorConfig::new(store);
+    config.parallelism = 1;
+    if log_format == LogFormat::Json {
+        config.sink = Some(Arc::new(|label: &str, record: &LogRecord| {
+            let level = match record.level {
+                Level::Trace => "trace",
+                Level::Debug => "debug",
+                Level::Info => "info",
+                Level::Warn => "warn",
+                Level::Error => "error",
+            };
+            eprintln!("{}", serde_json::json!({ "label": label, "level": level, "message": record.message }));
+        }));
+    } else {
+        config.sink = Some(Arc::new(|label: &str, record: &LogRecord| eprintln!("[{label}] {}", record.message)));
+    }
+    Ok(Executor::new(config)?)
+}
+
+/// Print a contract failure as JSON on stdout (for the engine) and as text
+/// on stderr; exit with its code.
+fn contract_failure(err: RunError) -> ExitCode {
+    let code = err.exit_code();
+    println!("{}", serde_json::json!({ "error": err.to_string(), "exit_code": code }));
+    print_error(&anyhow::Error::new(err));
+    ExitCode::from(code)
+}
+
+fn task(args: TaskArgs) -> anyhow::Result<ExitCode> {
+    let plan = absolute_location(&args.plan)?;
+    let task = match args.task.parse() {
+        Ok(t) => t,
+        Err(reason) => return Ok(contract_failure(RunError::Plan { url: plan, reason })),
+    };
+    let executor = task_executor(&plan, args.store.as_deref(), args.log_format)?;
+    let spec = TaskSpec {
+        plan,
+        plan_sha256: args.plan_sha256.unwrap_or_default(),
+        stage: args.stage,
+        task,
+        pass: args.pass,
+        attempt: args.attempt,
+    };
+    match executor.run_task(&spec) {
+        Ok(outcome) => {
+            println!("{}", serde_json::to_string(&outcome).context("rendering the task outcome")?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(contract_failure(e)),
+    }
+}
+
+fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
+    let plan = absolute_location(&args.plan)?;
+    let executor = task_executor(&plan, args.store.as_deref(), LogFormat::Text)?;
+    match executor.commit_stage(&plan, &args.stage, args.run_id.as_deref()) {
+        Ok(report) => {
+            let record = serde_json::json!({
+                "stage": report.name,
+                "output": report.output,
+                "rows": report.rows_out,
+                "quarantined": report.rows_quarantined,
+                "model": report.model.as_ref().map(|m| &m.sha256),
+            });
+            println!("{record}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(contract_failure(e)),
+    }
+}
+
+/// The directory a manifest's relative locations resolve against.
+fn manifest_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    base_dir.canonicalize().with_context(|| format!("cannot resolve {}", base_dir.display()))
+}
+
 fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let to = absolute_location(&args.to)?;
-    let executor = executor(None, to.clone(), Level::Warn)?;
+    let executor = executor(None, to.clone(), Level::Warn, EngineKind::Local)?;
     let d = executor.deploy(&args.manifest, &to)?;
     for url in &d.uploaded {
         eprintln!("uploaded {url}");
@@ -281,7 +565,7 @@ fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
 
 fn deployments(args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
     let root = absolute_location(&args.root)?;
-    let executor = executor(None, root.clone(), Level::Warn)?;
+    let executor = executor(None, root.clone(), Level::Warn, EngineKind::Local)?;
     match &args.show {
         Some(target) => {
             let (name, version) = name_version(target)?;
@@ -310,7 +594,7 @@ fn deployments(args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
 
 fn models(args: ModelsArgs) -> anyhow::Result<ExitCode> {
     let store = absolute_location(&args.store)?;
-    let executor = executor(None, store.clone(), Level::Warn)?;
+    let executor = executor(None, store.clone(), Level::Warn, EngineKind::Local)?;
     if let Some(wanted) = &args.model {
         let card = executor.model_card(wanted)?;
         println!("{}", serde_json::to_string_pretty(&card).context("rendering the model card")?);

@@ -37,7 +37,8 @@ fn deploy_then_run_from_the_bucket_and_read_the_outputs_with_pyarrow() {
     let (stdout, stderr) = deploy(server, "examples/diabetes/wasmpipe.toml", &root);
     assert!(stdout.contains("deployed diabetes version 1"), "{stdout}");
     let uploads = stderr.lines().filter(|l| l.starts_with("uploaded ")).count();
-    assert_eq!(uploads, 7 + 1 + 1, "seven components, the CSV and the manifest:\n{stderr}");
+    assert_eq!(uploads, 7 + 1 + 1 + 1, "seven components, the CSV, the manifest and its plan:\n{stderr}");
+    assert!(stderr.contains("deployments/diabetes/v1.plan.json"), "{stderr}");
 
     // Deploying the same content again uploads nothing.
     let (stdout, stderr) = deploy(server, "examples/diabetes/wasmpipe.toml", &root);

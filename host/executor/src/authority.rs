@@ -93,24 +93,29 @@ impl Authority {
         })
     }
 
-    /// For a deployed run, check a file under the root's `inputs/SHA256/`
-    /// against the hash in its name (streamed through the hash once, never
-    /// held whole).
-    pub(crate) async fn verify_deployed_input(&self, file: &Location) -> Result<(), StorageError> {
-        let Some(root) = &self.deployed_root else {
-            return Ok(());
-        };
-        let Some(rest) = file.url().strip_prefix(&format!("{root}/inputs/")) else {
-            return Ok(());
-        };
-        let Some((hex, _)) = rest.split_once('/') else {
-            return Ok(());
-        };
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(());
-        }
-        file.verify_streaming(hex).await
+    /// Whether `url` lies inside the deployment root of a deployed run.
+    pub(crate) fn within_root(&self, url: &str) -> bool {
+        self.deployed_root.as_deref().is_some_and(|root| within(url, root))
     }
+}
+
+/// For a run from the deployment `root`, check a file under its
+/// `inputs/SHA256/` against the hash in its name (streamed through the
+/// hash once, never held whole).
+pub(crate) async fn verify_deployed_input(root: Option<&str>, file: &Location) -> Result<(), StorageError> {
+    let Some(root) = root else {
+        return Ok(());
+    };
+    let Some(rest) = file.url().strip_prefix(&format!("{root}/inputs/")) else {
+        return Ok(());
+    };
+    let Some((hex, _)) = rest.split_once('/') else {
+        return Ok(());
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    file.verify_streaming(hex).await
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! components/SHA256.wasm              every stage component, by content
 //! inputs/SHA256/NAME                  local input files the manifest named
 //! deployments/PIPELINE/vN.toml        the manifest, pinned to those hashes
+//! deployments/PIPELINE/vN.plan.json   its resolved plan: what `run --from` runs
 //! data/PIPELINE/STAGE/                outputs of runs from the deployment
 //! ```
 //!
@@ -19,7 +20,7 @@ use sha2::{Digest, Sha256};
 use wasmpipe_manifest::{ComponentSource, Input, Manifest};
 use wasmpipe_storage::{Location, Storage, StorageError};
 
-use crate::plan::pinned_path;
+use crate::plan::{LockedPipeline, pinned_path};
 use crate::{Executor, RunError};
 
 /// What `deploy` did.
@@ -130,6 +131,7 @@ impl Executor {
             if let Some((bytes, _)) = self.io.block_on(at.get_opt()).map_err(|e| err(at.url(), e))?
                 && bytes == pinned.as_bytes()
             {
+                self.store_plan(&root, &manifest.name, latest, &pinned, &mut uploaded)?;
                 return Ok(Deployment {
                     name: manifest.name.clone(),
                     version: latest,
@@ -141,11 +143,64 @@ impl Executor {
         }
         let version = versions.last().map_or(1, |v| v + 1);
         let at = root.child(&manifest_key(&manifest.name, version));
-        if !self.io.block_on(at.put_if(pinned, None)).map_err(|e| err(at.url(), e))? {
+        if !self.io.block_on(at.put_if(pinned.clone(), None)).map_err(|e| err(at.url(), e))? {
             return Err(invalid(at.url(), "another deploy wrote this version at the same time; deploy again".into()));
         }
         uploaded.push(at.url().into());
+        self.store_plan(&root, &manifest.name, version, &pinned, &mut uploaded)?;
         Ok(Deployment { name: manifest.name, version, manifest_url: at.url().into(), uploaded, unchanged: false })
+    }
+
+    /// Resolve the pinned manifest `pinned` (version `version`) as a run
+    /// from `root` would, and keep its plan beside it unless it is there.
+    fn store_plan(
+        &self,
+        root: &Location,
+        name: &str,
+        version: u32,
+        pinned: &str,
+        uploaded: &mut Vec<String>,
+    ) -> Result<(), RunError> {
+        let at = root.child(&plan_key(name, version));
+        if self.io.block_on(at.get_opt()).map_err(|e| err(at.url(), e))?.is_some() {
+            return Ok(());
+        }
+        let manifest = Manifest::parse(pinned).map_err(RunError::Manifest)?;
+        let plan = self.resolve(&manifest, &Storage::at_url(root.url()), None)?;
+        self.io.block_on(at.put(plan.to_json())).map_err(|e| err(at.url(), e))?;
+        uploaded.push(at.url().into());
+        Ok(())
+    }
+
+    /// The plan of `name` at `version` (default: the latest) deployed
+    /// under `root`, with its version: the plan stored beside the pinned
+    /// manifest, or, for a deployment made before plans were stored, the
+    /// pinned manifest resolved now.
+    pub fn deployed_plan(
+        &self,
+        root: &str,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(LockedPipeline, u32), RunError> {
+        let (_, manifest, version) = self.deployed_manifest(root, name, version)?;
+        let root_at = Storage::new(".").resolve(root).map_err(|e| err(root, e))?;
+        let at = root_at.child(&plan_key(name, version));
+        let plan = match self.io.block_on(at.get_opt()).map_err(|e| err(at.url(), e))? {
+            Some((bytes, _)) => LockedPipeline::from_json(&bytes, at.url())?,
+            None => self.resolve(&manifest, &Storage::at_url(root_at.url()), None)?,
+        };
+        if plan.pipeline != manifest.name || plan.root.as_deref() != Some(root_at.url().trim_end_matches('/')) {
+            return Err(invalid(
+                at.url(),
+                format!(
+                    "the plan is for pipeline {:?} under {:?}, not for {name:?} under {}; deploy again",
+                    plan.pipeline,
+                    plan.root,
+                    root_at.url()
+                ),
+            ));
+        }
+        Ok((plan, version))
     }
 
     /// Upload `bytes` to `at` unless an object of that size is there (the
@@ -220,6 +275,11 @@ impl Executor {
         let manifest = Manifest::parse(&text).map_err(RunError::Manifest)?;
         Ok((text, manifest, version))
     }
+}
+
+/// Where the plan of version `version` of pipeline `name` lives under the root.
+fn plan_key(name: &str, version: u32) -> String {
+    format!("deployments/{name}/v{version}.plan.json")
 }
 
 /// Where version `version` of pipeline `name` lives under the root.

@@ -128,6 +128,14 @@ pub enum RunError {
         /// The models that match, when more than one does.
         matches: Vec<String>,
     },
+    /// A plan cannot be read or does not fit what was asked of it.
+    #[error("plan {url}: {reason}")]
+    Plan {
+        /// Where the plan is (or its pipeline).
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The manifest is unreadable or invalid.
     #[error(transparent)]
     Manifest(#[from] wasmpipe_manifest::ManifestError),
@@ -186,4 +194,121 @@ pub enum TaskFailure {
     /// only this task fails.
     #[error("internal error: {0}\n  hint: this is a wasmpipe bug; please report it with the input that caused it")]
     Internal(String),
+    /// An iterative estimator asked for a pass beyond `max_passes`.
+    #[error(
+        "did not finish fitting within {passes} passes\n  hint: raise `max_passes` in the stage's [limits], or check the estimator's convergence test"
+    )]
+    TooManyPasses {
+        /// The limit.
+        passes: u32,
+    },
+    /// The stage has no such task (an engine asked for one that is not
+    /// there).
+    #[error("{0}")]
+    NoSuchTask(String),
+    /// A task that needs another task's record ran before it.
+    #[error(
+        "{0}\n  hint: an engine runs a stage's fit tasks, then their merge, then its transform tasks, then the commit"
+    )]
+    NotReady(String),
+    /// A task's process ended without an outcome.
+    #[error("{message}")]
+    Process {
+        /// Its exit code (none when a signal ended it).
+        code: Option<i32>,
+        /// What it said, or how it ended.
+        message: String,
+    },
+}
+
+/// Exit code: done.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a deterministic failure (the stage failed, trapped, or hit a
+/// limit; the input is bad): retrying cannot help.
+pub const EXIT_DETERMINISTIC: u8 = 65;
+/// Exit code: an internal error (a wasmpipe bug, or an engine that ran
+/// tasks out of order).
+pub const EXIT_INTERNAL: u8 = 70;
+/// Exit code: a transient failure (storage unavailable, throttled or timed
+/// out, a lost race, a lost process): worth retrying.
+pub const EXIT_TRANSIENT: u8 = 75;
+
+impl TaskFailure {
+    /// What an engine should do about it, as an exit code (see
+    /// `docs/commit-protocol.md`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TaskFailure::Stage(_) | TaskFailure::TooManyPasses { .. } => EXIT_DETERMINISTIC,
+            TaskFailure::Storage(e) => storage_exit_code(e),
+            TaskFailure::WallClock { .. } => EXIT_TRANSIENT,
+            TaskFailure::Internal(_) | TaskFailure::NoSuchTask(_) | TaskFailure::NotReady(_) => EXIT_INTERNAL,
+            TaskFailure::Process { code: Some(c), .. } => u8::try_from(*c).unwrap_or(EXIT_INTERNAL),
+            TaskFailure::Process { code: None, .. } => EXIT_TRANSIENT,
+        }
+    }
+
+    /// The failure a `wasmpipe task` process reported (its stdout holds
+    /// `{"error": MESSAGE, "exit_code": N}`), or how it died.
+    pub fn from_process(status: std::process::ExitStatus, stdout: &[u8]) -> TaskFailure {
+        let said = serde_json::from_slice::<serde_json::Value>(stdout).ok();
+        let message = said.as_ref().and_then(|v| Some(v.get("error")?.as_str()?.to_string()));
+        match (status.code(), message) {
+            (code, Some(message)) => TaskFailure::Process { code, message },
+            (Some(code), None) => TaskFailure::Process {
+                code: Some(code),
+                message: format!("the task process exited with code {code} without saying why"),
+            },
+            (None, None) => {
+                #[cfg(unix)]
+                let how = {
+                    use std::os::unix::process::ExitStatusExt;
+                    status.signal().map_or_else(|| "by a signal".into(), |s| format!("by signal {s}"))
+                };
+                #[cfg(not(unix))]
+                let how = "abnormally".to_string();
+                TaskFailure::Process { code: None, message: format!("the task process was ended {how}") }
+            }
+        }
+    }
+}
+
+/// Transient when the store could not be reached or answered with an
+/// error worth retrying; deterministic when the data is bad or missing.
+fn storage_exit_code(e: &StorageError) -> u8 {
+    let transient_source = |source: &object_store::Error| {
+        !matches!(
+            source,
+            object_store::Error::NotFound { .. }
+                | object_store::Error::InvalidPath { .. }
+                | object_store::Error::NotSupported { .. }
+                | object_store::Error::NotImplemented { .. }
+                | object_store::Error::PermissionDenied { .. }
+                | object_store::Error::Unauthenticated { .. }
+                | object_store::Error::UnknownConfigurationKey { .. }
+        )
+    };
+    match e {
+        StorageError::Store { source, .. } if transient_source(source) => EXIT_TRANSIENT,
+        StorageError::CommitConflict { .. } => EXIT_TRANSIENT,
+        StorageError::Parquet { source: parquet::errors::ParquetError::External(inner), .. }
+            if inner.downcast_ref::<object_store::Error>().is_some_and(transient_source) =>
+        {
+            EXIT_TRANSIENT
+        }
+        _ => EXIT_DETERMINISTIC,
+    }
+}
+
+impl RunError {
+    /// What an engine (or a shell script) should do about it, as an exit
+    /// code: 65 deterministic, 75 transient, 70 internal.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Runtime(_) => EXIT_INTERNAL,
+            RunError::Storage { source, .. } => storage_exit_code(source),
+            RunError::Registry { source } | RunError::Deploy { source, .. } => storage_exit_code(source),
+            RunError::Task { cause, .. } => cause.exit_code(),
+            _ => EXIT_DETERMINISTIC,
+        }
+    }
 }

@@ -18,12 +18,21 @@
 //!
 //! A stage's outputs become visible only through its commit record, written
 //! after every task succeeded (see `wasmpipe_storage::commit`).
+//!
+//! The data path: a manifest is resolved into a plan ([`LockedPipeline`],
+//! `plan`), each stage of the plan is prepared against the store (`stage`),
+//! its tasks ([`TaskSpec`], `task`) run on an engine (`engine`: threads
+//! here, or a `wasmpipe task` process each), and the stage commits
+//! (`commit`).
 
 mod authority;
+mod commit;
 mod deploy;
+mod engine;
 mod error;
 mod plan;
 mod registry;
+mod stage;
 mod task;
 
 use std::path::Path;
@@ -36,8 +45,13 @@ use wasmpipe_storage::Storage;
 use wasmpipe_storage::commit::Model;
 
 pub use deploy::{DeployedPipeline, Deployment};
-pub use error::{RunError, TaskFailure};
+pub use engine::EngineKind;
+pub use error::{EXIT_DETERMINISTIC, EXIT_INTERNAL, EXIT_OK, EXIT_TRANSIENT, RunError, TaskFailure};
+pub use plan::{
+    ComponentRef, InputRef, Limits, LockedPipeline, LockedStage, ModelRef, OutputRef, PLAN_FORMAT, PLANS_DIR,
+};
 pub use registry::{CARD_FORMAT, Evaluation, ModelCard};
+pub use task::{FitStep, TASK_FORMAT, TaskKind, TaskOutcome, TaskSpec, WrittenObject};
 
 /// How to run.
 #[derive(Clone)]
@@ -56,6 +70,8 @@ pub struct ExecutorConfig {
     /// Prefixes outputs may go to besides the store (and, for a local run,
     /// the manifest's directory) (`--allow-output`).
     pub allow_output: Vec<String>,
+    /// What runs the tasks.
+    pub engine: EngineKind,
 }
 
 impl ExecutorConfig {
@@ -67,6 +83,7 @@ impl ExecutorConfig {
             sink: None,
             allow_input: Vec::new(),
             allow_output: Vec::new(),
+            engine: EngineKind::Local,
         }
     }
 }
@@ -190,23 +207,108 @@ impl Executor {
         storage: &Storage,
         local_dir: Option<&Path>,
     ) -> Result<RunReport, RunError> {
-        let started = Instant::now();
-        let run_id = new_run_id();
-        let authority = authority::Authority::new(
+        let (plan, components) = self.resolve_loaded(manifest, storage, local_dir)?;
+        let authority = self.authority(storage, local_dir)?;
+        self.run_loaded(&plan, components, &authority)
+    }
+
+    /// Run a resolved plan. A plan resolved from a deployment (it names
+    /// its root) may read only inside its root; any plan writes only under
+    /// the store and what [`Executor::allow`] widened.
+    pub fn run_plan(&self, plan: &LockedPipeline) -> Result<RunReport, RunError> {
+        let storage = match &plan.root {
+            Some(root) => Storage::at_url(root.clone()),
+            None => Storage::new("."),
+        };
+        let authority = self.authority(&storage, None)?;
+        let components = self.load_components(plan)?;
+        self.run_loaded(plan, components, &authority)
+    }
+
+    fn authority(&self, storage: &Storage, local_dir: Option<&Path>) -> Result<authority::Authority, RunError> {
+        authority::Authority::new(
             storage,
             &self.config.store,
             local_dir,
             &self.config.allow_input,
             &self.config.allow_output,
-        )?;
-        let stages = plan::load_stages(self, manifest, storage, local_dir)?;
-        let mut reports: Vec<StageReport> = Vec::new();
-        for stage in stages {
-            let report = task::run_stage(self, storage, manifest, &stage, &run_id, &reports, &authority)?;
-            registry::record_evaluation(self, storage, manifest, &run_id, &reports, &report)?;
-            reports.push(report);
-        }
-        Ok(RunReport { run_id, stages: reports, wall: started.elapsed() })
+        )
+    }
+
+    fn run_loaded(
+        &self,
+        plan: &LockedPipeline,
+        components: Vec<wasmpipe_runtime::StageComponent>,
+        authority: &authority::Authority,
+    ) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        plan.check(authority, &self.config.store)?;
+        let run_id = new_run_id();
+        let stages = match &self.config.engine {
+            EngineKind::Local => engine::drive(self, plan, components, &engine::Local, &run_id)?,
+            EngineKind::Process { program } => {
+                if self.config.store.starts_with("memory://") {
+                    return Err(RunError::Plan {
+                        url: self.config.store.clone(),
+                        reason: "the process engine runs tasks in other processes, which cannot see this process's memory:// store\n  hint: use a directory or an object store".into(),
+                    });
+                }
+                let process = engine::Process {
+                    program: program.clone(),
+                    plan_url: self.publish_plan(plan, &self.config.store)?,
+                    plan_sha256: plan.hash(),
+                };
+                engine::drive(self, plan, components, &process, &run_id)?
+            }
+        };
+        Ok(RunReport { run_id, stages, wall: started.elapsed() })
+    }
+
+    /// Run one task of the plan at `spec.plan` in this process (what
+    /// `wasmpipe task` does), writing under this executor's store.
+    pub fn run_task(&self, spec: &TaskSpec) -> Result<TaskOutcome, RunError> {
+        let plan = self.load_plan(&spec.plan)?;
+        task::check_spec_plan(spec, &plan.hash())?;
+        let locked = plan.stage(&spec.stage)?;
+        let stage = stage::prepare(self, &plan, locked, self.load_component(locked)?)?;
+        task::run(&stage, spec.task, spec.pass).map_err(|cause| RunError::Task {
+            stage: spec.stage.clone(),
+            task: spec.task.to_string(),
+            cause: Box::new(cause),
+            others: 0,
+        })
+    }
+
+    /// Commit stage `stage` of the plan at `plan_url` from the records its
+    /// tasks left (what `wasmpipe commit` does), as run `run_id`.
+    pub fn commit_stage(&self, plan_url: &str, stage: &str, run_id: Option<&str>) -> Result<StageReport, RunError> {
+        let started = Instant::now();
+        let plan = self.load_plan(plan_url)?;
+        let locked = plan.stage(stage)?;
+        let prepared = stage::prepare(self, &plan, locked, self.load_component(locked)?)?;
+        let run_id = run_id.map_or_else(new_run_id, str::to_string);
+        let committed = commit::commit_stage(&prepared, &run_id, None)?;
+        Ok(StageReport {
+            name: locked.name.clone(),
+            kind: locked.kind,
+            component: locked.component.sha256.clone(),
+            component_bytes: locked.component.bytes as usize,
+            tasks: 0,
+            tasks_skipped: 0,
+            passes: committed.record.model.as_ref().map_or(0, |m| m.passes),
+            rows_in: committed.fit_rows,
+            rows_out: committed.record.rows,
+            bytes_read: 0,
+            bytes_written: 0,
+            wall: started.elapsed(),
+            output: prepared.output.url().to_string(),
+            model: committed.record.model.clone(),
+            model_bytes: committed.model_bytes,
+            report: committed.report,
+            applied_model: committed.record.applied_model.clone(),
+            rows_quarantined: committed.record.quarantine.iter().map(|p| p.rows).sum(),
+            committed_before: None,
+        })
     }
 }
 

@@ -25,7 +25,7 @@ use wasmpipe_manifest::REGISTRY_DIR;
 use wasmpipe_storage::commit::{CommitRecord, Model};
 use wasmpipe_storage::{Location, Storage, StorageError};
 
-use wasmpipe_manifest::Manifest;
+use crate::plan::LockedPipeline;
 use wasmpipe_runtime::StageKind;
 
 use crate::{Executor, RunError, StageReport};
@@ -130,8 +130,7 @@ pub struct Evaluation {
 /// model. A stage that is not an aggregator with a report records nothing.
 pub(crate) fn record_evaluation(
     exec: &Executor,
-    storage: &Storage,
-    manifest: &Manifest,
+    plan: &LockedPipeline,
     run_id: &str,
     done: &[StageReport],
     report: &StageReport,
@@ -140,7 +139,7 @@ pub(crate) fn record_evaluation(
         return Ok(());
     };
     let mut models: Vec<(String, String)> = Vec::new();
-    let mut todo: Vec<&str> = manifest.upstream(&manifest.stages[&report.name]).collect();
+    let mut todo: Vec<&str> = plan.upstream(plan.stage(&report.name)?).collect();
     let mut seen: Vec<&str> = Vec::new();
     while let Some(name) = todo.pop() {
         if seen.contains(&name) {
@@ -151,22 +150,22 @@ pub(crate) fn record_evaluation(
         let fitted = up.model.as_ref().filter(|_| up.kind == StageKind::Estimator).map(|m| m.sha256.clone());
         match fitted.or_else(|| up.applied_model.clone()) {
             Some(sha) => models.push((sha, up.name.clone())),
-            None => todo.extend(manifest.upstream(&manifest.stages[name])),
+            None => todo.extend(plan.upstream(plan.stage(name)?)),
         }
     }
-    let root = root(storage, &exec.config.store).map_err(registry_err)?;
+    let root = root(&Storage::new("."), &exec.config.store).map_err(registry_err)?;
     let report_json: serde_json::Value = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
     for (sha, predictions) in models {
         let evaluation = Evaluation {
             model: sha.clone(),
-            pipeline: manifest.name.clone(),
+            pipeline: plan.pipeline.clone(),
             stage: report.name.clone(),
             predictions,
             run_id: report.committed_before.clone().unwrap_or_else(|| run_id.to_string()),
             output: report.output.clone(),
             report: report_json.clone(),
         };
-        let at = root.child(&format!("{sha}/{EVALUATIONS_DIR}/{}--{}.json", manifest.name, report.name));
+        let at = root.child(&format!("{sha}/{EVALUATIONS_DIR}/{}--{}.json", plan.pipeline, report.name));
         let bytes = serde_json::to_vec_pretty(&evaluation).expect("evaluations serialize");
         exec.io.block_on(at.put(bytes)).map_err(registry_err)?;
     }

@@ -1,875 +1,521 @@
-//! Running one stage: its tasks in parallel, the fit passes, the commit.
+//! The task contract: the unit of work any engine runs, and running one.
+//!
+//! A task is one of a stage's fit tasks (fold one partition into a partial
+//! state, for one pass), its merge (merge a pass's states and finalize
+//! them: a model, or the state the next pass starts from), or one of its
+//! transform tasks (one partition through the stage into one part). A
+//! [`TaskSpec`] names it, a [`TaskOutcome`] says what it did; both are
+//! plain JSON, for engines in other processes (`wasmpipe task`).
+//!
+//! Every task is idempotent: what it writes is named by its identity and
+//! its bytes are determined by it (the stage's randomness is seeded from
+//! it too), so a retried or duplicated attempt rewrites the same objects
+//! with the same bytes. A task whose record is already in the store is not
+//! run again.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::str::FromStr;
 use std::time::Instant;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use futures::StreamExt;
-use object_store::ObjectStoreExt;
-use rayon::prelude::*;
-use sha2::{Digest, Sha256};
-use wasmpipe_manifest::{ColumnType, Format as ManifestFormat, Input, Manifest, ModelSource};
-use wasmpipe_runtime::{
-    CallError, FitOutcome, InstanceLimits, InstanceSetup, Report, StageInstance, StageKind, TaskInfo,
-};
-use wasmpipe_storage::commit::{self, COMMIT_FORMAT, CommitRecord, Journal, Model, Part, REPORT_PREFIX, ReportFiles};
+use serde::{Deserialize, Serialize};
+use wasmpipe_runtime::{FitOutcome, StageInstance, StageKind};
+use wasmpipe_storage::StorageError;
+use wasmpipe_storage::commit::{self, Journal, Model, Part, ReportFiles, TaskRecord};
 use wasmpipe_storage::quarantine::{self, QUARANTINE_DIR};
-use wasmpipe_storage::read::{self, Chunk, Format, InputFile, Partition};
+use wasmpipe_storage::read::Chunk;
 use wasmpipe_storage::write::{PartWriter, part_name};
-use wasmpipe_storage::{Location, Storage, StorageError};
 
-use crate::authority::Authority;
-use crate::plan::PlannedStage;
-use crate::registry::{self, ModelCard};
-use crate::{Executor, RunError, StageReport, TaskFailure};
+use crate::stage::{PreparedStage, content_sha256, sha256_hex};
+use crate::{RunError, TaskFailure};
 
-/// An identity: the SHA-256 of `parts`, each prefixed with its length so
-/// that no two different lists of parts hash alike.
-fn sha256_hex(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
+/// The version of the task contract's JSON documents.
+pub const TASK_FORMAT: u32 = 1;
+
+/// Which task of a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskKind {
+    /// Fold partition N into a partial state (`fit:N`).
+    Fit(usize),
+    /// Merge a pass's partial states and finalize them (`merge`).
+    Merge,
+    /// Partition N through the stage into one part (`transform:N`).
+    Transform(usize),
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskKind::Fit(i) => write!(f, "fit:{i}"),
+            TaskKind::Merge => f.write_str("merge"),
+            TaskKind::Transform(i) => write!(f, "transform:{i}"),
+        }
     }
-    hex::encode(h.finalize())
 }
 
-/// The SHA-256 of `bytes`, hex: the hash a content-addressed object (a
-/// model) is stored and checked under, and that records report.
-fn content_sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+impl FromStr for TaskKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let index = |n: &str| n.parse::<usize>().map_err(|_| format!("{s:?}: the partition after `:` is a number"));
+        match s.split_once(':') {
+            None if s == "merge" => Ok(TaskKind::Merge),
+            Some(("fit", n)) => Ok(TaskKind::Fit(index(n)?)),
+            Some(("transform", n)) => Ok(TaskKind::Transform(index(n)?)),
+            _ => Err(format!("{s:?} is not a task: write `fit:N`, `merge` or `transform:N`")),
+        }
+    }
 }
 
-/// When a task must end, by the wall clock, and the limit that set it.
-struct Deadline {
-    at: Instant,
-    limit_s: f64,
+impl Serialize for TaskKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
-/// Everything a stage's tasks share.
-struct StageRun<'a> {
-    exec: &'a Executor,
-    pipeline: &'a str,
-    stage: &'a PlannedStage,
-    columns: Option<&'a [String]>,
-    /// The declared schema of text inputs.
-    schema: Option<SchemaRef>,
-    partitions: Vec<Partition>,
-    output: Location,
-    /// Hash of what determines every task's output besides its partition.
-    identity: String,
+impl<'de> Deserialize<'de> for TaskKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
-/// What a transform task did (as recorded for reruns): its part, its
-/// quarantine part, and the rows it read.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct TransformOutcome {
-    part: Option<Part>,
+/// One task of a plan, as an engine hands it to a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Where the plan is (a URL; `STORE/_plans/SHA256.json`).
+    pub plan: String,
+    /// The plan's hash: a worker refuses a plan that differs.
+    pub plan_sha256: String,
+    /// The stage.
+    pub stage: String,
+    /// Which of its tasks.
+    pub task: TaskKind,
+    /// The fit pass (0 for transform tasks).
     #[serde(default)]
-    quarantine: Option<Part>,
-    rows_in: u64,
-    /// The part's columns, `name: type` (records of older versions lack
-    /// them).
-    #[serde(default)]
-    schema: Option<Vec<String>>,
+    pub pass: u32,
+    /// The engine's name for this attempt, for its logs; attempts of one
+    /// task write the same bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
 }
 
-/// The Arrow schema a stage's declared `schema` reads text inputs as.
-fn declared_schema(columns: &indexmap::IndexMap<String, ColumnType>) -> SchemaRef {
-    let field = |(name, t): (&String, &ColumnType)| {
-        let data_type = match t {
-            ColumnType::Boolean => DataType::Boolean,
-            ColumnType::Int32 => DataType::Int32,
-            ColumnType::Int64 => DataType::Int64,
-            ColumnType::Float32 => DataType::Float32,
-            ColumnType::Float64 => DataType::Float64,
-            ColumnType::Utf8 => DataType::Utf8,
-            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
-        };
-        Field::new(name, data_type, true)
-    };
-    Arc::new(Schema::new(columns.iter().map(field).collect::<Vec<_>>()))
+/// An object a task wrote, relative to the stage's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenObject {
+    /// Its name under the output prefix.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// SHA-256 of its bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
-pub(crate) fn run_stage(
-    exec: &Executor,
-    storage: &Storage,
-    manifest: &Manifest,
-    stage: &PlannedStage,
-    run_id: &str,
-    done: &[StageReport],
-    authority: &Authority,
-) -> Result<StageReport, RunError> {
+impl WrittenObject {
+    fn of(part: &Part) -> WrittenObject {
+        WrittenObject { name: part.name.clone(), bytes: part.bytes, sha256: part.sha256.clone() }
+    }
+}
+
+/// What a merge decided.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum FitStep {
+    /// The estimator asked for another pass.
+    NextPass,
+    /// The fit is finished: its model or result.
+    Done {
+        /// SHA-256 of the model's bytes.
+        model: String,
+    },
+}
+
+/// What one task did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskOutcome {
+    /// Always [`TASK_FORMAT`].
+    pub format: u32,
+    /// The stage.
+    pub stage: String,
+    /// The task.
+    pub task: TaskKind,
+    /// Its fit pass.
+    pub pass: u32,
+    /// Its identity: what it wrote is named by it.
+    pub task_id: String,
+    /// True when an earlier attempt had completed it: nothing ran.
+    pub resumed: bool,
+    /// The objects its output consists of (parts, quarantine parts; a
+    /// merge's model and report), whether this attempt wrote them or an
+    /// earlier one did; not its task record.
+    pub objects: Vec<WrittenObject>,
+    /// Rows read.
+    pub rows_in: u64,
+    /// Rows written to its part.
+    pub rows_out: u64,
+    /// Rows written to its quarantine part.
+    pub rows_quarantined: u64,
+    /// Bytes read from storage.
+    pub bytes_read: u64,
+    /// Bytes this attempt wrote (0 when it resumed).
+    pub bytes_written: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Where its task record is: for a fit task, its partial state; for a
+    /// merge, the state the next pass starts from or the finished fit.
+    pub record: String,
+    /// For a merge: what it decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit: Option<FitStep>,
+}
+
+impl TaskOutcome {
+    fn new(stage: &PreparedStage, task: TaskKind, pass: u32, task_id: &str) -> TaskOutcome {
+        TaskOutcome {
+            format: TASK_FORMAT,
+            stage: stage.stage.name.clone(),
+            task,
+            pass,
+            task_id: task_id.to_string(),
+            resumed: false,
+            objects: Vec::new(),
+            rows_in: 0,
+            rows_out: 0,
+            rows_quarantined: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            seconds: 0.0,
+            record: commit::task_record_location(&stage.output, task_id).url().to_string(),
+            fit: None,
+        }
+    }
+
+    fn wrote(&mut self, part: &Part) {
+        self.objects.push(WrittenObject::of(part));
+        self.bytes_written += part.bytes;
+    }
+}
+
+/// Run `task` of `stage` for fit pass `pass`.
+pub(crate) fn run(stage: &PreparedStage, task: TaskKind, pass: u32) -> Result<TaskOutcome, TaskFailure> {
     let started = Instant::now();
-    let spec = &manifest.stages[&stage.name];
-    let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
-
-    let output_url = match &spec.output {
-        Some(o) => o.clone(),
-        None => format!("{}/{}/{}", exec.config.store.trim_end_matches('/'), manifest.name, stage.name),
-    };
-    let output = storage.resolve(&output_url).map_err(storage_err)?;
-    authority.check_output(&stage.name, &output)?;
-
-    // Inputs, with their lineage.
-    let format = spec.format.map(|f| match f {
-        ManifestFormat::Parquet => Format::Parquet,
-        ManifestFormat::Csv => Format::Csv,
-        ManifestFormat::Jsonl => Format::Jsonl,
-    });
-    let mut files: Vec<InputFile> = Vec::new();
-    let mut lineage = Vec::new();
-    for input in &spec.inputs {
-        let (location, upstream) = match input {
-            Input::Stage(up) => {
-                let report = done.iter().find(|r| &r.name == up).expect("stages run in dependency order");
-                (storage.resolve(&report.output).map_err(storage_err)?, Some(up))
-            }
-            Input::Location(l) => {
-                let location = storage.resolve(l).map_err(storage_err)?;
-                authority.check_input(&stage.name, &location)?;
-                (location, None)
-            }
-        };
-        let listing = exec.io.block_on(read::list(&location, format)).map_err(storage_err)?;
-        for file in &listing.files {
-            exec.io.block_on(authority.verify_deployed_input(&file.location)).map_err(storage_err)?;
+    let fits = matches!(stage.stage.kind, StageKind::Estimator | StageKind::Aggregator) && stage.applied.is_none();
+    let transforms = matches!(stage.stage.kind, StageKind::Transformer | StageKind::Estimator);
+    let mut outcome = match task {
+        TaskKind::Fit(i) if fits && i < stage.fit_tasks() => fit_task(stage, i, pass)?,
+        TaskKind::Merge if fits => merge_task(stage, pass)?,
+        TaskKind::Transform(i) if transforms && i < stage.partitions.len() => transform_task(stage, i)?,
+        _ => {
+            return Err(TaskFailure::NoSuchTask(format!(
+                "stage {:?} ({}{}, {} partitions) has no task {task}",
+                stage.stage.name,
+                stage.stage.kind,
+                if stage.applied.is_some() { ", applying a model" } else { "" },
+                stage.partitions.len()
+            )));
         }
-        match (&listing.commit, upstream) {
-            (Some(c), _) => lineage.push(format!("{}@{}", location.url(), c.identity)),
-            (None, Some(up)) => {
-                return Err(storage_err(StorageError::CorruptCommit {
-                    url: location.url().into(),
-                    reason: format!("stage {up:?} committed no output"),
-                }));
-            }
-            (None, None) => lineage.push(location.url().to_string()),
-        }
-        files.extend(listing.files);
-    }
-    if spec.schema.is_some()
-        && let Some(f) = files.iter().find(|f| f.format == Format::Parquet)
-    {
-        return Err(RunError::Manifest(wasmpipe_manifest::ManifestError::Invalid(format!(
-            "stage {:?} declares a `schema`, which types text inputs (CSV, JSON Lines), but reads {}, a Parquet file that carries its own schema\n  hint: remove `schema`, or read the text files in a stage of their own",
-            stage.name,
-            f.location.url()
-        ))));
-    }
-    let partitions = exec.io.block_on(read::partitions(&files)).map_err(storage_err)?;
-
-    let identity = sha256_hex(&[
-        stage.component.hash().as_bytes(),
-        stage.config_json.as_bytes(),
-        &(stage.batch_rows() as u64).to_le_bytes(),
-        &(stage.row_group_rows() as u64).to_le_bytes(),
-        format!("{:?} {:?}", spec.columns, spec.schema).as_bytes(),
-    ]);
-    let applied = match &spec.model {
-        Some(source) => Some(applied_model(exec, storage, stage, source, done, &mut lineage, authority)?),
-        None => None,
     };
-    // What the output depends on: the stage, every partition it reads, and
-    // the model it applies.
-    let output_identity = {
-        let mut parts: Vec<String> = vec![identity.clone()];
-        parts.extend(partitions.iter().map(Partition::identity));
-        parts.extend(applied.iter().map(|(_, sha)| sha.clone()));
-        sha256_hex(&parts.iter().map(String::as_bytes).collect::<Vec<_>>())
-    };
-    let run = StageRun {
-        exec,
-        pipeline: &manifest.name,
-        stage,
-        columns: spec.columns.as_deref(),
-        schema: spec.schema.as_ref().map(declared_schema),
-        partitions,
-        output,
-        identity,
-    };
-
-    // The output as the run found it: committed by an identical run, it is
-    // done; otherwise the new commit must replace exactly what was seen.
-    let previous = exec.io.block_on(commit::read_versioned(&run.output)).map_err(storage_err)?;
-    if let Some((record, _)) = &previous
-        && record.identity == output_identity
-    {
-        // Finish the clean-up a run killed after its commit left undone.
-        exec.io.block_on(commit::remove_unreferenced(&run.output, record)).map_err(storage_err)?;
-        let report = run.already_committed(record, started).map_err(storage_err)?;
-        // A model committed before the registry existed enters it now.
-        register_model(exec, storage, stage, &report, record, report.model_bytes.as_deref()).map_err(storage_err)?;
-        return Ok(report);
-    }
-    let committed = previous.as_ref().map(|(r, _)| r);
-    exec.io
-        .block_on(commit::check_writable(&run.output, committed, &manifest.name, &stage.name))
-        .map_err(storage_err)?;
-    // What the new commit will replace: named in the journal, so that
-    // clean-up finds it even if this run is killed right after committing.
-    let replaced: Vec<String> = previous
-        .as_ref()
-        .map(|(r, _)| r.objects().filter(|o| *o != commit::COMMIT_FILE).map(String::from).collect())
-        .unwrap_or_default();
-    let seen = previous.map(|(_, e_tag)| e_tag);
-
-    let bytes_per_pass: u64 = run.partitions.iter().map(|p| p.bytes).sum();
-    let mut report = StageReport {
-        name: stage.name.clone(),
-        kind: stage.component.kind(),
-        component: stage.component.hash().to_string(),
-        component_bytes: stage.component.size(),
-        tasks: 0,
-        passes: 0,
-        rows_in: 0,
-        tasks_skipped: 0,
-        rows_out: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        wall: Default::default(),
-        output: run.output.url().to_string(),
-        model: None,
-        model_bytes: None,
-        report: None,
-        rows_quarantined: 0,
-        applied_model: applied.as_ref().map(|(_, sha)| sha.clone()),
-        committed_before: None,
-    };
-    let skipped = AtomicUsize::new(0);
-
-    // Fit, for estimators and aggregators (unless a model is applied).
-    let mut model_bytes: Option<Vec<u8>> = None;
-    let mut model_id = String::new();
-    let mut report_files = None;
-    if let Some((bytes, sha)) = applied {
-        model_bytes = Some(bytes);
-        model_id = sha;
-    } else if matches!(report.kind, StageKind::Estimator | StageKind::Aggregator) {
-        let (bytes, passes, rows, published) = run.fit(&skipped)?;
-        let sha = content_sha256(&bytes);
-        let name = format!("_model-{}.bin", &sha[..16]);
-        let mut planned = replaced.clone();
-        planned.push(name.clone());
-        planned.extend(published.iter().flat_map(|p| {
-            let (json, table) = report_names(p);
-            [json, table]
-        }));
-        planned.extend(run.transform_objects(&sha, report.kind));
-        let journal = Journal { run_id: run_id.into(), objects: planned };
-        exec.io.block_on(commit::write_journal(&run.output, &journal)).map_err(storage_err)?;
-        if let Some(published) = published {
-            let (files, written) = exec.io.block_on(write_report(&run.output, &published)).map_err(storage_err)?;
-            report.bytes_written += written;
-            report.report = Some(published.json);
-            report_files = Some(files);
-        }
-        report.passes = passes;
-        report.tasks += passes as usize * run.partitions.len().max(1) + passes as usize;
-        report.bytes_read += bytes_per_pass * passes as u64;
-        if report.kind == StageKind::Aggregator {
-            report.rows_in = rows;
-        }
-        let at = run.output.child(&name);
-        exec.io.block_on(at.put(bytes.clone())).map_err(storage_err)?;
-        report.model = Some(Model { name, sha256: sha.clone(), bytes: bytes.len() as u64, passes });
-        model_bytes = Some(bytes);
-        model_id = sha;
-    }
-
-    // Transform, for transformers and estimators.
-    let mut parts = Vec::new();
-    let mut quarantined = Vec::new();
-    if matches!(report.kind, StageKind::Transformer | StageKind::Estimator) {
-        if model_bytes.is_none() || report.applied_model.is_some() {
-            // No fit wrote a journal: this is the stage's first write.
-            let mut planned = replaced;
-            planned.extend(run.transform_objects(&model_id, report.kind));
-            let journal = Journal { run_id: run_id.into(), objects: planned };
-            exec.io.block_on(commit::write_journal(&run.output, &journal)).map_err(storage_err)?;
-        }
-        let outcomes =
-            run.parallel("transform", |i| run.transform_task(i, model_bytes.as_deref(), &model_id, &skipped))?;
-        report.tasks += run.partitions.len();
-        report.bytes_read += bytes_per_pass;
-        run.check_one_schema(&outcomes)?;
-        for o in outcomes {
-            report.rows_in += o.rows_in;
-            parts.extend(o.part);
-            quarantined.extend(o.quarantine);
-        }
-    }
-
-    report.rows_out = parts.iter().map(|p| p.rows).sum();
-    report.rows_quarantined = quarantined.iter().map(|p| p.rows).sum();
-    report.bytes_written +=
-        parts.iter().chain(&quarantined).map(|p| p.bytes).sum::<u64>() + report.model.as_ref().map_or(0, |m| m.bytes);
-    let record = CommitRecord {
-        format: COMMIT_FORMAT.into(),
-        pipeline: manifest.name.clone(),
-        stage: stage.name.clone(),
-        run_id: run_id.into(),
-        identity: output_identity,
-        component: stage.component.hash().into(),
-        config: content_sha256(stage.config_json.as_bytes()),
-        inputs: lineage,
-        rows: report.rows_out,
-        parts,
-        model: report.model.clone(),
-        applied_model: report.applied_model.clone(),
-        quarantine: quarantined,
-        report: report_files,
-        committed_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-    };
-    // Into the registry before the commit, so a committed model is always
-    // there.
-    register_model(exec, storage, stage, &report, &record, model_bytes.as_deref()).map_err(storage_err)?;
-    exec.io.block_on(commit::write(&run.output, &record, seen)).map_err(storage_err)?;
-    report.tasks_skipped = skipped.into_inner();
-    report.model_bytes = model_bytes.map(Arc::from);
-    report.wall = started.elapsed();
-    Ok(report)
+    outcome.seconds = started.elapsed().as_secs_f64();
+    Ok(outcome)
 }
 
-/// Put the model that `record` commits in the registry under the store,
-/// with its lineage card, when an estimator fitted it (an estimator that
-/// applies a model commits none; an aggregator's is a result).
-fn register_model(
-    exec: &Executor,
-    storage: &Storage,
-    stage: &PlannedStage,
-    report: &StageReport,
-    record: &CommitRecord,
-    bytes: Option<&[u8]>,
-) -> Result<(), StorageError> {
-    let (StageKind::Estimator, Some(model), Some(bytes)) = (report.kind, &record.model, bytes) else {
-        return Ok(());
-    };
-    let card = ModelCard::new(record, model, &report.output, &stage.config_json, report.report.as_deref());
-    let root = registry::root(storage, &exec.config.store)?;
-    if exec.io.block_on(registry::register(&root, bytes, &card))? {
-        tracing::debug!(stage = %report.name, "registered model {}", model.sha256);
+/// The state fit pass `pass` starts from: none for the first pass, else
+/// what the previous pass's merge carried.
+fn carry(stage: &PreparedStage, pass: u32) -> Result<Option<bytes::Bytes>, TaskFailure> {
+    if pass == 0 {
+        return Ok(None);
     }
-    Ok(())
+    match stage.exec.io.block_on(commit::read_task(&stage.output, &stage.merge_id(pass - 1)))? {
+        Some((TaskRecord::Merge { model: None, .. }, carried)) => Ok(Some(carried)),
+        Some(_) => Err(TaskFailure::NoSuchTask(format!(
+            "fit pass {pass} of stage {:?}: pass {} finished the fit, so there is no pass {pass}",
+            stage.stage.name,
+            pass - 1
+        ))),
+        None => Err(TaskFailure::NotReady(format!(
+            "fit pass {pass} of stage {:?} starts from the merge of pass {}, which has not run",
+            stage.stage.name,
+            pass - 1
+        ))),
+    }
 }
 
-/// The model (bytes and hash) that `source` names, for a stage that
-/// applies a model fitted elsewhere instead of fitting one; its lineage
-/// entry is added to `lineage`.
-fn applied_model(
-    exec: &Executor,
-    storage: &Storage,
-    stage: &PlannedStage,
-    source: &ModelSource,
-    done: &[StageReport],
-    lineage: &mut Vec<String>,
-    authority: &Authority,
-) -> Result<(Vec<u8>, String), RunError> {
-    let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
-    let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
-    if stage.component.kind() != StageKind::Estimator {
-        return Err(model_err(format!(
-            "`model` applies a fitted model with the stage's transform, so the component must be an estimator; this one is a {}",
-            stage.component.kind()
+/// Fold partition `index` into a partial state for `pass`.
+fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcome, TaskFailure> {
+    let carry = carry(stage, pass)?;
+    let carry_id = sha256_hex(&[carry.as_deref().unwrap_or_default()]);
+    let task_id = stage.task_id(index, &format!("fit pass {pass} carry {carry_id}"));
+    let mut outcome = TaskOutcome::new(stage, TaskKind::Fit(index), pass, &task_id);
+    outcome.bytes_read = stage.partition_bytes(index);
+    let io = &stage.exec.io;
+    if let Some((TaskRecord::Fit { rows, .. }, _)) = io.block_on(commit::read_task(&stage.output, &task_id))? {
+        outcome.resumed = true;
+        outcome.rows_in = rows;
+        return Ok(outcome);
+    }
+    let deadline = stage.wall_deadline();
+    let mut inst = stage.instantiate(format!("{}[fit {index}]", stage.stage.name), &task_id)?;
+    inst.fit_open(&stage.task_info(index, pass), carry.as_deref())?;
+    let aggregator = stage.stage.kind == StageKind::Aggregator;
+    let rows = stage.each_batch(index, &deadline, |chunk| match chunk {
+        Chunk::Rows(batch) => Ok(inst.fit_batch(batch)?),
+        // An estimator's transform tasks quarantine these; an aggregator
+        // has none, and must not lose them.
+        Chunk::Quarantined(rows) if aggregator => Err(TaskFailure::Storage(StorageError::Text {
+            url: stage.source(index),
+            reason: format!(
+                "{} records do not parse, and an aggregator writes no quarantine\n  hint: read the file with a transformer stage (e.g. passthrough) and aggregate its output",
+                rows.num_rows()
+            ),
+        })),
+        Chunk::Quarantined(_) => Ok(()),
+    })?;
+    let state = inst.fit_close()?;
+    stage.block(&deadline, commit::write_task(&stage.output, &task_id, &TaskRecord::Fit { pass, rows }, &state))?;
+    outcome.rows_in = rows;
+    Ok(outcome)
+}
+
+/// Merge the partial states of `pass` in partition order and finalize
+/// them: the model (written, with the report, beside the output) or the
+/// state the next pass starts from.
+fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailure> {
+    let task_id = stage.merge_id(pass);
+    let mut outcome = TaskOutcome::new(stage, TaskKind::Merge, pass, &task_id);
+    let io = &stage.exec.io;
+    if let Some((TaskRecord::Merge { rows, model, .. }, _)) = io.block_on(commit::read_task(&stage.output, &task_id))? {
+        outcome.resumed = true;
+        outcome.rows_in = rows;
+        outcome.fit = Some(model.map_or(FitStep::NextPass, |m| FitStep::Done { model: m.sha256 }));
+        return Ok(outcome);
+    }
+    let carry = carry(stage, pass)?;
+    let carry_id = sha256_hex(&[carry.as_deref().unwrap_or_default()]);
+    let mut states = Vec::new();
+    let mut rows = 0;
+    for index in 0..stage.fit_tasks() {
+        let fit_id = stage.task_id(index, &format!("fit pass {pass} carry {carry_id}"));
+        match io.block_on(commit::read_task(&stage.output, &fit_id))? {
+            Some((TaskRecord::Fit { rows: r, .. }, state)) => {
+                rows += r;
+                states.push(state);
+            }
+            _ => {
+                return Err(TaskFailure::NotReady(format!(
+                    "the merge of fit pass {pass} of stage {:?} needs fit task {index} of that pass, which has not run",
+                    stage.stage.name
+                )));
+            }
+        }
+    }
+    outcome.rows_in = rows;
+    let deadline = stage.wall_deadline();
+    let mut inst = stage.instantiate(format!("{}[merge]", stage.stage.name), &task_id)?;
+    let mut states = states.into_iter();
+    let first = states.next().expect("at least one fit task").to_vec();
+    let state = states.try_fold(first, |acc, s| inst.merge(&acc, &s))?;
+    let finished = inst.finalize(&state, pass)?;
+    let record = match finished {
+        FitOutcome::NextPass(next) => {
+            if pass + 1 >= stage.stage.limits.max_passes {
+                return Err(TaskFailure::TooManyPasses { passes: stage.stage.limits.max_passes });
+            }
+            outcome.fit = Some(FitStep::NextPass);
+            let record = TaskRecord::Merge { pass, rows, model: None, report: None, report_json: None };
+            stage.block(&deadline, commit::write_task(&stage.output, &task_id, &record, &next))?;
+            return Ok(outcome);
+        }
+        FitOutcome::Done(bytes) => {
+            let sha = content_sha256(&bytes);
+            let model = Model {
+                name: commit::model_name(&sha),
+                sha256: sha.clone(),
+                bytes: bytes.len() as u64,
+                passes: pass + 1,
+            };
+            let published = inst.take_report();
+            let mut objects = vec![model.name.clone()];
+            if let Some(p) = &published {
+                let (json, table) = commit::report_names(&p.json);
+                objects.extend([json, table]);
+            }
+            let journal = Journal { run_id: task_id.clone(), objects };
+            stage.block(&deadline, commit::write_journal(&stage.output, &journal))?;
+            let report = match &published {
+                Some(p) => {
+                    let (files, written) = stage.block(&deadline, write_report(&stage.output, p))?;
+                    outcome.objects.extend(written.iter().cloned());
+                    outcome.bytes_written += written.iter().map(|o| o.bytes).sum::<u64>();
+                    Some(files)
+                }
+                None => None,
+            };
+            stage.block(&deadline, stage.output.child(&model.name).put(bytes))?;
+            outcome.objects.push(WrittenObject {
+                name: model.name.clone(),
+                bytes: model.bytes,
+                sha256: Some(sha.clone()),
+            });
+            outcome.bytes_written += model.bytes;
+            outcome.fit = Some(FitStep::Done { model: sha });
+            TaskRecord::Merge { pass, rows, model: Some(model), report, report_json: published.map(|p| p.json) }
+        }
+    };
+    // The finished fit, where transform tasks and the commit find it.
+    stage.block(&deadline, commit::write_task(&stage.output, &stage.fit_result_id(), &record, &[]))?;
+    stage.block(&deadline, commit::write_task(&stage.output, &task_id, &record, &[]))?;
+    Ok(outcome)
+}
+
+/// The finished fit of `stage`: its merge record.
+pub(crate) fn fit_result(stage: &PreparedStage) -> Result<Option<TaskRecord>, StorageError> {
+    Ok(stage.exec.io.block_on(commit::read_task(&stage.output, &stage.fit_result_id()))?.map(|(r, _)| r))
+}
+
+/// The model `stage`'s transform tasks apply, with its hash: the one it
+/// applies, the one it fitted, or none (a transformer).
+fn model_of(stage: &PreparedStage) -> Result<(Option<Vec<u8>>, String), TaskFailure> {
+    if let Some(applied) = &stage.applied {
+        return Ok((Some(applied.bytes.clone()), applied.sha256.clone()));
+    }
+    if stage.stage.kind != StageKind::Estimator {
+        return Ok((None, String::new()));
+    }
+    let Some(TaskRecord::Merge { model: Some(model), .. }) = fit_result(stage)? else {
+        return Err(TaskFailure::NotReady(format!(
+            "the transform tasks of stage {:?} apply the model its fit finishes, and the fit has not finished",
+            stage.stage.name
         )));
-    }
-    let store = exec.config.store.trim_end_matches('/');
-    let location = match source {
-        ModelSource::Registry(sha) => return registry_model(exec, storage, stage, sha, lineage),
-        ModelSource::Stage(up) => {
-            let report = done.iter().find(|r| &r.name == up).expect("stages run in dependency order");
-            storage.resolve(&report.output).map_err(storage_err)?
-        }
-        ModelSource::Pipeline { pipeline, stage: fitted } => {
-            storage.resolve(&format!("{store}/{pipeline}/{fitted}")).map_err(storage_err)?
-        }
-        ModelSource::Location(l) => {
-            let location = storage.resolve(l).map_err(storage_err)?;
-            authority.check_input(&stage.name, &location)?;
-            location
-        }
     };
-    let record = exec.io.block_on(commit::read(&location)).map_err(storage_err)?;
-    let Some(model) = record.and_then(|r| r.model) else {
-        return Err(model_err(match source {
-            ModelSource::Pipeline { pipeline, stage: fitted } => format!(
-                "`model = \"{source}\"`: {} holds no committed model\n  hint: run pipeline {pipeline:?} with this store first (its estimator stage {fitted:?} commits its model there); `pipeline:` reads a stage's default output <store>/{pipeline}/{fitted}, so for a stage with its own `output`, name that location instead",
-                location.url()
-            ),
-            _ => format!(
-                "{} holds no committed model; `model` must name the output of an estimator stage that has run",
-                location.url()
-            ),
-        }));
-    };
-    let bytes = exec.io.block_on(location.child(&model.name).get_verified(&model.sha256)).map_err(storage_err)?;
-    lineage.push(format!("model {}@{}", location.url(), model.sha256));
-    Ok((bytes.to_vec(), model.sha256))
+    let bytes = stage.exec.io.block_on(stage.output.child(&model.name).get_verified(&model.sha256))?;
+    Ok((Some(bytes.to_vec()), model.sha256))
 }
 
-/// The registry's model `sha` (`model = "sha256:…"`), checked against its
-/// hash.
-fn registry_model(
-    exec: &Executor,
-    storage: &Storage,
-    stage: &PlannedStage,
-    sha: &str,
-    lineage: &mut Vec<String>,
-) -> Result<(Vec<u8>, String), RunError> {
-    let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
-    let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
-    let root = registry::root(storage, &exec.config.store).map_err(storage_err)?;
-    let at = registry::model_location(&root, sha);
-    match exec.io.block_on(registry::fetch(&root, sha)) {
-        Ok(Some(bytes)) => {
-            lineage.push(format!("model sha256:{sha}"));
-            Ok((bytes.to_vec(), sha.to_string()))
-        }
-        Ok(None) => Err(model_err(format!(
-            "no model sha256:{sha} in the model registry: {} does not exist\n  hint: `wasmpipe models --store {}` lists the models there; a model enters the registry when an estimator stage fits it with this store",
-            at.url(),
-            exec.config.store
-        ))),
-        Err(StorageError::HashMismatch { actual, .. }) => Err(model_err(format!(
-            "{} hashes to {actual}, not {sha}: the registry's copy was changed or damaged\n  hint: delete {} and rerun the pipeline that fitted the model",
-            at.url(),
-            root.child(sha).url()
-        ))),
-        Err(e) => Err(storage_err(e)),
-    }
+/// The identity of transform task `index` applying the model `model_id`.
+pub(crate) fn transform_id(stage: &PreparedStage, index: usize, model_id: &str) -> String {
+    stage.task_id(index, model_id)
 }
 
-/// The names of a published report's JSON and Parquet files, by the hash
-/// of its JSON.
-fn report_names(published: &Report) -> (String, String) {
-    let stem = format!("{REPORT_PREFIX}{}", &content_sha256(published.json.as_bytes())[..16]);
-    (format!("{stem}.json"), format!("{stem}.parquet"))
+/// Partition `index` through the stage into its part and quarantine part.
+fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, TaskFailure> {
+    let (model, model_id) = model_of(stage)?;
+    let task_id = transform_id(stage, index, &model_id);
+    let mut outcome = TaskOutcome::new(stage, TaskKind::Transform(index), 0, &task_id);
+    outcome.bytes_read = stage.partition_bytes(index);
+    if let Some(TaskRecord::Transform { part, quarantine, rows_in, .. }) = completed_transform(stage, &task_id)? {
+        outcome.resumed = true;
+        outcome.rows_in = rows_in;
+        outcome.objects = part.iter().chain(&quarantine).map(WrittenObject::of).collect();
+        outcome.rows_out = part.as_ref().map_or(0, |p| p.rows);
+        outcome.rows_quarantined = quarantine.as_ref().map_or(0, |p| p.rows);
+        return Ok(outcome);
+    }
+    let deadline = stage.wall_deadline();
+    let name = part_name(index, &task_id);
+    let quarantine_name = format!("{QUARANTINE_DIR}/{name}");
+    let journal = Journal { run_id: task_id.clone(), objects: vec![quarantine_name.clone(), name.clone()] };
+    stage.block(&deadline, commit::write_journal(&stage.output, &journal))?;
+    let mut inst = stage.instantiate(format!("{}[{index}]", stage.stage.name), &task_id)?;
+    inst.open(&stage.task_info(index, 0), model.as_deref())?;
+    let row_group_rows = stage.stage.limits.row_group_rows;
+    let mut writer = PartWriter::new(&stage.output, name, task_id.clone(), row_group_rows);
+    let mut rejected = PartWriter::new(&stage.output, quarantine_name, task_id.clone(), row_group_rows);
+    let source = stage.source(index);
+    // Rows the stage set aside during its last call: rendering and
+    // writing them is work done for the stage, charged to its time.
+    let set_aside = |inst: &mut StageInstance, rejected: &mut PartWriter| -> Result<(), TaskFailure> {
+        for q in inst.take_quarantined() {
+            let started = Instant::now();
+            let rows = quarantine::of_rows(&source, &q.rows, &q.reasons)
+                .map_err(|e| TaskFailure::Internal(format!("rendering quarantined rows: {e}")))?;
+            stage.block(&deadline, rejected.write(&rows))?;
+            inst.charge(started.elapsed())?;
+        }
+        Ok(())
+    };
+    let rows_in = stage.each_batch(index, &deadline, |chunk| {
+        match chunk {
+            Chunk::Rows(batch) => {
+                let out = inst.transform(batch)?;
+                set_aside(&mut inst, &mut rejected)?;
+                if let Some(out) = out {
+                    stage.block(&deadline, writer.write(&out))?;
+                }
+            }
+            Chunk::Quarantined(rows) => stage.block(&deadline, rejected.write(&rows))?,
+        }
+        Ok(())
+    })?;
+    let out = inst.close()?;
+    set_aside(&mut inst, &mut rejected)?;
+    if let Some(out) = out {
+        stage.block(&deadline, writer.write(&out))?;
+    }
+    let schema =
+        writer.schema().map(|s| s.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect());
+    let part = stage.block(&deadline, writer.finish())?;
+    let quarantine = stage.block(&deadline, rejected.finish())?;
+    for p in part.iter().chain(&quarantine) {
+        outcome.wrote(p);
+    }
+    outcome.rows_in = rows_in;
+    outcome.rows_out = part.as_ref().map_or(0, |p| p.rows);
+    outcome.rows_quarantined = quarantine.as_ref().map_or(0, |p| p.rows);
+    let record = TaskRecord::Transform { part, quarantine, rows_in, schema };
+    stage.block(&deadline, commit::write_task(&stage.output, &task_id, &record, &[]))?;
+    Ok(outcome)
+}
+
+/// The record of a transform task an earlier attempt completed, if its
+/// record and its parts are all still there.
+pub(crate) fn completed_transform(stage: &PreparedStage, task_id: &str) -> Result<Option<TaskRecord>, StorageError> {
+    use object_store::ObjectStoreExt;
+    let io = &stage.exec.io;
+    let Some((record @ TaskRecord::Transform { .. }, _)) = io.block_on(commit::read_task(&stage.output, task_id))?
+    else {
+        return Ok(None);
+    };
+    let TaskRecord::Transform { part, quarantine, .. } = &record else { unreachable!() };
+    for part in part.iter().chain(quarantine) {
+        let at = stage.output.child(&part.name);
+        match io.block_on(at.store().head(at.path())) {
+            Ok(meta) if meta.size == part.bytes => {}
+            _ => return Ok(None),
+        }
+    }
+    Ok(Some(record))
 }
 
 /// Write a stage's published report beside its output, named by the hash
-/// of its JSON; returns the files and the bytes written.
-async fn write_report(output: &Location, published: &Report) -> Result<(ReportFiles, u64), StorageError> {
-    let (json, table_name) = report_names(published);
+/// of its JSON; returns the files and what was written.
+async fn write_report(
+    output: &wasmpipe_storage::Location,
+    published: &wasmpipe_runtime::Report,
+) -> Result<(ReportFiles, Vec<WrittenObject>), StorageError> {
+    let (json, table_name) = commit::report_names(&published.json);
     output.child(&json).put(published.json.clone().into_bytes()).await?;
-    let mut written = published.json.len() as u64;
+    let mut written = vec![WrittenObject {
+        name: json.clone(),
+        bytes: published.json.len() as u64,
+        sha256: Some(content_sha256(published.json.as_bytes())),
+    }];
     let mut table = None;
     if let Some(rows) = &published.table {
-        let name = table_name;
-        let mut writer = PartWriter::new(output, name.clone(), String::new(), rows.num_rows().max(1));
+        let mut writer = PartWriter::new(output, table_name.clone(), String::new(), rows.num_rows().max(1));
         writer.write(rows).await?;
         if let Some(part) = writer.finish().await? {
-            written += part.bytes;
-            table = Some(name);
+            written.push(WrittenObject { name: part.name, bytes: part.bytes, sha256: part.sha256 });
+            table = Some(table_name);
         }
     }
     Ok((ReportFiles { json, table }, written))
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".into())
-}
-
-impl StageRun<'_> {
-    /// The objects the transform tasks will write (their parts and
-    /// quarantine parts), applying the model `model_id`.
-    fn transform_objects(&self, model_id: &str, kind: StageKind) -> Vec<String> {
-        if !matches!(kind, StageKind::Transformer | StageKind::Estimator) {
-            return Vec::new();
-        }
-        (0..self.partitions.len())
-            .flat_map(|i| {
-                let name = part_name(i, &self.task_id(i, model_id));
-                [format!("{QUARANTINE_DIR}/{name}"), name]
-            })
-            .collect()
+/// Refuse a spec whose plan is not the one loaded.
+pub(crate) fn check_spec_plan(spec: &TaskSpec, hash: &str) -> Result<(), RunError> {
+    if !spec.plan_sha256.is_empty() && spec.plan_sha256 != hash {
+        return Err(RunError::Plan {
+            url: spec.plan.clone(),
+            reason: format!("the task names plan {}, but the plan there hashes to {hash}", spec.plan_sha256),
+        });
     }
-
-    /// Fail when two partitions wrote parts of different schemas: readers
-    /// see an output as one table.
-    fn check_one_schema(&self, outcomes: &[TransformOutcome]) -> Result<(), RunError> {
-        let mut written = outcomes.iter().enumerate().filter_map(|(i, o)| Some((i, o.schema.as_ref()?)));
-        let Some((first, expected)) = written.next() else {
-            return Ok(());
-        };
-        let Some((other, found)) = written.find(|(_, s)| s != &expected) else {
-            return Ok(());
-        };
-        let only = |a: &[String], b: &[String]| {
-            let differing: Vec<&str> = a.iter().filter(|f| !b.contains(f)).map(String::as_str).collect();
-            if differing.is_empty() { "the same columns in another order".to_string() } else { differing.join(", ") }
-        };
-        Err(RunError::SchemaMismatch {
-            stage: self.stage.name.clone(),
-            output: self.output.url().into(),
-            first,
-            first_fields: only(expected, found),
-            other,
-            other_fields: only(found, expected),
-        })
-    }
-
-    fn task_id(&self, index: usize, salt: &str) -> String {
-        let part = self.partitions.get(index).map(Partition::identity).unwrap_or_default();
-        sha256_hex(&[self.identity.as_bytes(), part.as_bytes(), salt.as_bytes()])
-    }
-
-    fn describe(&self, phase: &str, index: usize) -> String {
-        let n = self.partitions.len();
-        match self.partitions.get(index) {
-            Some(p) => {
-                let what = match p.row_group {
-                    Some(rg) => format!("{} row group {rg}", p.file.location.url()),
-                    None => p.file.location.url().to_string(),
-                };
-                format!("{phase} partition {index} of {n} ({what})")
-            }
-            None => format!("{phase} (no input partitions)"),
-        }
-    }
-
-    /// An instance for the task `task_id`: its random numbers are seeded
-    /// from the task's identity, so every attempt writes the same bytes.
-    fn instantiate(&self, label: String, task_id: &str) -> Result<StageInstance, CallError> {
-        let limits = InstanceLimits {
-            memory_bytes: self.stage.memory_bytes(),
-            host_memory_bytes: self.stage.host_memory_bytes(),
-            cpu: self.stage.cpu(),
-        };
-        let setup = InstanceSetup {
-            config_json: self.stage.config_json.clone(),
-            label,
-            sink: self.exec.config.sink.clone(),
-            seed: Sha256::digest(task_id.as_bytes()).into(),
-        };
-        self.exec.runtime.instantiate(&self.stage.component, &limits, setup)
-    }
-
-    /// The wall-clock backstop of a task that starts now.
-    fn wall_deadline(&self) -> Deadline {
-        Deadline { at: Instant::now() + self.stage.wall(), limit_s: self.stage.wall().as_secs_f64() }
-    }
-
-    /// Drive `io` to its end on the I/O runtime, unless the task's wall
-    /// clock runs out first.
-    fn block<T, E: Into<TaskFailure>>(
-        &self,
-        deadline: &Deadline,
-        io: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, TaskFailure> {
-        let left = deadline.at.saturating_duration_since(Instant::now());
-        // (The timer is made inside the runtime, whose clock it needs.)
-        match self.exec.io.block_on(async { tokio::time::timeout(left, io).await }) {
-            Ok(r) => r.map_err(Into::into),
-            Err(_) => Err(TaskFailure::WallClock { limit_s: deadline.limit_s }),
-        }
-    }
-
-    fn task_info(&self, index: usize, pass: u32) -> TaskInfo {
-        TaskInfo {
-            pipeline: self.pipeline.to_string(),
-            stage: self.stage.name.clone(),
-            partition: index as u32,
-            partitions: self.partitions.len() as u32,
-            pass,
-        }
-    }
-
-    /// Run `task` for every partition (at least one task, for empty inputs
-    /// of fit phases), `parallelism` at a time. After the first failure no
-    /// new task starts; the error names the first failed partition.
-    fn parallel<T: Send>(
-        &self,
-        phase: &str,
-        task: impl Fn(usize) -> Result<T, TaskFailure> + Sync,
-    ) -> Result<Vec<T>, RunError> {
-        self.parallel_n(self.partitions.len(), |i| self.describe(phase, i), task)
-    }
-
-    /// Run `task` for `0..n`; a failure of task `i` is described as
-    /// `describe(i)`.
-    fn parallel_n<T: Send>(
-        &self,
-        n: usize,
-        describe: impl Fn(usize) -> String,
-        task: impl Fn(usize) -> Result<T, TaskFailure> + Sync,
-    ) -> Result<Vec<T>, RunError> {
-        let failed = AtomicBool::new(false);
-        let run_one = |i: usize| -> Option<Result<T, TaskFailure>> {
-            if failed.load(Ordering::Relaxed) {
-                return None;
-            }
-            let result = catch_unwind(AssertUnwindSafe(|| task(i)))
-                .unwrap_or_else(|p| Err(TaskFailure::Internal(panic_message(p))));
-            if result.is_err() {
-                failed.store(true, Ordering::Relaxed);
-            }
-            Some(result)
-        };
-        let limit = self.stage.settings.parallelism.map_or(usize::MAX, |p| p as usize);
-        let collect = || (0..n).into_par_iter().with_max_len(1).map(run_one).collect::<Vec<_>>();
-        let results = if limit < self.exec.config.parallelism {
-            rayon::ThreadPoolBuilder::new().num_threads(limit).build().expect("task pool").install(collect)
-        } else {
-            self.exec.pool.install(collect)
-        };
-        let mut out = Vec::with_capacity(n);
-        let mut first: Option<(usize, TaskFailure)> = None;
-        let mut others = 0;
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Some(Ok(v)) => out.push(v),
-                Some(Err(e)) if first.is_none() => first = Some((i, e)),
-                Some(Err(_)) => others += 1,
-                None => {}
-            }
-        }
-        match first {
-            None => Ok(out),
-            Some((i, cause)) => Err(RunError::Task {
-                stage: self.stage.name.clone(),
-                task: describe(i),
-                cause: Box::new(cause),
-                others,
-            }),
-        }
-    }
-
-    /// Stream partition `index` through `each`: rows, and text records
-    /// that do not parse (as quarantine rows); returns the rows read, both
-    /// kinds. I/O is driven on the I/O runtime one batch at a time; `each`
-    /// (guest code) runs outside any async context, since WASI's
-    /// synchronous host calls block on their own.
-    fn each_batch(
-        &self,
-        index: usize,
-        deadline: &Deadline,
-        mut each: impl FnMut(Chunk) -> Result<(), TaskFailure>,
-    ) -> Result<u64, TaskFailure> {
-        let Some(part) = self.partitions.get(index) else {
-            return Ok(0);
-        };
-        let mut stream =
-            self.block(deadline, read::open(part, self.columns, self.stage.batch_rows(), self.schema.clone()))?;
-        let mut rows = 0;
-        while let Some(chunk) = self.block(deadline, async { Ok::<_, StorageError>(stream.next().await) })? {
-            let chunk = chunk?;
-            rows += match &chunk {
-                Chunk::Rows(b) | Chunk::Quarantined(b) => b.num_rows() as u64,
-            };
-            each(chunk)?;
-        }
-        Ok(rows)
-    }
-
-    /// Where partition `index` was read from, as quarantine rows name it.
-    fn source(&self, index: usize) -> String {
-        self.partitions.get(index).map_or_else(String::new, |p| match p.row_group {
-            Some(rg) => format!("{}#rg{rg}", p.file.location.url()),
-            None => p.file.location.url().to_string(),
-        })
-    }
-
-    fn transform_task(
-        &self,
-        index: usize,
-        model: Option<&[u8]>,
-        model_id: &str,
-        skipped: &AtomicUsize,
-    ) -> Result<TransformOutcome, TaskFailure> {
-        let task_id = self.task_id(index, model_id);
-        if let Some(done) = self.completed_transform(&task_id)? {
-            skipped.fetch_add(1, Ordering::Relaxed);
-            return Ok(done);
-        }
-        let deadline = self.wall_deadline();
-        let mut inst = self.instantiate(format!("{}[{index}]", self.stage.name), &task_id)?;
-        inst.open(&self.task_info(index, 0), model)?;
-        let name = part_name(index, &task_id);
-        let row_group_rows = self.stage.row_group_rows();
-        let mut writer = PartWriter::new(&self.output, name.clone(), task_id.clone(), row_group_rows);
-        let mut rejected =
-            PartWriter::new(&self.output, format!("{QUARANTINE_DIR}/{name}"), task_id.clone(), row_group_rows);
-        let source = self.source(index);
-        // Rows the stage set aside during its last call: rendering and
-        // writing them is work done for the stage, charged to its time.
-        let set_aside = |inst: &mut StageInstance, rejected: &mut PartWriter| -> Result<(), TaskFailure> {
-            for q in inst.take_quarantined() {
-                let started = Instant::now();
-                let rows = quarantine::of_rows(&source, &q.rows, &q.reasons)
-                    .map_err(|e| TaskFailure::Internal(format!("rendering quarantined rows: {e}")))?;
-                self.block(&deadline, rejected.write(&rows))?;
-                inst.charge(started.elapsed())?;
-            }
-            Ok(())
-        };
-        let rows_in = self.each_batch(index, &deadline, |chunk| {
-            match chunk {
-                Chunk::Rows(batch) => {
-                    let out = inst.transform(batch)?;
-                    set_aside(&mut inst, &mut rejected)?;
-                    if let Some(out) = out {
-                        self.block(&deadline, writer.write(&out))?;
-                    }
-                }
-                Chunk::Quarantined(rows) => self.block(&deadline, rejected.write(&rows))?,
-            }
-            Ok(())
-        })?;
-        let out = inst.close()?;
-        set_aside(&mut inst, &mut rejected)?;
-        if let Some(out) = out {
-            self.block(&deadline, writer.write(&out))?;
-        }
-        let schema =
-            writer.schema().map(|s| s.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect());
-        let outcome = TransformOutcome {
-            schema,
-            part: self.block(&deadline, writer.finish())?,
-            quarantine: self.block(&deadline, rejected.finish())?,
-            rows_in,
-        };
-        let record = serde_json::to_vec(&outcome).expect("serializes");
-        self.block(&deadline, commit::write_task(&self.output, &task_id, record))?;
-        Ok(outcome)
-    }
-
-    /// The outcome of a transform task an earlier run completed, if its
-    /// record and its part are both still there.
-    fn completed_transform(&self, task_id: &str) -> Result<Option<TransformOutcome>, TaskFailure> {
-        let io = &self.exec.io;
-        let Some(bytes) = io.block_on(commit::read_task(&self.output, task_id))? else {
-            return Ok(None);
-        };
-        let Ok(record) = serde_json::from_slice::<TransformOutcome>(&bytes) else {
-            return Ok(None);
-        };
-        for part in record.part.iter().chain(&record.quarantine) {
-            let at = self.output.child(&part.name);
-            match io.block_on(at.store().head(at.path())) {
-                Ok(meta) if meta.size == part.bytes => {}
-                _ => return Ok(None),
-            }
-        }
-        Ok(Some(record))
-    }
-
-    /// The report of a stage an identical earlier run committed.
-    fn already_committed(&self, record: &CommitRecord, started: Instant) -> Result<StageReport, StorageError> {
-        let io = &self.exec.io;
-        let model_bytes = match &record.model {
-            Some(m) => Some(Arc::from(io.block_on(self.output.child(&m.name).get_verified(&m.sha256))?.to_vec())),
-            None => None,
-        };
-        let report = match &record.report {
-            Some(files) => {
-                let at = self.output.child(&files.json);
-                let bytes =
-                    io.block_on(at.get_opt())?.ok_or_else(|| StorageError::NotFound { url: at.url().into() })?.0;
-                Some(String::from_utf8_lossy(&bytes).into_owned())
-            }
-            None => None,
-        };
-        Ok(StageReport {
-            name: self.stage.name.clone(),
-            kind: self.stage.component.kind(),
-            component: self.stage.component.hash().to_string(),
-            component_bytes: self.stage.component.size(),
-            tasks: 0,
-            tasks_skipped: 0,
-            passes: record.model.as_ref().map_or(0, |m| m.passes),
-            rows_in: 0,
-            rows_out: record.rows,
-            bytes_read: 0,
-            bytes_written: 0,
-            wall: started.elapsed(),
-            output: self.output.url().to_string(),
-            model: record.model.clone(),
-            model_bytes,
-            report,
-            rows_quarantined: record.quarantine.iter().map(|p| p.rows).sum(),
-            // (Records of older versions name it only in their lineage:
-            // `model sha256:HEX` or `model URL@HEX`.)
-            applied_model: record.applied_model.clone().or_else(|| {
-                let entry = record.inputs.iter().find_map(|i| i.strip_prefix("model "))?;
-                entry.rsplit(['@', ':']).next().map(str::to_string)
-            }),
-            committed_before: Some(record.run_id.clone()),
-        })
-    }
-
-    /// Fold partition `index` into a fit state for `pass`; a state an
-    /// earlier run recorded for the same pass and carry is reused.
-    fn fit_task(
-        &self,
-        index: usize,
-        pass: u32,
-        carry: Option<&[u8]>,
-        skipped: &AtomicUsize,
-    ) -> Result<(Vec<u8>, u64), TaskFailure> {
-        let carry_id = sha256_hex(&[carry.unwrap_or_default()]);
-        let task_id = self.task_id(index, &format!("fit pass {pass} carry {carry_id}"));
-        let io = &self.exec.io;
-        if let Some(bytes) = io.block_on(commit::read_task(&self.output, &task_id))?
-            && bytes.len() >= 8
-        {
-            skipped.fetch_add(1, Ordering::Relaxed);
-            let rows = u64::from_le_bytes(bytes[..8].try_into().expect("eight bytes"));
-            return Ok((bytes[8..].to_vec(), rows));
-        }
-        let deadline = self.wall_deadline();
-        let mut inst = self.instantiate(format!("{}[fit {index}]", self.stage.name), &task_id)?;
-        inst.fit_open(&self.task_info(index, pass), carry)?;
-        let rows = self.each_batch(index, &deadline, |chunk| match chunk {
-            Chunk::Rows(batch) => Ok(inst.fit_batch(batch)?),
-            // An estimator's transform tasks quarantine these; an aggregator
-            // has none, and must not lose them.
-            Chunk::Quarantined(rows) if self.stage.component.kind() == StageKind::Aggregator => {
-                Err(TaskFailure::Storage(StorageError::Text {
-                    url: self.source(index),
-                    reason: format!(
-                        "{} records do not parse, and an aggregator writes no quarantine\n  hint: read the file with a transformer stage (e.g. passthrough) and aggregate its output",
-                        rows.num_rows()
-                    ),
-                }))
-            }
-            Chunk::Quarantined(_) => Ok(()),
-        })?;
-        let state = inst.fit_close()?;
-        let mut record = rows.to_le_bytes().to_vec();
-        record.extend_from_slice(&state);
-        self.block(&deadline, commit::write_task(&self.output, &task_id, record))?;
-        Ok((state, rows))
-    }
-
-    /// All passes of the fit; returns the finished bytes, the passes, the
-    /// rows of the last pass, and the report the stage published.
-    fn fit(&self, skipped: &AtomicUsize) -> Result<(Vec<u8>, u32, u64, Option<Report>), RunError> {
-        let mut carry: Option<Vec<u8>> = None;
-        for pass in 0..self.stage.max_passes() {
-            let tasks = self.partitions.len().max(1);
-            let phase = format!("fit pass {pass},");
-            let describe = |i| self.describe(&phase, i);
-            let states = self.parallel_n(tasks, describe, |i| self.fit_task(i, pass, carry.as_deref(), skipped))?;
-            let rows = states.iter().map(|(_, r)| r).sum();
-            let describe = |_| format!("merge and finalize of fit pass {pass}");
-            let merged = self.parallel_n(1, describe, |_| {
-                let merge_id = self.task_id(usize::MAX, &format!("merge pass {pass}"));
-                let mut inst = self.instantiate(format!("{}[merge]", self.stage.name), &merge_id)?;
-                let mut states = states.iter().map(|(s, _)| s);
-                let first = states.next().expect("at least one fit task").clone();
-                let state = states.try_fold(first, |acc, s| inst.merge(&acc, s))?;
-                let outcome = inst.finalize(&state, pass)?;
-                Ok((outcome, inst.take_report()))
-            })?;
-            match merged.into_iter().next().expect("one merge task") {
-                (FitOutcome::Done(bytes), report) => return Ok((bytes, pass + 1, rows, report)),
-                (FitOutcome::NextPass(next), _) => carry = Some(next),
-            }
-        }
-        Err(RunError::TooManyPasses { stage: self.stage.name.clone(), passes: self.stage.max_passes() })
-    }
+    Ok(())
 }

@@ -302,7 +302,7 @@ fn is_sha256(s: &str) -> bool {
 }
 
 /// Input file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Apache Parquet.
@@ -315,7 +315,7 @@ pub enum Format {
 }
 
 /// The type of a column declared in a stage's `schema`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum ColumnType {
     /// `true`/`false` (also `t`/`f`, `yes`/`no`, `1`/`0`).
     #[serde(rename = "boolean", alias = "bool")]

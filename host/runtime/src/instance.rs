@@ -21,7 +21,8 @@ use crate::error::{CallError, RuntimeError};
 use crate::host::{LogRecord, LogSink, MemoryCap, Phase, Quarantined, Report, StageState};
 
 /// What a stage component can do, read from its exports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StageKind {
     /// Exports `transform` only.
     Transformer,

@@ -37,6 +37,7 @@ use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::{Location, StorageError};
 
@@ -57,6 +58,9 @@ pub struct Part {
     pub bytes: u64,
     /// Identity of the task that wrote it.
     pub task: String,
+    /// SHA-256 of its bytes, hex (absent in records of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// The finalized bytes of a fit stage.
@@ -132,11 +136,13 @@ pub const TASKS_DIR: &str = "_wasmpipe_tasks";
 /// How journal names start, within [`TASKS_DIR`].
 pub const JOURNAL_PREFIX: &str = "journal-";
 
-/// What a stage is about to write into its output, recorded before it
-/// writes, so that clean-up deletes exactly what wasmpipe wrote.
+/// What a writer (a task, or a commit) is about to write into a stage's
+/// output, recorded before it writes, so that clean-up deletes exactly what
+/// wasmpipe wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
-    /// The run writing.
+    /// The writer: a task's identity, or `commit-IDENTITY`. (The field
+    /// kept its name from when a run wrote one journal per stage.)
     pub run_id: String,
     /// Objects it will write (relative to the output prefix), and the
     /// objects of the commit it will replace.
@@ -288,15 +294,90 @@ pub async fn write(output: &Location, record: &CommitRecord, seen: Seen) -> Resu
     remove_unreferenced(output, record).await
 }
 
-/// The record of task `task_id` under `output`, if it completed.
-pub async fn read_task(output: &Location, task_id: &str) -> Result<Option<Bytes>, StorageError> {
-    Ok(output.child(&format!("{TASKS_DIR}/{task_id}")).get_opt().await?.map(|(b, _)| b))
+/// How a fit stage's model object is named: by its hash.
+pub fn model_name(sha256: &str) -> String {
+    format!("_model-{}.bin", &sha256[..sha256.len().min(16)])
 }
 
-/// Record that task `task_id` completed, with what a rerun needs to skip
-/// it (its part, or its fit state).
-pub async fn write_task(output: &Location, task_id: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
-    output.child(&format!("{TASKS_DIR}/{task_id}")).put(bytes).await
+/// The names of a published report's JSON and Parquet files, by the hash
+/// of its JSON.
+pub fn report_names(json: &str) -> (String, String) {
+    let sha = hex::encode(sha2::Sha256::digest(json.as_bytes()));
+    let stem = format!("{REPORT_PREFIX}{}", &sha[..16]);
+    (format!("{stem}.json"), format!("{stem}.parquet"))
+}
+
+/// What a completed task left behind: what a rerun needs to skip it, and
+/// what the commit lists. Stored under `_wasmpipe_tasks/TASK` as a
+/// header line of JSON (this type) followed by the task's payload bytes:
+/// a fit task's partial state, or the state a merge carries into the next
+/// pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskRecord {
+    /// A transform task: its part and quarantine part, and rows read.
+    Transform {
+        /// The part (none when the task emitted no rows).
+        part: Option<Part>,
+        /// The quarantine part.
+        quarantine: Option<Part>,
+        /// Rows read, quarantined records included.
+        rows_in: u64,
+        /// The part's columns, `name: type`.
+        schema: Option<Vec<String>>,
+    },
+    /// A fit task of one pass; the payload is its partial state.
+    Fit {
+        /// The pass.
+        pass: u32,
+        /// Rows folded.
+        rows: u64,
+    },
+    /// The merge and finalize of one pass; the payload is the state the
+    /// next pass starts from (when `model` is none).
+    Merge {
+        /// The pass.
+        pass: u32,
+        /// Rows the pass folded.
+        rows: u64,
+        /// The finished model or result, when this pass ended the fit.
+        model: Option<Model>,
+        /// The report the stage published when it finished.
+        report: Option<ReportFiles>,
+        /// That report's JSON.
+        report_json: Option<String>,
+    },
+}
+
+/// Where task `task_id`'s record lives under a stage's output.
+pub fn task_record_location(output: &Location, task_id: &str) -> Location {
+    output.child(&format!("{TASKS_DIR}/{task_id}"))
+}
+
+/// The record of task `task_id` under `output` and its payload, if the
+/// task completed. A record that does not decode (cut short by a kill, or
+/// written by another version) counts as absent: the task runs again.
+pub async fn read_task(output: &Location, task_id: &str) -> Result<Option<(TaskRecord, Bytes)>, StorageError> {
+    let Some((bytes, _)) = task_record_location(output, task_id).get_opt().await? else {
+        return Ok(None);
+    };
+    let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&bytes[..end]).ok().map(|record| (record, bytes.slice(end + 1..))))
+}
+
+/// Record that task `task_id` completed (see [`TaskRecord`]).
+pub async fn write_task(
+    output: &Location,
+    task_id: &str,
+    record: &TaskRecord,
+    payload: &[u8],
+) -> Result<(), StorageError> {
+    let mut bytes = serde_json::to_vec(record).expect("task records serialize");
+    bytes.push(b'\n');
+    bytes.extend_from_slice(payload);
+    task_record_location(output, task_id).put(bytes).await
 }
 
 /// Delete what wasmpipe wrote under `output` that `record` does not list:

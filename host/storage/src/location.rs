@@ -351,7 +351,7 @@ impl Storage {
                 max_backoff: Duration::from_secs(10),
                 base: 2.0,
             },
-            max_retries: 10,
+            max_retries: max_retries(),
             retry_timeout: Duration::from_secs(120),
         };
         let bad_key = |k: &str, e: object_store::Error| format!("[storage.{family}] option {k:?}: {e}");
@@ -398,4 +398,11 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Retries of a failed request to an object store before it fails
+/// (`WASMPIPE_STORE_RETRIES`, default 10). An engine that retries whole
+/// tasks (exit code 75) may want fewer.
+fn max_retries() -> usize {
+    std::env::var("WASMPIPE_STORE_RETRIES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(10)
 }

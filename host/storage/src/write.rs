@@ -1,11 +1,18 @@
 //! Writing a task's output as one Parquet part.
 
+use std::sync::{Arc, Mutex};
+
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use futures::future::BoxFuture;
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
+
+use sha2::{Digest, Sha256};
 
 use crate::commit::Part;
 use crate::{Location, StorageError};
@@ -24,7 +31,9 @@ pub struct PartWriter {
     name: String,
     task_id: String,
     row_group_rows: usize,
-    writer: Option<AsyncArrowWriter<BufWriter>>,
+    writer: Option<AsyncArrowWriter<HashingSink>>,
+    /// The SHA-256 of the bytes written so far.
+    hash: Arc<Mutex<Sha256>>,
     schema: Option<arrow::datatypes::SchemaRef>,
     rows: u64,
 }
@@ -32,7 +41,16 @@ pub struct PartWriter {
 impl PartWriter {
     /// Prepare to write `name` under `output`.
     pub fn new(output: &Location, name: String, task_id: String, row_group_rows: usize) -> Self {
-        PartWriter { output: output.clone(), name, task_id, row_group_rows, writer: None, schema: None, rows: 0 }
+        PartWriter {
+            output: output.clone(),
+            name,
+            task_id,
+            row_group_rows,
+            writer: None,
+            hash: Arc::default(),
+            schema: None,
+            rows: 0,
+        }
     }
 
     fn err(&self, source: parquet::errors::ParquetError) -> StorageError {
@@ -62,7 +80,8 @@ impl PartWriter {
             let props = props.build();
             let at = self.output.child(&self.name);
             // Buffered: small parts are one put, large ones a multipart upload.
-            let sink = BufWriter::new(at.store().clone(), at.path().clone());
+            let sink =
+                HashingSink { inner: BufWriter::new(at.store().clone(), at.path().clone()), hash: self.hash.clone() };
             let w = AsyncArrowWriter::try_new(sink, batch.schema(), Some(props)).map_err(|e| self.err(e))?;
             self.writer = Some(w);
             self.schema = Some(batch.schema());
@@ -99,11 +118,30 @@ impl PartWriter {
             .await
             .map_err(|source| StorageError::Store { url: at.url().into(), source })?
             .size;
-        Ok(Some(Part { name: self.name, rows: self.rows, bytes, task: self.task_id }))
+        let sha256 = hex::encode(std::mem::take(&mut *self.hash.lock().expect("no panics while held")).finalize());
+        Ok(Some(Part { name: self.name, rows: self.rows, bytes, task: self.task_id, sha256: Some(sha256) }))
     }
 }
 
 fn schema_differs(a: &arrow::datatypes::SchemaRef, b: &arrow::datatypes::SchemaRef) -> bool {
     a.fields().len() != b.fields().len()
         || a.fields().iter().zip(b.fields()).any(|(x, y)| x.name() != y.name() || x.data_type() != y.data_type())
+}
+
+/// The object store writer, hashing what goes through it: a part's
+/// checksum costs no second read.
+struct HashingSink {
+    inner: BufWriter,
+    hash: Arc<Mutex<Sha256>>,
+}
+
+impl AsyncFileWriter for HashingSink {
+    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        self.hash.lock().expect("no panics while held").update(&bs);
+        AsyncFileWriter::write(&mut self.inner, bs)
+    }
+
+    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
+        AsyncFileWriter::complete(&mut self.inner)
+    }
 }

@@ -1,0 +1,380 @@
+//! The task contract end to end: the process engine (every task a
+//! `wasmpipe task` child process) against the local engine on every demo,
+//! on the local filesystem and on moto; exit codes; duplicate attempts of
+//! one task; a task process killed with SIGKILL.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use object_store::ObjectStoreExt;
+use wasmpipe_tests::s3::{S3Server, fault_proxy, moto, unique_prefix};
+use wasmpipe_tests::{component, repo, toml_path};
+
+fn wasmpipe() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wasmpipe"));
+    cmd.current_dir(repo()).env_remove("WASMPIPE_STORE").env_remove("WASMPIPE_ENGINE");
+    cmd
+}
+
+fn text(out: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn ok(out: Output) -> (String, String) {
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// What a run leaves that must not depend on the engine: every object,
+/// byte for byte, except the plans kept for task processes and what
+/// names the run or the time (model cards and evaluations); commit
+/// records without their run id and time.
+fn normalize(rel: &str, bytes: Vec<u8>) -> Option<Vec<u8>> {
+    if rel.starts_with("_plans/")
+        || (rel.starts_with("_models/") && (rel.ends_with("card.json") || rel.contains("/evaluations/")))
+    {
+        return None;
+    }
+    if rel.ends_with("_wasmpipe_commit.json") {
+        let mut record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let map = record.as_object_mut().unwrap();
+        map.remove("run_id");
+        map.remove("committed_at");
+        return Some(serde_json::to_vec_pretty(&record).unwrap());
+    }
+    Some(bytes)
+}
+
+fn snapshot_dir(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                if let Some(bytes) = normalize(&rel, std::fs::read(&path).unwrap()) {
+                    out.insert(rel, bytes);
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn assert_same(local: &BTreeMap<String, Vec<u8>>, process: &BTreeMap<String, Vec<u8>>, what: &str) {
+    let only = |a: &BTreeMap<String, Vec<u8>>, b: &BTreeMap<String, Vec<u8>>| -> Vec<String> {
+        a.keys().filter(|k| !b.contains_key(*k)).cloned().collect()
+    };
+    assert!(
+        only(local, process).is_empty() && only(process, local).is_empty(),
+        "{what}: objects only the local engine wrote: {:?}; only the process engine: {:?}",
+        only(local, process),
+        only(process, local)
+    );
+    let differ: Vec<&String> = local.iter().filter(|(k, v)| process[*k] != **v).map(|(k, _)| k).collect();
+    assert!(differ.is_empty(), "{what}: objects whose bytes differ between the engines: {differ:?}");
+    assert!(local.keys().any(|k| k.ends_with(".parquet")), "{what}: no parts were compared");
+}
+
+/// Run `manifest` into `store` on `engine`; stdout.
+fn run(manifest: &str, store: &Path, engine: &str) -> String {
+    let out =
+        wasmpipe().args(["run", manifest, "-p", "2", "-q", "--engine", engine, "--store"]).arg(store).output().unwrap();
+    ok(out).0
+}
+
+#[test]
+fn every_demo_gives_byte_identical_outputs_on_the_process_engine() {
+    for demo in ["diabetes", "breast_cancer", "wine"] {
+        let manifest = format!("examples/{demo}/wasmpipe.toml");
+        let dir = tempfile::tempdir().unwrap();
+        // The same store path for both, so that every location (and so
+        // every identity) is the same.
+        let store = dir.path().join("store");
+        let local_out = run(&manifest, &store, "local");
+        let local = snapshot_dir(&store);
+        std::fs::remove_dir_all(&store).unwrap();
+        let process_out = run(&manifest, &store, "process");
+        let process = snapshot_dir(&store);
+        assert_same(&local, &process, demo);
+        // The summaries agree on every metric.
+        let metrics = |s: &str| s.lines().filter(|l| l.contains(" = ")).map(String::from).collect::<Vec<_>>();
+        assert_eq!(metrics(&local_out), metrics(&process_out), "{demo}");
+        assert!(process.keys().all(|k| !k.contains("_wasmpipe_tasks/")), "{demo}: task records are cleaned up");
+    }
+}
+
+fn snapshot_s3(server: &S3Server, prefix: &str) -> BTreeMap<String, Vec<u8>> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = server.store();
+    let base = object_store::path::Path::from(prefix);
+    rt.block_on(async {
+        let listed: Vec<_> = store.list(Some(&base)).try_collect().await.unwrap();
+        let mut out = BTreeMap::new();
+        for meta in listed {
+            let rel = meta.location.as_ref()[base.as_ref().len() + 1..].to_string();
+            let bytes = store.get(&meta.location).await.unwrap().bytes().await.unwrap().to_vec();
+            if let Some(bytes) = normalize(&rel, bytes) {
+                out.insert(rel, bytes);
+            }
+            store.delete(&meta.location).await.unwrap();
+        }
+        out
+    })
+}
+
+#[test]
+fn the_process_engine_gives_the_same_outputs_on_moto() {
+    let server = moto();
+    let prefix = unique_prefix("engines");
+    let store = server.url(&prefix);
+    let snapshot = |engine: &str| {
+        let out = wasmpipe()
+            .envs(server.env())
+            .args(["run", "examples/diabetes/wasmpipe.toml", "-p", "2", "-q", "--engine", engine, "--store", &store])
+            .output()
+            .unwrap();
+        ok(out);
+        // (Taking the snapshot empties the prefix for the next run.)
+        snapshot_s3(server, &prefix)
+    };
+    let local = snapshot("local");
+    let process = snapshot("process");
+    assert_same(&local, &process, "diabetes on moto");
+}
+
+/// A one-stage pipeline of the hostile stage in `mode` over the diabetes
+/// CSV, in `dir`; extra lines go into its stage table.
+fn hostile(dir: &Path, mode: &str, extra: &str) -> String {
+    let csv = repo().join("examples/diabetes/diabetes.csv");
+    let manifest = dir.join("wasmpipe.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "version = 1\nname = \"hostile\"\n[stage.h]\ncomponent = {}\ninputs = [{}]\nconfig = {{ mode = \"{mode}\" }}\n{extra}",
+            toml_path(&component("hostile")),
+            toml_path(&csv)
+        ),
+    )
+    .unwrap();
+    manifest.display().to_string()
+}
+
+#[test]
+fn exit_codes_say_whether_retrying_can_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let cases = [
+        ("fail", "", "failed on purpose"),
+        ("panic", "", "panicked on purpose"),
+        ("hog", "memory_mib = 16\n", "memory"),
+        ("spin", "timeout_s = 0.5\n", "time"),
+    ];
+    for (mode, limits, says) in cases {
+        let case = dir.path().join(mode);
+        std::fs::create_dir_all(&case).unwrap();
+        let manifest = hostile(&case, mode, &format!("[stage.h.limits]\n{limits}"));
+        for engine in ["local", "process"] {
+            let out =
+                wasmpipe().args(["run", &manifest, "-q", "--engine", engine, "--store"]).arg(&store).output().unwrap();
+            let (_, stderr) = text(&out);
+            assert_eq!(out.status.code(), Some(65), "{mode} on {engine}: a deterministic failure\n{stderr}");
+            assert!(stderr.contains(says), "{mode} on {engine}: {stderr}");
+        }
+    }
+
+    // A missing input object.
+    let manifest = dir.path().join("missing.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "version = 1\nname = \"m\"\n[stage.a]\ncomponent = {}\ninputs = [\"no-such.csv\"]\n",
+            toml_path(&component("passthrough"))
+        ),
+    )
+    .unwrap();
+    let out =
+        wasmpipe().arg("run").arg(&manifest).args(["--engine", "process", "--store"]).arg(&store).output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains("no-such.csv"), "{stderr}");
+
+    // A task that is not there: `wasmpipe task` says so as JSON, code 70.
+    let plan = dir.path().join("plan.json");
+    let manifest = hostile(dir.path(), "pass", "");
+    let (json, _) = ok(wasmpipe().args(["plan", &manifest, "--json"]).output().unwrap());
+    std::fs::write(&plan, json).unwrap();
+    let out = wasmpipe()
+        .args(["task", "--stage", "h", "--task", "transform:99", "--plan"])
+        .arg(&plan)
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(70), "{stdout}\n{stderr}");
+    let said: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(said["exit_code"], 70);
+    assert!(said["error"].as_str().unwrap().contains("no task transform:99"), "{said}");
+}
+
+#[test]
+fn a_store_that_keeps_failing_is_a_transient_failure() {
+    let server = moto();
+    // Every request answers 503; each is retried once.
+    let proxy = fault_proxy(&server.endpoint, 1, 0, Duration::ZERO, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = hostile(dir.path(), "pass", "");
+    let store = server.url(&unique_prefix("transient"));
+    for engine in ["local", "process"] {
+        let out = wasmpipe()
+            .envs(server.env())
+            .env("AWS_ENDPOINT_URL", &proxy.endpoint)
+            .env("AWS_ENDPOINT", &proxy.endpoint)
+            .env("WASMPIPE_STORE_RETRIES", "1")
+            .args(["run", &manifest, "-q", "--engine", engine, "--store", &store])
+            .output()
+            .unwrap();
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(75), "{engine}: a transient failure\n{stderr}");
+    }
+    assert!(proxy.failed() > 0);
+}
+
+/// The outcome `wasmpipe task` printed.
+fn outcome(out: Output) -> serde_json::Value {
+    let (stdout, _) = ok(out);
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[test]
+fn duplicate_attempts_of_a_task_leave_one_part_with_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let manifest = hostile(dir.path(), "random", "");
+    let (json, _) = ok(wasmpipe().args(["plan", &manifest, "--json"]).output().unwrap());
+    let plan = dir.path().join("plan.json");
+    std::fs::write(&plan, json).unwrap();
+    let task = || {
+        let mut cmd = wasmpipe();
+        cmd.args(["task", "--stage", "h", "--task", "transform:0", "--plan"])
+            .arg(&plan)
+            .arg("--store")
+            .arg(&store)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    // Two attempts at once.
+    let (a, b) = (task().spawn().unwrap(), task().spawn().unwrap());
+    let (a, b) = (outcome(a.wait_with_output().unwrap()), outcome(b.wait_with_output().unwrap()));
+    assert_eq!(a["task_id"], b["task_id"]);
+    assert_eq!(a["objects"], b["objects"], "both attempts wrote the same objects, with the same checksums");
+    let output = store.join("hostile/h");
+    let parts = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".parquet"))
+            .collect();
+        v.sort();
+        v
+    };
+    let written = parts(&output);
+    assert_eq!(written.len(), 1, "{written:?}");
+    let first_bytes = std::fs::read(output.join(&written[0])).unwrap();
+    let records = std::fs::read_dir(output.join("_wasmpipe_tasks"))
+        .unwrap()
+        .filter(|e| !e.as_ref().unwrap().file_name().to_string_lossy().starts_with("journal-"))
+        .count();
+    assert_eq!(records, 1, "one task record");
+
+    // Again: the record says it is done.
+    let again = outcome(task().output().unwrap());
+    assert_eq!(again["resumed"], true);
+    // Without its record, it runs again and writes the same bytes (the
+    // stage draws random numbers, seeded from the task's identity).
+    let record = output.join("_wasmpipe_tasks").join(a["task_id"].as_str().unwrap());
+    std::fs::remove_file(record).unwrap();
+    let rerun = outcome(task().output().unwrap());
+    assert_eq!(rerun["resumed"], false);
+    assert_eq!(rerun["objects"], a["objects"]);
+    assert_eq!(std::fs::read(output.join(&written[0])).unwrap(), first_bytes);
+
+    // The commit lists the part once.
+    let (said, _) = ok(wasmpipe()
+        .args(["commit", "--stage", "h", "--plan"])
+        .arg(&plan)
+        .arg("--store")
+        .arg(&store)
+        .output()
+        .unwrap());
+    assert!(said.contains("\"rows\":442"), "{said}");
+    let commit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(output.join("_wasmpipe_commit.json")).unwrap()).unwrap();
+    assert_eq!(commit["parts"].as_array().unwrap().len(), 1, "{commit}");
+    assert_eq!(commit["parts"][0]["sha256"], a["objects"][0]["sha256"]);
+    assert!(!output.join("_wasmpipe_tasks").exists(), "the commit cleans up its working directory");
+    // A local run of the same pipeline finds it committed.
+    let (stdout, _) = ok(wasmpipe().arg("run").arg(&manifest).arg("--store").arg(&store).output().unwrap());
+    assert!(stdout.contains("committed"), "{stdout}");
+}
+
+/// Pids of `wasmpipe task` processes writing into `store`.
+fn task_processes(store: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.get(1).is_some_and(|a| a == "task") && args.iter().any(|a| a == store) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[test]
+fn a_task_process_killed_with_sigkill_is_retried_and_the_run_equals_a_clean_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let manifest = "examples/diabetes/wasmpipe.toml";
+    run(manifest, &store, "local");
+    let clean = snapshot_dir(&store);
+    std::fs::remove_dir_all(&store).unwrap();
+
+    let mut driver = wasmpipe()
+        .args(["run", manifest, "-p", "2", "-q", "--engine", "process", "--store"])
+        .arg(&store)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let store_arg = store.display().to_string();
+    let started = Instant::now();
+    let mut killed = 0;
+    while killed < 2 && started.elapsed() < Duration::from_secs(120) {
+        if driver.try_wait().unwrap().is_some() {
+            break;
+        }
+        for pid in task_processes(&store_arg).into_iter().take(1) {
+            if Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success() {
+                killed += 1;
+                // Let the engine retry it before killing another.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+    let out = driver.wait_with_output().unwrap();
+    let (_, stderr) = ok(out);
+    assert!(killed > 0, "no task process was seen to kill");
+    assert!(stderr.contains("retrying"), "{stderr}");
+    assert_same(&clean, &snapshot_dir(&store), "a run whose tasks were killed");
+}

@@ -1,0 +1,314 @@
+//! Engines: what runs a plan's tasks. The driver here walks the plan
+//! stage by stage (fit rounds: partial tasks, then their merge, then the
+//! next pass; then the transform tasks; then the commit) and hands each
+//! round of tasks to an engine:
+//!
+//! * [`Local`]: rayon threads in this process;
+//! * [`Process`]: each task a `wasmpipe task` child process, so that a
+//!   stage that crashes its process takes down only its task; it proves
+//!   the task contract end to end on one machine.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use wasmpipe_runtime::{Level, LogRecord, StageComponent, StageKind};
+use wasmpipe_storage::commit;
+
+use crate::commit::{commit_stage, committed_files, register_model};
+use crate::plan::LockedPipeline;
+use crate::stage::{PreparedStage, prepare};
+use crate::task::{self, FitStep, TaskKind, TaskOutcome};
+use crate::{Executor, RunError, StageReport, TaskFailure, registry};
+
+/// Which engine runs a plan's tasks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Threads in this process (the default).
+    #[default]
+    Local,
+    /// A `wasmpipe task` child process per task, `program` being the
+    /// `wasmpipe` binary.
+    Process {
+        /// The `wasmpipe` binary.
+        program: PathBuf,
+    },
+}
+
+/// Runs rounds of tasks of a prepared stage.
+pub(crate) trait Engine: Sync {
+    /// Run `tasks` (kind and fit pass) of `stage`, at most the run's (and
+    /// the stage's) parallelism at a time; their outcomes, in order. After
+    /// the first failure no new task starts.
+    fn run_tasks(&self, stage: &PreparedStage, tasks: &[(TaskKind, u32)]) -> Result<Vec<TaskOutcome>, RunError>;
+}
+
+/// Tasks on this process's task pool.
+pub(crate) struct Local;
+
+impl Engine for Local {
+    fn run_tasks(&self, stage: &PreparedStage, tasks: &[(TaskKind, u32)]) -> Result<Vec<TaskOutcome>, RunError> {
+        parallel(stage, tasks, |kind, pass| task::run(stage, kind, pass))
+    }
+}
+
+/// Tasks as `wasmpipe task` child processes.
+pub(crate) struct Process {
+    pub program: PathBuf,
+    pub plan_url: String,
+    pub plan_sha256: String,
+}
+
+/// Attempts of a task that failed transiently (exit 75) or whose process
+/// died (killed, crashed) before it is given up.
+const MAX_ATTEMPTS: u32 = 3;
+
+impl Engine for Process {
+    fn run_tasks(&self, stage: &PreparedStage, tasks: &[(TaskKind, u32)]) -> Result<Vec<TaskOutcome>, RunError> {
+        parallel(stage, tasks, |kind, pass| self.run_one(stage, kind, pass))
+    }
+}
+
+impl Process {
+    fn run_one(&self, stage: &PreparedStage, kind: TaskKind, pass: u32) -> Result<TaskOutcome, TaskFailure> {
+        let mut attempt = 1;
+        loop {
+            let out = Command::new(&self.program)
+                .arg("task")
+                .args(["--plan", &self.plan_url, "--plan-sha256", &self.plan_sha256])
+                .args(["--stage", &stage.stage.name, "--task", &kind.to_string(), "--pass", &pass.to_string()])
+                .args(["--attempt", &attempt.to_string(), "--store", &stage.exec.config.store])
+                .args(["--log-format", "json"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| TaskFailure::Internal(format!("cannot start {}: {e}", self.program.display())))?;
+            forward_logs(stage, &String::from_utf8_lossy(&out.stderr));
+            if out.status.success() {
+                return serde_json::from_slice(&out.stdout)
+                    .map_err(|e| TaskFailure::Internal(format!("`wasmpipe task` printed no task outcome ({e})")));
+            }
+            let failure = TaskFailure::from_process(out.status, &out.stdout);
+            if failure.exit_code() != crate::EXIT_TRANSIENT || attempt >= MAX_ATTEMPTS {
+                return Err(failure);
+            }
+            tracing::warn!(stage = %stage.stage.name, "{kind} attempt {attempt} failed ({failure}); retrying");
+            std::thread::sleep(Duration::from_millis(200 << attempt));
+            attempt += 1;
+        }
+    }
+}
+
+/// Hand a child's log lines (JSON, one per line) to the run's sink.
+fn forward_logs(stage: &PreparedStage, stderr: &str) {
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let parsed: Option<(String, LogRecord)> = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| {
+            let level = match v.get("level")?.as_str()? {
+                "trace" => Level::Trace,
+                "debug" => Level::Debug,
+                "info" => Level::Info,
+                "warn" => Level::Warn,
+                _ => Level::Error,
+            };
+            let label = v.get("label")?.as_str()?.to_string();
+            Some((label, LogRecord { level, message: v.get("message")?.as_str()?.to_string() }))
+        });
+        let (label, record) = parsed
+            .unwrap_or_else(|| (stage.stage.name.clone(), LogRecord { level: Level::Warn, message: line.to_string() }));
+        match &stage.exec.config.sink {
+            Some(sink) => sink(&label, &record),
+            None => eprintln!("[{label}] {}", record.message),
+        }
+    }
+}
+
+/// How a task is named in errors.
+fn describe(stage: &PreparedStage, kind: TaskKind, pass: u32) -> String {
+    match kind {
+        TaskKind::Fit(i) => stage.describe(&format!("fit pass {pass},"), i),
+        TaskKind::Merge => format!("merge and finalize of fit pass {pass}"),
+        TaskKind::Transform(i) => stage.describe("transform", i),
+    }
+}
+
+/// Run `task` for each of `tasks`, the run's parallelism (or the stage's,
+/// when lower) at a time, on the executor's pool. After the first failure
+/// no new task starts; the error names the first failed task.
+fn parallel(
+    stage: &PreparedStage,
+    tasks: &[(TaskKind, u32)],
+    task: impl Fn(TaskKind, u32) -> Result<TaskOutcome, TaskFailure> + Sync,
+) -> Result<Vec<TaskOutcome>, RunError> {
+    let exec = stage.exec;
+    let failed = AtomicBool::new(false);
+    let run_one = |&(kind, pass): &(TaskKind, u32)| -> Option<Result<TaskOutcome, TaskFailure>> {
+        if failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| task(kind, pass)))
+            .unwrap_or_else(|p| Err(TaskFailure::Internal(panic_message(p))));
+        if result.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        Some(result)
+    };
+    let limit = stage.stage.limits.parallelism.map_or(usize::MAX, |p| p as usize);
+    let collect = || tasks.par_iter().with_max_len(1).map(run_one).collect::<Vec<_>>();
+    let results = if limit < exec.config.parallelism {
+        rayon::ThreadPoolBuilder::new().num_threads(limit).build().expect("task pool").install(collect)
+    } else {
+        exec.pool.install(collect)
+    };
+    let mut out = Vec::with_capacity(tasks.len());
+    let mut first: Option<(usize, TaskFailure)> = None;
+    let mut others = 0;
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Some(Ok(v)) => out.push(v),
+            Some(Err(e)) if first.is_none() => first = Some((i, e)),
+            Some(Err(_)) => others += 1,
+            None => {}
+        }
+    }
+    match first {
+        None => Ok(out),
+        Some((_, TaskFailure::TooManyPasses { passes })) => {
+            Err(RunError::TooManyPasses { stage: stage.stage.name.clone(), passes })
+        }
+        Some((i, cause)) => {
+            let (kind, pass) = tasks[i];
+            Err(RunError::Task {
+                stage: stage.stage.name.clone(),
+                task: describe(stage, kind, pass),
+                cause: Box::new(cause),
+                others,
+            })
+        }
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
+}
+
+/// Run every stage of `plan` (its components loaded as `components`) in
+/// order on `engine`; the reports of the stages run.
+pub(crate) fn drive(
+    exec: &Executor,
+    plan: &LockedPipeline,
+    components: Vec<StageComponent>,
+    engine: &dyn Engine,
+    run_id: &str,
+) -> Result<Vec<StageReport>, RunError> {
+    let mut reports: Vec<StageReport> = Vec::new();
+    for (locked, component) in plan.stages.iter().zip(components) {
+        let started = Instant::now();
+        let stage = prepare(exec, plan, locked, component)?;
+        let report = run_stage(&stage, engine, run_id, started)?;
+        registry::record_evaluation(exec, plan, run_id, &reports, &report)?;
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+/// One stage: skipped when an identical run committed it, else its fit
+/// rounds, its transform tasks, its commit.
+fn run_stage(
+    stage: &PreparedStage,
+    engine: &dyn Engine,
+    run_id: &str,
+    started: Instant,
+) -> Result<StageReport, RunError> {
+    let io = &stage.exec.io;
+    let name = &stage.stage.name;
+    let storage_err = |source| RunError::Storage { stage: name.clone(), source };
+    let mut report = StageReport {
+        name: name.clone(),
+        kind: stage.stage.kind,
+        component: stage.component.hash().to_string(),
+        component_bytes: stage.component.size(),
+        tasks: 0,
+        tasks_skipped: 0,
+        passes: 0,
+        rows_in: 0,
+        rows_out: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        wall: Duration::ZERO,
+        output: stage.output.url().to_string(),
+        model: None,
+        model_bytes: None,
+        report: None,
+        applied_model: stage.applied.as_ref().map(|m| m.sha256.clone()),
+        rows_quarantined: 0,
+        committed_before: None,
+    };
+
+    // The output as the run found it: committed by an identical run, it is
+    // done; otherwise the new commit must replace exactly what was seen.
+    let previous = io.block_on(commit::read_versioned(&stage.output)).map_err(storage_err)?;
+    if let Some((record, _)) = &previous
+        && record.identity == stage.output_identity
+    {
+        // Finish the clean-up a run killed after its commit left undone.
+        io.block_on(commit::remove_unreferenced(&stage.output, record)).map_err(storage_err)?;
+        let (model_bytes, published) = committed_files(stage, record).map_err(storage_err)?;
+        // A model committed before the registry existed enters it now.
+        register_model(stage, record, model_bytes.as_deref(), published.as_deref()).map_err(storage_err)?;
+        report.passes = record.model.as_ref().map_or(0, |m| m.passes);
+        report.rows_out = record.rows;
+        report.rows_quarantined = record.quarantine.iter().map(|p| p.rows).sum();
+        report.model = record.model.clone();
+        report.model_bytes = model_bytes;
+        report.report = published;
+        report.applied_model = record.applied_model.clone().or(report.applied_model);
+        report.committed_before = Some(record.run_id.clone());
+        report.wall = started.elapsed();
+        return Ok(report);
+    }
+    io.block_on(commit::check_writable(&stage.output, previous.as_ref().map(|(r, _)| r), &stage.plan.pipeline, name))
+        .map_err(storage_err)?;
+    let seen = previous.map(|(_, e_tag)| e_tag);
+
+    let mut outcomes: Vec<TaskOutcome> = Vec::new();
+    let fits = matches!(stage.stage.kind, StageKind::Estimator | StageKind::Aggregator) && stage.applied.is_none();
+    if fits {
+        for pass in 0..stage.stage.limits.max_passes {
+            let round: Vec<(TaskKind, u32)> = (0..stage.fit_tasks()).map(|i| (TaskKind::Fit(i), pass)).collect();
+            outcomes.extend(engine.run_tasks(stage, &round)?);
+            let merged = engine.run_tasks(stage, &[(TaskKind::Merge, pass)])?;
+            report.passes = pass + 1;
+            let done = merged.iter().any(|o| matches!(o.fit, Some(FitStep::Done { .. })));
+            outcomes.extend(merged);
+            if done {
+                break;
+            }
+        }
+    }
+    let mut transformed = 0;
+    if matches!(stage.stage.kind, StageKind::Transformer | StageKind::Estimator) {
+        let round: Vec<(TaskKind, u32)> = (0..stage.partitions.len()).map(|i| (TaskKind::Transform(i), 0)).collect();
+        let done = engine.run_tasks(stage, &round)?;
+        transformed = done.iter().map(|o| o.rows_in).sum();
+        outcomes.extend(done);
+    }
+
+    let committed = commit_stage(stage, run_id, Some(seen))?;
+    report.tasks = outcomes.len();
+    report.tasks_skipped = outcomes.iter().filter(|o| o.resumed).count();
+    report.rows_in = if stage.stage.kind == StageKind::Aggregator { committed.fit_rows } else { transformed };
+    report.bytes_read = outcomes.iter().map(|o| o.bytes_read).sum();
+    report.bytes_written = outcomes.iter().map(|o| o.bytes_written).sum();
+    report.rows_out = committed.record.rows;
+    report.rows_quarantined = committed.record.quarantine.iter().map(|p| p.rows).sum();
+    report.model = committed.record.model.clone();
+    report.model_bytes = committed.model_bytes;
+    report.report = committed.report;
+    report.wall = started.elapsed();
+    Ok(report)
+}

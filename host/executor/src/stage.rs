@@ -1,0 +1,368 @@
+//! A stage of a plan, prepared to run: its inputs listed and partitioned,
+//! its identities computed, the model it applies found. The driver and
+//! every task process prepare a stage the same way, from the plan and what
+//! the store holds, so they agree on every task's identity.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use wasmpipe_manifest::{ColumnType, Format as ManifestFormat};
+use wasmpipe_runtime::{CallError, InstanceLimits, InstanceSetup, StageComponent, StageInstance, TaskInfo};
+use wasmpipe_storage::commit::{self};
+use wasmpipe_storage::read::{self, Chunk, Format, InputFile, Partition};
+use wasmpipe_storage::{Location, Storage, StorageError};
+
+use crate::authority::verify_deployed_input;
+use crate::plan::{InputRef, LockedPipeline, LockedStage, ModelRef};
+use crate::{Executor, RunError, TaskFailure, registry};
+
+/// An identity: the SHA-256 of `parts`, each prefixed with its length so
+/// that no two different lists of parts hash alike.
+pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The SHA-256 of `bytes`, hex.
+pub(crate) fn content_sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// When a task must end, by the wall clock, and the limit that set it.
+pub(crate) struct Deadline {
+    at: Instant,
+    limit_s: f64,
+}
+
+/// A fitted model a stage applies: its bytes and hash.
+pub(crate) struct AppliedModel {
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+/// Everything a stage's tasks share.
+pub(crate) struct PreparedStage<'a> {
+    pub exec: &'a Executor,
+    pub plan: &'a LockedPipeline,
+    pub stage: &'a LockedStage,
+    pub component: StageComponent,
+    /// The declared schema of text inputs.
+    pub schema: Option<SchemaRef>,
+    pub partitions: Vec<Partition>,
+    pub output: Location,
+    /// Hash of what determines every task's output besides its partition.
+    pub identity: String,
+    /// Hash of everything the output depends on: the stage, every
+    /// partition it reads, the model it applies.
+    pub output_identity: String,
+    /// What it read: URLs, with the commit identity of upstream outputs.
+    pub lineage: Vec<String>,
+    pub applied: Option<AppliedModel>,
+}
+
+/// The Arrow schema a stage's declared `schema` reads text inputs as.
+fn declared_schema(columns: &indexmap::IndexMap<String, ColumnType>) -> SchemaRef {
+    let field = |(name, t): (&String, &ColumnType)| {
+        let data_type = match t {
+            ColumnType::Boolean => DataType::Boolean,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Float32 => DataType::Float32,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Utf8 => DataType::Utf8,
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+        };
+        Field::new(name, data_type, true)
+    };
+    Arc::new(Schema::new(columns.iter().map(field).collect::<Vec<_>>()))
+}
+
+/// Prepare `stage` of `plan` (loaded as `component`) against what the
+/// store holds now: the stages it reads must have committed.
+pub(crate) fn prepare<'a>(
+    exec: &'a Executor,
+    plan: &'a LockedPipeline,
+    stage: &'a LockedStage,
+    component: StageComponent,
+) -> Result<PreparedStage<'a>, RunError> {
+    let storage = Storage::new(".");
+    let store = exec.config.store.as_str();
+    let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
+    let output = storage.resolve(&stage.output.url(store)).map_err(storage_err)?;
+
+    let format = stage.format.map(|f| match f {
+        ManifestFormat::Parquet => Format::Parquet,
+        ManifestFormat::Csv => Format::Csv,
+        ManifestFormat::Jsonl => Format::Jsonl,
+    });
+    let mut files: Vec<InputFile> = Vec::new();
+    let mut lineage = Vec::new();
+    for input in &stage.inputs {
+        let (url, upstream) = match input {
+            InputRef::Stage { stage: up } => (plan.stage(up)?.output.url(store), Some(up)),
+            InputRef::Location { url } => (url.clone(), None),
+        };
+        let location = storage.resolve(&url).map_err(storage_err)?;
+        let listing = exec.io.block_on(read::list(&location, format)).map_err(storage_err)?;
+        for file in &listing.files {
+            exec.io.block_on(verify_deployed_input(plan.root.as_deref(), &file.location)).map_err(storage_err)?;
+        }
+        match (&listing.commit, upstream) {
+            (Some(c), _) => lineage.push(format!("{}@{}", location.url(), c.identity)),
+            (None, Some(up)) => {
+                return Err(storage_err(StorageError::CorruptCommit {
+                    url: location.url().into(),
+                    reason: format!("stage {up:?} committed no output"),
+                }));
+            }
+            (None, None) => lineage.push(location.url().to_string()),
+        }
+        files.extend(listing.files);
+    }
+    if stage.schema.is_some()
+        && let Some(f) = files.iter().find(|f| f.format == Format::Parquet)
+    {
+        return Err(RunError::Manifest(wasmpipe_manifest::ManifestError::Invalid(format!(
+            "stage {:?} declares a `schema`, which types text inputs (CSV, JSON Lines), but reads {}, a Parquet file that carries its own schema\n  hint: remove `schema`, or read the text files in a stage of their own",
+            stage.name,
+            f.location.url()
+        ))));
+    }
+    let partitions = exec.io.block_on(read::partitions(&files)).map_err(storage_err)?;
+
+    let identity = sha256_hex(&[
+        component.hash().as_bytes(),
+        stage.config.as_bytes(),
+        &(stage.limits.batch_rows as u64).to_le_bytes(),
+        &(stage.limits.row_group_rows as u64).to_le_bytes(),
+        format!("{:?} {:?}", stage.columns, stage.schema).as_bytes(),
+    ]);
+    let applied = match &stage.model {
+        Some(source) => Some(applied_model(exec, plan, stage, source, &mut lineage)?),
+        None => None,
+    };
+    let output_identity = {
+        let mut parts: Vec<String> = vec![identity.clone()];
+        parts.extend(partitions.iter().map(Partition::identity));
+        parts.extend(applied.iter().map(|m| m.sha256.clone()));
+        sha256_hex(&parts.iter().map(String::as_bytes).collect::<Vec<_>>())
+    };
+    Ok(PreparedStage {
+        exec,
+        plan,
+        stage,
+        component,
+        schema: stage.schema.as_ref().map(declared_schema),
+        partitions,
+        output,
+        identity,
+        output_identity,
+        lineage,
+        applied,
+    })
+}
+
+/// The model that `source` names, for a stage that applies a model fitted
+/// elsewhere instead of fitting one; its lineage entry is added to
+/// `lineage`.
+fn applied_model(
+    exec: &Executor,
+    plan: &LockedPipeline,
+    stage: &LockedStage,
+    source: &ModelRef,
+    lineage: &mut Vec<String>,
+) -> Result<AppliedModel, RunError> {
+    let storage = Storage::new(".");
+    let store = exec.config.store.as_str();
+    let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
+    let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
+    let (url, written) = match source {
+        ModelRef::Registry { sha256 } => return registry_model(exec, stage, sha256, lineage),
+        ModelRef::Stage { stage: up } => (plan.stage(up)?.output.url(store), format!("stage:{up}")),
+        ModelRef::Output { output, written } => (output.url(store), written.clone()),
+    };
+    let location = storage.resolve(&url).map_err(storage_err)?;
+    let record = exec.io.block_on(commit::read(&location)).map_err(storage_err)?;
+    let Some(model) = record.and_then(|r| r.model) else {
+        return Err(model_err(match written.strip_prefix("pipeline:").and_then(|r| r.split_once('/')) {
+            Some((pipeline, fitted)) => format!(
+                "`model = \"{written}\"`: {} holds no committed model\n  hint: run pipeline {pipeline:?} with this store first (its estimator stage {fitted:?} commits its model there); `pipeline:` reads a stage's default output <store>/{pipeline}/{fitted}, so for a stage with its own `output`, name that location instead",
+                location.url()
+            ),
+            None => format!(
+                "{} holds no committed model; `model` must name the output of an estimator stage that has run",
+                location.url()
+            ),
+        }));
+    };
+    let bytes = exec.io.block_on(location.child(&model.name).get_verified(&model.sha256)).map_err(storage_err)?;
+    lineage.push(format!("model {}@{}", location.url(), model.sha256));
+    Ok(AppliedModel { bytes: bytes.to_vec(), sha256: model.sha256 })
+}
+
+/// The registry's model `sha` (`model = "sha256:…"`), checked against its
+/// hash.
+fn registry_model(
+    exec: &Executor,
+    stage: &LockedStage,
+    sha: &str,
+    lineage: &mut Vec<String>,
+) -> Result<AppliedModel, RunError> {
+    let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
+    let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
+    let root = registry::root(&Storage::new("."), &exec.config.store).map_err(storage_err)?;
+    let at = registry::model_location(&root, sha);
+    match exec.io.block_on(registry::fetch(&root, sha)) {
+        Ok(Some(bytes)) => {
+            lineage.push(format!("model sha256:{sha}"));
+            Ok(AppliedModel { bytes: bytes.to_vec(), sha256: sha.to_string() })
+        }
+        Ok(None) => Err(model_err(format!(
+            "no model sha256:{sha} in the model registry: {} does not exist\n  hint: `wasmpipe models --store {}` lists the models there; a model enters the registry when an estimator stage fits it with this store",
+            at.url(),
+            exec.config.store
+        ))),
+        Err(StorageError::HashMismatch { actual, .. }) => Err(model_err(format!(
+            "{} hashes to {actual}, not {sha}: the registry's copy was changed or damaged\n  hint: delete {} and rerun the pipeline that fitted the model",
+            at.url(),
+            root.child(sha).url()
+        ))),
+        Err(e) => Err(storage_err(e)),
+    }
+}
+
+impl PreparedStage<'_> {
+    /// Tasks per fit pass: one per partition, and one for an empty input.
+    pub fn fit_tasks(&self) -> usize {
+        self.partitions.len().max(1)
+    }
+
+    /// The identity of task `index` (`usize::MAX` for a stage-wide task),
+    /// given what else determines its output (`salt`).
+    pub fn task_id(&self, index: usize, salt: &str) -> String {
+        let part = self.partitions.get(index).map(Partition::identity).unwrap_or_default();
+        sha256_hex(&[self.identity.as_bytes(), part.as_bytes(), salt.as_bytes()])
+    }
+
+    /// The merge and finalize of fit pass `pass`.
+    pub fn merge_id(&self, pass: u32) -> String {
+        self.task_id(usize::MAX, &format!("merge pass {pass}"))
+    }
+
+    /// Where the finished fit is recorded (the merge that ended it).
+    pub fn fit_result_id(&self) -> String {
+        self.task_id(usize::MAX, "fit result")
+    }
+
+    /// How a failure of task `index` of `phase` is described.
+    pub fn describe(&self, phase: &str, index: usize) -> String {
+        let n = self.partitions.len();
+        match self.partitions.get(index) {
+            Some(p) => {
+                let what = match p.row_group {
+                    Some(rg) => format!("{} row group {rg}", p.file.location.url()),
+                    None => p.file.location.url().to_string(),
+                };
+                format!("{phase} partition {index} of {n} ({what})")
+            }
+            None => format!("{phase} (no input partitions)"),
+        }
+    }
+
+    /// An instance for the task `task_id`: its random numbers are seeded
+    /// from the task's identity, so every attempt writes the same bytes.
+    pub fn instantiate(&self, label: String, task_id: &str) -> Result<StageInstance, CallError> {
+        let limits = &self.stage.limits;
+        let limits = InstanceLimits {
+            memory_bytes: limits.memory_bytes(),
+            host_memory_bytes: limits.host_memory_bytes(),
+            cpu: limits.cpu(),
+        };
+        let setup = InstanceSetup {
+            config_json: self.stage.config.as_str().into(),
+            label,
+            sink: self.exec.config.sink.clone(),
+            seed: Sha256::digest(task_id.as_bytes()).into(),
+        };
+        self.exec.runtime.instantiate(&self.component, &limits, setup)
+    }
+
+    /// The wall-clock backstop of a task that starts now.
+    pub fn wall_deadline(&self) -> Deadline {
+        let wall = self.stage.limits.wall();
+        Deadline { at: Instant::now() + wall, limit_s: wall.as_secs_f64() }
+    }
+
+    /// Drive `io` to its end on the I/O runtime, unless the task's wall
+    /// clock runs out first.
+    pub fn block<T, E: Into<TaskFailure>>(
+        &self,
+        deadline: &Deadline,
+        io: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, TaskFailure> {
+        let left = deadline.at.saturating_duration_since(Instant::now());
+        // (The timer is made inside the runtime, whose clock it needs.)
+        match self.exec.io.block_on(async { tokio::time::timeout(left, io).await }) {
+            Ok(r) => r.map_err(Into::into),
+            Err(_) => Err(TaskFailure::WallClock { limit_s: deadline.limit_s }),
+        }
+    }
+
+    pub fn task_info(&self, index: usize, pass: u32) -> TaskInfo {
+        TaskInfo {
+            pipeline: self.plan.pipeline.clone(),
+            stage: self.stage.name.clone(),
+            partition: index as u32,
+            partitions: self.partitions.len() as u32,
+            pass,
+        }
+    }
+
+    /// Stream partition `index` through `each`: rows, and text records
+    /// that do not parse (as quarantine rows); returns the rows read, both
+    /// kinds. I/O is driven on the I/O runtime one batch at a time; `each`
+    /// (guest code) runs outside any async context, since WASI's
+    /// synchronous host calls block on their own.
+    pub fn each_batch(
+        &self,
+        index: usize,
+        deadline: &Deadline,
+        mut each: impl FnMut(Chunk) -> Result<(), TaskFailure>,
+    ) -> Result<u64, TaskFailure> {
+        let Some(part) = self.partitions.get(index) else {
+            return Ok(0);
+        };
+        let columns = self.stage.columns.as_deref();
+        let mut stream =
+            self.block(deadline, read::open(part, columns, self.stage.limits.batch_rows, self.schema.clone()))?;
+        let mut rows = 0;
+        while let Some(chunk) = self.block(deadline, async { Ok::<_, StorageError>(stream.next().await) })? {
+            let chunk = chunk?;
+            rows += match &chunk {
+                Chunk::Rows(b) | Chunk::Quarantined(b) => b.num_rows() as u64,
+            };
+            each(chunk)?;
+        }
+        Ok(rows)
+    }
+
+    /// Where partition `index` was read from, as quarantine rows name it.
+    pub fn source(&self, index: usize) -> String {
+        self.partitions.get(index).map_or_else(String::new, |p| match p.row_group {
+            Some(rg) => format!("{}#rg{rg}", p.file.location.url()),
+            None => p.file.location.url().to_string(),
+        })
+    }
+
+    /// Bytes partition `index` reads from storage.
+    pub fn partition_bytes(&self, index: usize) -> u64 {
+        self.partitions.get(index).map_or(0, |p| p.bytes)
+    }
+}
