@@ -147,8 +147,11 @@ fn an_identical_rerun_skips_committed_stages_and_resumes_completed_tasks() {
     let journal = serde_json::json!({"run_id": "died", "objects": names});
     std::fs::write(clean.join("_wasmpipe_tasks/journal-died.json"), journal.to_string()).unwrap();
     for part in commit["parts"].as_array().unwrap() {
-        let record = serde_json::json!({"part": part, "rows_in": part["rows"]});
-        std::fs::write(clean.join("_wasmpipe_tasks").join(part["task"].as_str().unwrap()), record.to_string()).unwrap();
+        // A task record: its JSON header line (storage::commit::TaskRecord),
+        // then no payload.
+        let record = serde_json::json!({"kind": "transform", "part": part, "quarantine": null, "rows_in": part["rows"], "schema": null});
+        std::fs::write(clean.join("_wasmpipe_tasks").join(part["task"].as_str().unwrap()), format!("{record}\n"))
+            .unwrap();
     }
     std::fs::remove_file(clean.join("_wasmpipe_commit.json")).unwrap();
     std::fs::remove_file(clean.join(&parts_before[0])).unwrap();
@@ -291,7 +294,7 @@ fn applying_a_model_that_is_not_there_is_a_clear_error() {
     let (exec, _) = executor(store.path(), 2);
     let text = held_out_text().replace("model = \"stage:fit\"", "model = \"stage:ingest\"");
     let err = run_text(&exec, &text, store.path()).unwrap_err().to_string();
-    assert!(err.contains("heldout/ingest holds no committed model"), "{err}");
+    assert!(err.contains("stage \"ingest\" is a transformer, so it commits no model"), "{err}");
     // A transformer has no transform-with-a-model.
     let text = format!(
         "{}[stage.copy]\ncomponent = {}\ninputs = [\"stage:test\"]\nmodel = \"stage:fit\"\n",

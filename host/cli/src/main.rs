@@ -563,18 +563,26 @@ fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A runtime for the I/O of commands that only read the store (no
+/// engine, no task pool).
+fn io() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
 fn deployments(args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
+    use wasmpipe_storage::deployments;
     let root = absolute_location(&args.root)?;
-    let executor = executor(None, root.clone(), Level::Warn, EngineKind::Local)?;
+    let root_at = deployments::root(&root)?;
+    let io = io()?;
     match &args.show {
         Some(target) => {
             let (name, version) = name_version(target)?;
-            let (text, _, version) = executor.deployed_manifest(&root, name, version)?;
+            let (text, version) = io.block_on(deployments::manifest(&root_at, name, version))?;
             eprintln!("{name} version {version}:");
             print!("{text}");
         }
         None => {
-            let pipelines = executor.deployments(&root)?;
+            let pipelines = io.block_on(deployments::list(&root_at))?;
             if pipelines.is_empty() {
                 println!("no pipelines are deployed under {root}");
             }
@@ -593,12 +601,18 @@ fn deployments(args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn models(args: ModelsArgs) -> anyhow::Result<ExitCode> {
+    use wasmpipe_storage::registry;
     let store = absolute_location(&args.store)?;
-    let executor = executor(None, store.clone(), Level::Warn, EngineKind::Local)?;
+    let root = registry::root(&Storage::new("."), &store)?;
+    let io = io()?;
     if let Some(wanted) = &args.model {
-        let card = executor.model_card(wanted)?;
+        let card = io.block_on(registry::find(&root, wanted))?.map_err(|matches| RunError::NoSuchModel {
+            registry: root.url().into(),
+            wanted: wanted.clone(),
+            matches,
+        })?;
         println!("{}", serde_json::to_string_pretty(&card).context("rendering the model card")?);
-        for e in executor.model_evaluations(&card.sha256)? {
+        for e in io.block_on(registry::evaluations(&root, &card.sha256))? {
             println!(
                 "evaluated by {}/{} (run {}) on the predictions of {}:",
                 e.pipeline, e.stage, e.run_id, e.predictions
@@ -607,7 +621,7 @@ fn models(args: ModelsArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let cards = executor.models()?;
+    let cards = io.block_on(registry::list(&root))?;
     if cards.is_empty() {
         println!("no models are registered under {store}");
         return Ok(ExitCode::SUCCESS);

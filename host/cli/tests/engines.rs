@@ -133,21 +133,24 @@ fn snapshot_s3(server: &S3Server, prefix: &str) -> BTreeMap<String, Vec<u8>> {
 #[test]
 fn the_process_engine_gives_the_same_outputs_on_moto() {
     let server = moto();
-    let prefix = unique_prefix("engines");
-    let store = server.url(&prefix);
-    let snapshot = |engine: &str| {
-        let out = wasmpipe()
-            .envs(server.env())
-            .args(["run", "examples/diabetes/wasmpipe.toml", "-p", "2", "-q", "--engine", engine, "--store", &store])
-            .output()
-            .unwrap();
-        ok(out);
-        // (Taking the snapshot empties the prefix for the next run.)
-        snapshot_s3(server, &prefix)
-    };
-    let local = snapshot("local");
-    let process = snapshot("process");
-    assert_same(&local, &process, "diabetes on moto");
+    for demo in ["diabetes", "breast_cancer", "wine"] {
+        let prefix = unique_prefix("engines");
+        let store = server.url(&prefix);
+        let manifest = format!("examples/{demo}/wasmpipe.toml");
+        let snapshot = |engine: &str| {
+            let out = wasmpipe()
+                .envs(server.env())
+                .args(["run", &manifest, "-p", "2", "-q", "--engine", engine, "--store", &store])
+                .output()
+                .unwrap();
+            ok(out);
+            // (Taking the snapshot empties the prefix for the next run.)
+            snapshot_s3(server, &prefix)
+        };
+        let local = snapshot("local");
+        let process = snapshot("process");
+        assert_same(&local, &process, &format!("{demo} on moto"));
+    }
 }
 
 /// A one-stage pipeline of the hostile stage in `mode` over the diabetes
@@ -377,4 +380,36 @@ fn a_task_process_killed_with_sigkill_is_retried_and_the_run_equals_a_clean_one(
     assert!(killed > 0, "no task process was seen to kill");
     assert!(stderr.contains("retrying"), "{stderr}");
     assert_same(&clean, &snapshot_dir(&store), "a run whose tasks were killed");
+}
+
+#[test]
+fn task_processes_reach_the_store_through_the_manifests_storage_options() {
+    let server = moto();
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = hostile(dir.path(), "pass", "");
+    // Where the server is comes from the manifest alone; the environment
+    // holds only the credentials (which a manifest may not).
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text = text.replacen(
+        "[stage.h]",
+        &format!(
+            "[storage.s3]\nendpoint = \"{}\"\nregion = \"{}\"\nallow_http = \"true\"\nvirtual_hosted_style_request = \"false\"\n[stage.h]",
+            server.endpoint, server.region
+        ),
+        1,
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let store = server.url(&unique_prefix("options"));
+    let mut cmd = wasmpipe();
+    for (key, _) in server.env() {
+        cmd.env_remove(key);
+    }
+    let out = cmd
+        .env("AWS_ACCESS_KEY_ID", &server.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &server.secret_key)
+        .args(["run", &manifest, "-q", "--engine", "process", "--store", &store])
+        .output()
+        .unwrap();
+    let (stdout, _) = ok(out);
+    assert!(stdout.contains("442"), "{stdout}");
 }

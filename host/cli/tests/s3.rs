@@ -104,7 +104,11 @@ fn deploy_then_run_from_the_bucket_and_read_the_outputs_with_pyarrow() {
     std::fs::write(&changed, text.replace("row_group_rows = 64", "row_group_rows = 100")).unwrap();
     let (stdout, stderr) = deploy(server, changed.to_str().unwrap(), &root);
     assert!(stdout.contains("deployed diabetes version 2"), "{stdout}");
-    assert_eq!(stderr.lines().filter(|l| l.starts_with("uploaded ")).count(), 1, "only the manifest:\n{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("uploaded ")).count(),
+        2,
+        "only the manifest and its plan:\n{stderr}"
+    );
     let (stdout, _) = ok(wasmpipe(server).args(["deployments", &root]).output().unwrap());
     assert!(stdout.contains("latest v2") && stdout.contains("v1 v2"), "{stdout}");
 }

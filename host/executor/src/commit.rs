@@ -7,10 +7,10 @@ use wasmpipe_runtime::StageKind;
 use wasmpipe_storage::StorageError;
 use wasmpipe_storage::commit::{self, COMMIT_FORMAT, CommitRecord, Journal, Model, Seen, TaskRecord};
 
-use crate::registry::{self, ModelCard};
 use crate::stage::{PreparedStage, content_sha256};
 use crate::task::{self, transform_id};
 use crate::{RunError, TaskFailure};
+use wasmpipe_storage::registry::{self, ModelCard};
 
 /// What a commit made visible.
 pub(crate) struct Committed {
@@ -127,7 +127,7 @@ pub(crate) fn register_model(
         return Ok(());
     };
     let card = ModelCard::new(record, model, stage.output.url(), &stage.stage.config, report);
-    let root = registry::root(&wasmpipe_storage::Storage::new("."), &stage.exec.config.store)?;
+    let root = registry::root(stage.storage, &stage.exec.config.store)?;
     if stage.exec.io.block_on(registry::register(&root, bytes, &card))? {
         tracing::debug!(stage = %stage.stage.name, "registered model {}", model.sha256);
     }
@@ -158,12 +158,12 @@ fn check_one_schema(stage: &PreparedStage, schemas: &[Option<Vec<String>>]) -> R
     })
 }
 
+/// A committed model's bytes, and the committed report's JSON.
+pub(crate) type CommittedFiles = (Option<Arc<[u8]>>, Option<String>);
+
 /// The model bytes and report of a stage an identical earlier run
 /// committed.
-pub(crate) fn committed_files(
-    stage: &PreparedStage,
-    record: &CommitRecord,
-) -> Result<(Option<Arc<[u8]>>, Option<String>), StorageError> {
+pub(crate) fn committed_files(stage: &PreparedStage, record: &CommitRecord) -> Result<CommittedFiles, StorageError> {
     let io = &stage.exec.io;
     let model_bytes = match &record.model {
         Some(m) => Some(Arc::from(io.block_on(stage.output.child(&m.name).get_verified(&m.sha256))?.to_vec())),

@@ -1,26 +1,18 @@
-//! Deployments: a pipeline published to an object store, runnable from
-//! there on any machine that can reach it.
-//!
-//! Under a deployment root (`s3://bucket/prefix`, or any location):
-//!
-//! ```text
-//! components/SHA256.wasm              every stage component, by content
-//! inputs/SHA256/NAME                  local input files the manifest named
-//! deployments/PIPELINE/vN.toml        the manifest, pinned to those hashes
-//! deployments/PIPELINE/vN.plan.json   its resolved plan: what `run --from` runs
-//! data/PIPELINE/STAGE/                outputs of runs from the deployment
-//! ```
-//!
-//! Deploying uploads only what the root lacks, and writes a new version
-//! only when the pinned manifest differs from the latest one.
+//! Deploying: a pipeline published to an object store, runnable from
+//! there on any machine that can reach it (the layout is in
+//! `wasmpipe_storage::deployments`). Deploying uploads only what the root
+//! lacks, and writes a new version only when the pinned manifest differs
+//! from the latest one.
 
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
 use wasmpipe_manifest::{ComponentSource, Input, Manifest};
 use wasmpipe_storage::{Location, Storage, StorageError};
 
-use crate::plan::{LockedPipeline, pinned_path};
+use wasmpipe_storage::deployments::{self, DeployedPipeline, component_key, manifest_key, plan_key};
+
+use crate::plan::LockedPipeline;
+use crate::stage::content_sha256;
 use crate::{Executor, RunError};
 
 /// What `deploy` did.
@@ -38,25 +30,12 @@ pub struct Deployment {
     pub unchanged: bool,
 }
 
-/// A pipeline's deployed versions.
-#[derive(Debug, Clone)]
-pub struct DeployedPipeline {
-    /// Pipeline name.
-    pub name: String,
-    /// Version numbers, ascending.
-    pub versions: Vec<u32>,
-}
-
 fn err(what: &str, source: StorageError) -> RunError {
     RunError::Deploy { what: what.into(), source: Box::new(source) }
 }
 
 fn invalid(what: &str, reason: String) -> RunError {
     RunError::Deploy { what: what.into(), source: Box::new(StorageError::InvalidLocation { url: what.into(), reason }) }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 impl Executor {
@@ -84,8 +63,8 @@ impl Executor {
             let component = wasmpipe_runtime::to_component(&bytes, &origin)
                 .map_err(|source| RunError::Load { stage: name.clone(), source })?;
             self.runtime.load(&component, &origin).map_err(|source| RunError::Load { stage: name.clone(), source })?;
-            let hex = sha256_hex(&component);
-            self.upload(&root.child(&pinned_path(&hex)), component, &mut uploaded)?;
+            let hex = content_sha256(&component);
+            self.upload(&root.child(&component_key(&hex)), component, &mut uploaded)?;
             set_stage(&mut table, name, "component", toml::Value::String(format!("sha256:{hex}")));
         }
 
@@ -108,7 +87,7 @@ impl Executor {
                             ))
                         })?;
                         let file = path.file_name().map_or("input".into(), |f| f.to_string_lossy().into_owned());
-                        let rel = format!("inputs/{}/{file}", sha256_hex(&bytes));
+                        let rel = format!("inputs/{}/{file}", content_sha256(&bytes));
                         self.upload(&root.child(&rel), bytes, &mut uploaded)?;
                         rel
                     }
@@ -218,36 +197,13 @@ impl Executor {
     }
 
     fn versions(&self, root: &Location, name: &str) -> Result<Vec<u32>, RunError> {
-        use futures::TryStreamExt;
-        let dir = root.child(&format!("deployments/{name}"));
-        let listed: Vec<_> = self
-            .io
-            .block_on(dir.store().list(Some(dir.path())).try_collect::<Vec<_>>())
-            .map_err(|e| err(dir.url(), dir.error(e)))?;
-        let mut versions: Vec<u32> = listed
-            .iter()
-            .filter_map(|m| m.location.filename()?.strip_prefix('v')?.strip_suffix(".toml")?.parse().ok())
-            .collect();
-        versions.sort_unstable();
-        Ok(versions)
+        self.io.block_on(deployments::versions(root, name)).map_err(|e| err(root.url(), e))
     }
 
     /// The pipelines deployed under `root`, with their versions.
     pub fn deployments(&self, root: &str) -> Result<Vec<DeployedPipeline>, RunError> {
-        use futures::TryStreamExt;
-        let root_at = Storage::new(".").resolve(root).map_err(|e| err(root, e))?;
-        let dir = root_at.child("deployments");
-        let listed: Vec<_> = self
-            .io
-            .block_on(dir.store().list(Some(dir.path())).try_collect::<Vec<_>>())
-            .map_err(|e| err(dir.url(), dir.error(e)))?;
-        let mut names: Vec<String> = listed
-            .iter()
-            .filter_map(|m| m.location.prefix_match(dir.path())?.next().map(|p| p.as_ref().to_string()))
-            .collect();
-        names.sort();
-        names.dedup();
-        names.into_iter().map(|name| Ok(DeployedPipeline { versions: self.versions(&root_at, &name)?, name })).collect()
+        let root_at = deployments::root(root).map_err(|e| err(root, e))?;
+        self.io.block_on(deployments::list(&root_at)).map_err(|e| err(root, e))
     }
 
     /// The pinned manifest of `name` at `version` (default: the latest)
@@ -258,33 +214,12 @@ impl Executor {
         name: &str,
         version: Option<u32>,
     ) -> Result<(String, Manifest, u32), RunError> {
-        let root_at = Storage::new(".").resolve(root).map_err(|e| err(root, e))?;
-        let versions = self.versions(&root_at, name)?;
-        let version = match version {
-            Some(v) => v,
-            None => *versions.last().ok_or_else(|| {
-                invalid(root, format!("no pipeline {name:?} is deployed here (deploy it with `wasmpipe deploy`)"))
-            })?,
-        };
-        let at = root_at.child(&manifest_key(name, version));
-        let (bytes, _) =
-            self.io.block_on(at.get_opt()).map_err(|e| err(at.url(), e))?.ok_or_else(|| {
-                invalid(at.url(), format!("{name} has no version {version} (versions: {versions:?})"))
-            })?;
-        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let root_at = deployments::root(root).map_err(|e| err(root, e))?;
+        let (text, version) =
+            self.io.block_on(deployments::manifest(&root_at, name, version)).map_err(|e| err(root, e))?;
         let manifest = Manifest::parse(&text).map_err(RunError::Manifest)?;
         Ok((text, manifest, version))
     }
-}
-
-/// Where the plan of version `version` of pipeline `name` lives under the root.
-fn plan_key(name: &str, version: u32) -> String {
-    format!("deployments/{name}/v{version}.plan.json")
-}
-
-/// Where version `version` of pipeline `name` lives under the root.
-fn manifest_key(name: &str, version: u32) -> String {
-    format!("deployments/{name}/v{version}.toml")
 }
 
 fn is_remote(location: &str) -> bool {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 use wasmpipe_runtime::{Level, LogRecord, StageComponent, StageKind};
-use wasmpipe_storage::commit;
+use wasmpipe_storage::{Storage, commit};
 
 use crate::commit::{commit_stage, committed_files, register_model};
 use crate::plan::LockedPipeline;
@@ -82,6 +82,9 @@ impl Process {
                 .args(["--stage", &stage.stage.name, "--task", &kind.to_string(), "--pass", &pass.to_string()])
                 .args(["--attempt", &attempt.to_string(), "--store", &stage.exec.config.store])
                 .args(["--log-format", "json"])
+                // The manifest's [storage] options, as the stores read them
+                // from the environment: never on a command line.
+                .envs(stage.storage.options_as_env())
                 .stdin(Stdio::null())
                 .output()
                 .map_err(|e| TaskFailure::Internal(format!("cannot start {}: {e}", self.program.display())))?;
@@ -200,6 +203,7 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 /// order on `engine`; the reports of the stages run.
 pub(crate) fn drive(
     exec: &Executor,
+    storage: &Storage,
     plan: &LockedPipeline,
     components: Vec<StageComponent>,
     engine: &dyn Engine,
@@ -208,9 +212,9 @@ pub(crate) fn drive(
     let mut reports: Vec<StageReport> = Vec::new();
     for (locked, component) in plan.stages.iter().zip(components) {
         let started = Instant::now();
-        let stage = prepare(exec, plan, locked, component)?;
+        let stage = prepare(exec, storage, plan, locked, component)?;
         let report = run_stage(&stage, engine, run_id, started)?;
-        registry::record_evaluation(exec, plan, run_id, &reports, &report)?;
+        registry::record_evaluation(exec, storage, plan, run_id, &reports, &report)?;
         reports.push(report);
     }
     Ok(reports)

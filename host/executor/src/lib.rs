@@ -44,14 +44,15 @@ use wasmpipe_runtime::{LogSink, Runtime, RuntimeConfig, StageKind};
 use wasmpipe_storage::Storage;
 use wasmpipe_storage::commit::Model;
 
-pub use deploy::{DeployedPipeline, Deployment};
+pub use deploy::Deployment;
 pub use engine::EngineKind;
 pub use error::{EXIT_DETERMINISTIC, EXIT_INTERNAL, EXIT_OK, EXIT_TRANSIENT, RunError, TaskFailure};
 pub use plan::{
     ComponentRef, InputRef, Limits, LockedPipeline, LockedStage, ModelRef, OutputRef, PLAN_FORMAT, PLANS_DIR,
 };
-pub use registry::{CARD_FORMAT, Evaluation, ModelCard};
 pub use task::{FitStep, TASK_FORMAT, TaskKind, TaskOutcome, TaskSpec, WrittenObject};
+pub use wasmpipe_storage::deployments::DeployedPipeline;
+pub use wasmpipe_storage::registry::{CARD_FORMAT, Evaluation, ModelCard};
 
 /// How to run.
 #[derive(Clone)]
@@ -209,7 +210,7 @@ impl Executor {
     ) -> Result<RunReport, RunError> {
         let (plan, components) = self.resolve_loaded(manifest, storage, local_dir)?;
         let authority = self.authority(storage, local_dir)?;
-        self.run_loaded(&plan, components, &authority)
+        self.run_loaded(&plan, components, &authority, storage)
     }
 
     /// Run a resolved plan. A plan resolved from a deployment (it names
@@ -222,7 +223,7 @@ impl Executor {
         };
         let authority = self.authority(&storage, None)?;
         let components = self.load_components(plan)?;
-        self.run_loaded(plan, components, &authority)
+        self.run_loaded(plan, components, &authority, &storage)
     }
 
     fn authority(&self, storage: &Storage, local_dir: Option<&Path>) -> Result<authority::Authority, RunError> {
@@ -240,12 +241,13 @@ impl Executor {
         plan: &LockedPipeline,
         components: Vec<wasmpipe_runtime::StageComponent>,
         authority: &authority::Authority,
+        storage: &Storage,
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         plan.check(authority, &self.config.store)?;
         let run_id = new_run_id();
         let stages = match &self.config.engine {
-            EngineKind::Local => engine::drive(self, plan, components, &engine::Local, &run_id)?,
+            EngineKind::Local => engine::drive(self, storage, plan, components, &engine::Local, &run_id)?,
             EngineKind::Process { program } => {
                 if self.config.store.starts_with("memory://") {
                     return Err(RunError::Plan {
@@ -255,10 +257,10 @@ impl Executor {
                 }
                 let process = engine::Process {
                     program: program.clone(),
-                    plan_url: self.publish_plan(plan, &self.config.store)?,
+                    plan_url: self.publish_plan(plan, storage)?,
                     plan_sha256: plan.hash(),
                 };
-                engine::drive(self, plan, components, &process, &run_id)?
+                engine::drive(self, storage, plan, components, &process, &run_id)?
             }
         };
         Ok(RunReport { run_id, stages, wall: started.elapsed() })
@@ -270,7 +272,8 @@ impl Executor {
         let plan = self.load_plan(&spec.plan)?;
         task::check_spec_plan(spec, &plan.hash())?;
         let locked = plan.stage(&spec.stage)?;
-        let stage = stage::prepare(self, &plan, locked, self.load_component(locked)?)?;
+        let storage = Storage::new(".");
+        let stage = stage::prepare(self, &storage, &plan, locked, self.load_component(locked)?)?;
         task::run(&stage, spec.task, spec.pass).map_err(|cause| RunError::Task {
             stage: spec.stage.clone(),
             task: spec.task.to_string(),
@@ -285,7 +288,8 @@ impl Executor {
         let started = Instant::now();
         let plan = self.load_plan(plan_url)?;
         let locked = plan.stage(stage)?;
-        let prepared = stage::prepare(self, &plan, locked, self.load_component(locked)?)?;
+        let storage = Storage::new(".");
+        let prepared = stage::prepare(self, &storage, &plan, locked, self.load_component(locked)?)?;
         let run_id = run_id.map_or_else(new_run_id, str::to_string);
         let committed = commit::commit_stage(&prepared, &run_id, None)?;
         Ok(StageReport {

@@ -294,11 +294,6 @@ impl LockedPipeline {
     }
 }
 
-/// Where a pinned component lives, relative to the deployment root.
-pub(crate) fn pinned_path(hex: &str) -> String {
-    format!("components/{hex}.wasm")
-}
-
 /// A location's URL from the path or URL a component was read from.
 fn origin_url(origin: &Path) -> String {
     let text = origin.display().to_string();
@@ -453,13 +448,13 @@ impl Executor {
         Ok(plan)
     }
 
-    /// Keep `plan` under the store, named by its hash, for the processes
-    /// that run its tasks; returns its URL.
-    pub fn publish_plan(&self, plan: &LockedPipeline, store: &str) -> Result<String, RunError> {
+    /// Keep `plan` under this executor's store (reached through
+    /// `storage`), named by its hash, for the processes that run its tasks;
+    /// returns its URL.
+    pub fn publish_plan(&self, plan: &LockedPipeline, storage: &Storage) -> Result<String, RunError> {
         let storage_err = |source| RunError::Storage { stage: "-".into(), source };
-        let at = Storage::new(".")
-            .resolve(&format!("{}/{PLANS_DIR}/{}.json", store.trim_end_matches('/'), plan.hash()))
-            .map_err(storage_err)?;
+        let store = self.config.store.trim_end_matches('/');
+        let at = storage.resolve(&format!("{store}/{PLANS_DIR}/{}.json", plan.hash())).map_err(storage_err)?;
         self.io.block_on(at.put(plan.to_json())).map_err(storage_err)?;
         Ok(at.url().to_string())
     }
@@ -499,7 +494,7 @@ fn check_models(plan: &LockedPipeline) -> Result<(), RunError> {
 /// Fetch a component pinned by hash and check its bytes against the hash.
 fn fetch_pinned(exec: &Executor, storage: &Storage, stage: &str, hex: &str) -> Result<(Vec<u8>, PathBuf), RunError> {
     let storage_err = |source| RunError::Storage { stage: stage.into(), source };
-    let at = storage.resolve(&pinned_path(hex)).map_err(storage_err)?;
+    let at = storage.resolve(&wasmpipe_storage::deployments::component_key(hex)).map_err(storage_err)?;
     let bytes = exec.io.block_on(at.get_verified(hex)).map_err(storage_err)?;
     Ok((bytes.to_vec(), PathBuf::from(at.url())))
 }

@@ -1,127 +1,12 @@
-//! The model registry: every model an estimator stage fits, stored by
-//! content under the store root with its lineage, so that any pipeline can
-//! apply it later (`model = "sha256:…"`).
-//!
-//! ```text
-//! <store>/_models/<sha256>/model.bin    the model's bytes
-//! <store>/_models/<sha256>/card.json    its lineage card (ModelCard)
-//! <store>/_models/<sha256>/evaluations/<pipeline>--<stage>.json
-//!                                       how it did: the latest report of
-//!                                       each evaluation stage that scored
-//!                                       its predictions (Evaluation)
-//! ```
-//!
-//! An entry is written before the commit that lists its model, so every
-//! committed model is in the registry. Entries are never rewritten: the
-//! card describes the first fit that produced those bytes (a create-only
-//! put where the store honours it, a look first everywhere). Nothing
-//! deletes them: a commit's clean-up touches only its own output prefix.
+//! Recording evaluations in the model registry (`wasmpipe_storage::registry`),
+//! and reading it for the CLI.
 
-use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
-use serde::{Deserialize, Serialize};
-use wasmpipe_manifest::REGISTRY_DIR;
-use wasmpipe_storage::commit::{CommitRecord, Model};
-use wasmpipe_storage::{Location, Storage, StorageError};
+use wasmpipe_runtime::StageKind;
+use wasmpipe_storage::registry::{self, Evaluation, ModelCard};
+use wasmpipe_storage::{Location, StorageError};
 
 use crate::plan::LockedPipeline;
-use wasmpipe_runtime::StageKind;
-
 use crate::{Executor, RunError, StageReport};
-
-/// Identifies the card format.
-pub const CARD_FORMAT: &str = "wasmpipe-model/1";
-
-/// Cards read at once when listing (a listing of many models is many
-/// small GETs; the store's own limit caps the total).
-const CARDS_AT_ONCE: usize = 16;
-
-/// A registered model's lineage: what fitted it, on what, with which
-/// settings, and how it did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelCard {
-    /// Always [`CARD_FORMAT`].
-    pub format: String,
-    /// SHA-256 of the model's bytes, hex: its name in the registry.
-    pub sha256: String,
-    /// Size of the model in bytes.
-    pub bytes: u64,
-    /// The pipeline that fitted it.
-    pub pipeline: String,
-    /// The estimator stage that fitted it.
-    pub stage: String,
-    /// The run that fitted it.
-    pub run_id: String,
-    /// Seconds since the Unix epoch when it was committed.
-    pub created_at: u64,
-    /// The output the fit committed (URL).
-    pub output: String,
-    /// SHA-256 of the stage component.
-    pub component: String,
-    /// The stage's config, as handed to it.
-    pub config: serde_json::Value,
-    /// SHA-256 of the config JSON (the commit record's `config`).
-    pub config_sha256: String,
-    /// The inputs it was fitted on: the commit record's lineage.
-    pub inputs: Vec<String>,
-    /// Fit passes it took.
-    pub passes: u32,
-    /// The report the stage published with it (a JSON document), if any.
-    pub report: Option<serde_json::Value>,
-}
-
-impl ModelCard {
-    /// The card of `model`, committed by `record` at `output` by a stage
-    /// with config `config_json` that published `report`.
-    pub(crate) fn new(
-        record: &CommitRecord,
-        model: &Model,
-        output: &str,
-        config_json: &str,
-        report: Option<&str>,
-    ) -> ModelCard {
-        let json =
-            |text: &str| serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_string()));
-        ModelCard {
-            format: CARD_FORMAT.into(),
-            sha256: model.sha256.clone(),
-            bytes: model.bytes,
-            pipeline: record.pipeline.clone(),
-            stage: record.stage.clone(),
-            run_id: record.run_id.clone(),
-            created_at: record.committed_at,
-            output: output.into(),
-            component: record.component.clone(),
-            config: json(config_json),
-            config_sha256: record.config.clone(),
-            inputs: record.inputs.clone(),
-            passes: model.passes,
-            report: report.map(json),
-        }
-    }
-}
-
-/// How a model did: the report of a stage that evaluated its predictions
-/// (an aggregator downstream of the stage that fitted or applied it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Evaluation {
-    /// The model, SHA-256 hex.
-    pub model: String,
-    /// The pipeline of the evaluation stage.
-    pub pipeline: String,
-    /// The evaluation stage.
-    pub stage: String,
-    /// The stage whose predictions it evaluated (which fitted or applied
-    /// the model).
-    pub predictions: String,
-    /// The run that committed the evaluation.
-    pub run_id: String,
-    /// The evaluation stage's output (URL).
-    pub output: String,
-    /// Its report: the metrics.
-    pub report: serde_json::Value,
-}
 
 /// Record, for each model whose predictions evaluation stage `report`
 /// scored, that stage's report beside the model in the registry. The
@@ -130,6 +15,7 @@ pub struct Evaluation {
 /// model. A stage that is not an aggregator with a report records nothing.
 pub(crate) fn record_evaluation(
     exec: &Executor,
+    storage: &wasmpipe_storage::Storage,
     plan: &LockedPipeline,
     run_id: &str,
     done: &[StageReport],
@@ -153,7 +39,7 @@ pub(crate) fn record_evaluation(
             None => todo.extend(plan.upstream(plan.stage(name)?)),
         }
     }
-    let root = root(&Storage::new("."), &exec.config.store).map_err(registry_err)?;
+    let root = registry::root(storage, &exec.config.store).map_err(registry_err)?;
     let report_json: serde_json::Value = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
     for (sha, predictions) in models {
         let evaluation = Evaluation {
@@ -165,125 +51,9 @@ pub(crate) fn record_evaluation(
             output: report.output.clone(),
             report: report_json.clone(),
         };
-        let at = root.child(&format!("{sha}/{EVALUATIONS_DIR}/{}--{}.json", plan.pipeline, report.name));
-        let bytes = serde_json::to_vec_pretty(&evaluation).expect("evaluations serialize");
-        exec.io.block_on(at.put(bytes)).map_err(registry_err)?;
+        exec.io.block_on(registry::record_evaluation(&root, &evaluation)).map_err(registry_err)?;
     }
     Ok(())
-}
-
-/// Where a model's evaluations are, within its registry entry.
-const EVALUATIONS_DIR: &str = "evaluations";
-
-/// The evaluations recorded for model `sha256`, by pipeline and stage.
-pub(crate) async fn evaluations(root: &Location, sha256: &str) -> Result<Vec<Evaluation>, StorageError> {
-    let dir = root.child(&format!("{sha256}/{EVALUATIONS_DIR}"));
-    let mut listed: Vec<_> = dir.store().list(Some(dir.path())).try_collect().await.map_err(|e| dir.error(e))?;
-    listed.sort_by(|a, b| a.location.cmp(&b.location));
-    let mut out = Vec::with_capacity(listed.len());
-    for meta in listed {
-        let at = dir.at(meta.location);
-        let Some((bytes, _)) = at.get_opt().await? else { continue };
-        let evaluation = serde_json::from_slice(&bytes)
-            .map_err(|e| StorageError::Text { url: at.url().into(), reason: format!("not an evaluation: {e}") })?;
-        out.push(evaluation);
-    }
-    Ok(out)
-}
-
-/// The registry under the store root `store`.
-pub(crate) fn root(storage: &Storage, store: &str) -> Result<Location, StorageError> {
-    storage.resolve(&format!("{}/{REGISTRY_DIR}", store.trim_end_matches('/')))
-}
-
-/// Where model `sha256`'s bytes are.
-pub(crate) fn model_location(root: &Location, sha256: &str) -> Location {
-    root.child(&format!("{sha256}/model.bin"))
-}
-
-fn card_location(root: &Location, sha256: &str) -> Location {
-    root.child(&format!("{sha256}/card.json"))
-}
-
-/// The size of the object at `at`, or `None` when there is none.
-async fn size(at: &Location) -> Result<Option<u64>, StorageError> {
-    match at.store().head(at.path()).await {
-        Ok(meta) => Ok(Some(meta.size)),
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(at.error(e)),
-    }
-}
-
-/// Put a model and its card in the registry unless its card is there;
-/// true when this call registered it. The bytes go first, so a card never
-/// names a model that is not there.
-pub(crate) async fn register(root: &Location, bytes: &[u8], card: &ModelCard) -> Result<bool, StorageError> {
-    let card_at = card_location(root, &card.sha256);
-    if size(&card_at).await?.is_some() {
-        return Ok(false);
-    }
-    let model_at = model_location(root, &card.sha256);
-    if size(&model_at).await? != Some(bytes.len() as u64) {
-        model_at.put(bytes.to_vec()).await?;
-    }
-    let json = serde_json::to_vec_pretty(card).expect("model cards serialize");
-    // Create only: of two first fits of the same bytes at once, one card
-    // stands (where the store honours it; elsewhere the look above).
-    card_at.put_if(json, None).await
-}
-
-/// Model `sha256`'s bytes, checked against the hash; `None` when the
-/// registry does not hold it.
-pub(crate) async fn fetch(root: &Location, sha256: &str) -> Result<Option<Bytes>, StorageError> {
-    match model_location(root, sha256).get_verified(sha256).await {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(StorageError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Model `sha256`'s card, or `None` when the registry does not hold it.
-pub(crate) async fn card(root: &Location, sha256: &str) -> Result<Option<ModelCard>, StorageError> {
-    let at = card_location(root, sha256);
-    let Some((bytes, _)) = at.get_opt().await? else {
-        return Ok(None);
-    };
-    let unreadable = |reason: String| StorageError::Text { url: at.url().into(), reason };
-    let card: ModelCard =
-        serde_json::from_slice(&bytes).map_err(|e| unreadable(format!("not a wasmpipe model card: {e}")))?;
-    if card.format != CARD_FORMAT || card.sha256 != sha256 {
-        return Err(unreadable(format!(
-            "a card of format {:?} for model {}, expected {CARD_FORMAT:?} for {sha256}",
-            card.format, card.sha256
-        )));
-    }
-    Ok(Some(card))
-}
-
-/// Every model in the registry, newest first.
-pub(crate) async fn list(root: &Location) -> Result<Vec<ModelCard>, StorageError> {
-    let listed: Vec<_> = root.store().list(Some(root.path())).try_collect().await.map_err(|e| root.error(e))?;
-    let shas: Vec<String> = listed
-        .iter()
-        .filter_map(|meta| {
-            let mut parts = meta.location.prefix_match(root.path())?;
-            let (sha, file) = (parts.next()?, parts.next()?);
-            let entry = parts.next().is_none() && file.as_ref() == "card.json" && is_sha256(sha.as_ref());
-            entry.then(|| sha.as_ref().to_string())
-        })
-        .collect();
-    let mut cards: Vec<ModelCard> = futures::stream::iter(shas)
-        .map(|sha| async move { card(root, &sha).await })
-        .buffer_unordered(CARDS_AT_ONCE)
-        .try_filter_map(|c| async move { Ok(c) })
-        .try_collect()
-        .await?;
-    cards.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.sha256.cmp(&b.sha256)));
-    Ok(cards)
-}
-
-fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn registry_err(source: StorageError) -> RunError {
@@ -293,20 +63,20 @@ fn registry_err(source: StorageError) -> RunError {
 impl Executor {
     /// The registry under this executor's store.
     fn registry(&self) -> Result<Location, RunError> {
-        root(&Storage::new("."), &self.config.store).map_err(registry_err)
+        registry::root(&wasmpipe_storage::Storage::new("."), &self.config.store).map_err(registry_err)
     }
 
     /// The models in the registry under this executor's store, newest
     /// first.
     pub fn models(&self) -> Result<Vec<ModelCard>, RunError> {
         let root = self.registry()?;
-        self.io.block_on(list(&root)).map_err(registry_err)
+        self.io.block_on(registry::list(&root)).map_err(registry_err)
     }
 
     /// The evaluations recorded for the registered model `sha256`.
     pub fn model_evaluations(&self, sha256: &str) -> Result<Vec<Evaluation>, RunError> {
         let root = self.registry()?;
-        self.io.block_on(evaluations(&root, sha256)).map_err(registry_err)
+        self.io.block_on(registry::evaluations(&root, sha256)).map_err(registry_err)
     }
 
     /// The card of the registered model whose SHA-256 is `wanted` or
@@ -314,22 +84,9 @@ impl Executor {
     /// model or more than one matches.
     pub fn model_card(&self, wanted: &str) -> Result<ModelCard, RunError> {
         let root = self.registry()?;
-        let prefix = wanted.strip_prefix("sha256:").unwrap_or(wanted).to_ascii_lowercase();
-        let no_model = |matches: Vec<String>| RunError::NoSuchModel {
-            registry: root.url().into(),
-            wanted: wanted.into(),
-            matches,
-        };
-        if prefix.is_empty() || prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(no_model(Vec::new()));
-        }
-        if prefix.len() == 64 {
-            return self.io.block_on(card(&root, &prefix)).map_err(registry_err)?.ok_or_else(|| no_model(Vec::new()));
-        }
-        let mut found: Vec<ModelCard> = self.models()?.into_iter().filter(|c| c.sha256.starts_with(&prefix)).collect();
-        match found.len() {
-            1 => Ok(found.remove(0)),
-            _ => Err(no_model(found.into_iter().map(|c| c.sha256).collect())),
-        }
+        self.io
+            .block_on(registry::find(&root, wanted))
+            .map_err(registry_err)?
+            .map_err(|matches| RunError::NoSuchModel { registry: root.url().into(), wanted: wanted.into(), matches })
     }
 }

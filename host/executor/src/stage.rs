@@ -11,24 +11,14 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use wasmpipe_manifest::{ColumnType, Format as ManifestFormat};
 use wasmpipe_runtime::{CallError, InstanceLimits, InstanceSetup, StageComponent, StageInstance, TaskInfo};
-use wasmpipe_storage::commit::{self};
+use wasmpipe_storage::commit::{self, OutputLayout, identity as sha256_hex};
 use wasmpipe_storage::read::{self, Chunk, Format, InputFile, Partition};
-use wasmpipe_storage::{Location, Storage, StorageError};
+use wasmpipe_storage::{Storage, StorageError};
 
 use crate::authority::verify_deployed_input;
 use crate::plan::{InputRef, LockedPipeline, LockedStage, ModelRef};
-use crate::{Executor, RunError, TaskFailure, registry};
-
-/// An identity: the SHA-256 of `parts`, each prefixed with its length so
-/// that no two different lists of parts hash alike.
-pub(crate) fn sha256_hex(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    hex::encode(h.finalize())
-}
+use crate::{Executor, RunError, TaskFailure};
+use wasmpipe_storage::registry;
 
 /// The SHA-256 of `bytes`, hex.
 pub(crate) fn content_sha256(bytes: &[u8]) -> String {
@@ -50,13 +40,15 @@ pub(crate) struct AppliedModel {
 /// Everything a stage's tasks share.
 pub(crate) struct PreparedStage<'a> {
     pub exec: &'a Executor,
+    /// How the run reaches its stores (the manifest's `[storage]` options).
+    pub storage: &'a Storage,
     pub plan: &'a LockedPipeline,
     pub stage: &'a LockedStage,
     pub component: StageComponent,
     /// The declared schema of text inputs.
     pub schema: Option<SchemaRef>,
     pub partitions: Vec<Partition>,
-    pub output: Location,
+    pub output: OutputLayout,
     /// Hash of what determines every task's output besides its partition.
     pub identity: String,
     /// Hash of everything the output depends on: the stage, every
@@ -88,14 +80,14 @@ fn declared_schema(columns: &indexmap::IndexMap<String, ColumnType>) -> SchemaRe
 /// store holds now: the stages it reads must have committed.
 pub(crate) fn prepare<'a>(
     exec: &'a Executor,
+    storage: &'a Storage,
     plan: &'a LockedPipeline,
     stage: &'a LockedStage,
     component: StageComponent,
 ) -> Result<PreparedStage<'a>, RunError> {
-    let storage = Storage::new(".");
     let store = exec.config.store.as_str();
     let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
-    let output = storage.resolve(&stage.output.url(store)).map_err(storage_err)?;
+    let output = OutputLayout::new(storage.resolve(&stage.output.url(store)).map_err(storage_err)?);
 
     let format = stage.format.map(|f| match f {
         ManifestFormat::Parquet => Format::Parquet,
@@ -145,7 +137,7 @@ pub(crate) fn prepare<'a>(
         format!("{:?} {:?}", stage.columns, stage.schema).as_bytes(),
     ]);
     let applied = match &stage.model {
-        Some(source) => Some(applied_model(exec, plan, stage, source, &mut lineage)?),
+        Some(source) => Some(applied_model(exec, storage, plan, stage, source, &mut lineage)?),
         None => None,
     };
     let output_identity = {
@@ -156,6 +148,7 @@ pub(crate) fn prepare<'a>(
     };
     Ok(PreparedStage {
         exec,
+        storage,
         plan,
         stage,
         component,
@@ -174,17 +167,17 @@ pub(crate) fn prepare<'a>(
 /// `lineage`.
 fn applied_model(
     exec: &Executor,
+    storage: &Storage,
     plan: &LockedPipeline,
     stage: &LockedStage,
     source: &ModelRef,
     lineage: &mut Vec<String>,
 ) -> Result<AppliedModel, RunError> {
-    let storage = Storage::new(".");
     let store = exec.config.store.as_str();
     let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
     let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
     let (url, written) = match source {
-        ModelRef::Registry { sha256 } => return registry_model(exec, stage, sha256, lineage),
+        ModelRef::Registry { sha256 } => return registry_model(exec, storage, stage, sha256, lineage),
         ModelRef::Stage { stage: up } => (plan.stage(up)?.output.url(store), format!("stage:{up}")),
         ModelRef::Output { output, written } => (output.url(store), written.clone()),
     };
@@ -211,13 +204,14 @@ fn applied_model(
 /// hash.
 fn registry_model(
     exec: &Executor,
+    storage: &Storage,
     stage: &LockedStage,
     sha: &str,
     lineage: &mut Vec<String>,
 ) -> Result<AppliedModel, RunError> {
     let storage_err = |source: StorageError| RunError::Storage { stage: stage.name.clone(), source };
     let model_err = |reason: String| RunError::Model { stage: stage.name.clone(), reason };
-    let root = registry::root(&Storage::new("."), &exec.config.store).map_err(storage_err)?;
+    let root = registry::root(storage, &exec.config.store).map_err(storage_err)?;
     let at = registry::model_location(&root, sha);
     match exec.io.block_on(registry::fetch(&root, sha)) {
         Ok(Some(bytes)) => {

@@ -19,12 +19,14 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use wasmpipe_runtime::{FitOutcome, StageInstance, StageKind};
 use wasmpipe_storage::StorageError;
-use wasmpipe_storage::commit::{self, Journal, Model, Part, ReportFiles, TaskRecord};
-use wasmpipe_storage::quarantine::{self, QUARANTINE_DIR};
+use wasmpipe_storage::commit::{self, Journal, Model, OutputLayout, Part, ReportFiles, TaskRecord};
+use wasmpipe_storage::quarantine;
 use wasmpipe_storage::read::Chunk;
-use wasmpipe_storage::write::{PartWriter, part_name};
+use wasmpipe_storage::write::PartWriter;
 
-use crate::stage::{PreparedStage, content_sha256, sha256_hex};
+use wasmpipe_storage::commit::identity as sha256_hex;
+
+use crate::stage::{PreparedStage, content_sha256};
 use crate::{RunError, TaskFailure};
 
 /// The version of the task contract's JSON documents.
@@ -183,7 +185,7 @@ impl TaskOutcome {
             bytes_read: 0,
             bytes_written: 0,
             seconds: 0.0,
-            record: commit::task_record_location(&stage.output, task_id).url().to_string(),
+            record: stage.output.task_record(task_id).url().to_string(),
             fit: None,
         }
     }
@@ -326,7 +328,7 @@ fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailu
         FitOutcome::Done(bytes) => {
             let sha = content_sha256(&bytes);
             let model = Model {
-                name: commit::model_name(&sha),
+                name: OutputLayout::model(&sha),
                 sha256: sha.clone(),
                 bytes: bytes.len() as u64,
                 passes: pass + 1,
@@ -334,7 +336,7 @@ fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailu
             let published = inst.take_report();
             let mut objects = vec![model.name.clone()];
             if let Some(p) = &published {
-                let (json, table) = commit::report_names(&p.json);
+                let (json, table) = OutputLayout::report(&p.json);
                 objects.extend([json, table]);
             }
             let journal = Journal { run_id: task_id.clone(), objects };
@@ -409,8 +411,8 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
         return Ok(outcome);
     }
     let deadline = stage.wall_deadline();
-    let name = part_name(index, &task_id);
-    let quarantine_name = format!("{QUARANTINE_DIR}/{name}");
+    let name = OutputLayout::part(index, &task_id);
+    let quarantine_name = OutputLayout::quarantine_part(index, &task_id);
     let journal = Journal { run_id: task_id.clone(), objects: vec![quarantine_name.clone(), name.clone()] };
     stage.block(&deadline, commit::write_journal(&stage.output, &journal))?;
     let mut inst = stage.instantiate(format!("{}[{index}]", stage.stage.name), &task_id)?;
@@ -490,7 +492,7 @@ async fn write_report(
     output: &wasmpipe_storage::Location,
     published: &wasmpipe_runtime::Report,
 ) -> Result<(ReportFiles, Vec<WrittenObject>), StorageError> {
-    let (json, table_name) = commit::report_names(&published.json);
+    let (json, table_name) = OutputLayout::report(&published.json);
     output.child(&json).put(published.json.clone().into_bytes()).await?;
     let mut written = vec![WrittenObject {
         name: json.clone(),

@@ -407,9 +407,10 @@ impl Manifest {
         if !valid_name(&self.name) {
             return invalid(format!("pipeline name {:?} must be letters, digits, '-' or '_'", self.name));
         }
-        if self.name == REGISTRY_DIR {
+        if self.name.starts_with('_') {
             return invalid(format!(
-                "pipeline name {REGISTRY_DIR:?} is reserved: the model registry lives at <store>/{REGISTRY_DIR}"
+                "pipeline name {:?} starts with '_', which is reserved for the store's own directories (the model registry at <store>/{REGISTRY_DIR}, plans at <store>/_plans)\n  hint: name the pipeline without the leading '_'",
+                self.name
             ));
         }
         if self.stages.is_empty() {

@@ -227,13 +227,6 @@ pub fn to_component(bytes: &[u8], origin: &Path) -> Result<Vec<u8>, RuntimeError
     if !wasmparser::Parser::is_core_wasm(bytes) {
         return Err(RuntimeError::NotWasm { path: origin.to_owned() });
     }
-    componentize(bytes).map_err(|reason| RuntimeError::Componentize { path: origin.to_owned(), reason })
-}
-
-/// Encode a core module with wit-bindgen metadata as a component.
-pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
-    wit_component::ComponentEncoder::default()
-        .module(module)
-        .and_then(|e| e.validate(true).encode())
-        .map_err(|e| format!("{e:#}"))
+    wasmpipe_toolchain::componentize(bytes)
+        .map_err(|reason| RuntimeError::Componentize { path: origin.to_owned(), reason })
 }

@@ -34,10 +34,11 @@ pub mod kernels;
 
 pub use bindings::{FitOutcome, Level, TaskInfo};
 pub use budget::HostLimit;
-pub use engine::{EPOCH_TICK, Runtime, RuntimeConfig, componentize, default_cache_dir, to_component};
+pub use engine::{EPOCH_TICK, Runtime, RuntimeConfig, default_cache_dir, to_component};
 pub use error::{CallError, RuntimeError};
 pub use host::{
     BatchHandle, ColumnHandle, LOG_KEEP_BYTES, LOG_LINE_BYTES, LogRecord, LogSink, MemoryCap, Quarantined,
     REASON_BYTES, Report, data_type,
 };
 pub use instance::{InstanceLimits, InstanceSetup, StageComponent, StageInstance, StageKind};
+pub use wasmpipe_toolchain::componentize;

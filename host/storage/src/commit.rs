@@ -166,8 +166,7 @@ impl CommitRecord {
 /// Record `journal` under `output` before writing what it names.
 pub async fn write_journal(output: &Location, journal: &Journal) -> Result<(), StorageError> {
     let json = serde_json::to_vec(journal).expect("journals serialize");
-    let name = format!("{TASKS_DIR}/{JOURNAL_PREFIX}{}.json", journal.run_id);
-    output.child(&name).put(json).await
+    OutputLayout::new(output.clone()).journal(&journal.run_id).put(json).await
 }
 
 /// The objects under `output`, relative to it.
@@ -294,17 +293,88 @@ pub async fn write(output: &Location, record: &CommitRecord, seen: Seen) -> Resu
     remove_unreferenced(output, record).await
 }
 
-/// How a fit stage's model object is named: by its hash.
-pub fn model_name(sha256: &str) -> String {
-    format!("_model-{}.bin", &sha256[..sha256.len().min(16)])
+/// An identity: the SHA-256 (hex) of `parts`, each prefixed with its
+/// length so that no two different lists of parts hash alike. Stage, task
+/// and output identities are all made here (see `docs/commit-protocol.md`).
+pub fn identity(parts: &[&[u8]]) -> String {
+    let mut h = sha2::Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    hex::encode(h.finalize())
 }
 
-/// The names of a published report's JSON and Parquet files, by the hash
-/// of its JSON.
-pub fn report_names(json: &str) -> (String, String) {
-    let sha = hex::encode(sha2::Sha256::digest(json.as_bytes()));
-    let stem = format!("{REPORT_PREFIX}{}", &sha[..16]);
-    (format!("{stem}.json"), format!("{stem}.parquet"))
+/// Names every object under a stage's output prefix (and derefs to the
+/// prefix's [`Location`]):
+///
+/// ```text
+/// part-INDEX-TASK.parquet              a transform task's part
+/// _quarantine/part-INDEX-TASK.parquet  its quarantined rows
+/// _model-SHA256.bin                    a fit stage's model or result
+/// _report-SHA256.json, .parquet        the report the stage published
+/// _wasmpipe_tasks/TASK                 a task's record (TaskRecord)
+/// _wasmpipe_tasks/journal-WRITER.json  what a writer is about to write
+/// _wasmpipe_commit.json                the commit record
+/// ```
+///
+/// (`TASK` and `SHA256` are the first 16 hex digits in part, model and
+/// report names, the whole identity in task records.)
+#[derive(Debug, Clone)]
+pub struct OutputLayout {
+    output: Location,
+}
+
+impl std::ops::Deref for OutputLayout {
+    type Target = Location;
+    fn deref(&self) -> &Location {
+        &self.output
+    }
+}
+
+impl OutputLayout {
+    /// The layout of the output prefix `output`.
+    pub fn new(output: Location) -> OutputLayout {
+        OutputLayout { output }
+    }
+
+    /// The part transform task `index` (identity `task_id`) writes.
+    pub fn part(index: usize, task_id: &str) -> String {
+        crate::write::part_name(index, task_id)
+    }
+
+    /// The quarantine part of transform task `index`.
+    pub fn quarantine_part(index: usize, task_id: &str) -> String {
+        format!("{}/{}", crate::quarantine::QUARANTINE_DIR, Self::part(index, task_id))
+    }
+
+    /// A fit stage's model object, by the model's hash.
+    pub fn model(sha256: &str) -> String {
+        format!("_model-{}.bin", &sha256[..sha256.len().min(16)])
+    }
+
+    /// A published report's JSON and Parquet files, by the hash of its
+    /// JSON.
+    pub fn report(json: &str) -> (String, String) {
+        let sha = hex::encode(sha2::Sha256::digest(json.as_bytes()));
+        let stem = format!("{REPORT_PREFIX}{}", &sha[..16]);
+        (format!("{stem}.json"), format!("{stem}.parquet"))
+    }
+
+    /// Task `task_id`'s record.
+    pub fn task_record(&self, task_id: &str) -> Location {
+        self.output.child(&format!("{TASKS_DIR}/{task_id}"))
+    }
+
+    /// The journal of `writer`.
+    pub fn journal(&self, writer: &str) -> Location {
+        self.output.child(&format!("{TASKS_DIR}/{JOURNAL_PREFIX}{writer}.json"))
+    }
+
+    /// The commit record.
+    pub fn commit(&self) -> Location {
+        self.output.child(COMMIT_FILE)
+    }
 }
 
 /// What a completed task left behind: what a rerun needs to skip it, and
@@ -349,16 +419,11 @@ pub enum TaskRecord {
     },
 }
 
-/// Where task `task_id`'s record lives under a stage's output.
-pub fn task_record_location(output: &Location, task_id: &str) -> Location {
-    output.child(&format!("{TASKS_DIR}/{task_id}"))
-}
-
 /// The record of task `task_id` under `output` and its payload, if the
 /// task completed. A record that does not decode (cut short by a kill, or
 /// written by another version) counts as absent: the task runs again.
 pub async fn read_task(output: &Location, task_id: &str) -> Result<Option<(TaskRecord, Bytes)>, StorageError> {
-    let Some((bytes, _)) = task_record_location(output, task_id).get_opt().await? else {
+    let Some((bytes, _)) = OutputLayout::new(output.clone()).task_record(task_id).get_opt().await? else {
         return Ok(None);
     };
     let Some(end) = bytes.iter().position(|&b| b == b'\n') else {
@@ -377,7 +442,7 @@ pub async fn write_task(
     let mut bytes = serde_json::to_vec(record).expect("task records serialize");
     bytes.push(b'\n');
     bytes.extend_from_slice(payload);
-    task_record_location(output, task_id).put(bytes).await
+    OutputLayout::new(output.clone()).task_record(task_id).put(bytes).await
 }
 
 /// Delete what wasmpipe wrote under `output` that `record` does not list:

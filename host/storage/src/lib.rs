@@ -11,12 +11,17 @@
 //! * [`write`] writes one Parquet part per task under a deterministic name.
 //! * [`commit`] is the commit record written last, listing the parts:
 //!   readers trust nothing else, so a run that dies leaves nothing visible.
+//!   Beside it, the typed task records every task leaves.
+//! * [`registry`] keeps every fitted model by content, with its lineage;
+//!   [`deployments`] names and reads pipelines published under a root.
 
 pub mod commit;
+pub mod deployments;
 mod error;
 mod location;
 pub mod quarantine;
 pub mod read;
+pub mod registry;
 mod text;
 pub mod write;
 

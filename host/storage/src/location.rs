@@ -272,6 +272,26 @@ impl Storage {
         }
     }
 
+    /// The options for cloud stores as the environment variables the
+    /// stores' builders read (`AWS_ENDPOINT`, `GOOGLE_SERVICE_ACCOUNT`...),
+    /// to hand them to another process without writing them anywhere.
+    pub fn options_as_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        for (family, options) in &self.options {
+            let prefix = match family.as_str() {
+                "s3" => "AWS_",
+                "gs" => "GOOGLE_",
+                _ => "AZURE_",
+            };
+            for (key, value) in options {
+                let key = key.to_ascii_uppercase();
+                let key = if key.starts_with(prefix) { key } else { format!("{prefix}{key}") };
+                env.push((key, value.clone()));
+            }
+        }
+        env
+    }
+
     /// Use these options for cloud stores (the manifest's `[storage]`).
     pub fn with_options(mut self, options: StoreOptions) -> Self {
         self.options = options;

@@ -268,11 +268,19 @@ pub fn build(crate_dir: &Path, toolchain: &Toolchain, progress: Progress) -> Res
     let (path, bytes) = if !toolchain.emits_core_module() {
         (artifact, bytes)
     } else {
-        let component = wasmpipe_runtime::componentize(&bytes)
-            .map_err(|reason| ToolchainError::Componentize { path: artifact.clone(), reason })?;
+        let component =
+            componentize(&bytes).map_err(|reason| ToolchainError::Componentize { path: artifact.clone(), reason })?;
         let out = artifact.with_extension("component.wasm");
         std::fs::write(&out, &component).map_err(|source| ToolchainError::Io { path: out.clone(), source })?;
         (out, component)
     };
     Ok(Built { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), path })
+}
+
+/// Encode a core module with wit-bindgen metadata as a component.
+pub fn componentize(module: &[u8]) -> Result<Vec<u8>, String> {
+    wit_component::ComponentEncoder::default()
+        .module(module)
+        .and_then(|e| e.validate(true).encode())
+        .map_err(|e| format!("{e:#}"))
 }
