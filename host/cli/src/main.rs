@@ -28,6 +28,7 @@ struct Cli {
 enum Command {
     Run(RunArgs),
     Plan(PlanArgs),
+    Prepare(PrepareArgs),
     Task(TaskArgs),
     Commit(CommitArgs),
     Build(BuildArgs),
@@ -95,6 +96,26 @@ struct PlanArgs {
     /// Print the plan document (JSON) instead of a summary.
     #[arg(long)]
     json: bool,
+    /// Keep the plan under this store (`STORE/_plans/SHA256.json`, for
+    /// engines whose tasks run elsewhere) and print its URL.
+    #[arg(long, value_name = "STORE")]
+    publish: Option<String>,
+}
+
+/// Prepare a stage of a plan for an engine: print its tasks as JSON
+/// (partitions, fit tasks, merge tree, transform tasks) and whether an
+/// identical run already committed it. Exit codes as for `wasmpipe task`.
+#[derive(clap::Args)]
+struct PrepareArgs {
+    /// The plan's URL or path.
+    #[arg(long)]
+    plan: String,
+    /// The stage.
+    #[arg(long)]
+    stage: String,
+    /// The store (default: the one the plan is kept in).
+    #[arg(long, env = "WASMPIPE_STORE")]
+    store: Option<String>,
 }
 
 /// Run one task of a plan and print its outcome as JSON (the task
@@ -210,6 +231,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Plan(args) => plan(args),
+        Command::Prepare(args) => prepare(args),
         Command::Task(args) => task(args),
         Command::Commit(args) => commit(args),
         Command::Build(args) => build(args),
@@ -383,7 +405,10 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
             executor.resolve(&manifest, &storage, Some(&base_dir))?
         }
     };
-    if args.json {
+    if let Some(store) = &args.publish {
+        let store = absolute_location(store)?;
+        println!("{}", executor.publish_plan(&plan, &Storage::new("."), &store)?);
+    } else if args.json {
         println!("{}", String::from_utf8_lossy(&plan.to_json()));
     } else {
         print_plan(&plan);
@@ -512,6 +537,18 @@ fn task(args: TaskArgs) -> anyhow::Result<ExitCode> {
     match executor.run_task(&spec) {
         Ok(outcome) => {
             println!("{}", serde_json::to_string(&outcome).context("rendering the task outcome")?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(contract_failure(e)),
+    }
+}
+
+fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
+    let plan = absolute_location(&args.plan)?;
+    let executor = task_executor(&plan, args.store.as_deref(), LogFormat::Text)?;
+    match executor.prepare_stage(&plan, &args.stage) {
+        Ok(tasks) => {
+            println!("{}", serde_json::to_string(&tasks).context("rendering the stage's tasks")?);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Ok(contract_failure(e)),

@@ -413,3 +413,44 @@ fn task_processes_reach_the_store_through_the_manifests_storage_options() {
     let (stdout, _) = ok(out);
     assert!(stdout.contains("442"), "{stdout}");
 }
+
+#[test]
+fn a_wide_fit_merges_along_one_tree_on_every_engine() {
+    // 442 rows in row groups of 8: 56 partitions, so each fit pass merges
+    // in a tree (combine tasks in groups of 16, then the merge).
+    let dir = tempfile::tempdir().unwrap();
+    let features = r#"["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]"#;
+    let text = format!(
+        "version = 1\nname = \"wide\"\n[defaults]\nbatch_rows = 8\nrow_group_rows = 8\n\
+         [stage.ingest]\ncomponent = {}\ninputs = [{}]\n\
+         [stage.scale]\ncomponent = {}\ninputs = [\"stage:ingest\"]\nconfig = {{ columns = {features} }}\n\
+         [stage.fit]\ncomponent = {}\ninputs = [\"stage:scale\"]\nconfig = {{ features = {features}, target = \"target\" }}\n\
+         [stage.evaluate]\ncomponent = {}\ninputs = [\"stage:fit\"]\nconfig = {{ target = \"target\" }}\n",
+        toml_path(&component("passthrough")),
+        toml_path(&repo().join("examples/diabetes/diabetes.csv")),
+        toml_path(&component("scaler")),
+        toml_path(&component("linreg")),
+        toml_path(&component("evaluate")),
+    );
+    let manifest = dir.path().join("wasmpipe.toml");
+    std::fs::write(&manifest, text).unwrap();
+    let manifest = manifest.display().to_string();
+    let store = dir.path().join("store");
+    let local_out = run(&manifest, &store, "local");
+    let local = snapshot_dir(&store);
+    std::fs::remove_dir_all(&store).unwrap();
+
+    // Stage by stage, as an engine elsewhere would: `prepare` says what
+    // to run.
+    let (url, _) = ok(wasmpipe().args(["plan", &manifest, "--publish"]).arg(&store).output().unwrap());
+    let url = url.trim();
+    ok(wasmpipe().args(["run", &manifest, "-q", "--engine", "process", "--store"]).arg(&store).output().unwrap());
+    let (tasks, _) = ok(wasmpipe().args(["prepare", "--plan", url, "--stage", "scale"]).output().unwrap());
+    let tasks: serde_json::Value = serde_json::from_str(tasks.trim()).unwrap();
+    assert_eq!(tasks["partitions"], 56, "{tasks}");
+    assert_eq!(tasks["combine_levels"], serde_json::json!([4]), "{tasks}");
+    assert_eq!(tasks["committed"], true, "{tasks}");
+    assert_same(&local, &snapshot_dir(&store), "a fit over 56 partitions");
+    // The same least-squares fit as the demo's 7 partitions.
+    assert!(local_out.lines().any(|l| l == "r2 = 0.5177"), "{local_out}");
+}

@@ -131,6 +131,7 @@ fn forward_logs(stage: &PreparedStage, stderr: &str) {
 fn describe(stage: &PreparedStage, kind: TaskKind, pass: u32) -> String {
     match kind {
         TaskKind::Fit(i) => stage.describe(&format!("fit pass {pass},"), i),
+        TaskKind::Combine { level, group } => format!("combine {level}:{group} of fit pass {pass}"),
         TaskKind::Merge => format!("merge and finalize of fit pass {pass}"),
         TaskKind::Transform(i) => stage.describe("transform", i),
     }
@@ -285,6 +286,11 @@ fn run_stage(
         for pass in 0..stage.stage.limits.max_passes {
             let round: Vec<(TaskKind, u32)> = (0..stage.fit_tasks()).map(|i| (TaskKind::Fit(i), pass)).collect();
             outcomes.extend(engine.run_tasks(stage, &round)?);
+            for (level, &groups) in stage.merge_levels().iter().enumerate().skip(1) {
+                let round: Vec<(TaskKind, u32)> =
+                    (0..groups).map(|group| (TaskKind::Combine { level: level as u32, group }, pass)).collect();
+                outcomes.extend(engine.run_tasks(stage, &round)?);
+            }
             let merged = engine.run_tasks(stage, &[(TaskKind::Merge, pass)])?;
             report.passes = pass + 1;
             let done = merged.iter().any(|o| matches!(o.fit, Some(FitStep::Done { .. })));

@@ -50,7 +50,7 @@ pub use error::{EXIT_DETERMINISTIC, EXIT_INTERNAL, EXIT_OK, EXIT_TRANSIENT, RunE
 pub use plan::{
     ComponentRef, InputRef, Limits, LockedPipeline, LockedStage, ModelRef, OutputRef, PLAN_FORMAT, PLANS_DIR,
 };
-pub use task::{FitStep, TASK_FORMAT, TaskKind, TaskOutcome, TaskSpec, WrittenObject};
+pub use task::{FitStep, MERGE_FAN_IN, StageTasks, TASK_FORMAT, TaskKind, TaskOutcome, TaskSpec, WrittenObject};
 pub use wasmpipe_storage::deployments::DeployedPipeline;
 pub use wasmpipe_storage::registry::{CARD_FORMAT, Evaluation, ModelCard};
 
@@ -257,7 +257,7 @@ impl Executor {
                 }
                 let process = engine::Process {
                     program: program.clone(),
-                    plan_url: self.publish_plan(plan, storage)?,
+                    plan_url: self.publish_plan(plan, storage, &self.config.store)?,
                     plan_sha256: plan.hash(),
                 };
                 engine::drive(self, storage, plan, components, &process, &run_id)?
@@ -279,6 +279,53 @@ impl Executor {
             task: spec.task.to_string(),
             cause: Box::new(cause),
             others: 0,
+        })
+    }
+
+    /// Prepare stage `stage` of the plan at `plan_url` for an engine (what
+    /// `wasmpipe prepare` does): its tasks; an output an identical run
+    /// committed is reported as such (and its clean-up finished), an
+    /// output holding objects wasmpipe did not write is refused.
+    pub fn prepare_stage(&self, plan_url: &str, stage: &str) -> Result<StageTasks, RunError> {
+        let plan = self.load_plan(plan_url)?;
+        let locked = plan.stage(stage)?;
+        let storage = Storage::new(".");
+        let prepared = stage::prepare(self, &storage, &plan, locked, self.load_component(locked)?)?;
+        let storage_err = |source| RunError::Storage { stage: stage.to_string(), source };
+        let previous = self.io.block_on(wasmpipe_storage::commit::read(&prepared.output)).map_err(storage_err)?;
+        let committed = match &previous {
+            Some(record) if record.identity == prepared.output_identity => {
+                self.io
+                    .block_on(wasmpipe_storage::commit::remove_unreferenced(&prepared.output, record))
+                    .map_err(storage_err)?;
+                true
+            }
+            _ => {
+                self.io
+                    .block_on(wasmpipe_storage::commit::check_writable(
+                        &prepared.output,
+                        previous.as_ref(),
+                        &plan.pipeline,
+                        stage,
+                    ))
+                    .map_err(storage_err)?;
+                false
+            }
+        };
+        let fits = matches!(locked.kind, StageKind::Estimator | StageKind::Aggregator) && prepared.applied.is_none();
+        let transforms = matches!(locked.kind, StageKind::Transformer | StageKind::Estimator);
+        Ok(StageTasks {
+            format: TASK_FORMAT,
+            stage: stage.to_string(),
+            kind: locked.kind,
+            output: prepared.output.url().to_string(),
+            committed,
+            partitions: prepared.partitions.len(),
+            fit_tasks: if fits { prepared.fit_tasks() } else { 0 },
+            combine_levels: if fits { prepared.merge_levels()[1..].to_vec() } else { Vec::new() },
+            max_passes: locked.limits.max_passes,
+            transform_tasks: if transforms { prepared.partitions.len() } else { 0 },
+            parallelism: locked.limits.parallelism,
         })
     }
 

@@ -448,12 +448,12 @@ impl Executor {
         Ok(plan)
     }
 
-    /// Keep `plan` under this executor's store (reached through
-    /// `storage`), named by its hash, for the processes that run its tasks;
-    /// returns its URL.
-    pub fn publish_plan(&self, plan: &LockedPipeline, storage: &Storage) -> Result<String, RunError> {
+    /// Keep `plan` under the store `store` (reached through `storage`),
+    /// named by its hash, for the processes that run its tasks; returns its
+    /// URL.
+    pub fn publish_plan(&self, plan: &LockedPipeline, storage: &Storage, store: &str) -> Result<String, RunError> {
         let storage_err = |source| RunError::Storage { stage: "-".into(), source };
-        let store = self.config.store.trim_end_matches('/');
+        let store = store.trim_end_matches('/');
         let at = storage.resolve(&format!("{store}/{PLANS_DIR}/{}.json", plan.hash())).map_err(storage_err)?;
         self.io.block_on(at.put(plan.to_json())).map_err(storage_err)?;
         Ok(at.url().to_string())

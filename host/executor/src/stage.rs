@@ -245,6 +245,23 @@ impl PreparedStage<'_> {
         sha256_hex(&[self.identity.as_bytes(), part.as_bytes(), salt.as_bytes()])
     }
 
+    /// How many partial states each level of a pass's merge tree holds:
+    /// the fit tasks' first, then groups of `MERGE_FAN_IN`, up to a level
+    /// of at most `MERGE_FAN_IN` that the final merge folds.
+    pub fn merge_levels(&self) -> Vec<usize> {
+        let mut levels = vec![self.fit_tasks()];
+        while *levels.last().expect("one level") > crate::task::MERGE_FAN_IN {
+            let n = levels.last().expect("one level").div_ceil(crate::task::MERGE_FAN_IN);
+            levels.push(n);
+        }
+        levels
+    }
+
+    /// Combine task `group` of `level` of pass `pass` (carrying `carry_id`).
+    pub fn combine_id(&self, pass: u32, carry_id: &str, level: u32, group: usize) -> String {
+        self.task_id(usize::MAX, &format!("combine pass {pass} carry {carry_id} level {level} group {group}"))
+    }
+
     /// The merge and finalize of fit pass `pass`.
     pub fn merge_id(&self, pass: u32) -> String {
         self.task_id(usize::MAX, &format!("merge pass {pass}"))

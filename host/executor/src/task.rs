@@ -32,11 +32,24 @@ use crate::{RunError, TaskFailure};
 /// The version of the task contract's JSON documents.
 pub const TASK_FORMAT: u32 = 1;
 
+/// Most partial states one task merges: a pass's fit states are merged in
+/// a tree of this fan-in (`combine` tasks, level by level, then the final
+/// `merge`), so that no task reads every state of a wide fit. Every engine
+/// merges along the same tree, so results do not depend on the engine.
+pub const MERGE_FAN_IN: usize = 16;
+
 /// Which task of a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TaskKind {
     /// Fold partition N into a partial state (`fit:N`).
     Fit(usize),
+    /// Merge group G of level L of a pass's merge tree (`combine:L:G`).
+    Combine {
+        /// The level (1: groups of fit states; L: groups of level L-1).
+        level: u32,
+        /// The group within the level.
+        group: usize,
+    },
     /// Merge a pass's partial states and finalize them (`merge`).
     Merge,
     /// Partition N through the stage into one part (`transform:N`).
@@ -47,6 +60,7 @@ impl std::fmt::Display for TaskKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TaskKind::Fit(i) => write!(f, "fit:{i}"),
+            TaskKind::Combine { level, group } => write!(f, "combine:{level}:{group}"),
             TaskKind::Merge => f.write_str("merge"),
             TaskKind::Transform(i) => write!(f, "transform:{i}"),
         }
@@ -61,7 +75,14 @@ impl FromStr for TaskKind {
             None if s == "merge" => Ok(TaskKind::Merge),
             Some(("fit", n)) => Ok(TaskKind::Fit(index(n)?)),
             Some(("transform", n)) => Ok(TaskKind::Transform(index(n)?)),
-            _ => Err(format!("{s:?} is not a task: write `fit:N`, `merge` or `transform:N`")),
+            Some(("combine", rest)) => match rest.split_once(':') {
+                Some((level, group)) => Ok(TaskKind::Combine {
+                    level: level.parse().map_err(|_| format!("{s:?}: the level is a number"))?,
+                    group: index(group)?,
+                }),
+                None => Err(format!("{s:?}: write `combine:LEVEL:GROUP`")),
+            },
+            _ => Err(format!("{s:?} is not a task: write `fit:N`, `combine:L:G`, `merge` or `transform:N`")),
         }
     }
 }
@@ -76,6 +97,35 @@ impl<'de> Deserialize<'de> for TaskKind {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// What a stage's tasks are, as `wasmpipe prepare` tells an engine before
+/// it runs them (see `docs/commit-protocol.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageTasks {
+    /// Always [`TASK_FORMAT`].
+    pub format: u32,
+    /// The stage.
+    pub stage: String,
+    /// Its kind.
+    pub kind: StageKind,
+    /// Its output (URL).
+    pub output: String,
+    /// True when the output is already committed with this stage's
+    /// identity: there is nothing to run.
+    pub committed: bool,
+    /// Input partitions.
+    pub partitions: usize,
+    /// Fit tasks per pass (`fit:0` ..), 0 when the stage does not fit.
+    pub fit_tasks: usize,
+    /// Combine groups per level of the merge tree, from level 1 (`combine:1:0` ..).
+    pub combine_levels: Vec<usize>,
+    /// Most fit passes.
+    pub max_passes: u32,
+    /// Transform tasks (`transform:0` ..), 0 when the stage does not transform.
+    pub transform_tasks: usize,
+    /// Most of its tasks at once, when the stage limits it.
+    pub parallelism: Option<u32>,
 }
 
 /// One task of a plan, as an engine hands it to a worker.
@@ -203,6 +253,14 @@ pub(crate) fn run(stage: &PreparedStage, task: TaskKind, pass: u32) -> Result<Ta
     let transforms = matches!(stage.stage.kind, StageKind::Transformer | StageKind::Estimator);
     let mut outcome = match task {
         TaskKind::Fit(i) if fits && i < stage.fit_tasks() => fit_task(stage, i, pass)?,
+        TaskKind::Combine { level, group }
+            if fits
+                && level >= 1
+                && (level as usize) < stage.merge_levels().len()
+                && group < stage.merge_levels()[level as usize] =>
+        {
+            combine_task(stage, pass, level, group)?
+        }
         TaskKind::Merge if fits => merge_task(stage, pass)?,
         TaskKind::Transform(i) if transforms && i < stage.partitions.len() => transform_task(stage, i)?,
         _ => {
@@ -291,29 +349,12 @@ fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailu
     }
     let carry = carry(stage, pass)?;
     let carry_id = sha256_hex(&[carry.as_deref().unwrap_or_default()]);
-    let mut states = Vec::new();
-    let mut rows = 0;
-    for index in 0..stage.fit_tasks() {
-        let fit_id = stage.task_id(index, &format!("fit pass {pass} carry {carry_id}"));
-        match io.block_on(commit::read_task(&stage.output, &fit_id))? {
-            Some((TaskRecord::Fit { rows: r, .. }, state)) => {
-                rows += r;
-                states.push(state);
-            }
-            _ => {
-                return Err(TaskFailure::NotReady(format!(
-                    "the merge of fit pass {pass} of stage {:?} needs fit task {index} of that pass, which has not run",
-                    stage.stage.name
-                )));
-            }
-        }
-    }
+    let top = stage.merge_levels().len() as u32 - 1;
+    let (states, rows) = states_of(stage, pass, &carry_id, top, 0..stage.merge_levels()[top as usize], "the merge")?;
     outcome.rows_in = rows;
     let deadline = stage.wall_deadline();
     let mut inst = stage.instantiate(format!("{}[merge]", stage.stage.name), &task_id)?;
-    let mut states = states.into_iter();
-    let first = states.next().expect("at least one fit task").to_vec();
-    let state = states.try_fold(first, |acc, s| inst.merge(&acc, &s))?;
+    let state = fold(&mut inst, states)?;
     let finished = inst.finalize(&state, pass)?;
     let record = match finished {
         FitOutcome::NextPass(next) => {
@@ -364,6 +405,74 @@ fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailu
     // The finished fit, where transform tasks and the commit find it.
     stage.block(&deadline, commit::write_task(&stage.output, &stage.fit_result_id(), &record, &[]))?;
     stage.block(&deadline, commit::write_task(&stage.output, &task_id, &record, &[]))?;
+    Ok(outcome)
+}
+
+/// The partial states `items` of `level` of pass `pass`'s merge tree
+/// (level 0: the fit tasks' states), in order, with the rows they folded;
+/// `who` names the task that needs them, in the error when one is missing.
+fn states_of(
+    stage: &PreparedStage,
+    pass: u32,
+    carry_id: &str,
+    level: u32,
+    items: std::ops::Range<usize>,
+    who: &str,
+) -> Result<(Vec<bytes::Bytes>, u64), TaskFailure> {
+    let io = &stage.exec.io;
+    let mut states = Vec::with_capacity(items.len());
+    let mut rows = 0;
+    for index in items {
+        let id = match level {
+            0 => stage.task_id(index, &format!("fit pass {pass} carry {carry_id}")),
+            _ => stage.combine_id(pass, carry_id, level, index),
+        };
+        match io.block_on(commit::read_task(&stage.output, &id))? {
+            Some((TaskRecord::Fit { rows: r, .. } | TaskRecord::Combine { rows: r, .. }, state)) => {
+                rows += r;
+                states.push(state);
+            }
+            _ => {
+                let task = if level == 0 { format!("fit:{index}") } else { format!("combine:{level}:{index}") };
+                return Err(TaskFailure::NotReady(format!(
+                    "{who} of fit pass {pass} of stage {:?} needs task {task} of that pass, which has not run",
+                    stage.stage.name
+                )));
+            }
+        }
+    }
+    Ok((states, rows))
+}
+
+/// Merge `states` in order, pairwise from the left.
+fn fold(inst: &mut StageInstance, states: Vec<bytes::Bytes>) -> Result<Vec<u8>, TaskFailure> {
+    let mut states = states.into_iter();
+    let first = states.next().expect("at least one state").to_vec();
+    Ok(states.try_fold(first, |acc, s| inst.merge(&acc, &s))?)
+}
+
+/// Merge group `group` of level `level` of pass `pass`'s merge tree: the
+/// states `group * MERGE_FAN_IN ..` of the level below.
+fn combine_task(stage: &PreparedStage, pass: u32, level: u32, group: usize) -> Result<TaskOutcome, TaskFailure> {
+    let carry = carry(stage, pass)?;
+    let carry_id = sha256_hex(&[carry.as_deref().unwrap_or_default()]);
+    let task_id = stage.combine_id(pass, &carry_id, level, group);
+    let mut outcome = TaskOutcome::new(stage, TaskKind::Combine { level, group }, pass, &task_id);
+    let io = &stage.exec.io;
+    if let Some((TaskRecord::Combine { rows, .. }, _)) = io.block_on(commit::read_task(&stage.output, &task_id))? {
+        outcome.resumed = true;
+        outcome.rows_in = rows;
+        return Ok(outcome);
+    }
+    let below = stage.merge_levels()[level as usize - 1];
+    let items = group * MERGE_FAN_IN..((group + 1) * MERGE_FAN_IN).min(below);
+    let (states, rows) = states_of(stage, pass, &carry_id, level - 1, items, "a combine")?;
+    let deadline = stage.wall_deadline();
+    let mut inst = stage.instantiate(format!("{}[combine {level}:{group}]", stage.stage.name), &task_id)?;
+    let state = fold(&mut inst, states)?;
+    let record = TaskRecord::Combine { pass, level, rows };
+    stage.block(&deadline, commit::write_task(&stage.output, &task_id, &record, &state))?;
+    outcome.rows_in = rows;
     Ok(outcome)
 }
 

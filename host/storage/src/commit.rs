@@ -403,6 +403,16 @@ pub enum TaskRecord {
         /// Rows folded.
         rows: u64,
     },
+    /// A combine task of one pass: a group of partial states merged into
+    /// one (a level of the merge tree); the payload is the merged state.
+    Combine {
+        /// The pass.
+        pass: u32,
+        /// The level in the merge tree (1: groups of fit states).
+        level: u32,
+        /// Rows the states it merged folded.
+        rows: u64,
+    },
     /// The merge and finalize of one pass; the payload is the state the
     /// next pass starts from (when `model` is none).
     Merge {
