@@ -18,6 +18,12 @@ fi
 if ! "$VENV/bin/python" -c 'import moto.server, boto3' 2>/dev/null || [ ! -x "$VENV/bin/moto_server" ]; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'moto[server]'
 fi
+# The Ray engine (engines/ray, installed editable) and what its tests and
+# the Kubernetes rendering tests use: Ray, pytest, offline Kubernetes schemas.
+if ! "$VENV/bin/python" -c 'import ray, pytest, yaml, kubernetes_validate, wasmpipe_ray' 2>/dev/null; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'ray[default]' pytest pyyaml kubernetes-validate
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e engines/ray
+fi
 
 # Garage: the tests look for it here (or in $WASMPIPE_GARAGE).
 GARAGE_VERSION=2.5.0
@@ -37,4 +43,5 @@ fi
 
 "$VENV/bin/python" -c 'import pyarrow, duckdb, numpy, sklearn; print("test python:", pyarrow.__version__, duckdb.__version__, numpy.__version__, sklearn.__version__)'
 "$VENV/bin/python" -c 'import moto, boto3; print("moto:", moto.__version__, "boto3:", boto3.__version__)'
+"$VENV/bin/python" -c 'import ray, kubernetes_validate; print("ray:", ray.__version__)'
 echo "garage: $("$GARAGE" --version | head -n1)"

@@ -68,7 +68,10 @@ fn results_do_not_depend_on_partitioning_or_parallelism() {
         let (exec, _) = executor(store.path(), parallelism);
         let report = exec.run(&m, &dir).expect("demo runs");
         let fit = report.stages.iter().find(|s| s.name == "fit").unwrap();
-        assert_eq!(fit.tasks, 2 * 442usize.div_ceil(rows) + 1, "fit tasks, transform tasks and one merge");
+        let n = 442usize.div_ceil(rows);
+        let fan_in = wasmpipe_executor::MERGE_FAN_IN;
+        let combines = if n > fan_in { n.div_ceil(fan_in) } else { 0 };
+        assert_eq!(fit.tasks, 2 * n + combines + 1, "fit tasks, transform tasks, the merge tree's combines, one merge");
         let model = result(&report, "fit");
         let mut c: Vec<f64> = model["coefficients"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         c.push(model["intercept"].as_f64().unwrap());

@@ -71,16 +71,26 @@ struct RunArgs {
     /// manifest, its directory).
     #[arg(long, value_name = "PREFIX")]
     allow_output: Vec<String>,
-    /// What runs the tasks: `local` (threads in this process) or `process`
-    /// (a `wasmpipe task` child process per task).
+    /// What runs the tasks: `local` (threads in this process), `process`
+    /// (a `wasmpipe task` child process per task) or `ray` (a Ray cluster:
+    /// hands over to the `wasmpipe_ray` Python package).
     #[arg(long, value_enum, default_value = "local", env = "WASMPIPE_ENGINE")]
     engine: EngineArg,
+    /// The Ray cluster for `--engine ray` (default: `RAY_ADDRESS`, or a
+    /// cluster started here).
+    #[arg(long, value_name = "HOST:PORT")]
+    ray_address: Option<String>,
+    /// With `--engine ray` and a cluster on other machines: the local
+    /// store path is mounted on every node.
+    #[arg(long)]
+    store_is_shared: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum EngineArg {
     Local,
     Process,
+    Ray,
 }
 
 /// Resolve a pipeline into its plan and print it: components by SHA-256,
@@ -97,7 +107,8 @@ struct PlanArgs {
     #[arg(long)]
     json: bool,
     /// Keep the plan under this store (`STORE/_plans/SHA256.json`, for
-    /// engines whose tasks run elsewhere) and print its URL.
+    /// engines whose tasks run elsewhere) and print its URL (with `--json`:
+    /// `{"url": URL, "plan": PLAN}`).
     #[arg(long, value_name = "STORE")]
     publish: Option<String>,
 }
@@ -301,8 +312,43 @@ fn allowed(prefixes: &[String]) -> anyhow::Result<Vec<String>> {
     prefixes.iter().map(|p| absolute_location(p)).collect()
 }
 
+/// Hand a run over to the Ray driver (`python -m wasmpipe_ray`, with
+/// `WASMPIPE_PYTHON` or `python3`), this binary as the nodes' `wasmpipe`.
+fn run_on_ray(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let python = std::env::var("WASMPIPE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let program = std::env::current_exe().context("finding the wasmpipe binary for the Ray nodes")?;
+    let mut cmd = std::process::Command::new(&python);
+    cmd.args(["-m", "wasmpipe_ray", "run", &args.target, "--binary"]).arg(&program);
+    if let Some(root) = &args.from {
+        cmd.arg("--from").arg(absolute_location(root)?);
+    }
+    if let Some(store) = &args.store {
+        cmd.arg("--store").arg(absolute_location(store)?);
+    }
+    if let Some(address) = &args.ray_address {
+        cmd.args(["--address", address]);
+    }
+    if args.store_is_shared {
+        cmd.arg("--store-is-shared");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = cmd.exec();
+        anyhow::bail!(
+            "cannot start the Ray driver with {python}: {err}\n  hint: pip install engines/ray (the wasmpipe_ray package) and ray, or set WASMPIPE_PYTHON to a Python that has them"
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd.status().with_context(|| format!("starting the Ray driver with {python}"))?;
+        Ok(ExitCode::from(status.code().unwrap_or(70) as u8))
+    }
+}
+
 fn engine(arg: EngineArg) -> anyhow::Result<EngineKind> {
     Ok(match arg {
+        EngineArg::Ray => unreachable!("a Ray run is handed over before an executor starts"),
         EngineArg::Local => EngineKind::Local,
         EngineArg::Process => EngineKind::Process {
             program: std::env::current_exe().context("finding the wasmpipe binary for the process engine")?,
@@ -341,6 +387,9 @@ fn executor(
 }
 
 fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    if args.engine == EngineArg::Ray {
+        return run_on_ray(&args);
+    }
     let min_level = if args.verbose {
         Level::Debug
     } else if args.quiet {
@@ -407,7 +456,12 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     };
     if let Some(store) = &args.publish {
         let store = absolute_location(store)?;
-        println!("{}", executor.publish_plan(&plan, &Storage::new("."), &store)?);
+        let url = executor.publish_plan(&plan, &Storage::new("."), &store)?;
+        if args.json {
+            println!("{}", serde_json::json!({ "url": url, "plan": plan }));
+        } else {
+            println!("{url}");
+        }
     } else if args.json {
         println!("{}", String::from_utf8_lossy(&plan.to_json()));
     } else {
@@ -560,12 +614,24 @@ fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
     let executor = task_executor(&plan, args.store.as_deref(), LogFormat::Text)?;
     match executor.commit_stage(&plan, &args.stage, args.run_id.as_deref()) {
         Ok(report) => {
+            let json = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).ok();
+            // An aggregator's result is its model, when it published no report.
+            let result = match (&report.report, &report.model_bytes) {
+                (None, Some(bytes)) if report.kind == wasmpipe_runtime::StageKind::Aggregator => json(bytes),
+                _ => None,
+            };
             let record = serde_json::json!({
                 "stage": report.name,
+                "kind": report.kind,
                 "output": report.output,
                 "rows": report.rows_out,
+                "rows_in": report.rows_in,
                 "quarantined": report.rows_quarantined,
+                "passes": report.passes,
                 "model": report.model.as_ref().map(|m| &m.sha256),
+                "report": report.report.as_deref().and_then(|r| json(r.as_bytes())),
+                "result": result,
+                "committed_before": report.committed_before,
             });
             println!("{record}");
             Ok(ExitCode::SUCCESS)

@@ -233,6 +233,13 @@ fn registry_model(
 }
 
 impl PreparedStage<'_> {
+    /// Whether the output is committed with this stage's identity: an
+    /// identical run (or another attempt of this one) finished the stage.
+    pub fn committed(&self) -> Result<bool, StorageError> {
+        let record = self.exec.io.block_on(commit::read(&self.output))?;
+        Ok(record.is_some_and(|r| r.identity == self.output_identity))
+    }
+
     /// Tasks per fit pass: one per partition, and one for an empty input.
     pub fn fit_tasks(&self) -> usize {
         self.partitions.len().max(1)

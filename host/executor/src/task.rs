@@ -277,6 +277,23 @@ pub(crate) fn run(stage: &PreparedStage, task: TaskKind, pass: u32) -> Result<Ta
     Ok(outcome)
 }
 
+/// Record that task `task_id` completed, unless its stage is committed
+/// already (a late attempt, e.g. one stopped and resumed after its backup
+/// won): then it leaves nothing behind that the commit's clean-up, done
+/// already, would not find.
+fn write_record(
+    stage: &PreparedStage,
+    deadline: &crate::stage::Deadline,
+    task_id: &str,
+    record: &TaskRecord,
+    payload: &[u8],
+) -> Result<(), TaskFailure> {
+    if stage.committed()? {
+        return Ok(());
+    }
+    stage.block(deadline, commit::write_task(&stage.output, task_id, record, payload))
+}
+
 /// The state fit pass `pass` starts from: none for the first pass, else
 /// what the previous pass's merge carried.
 fn carry(stage: &PreparedStage, pass: u32) -> Result<Option<bytes::Bytes>, TaskFailure> {
@@ -329,7 +346,7 @@ fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcom
         Chunk::Quarantined(_) => Ok(()),
     })?;
     let state = inst.fit_close()?;
-    stage.block(&deadline, commit::write_task(&stage.output, &task_id, &TaskRecord::Fit { pass, rows }, &state))?;
+    write_record(stage, &deadline, &task_id, &TaskRecord::Fit { pass, rows }, &state)?;
     outcome.rows_in = rows;
     Ok(outcome)
 }
@@ -363,7 +380,7 @@ fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailu
             }
             outcome.fit = Some(FitStep::NextPass);
             let record = TaskRecord::Merge { pass, rows, model: None, report: None, report_json: None };
-            stage.block(&deadline, commit::write_task(&stage.output, &task_id, &record, &next))?;
+            write_record(stage, &deadline, &task_id, &record, &next)?;
             return Ok(outcome);
         }
         FitOutcome::Done(bytes) => {
@@ -403,8 +420,8 @@ fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailu
         }
     };
     // The finished fit, where transform tasks and the commit find it.
-    stage.block(&deadline, commit::write_task(&stage.output, &stage.fit_result_id(), &record, &[]))?;
-    stage.block(&deadline, commit::write_task(&stage.output, &task_id, &record, &[]))?;
+    write_record(stage, &deadline, &stage.fit_result_id(), &record, &[])?;
+    write_record(stage, &deadline, &task_id, &record, &[])?;
     Ok(outcome)
 }
 
@@ -471,7 +488,7 @@ fn combine_task(stage: &PreparedStage, pass: u32, level: u32, group: usize) -> R
     let mut inst = stage.instantiate(format!("{}[combine {level}:{group}]", stage.stage.name), &task_id)?;
     let state = fold(&mut inst, states)?;
     let record = TaskRecord::Combine { pass, level, rows };
-    stage.block(&deadline, commit::write_task(&stage.output, &task_id, &record, &state))?;
+    write_record(stage, &deadline, &task_id, &record, &state)?;
     outcome.rows_in = rows;
     Ok(outcome)
 }
@@ -522,6 +539,11 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
     let deadline = stage.wall_deadline();
     let name = OutputLayout::part(index, &task_id);
     let quarantine_name = OutputLayout::quarantine_part(index, &task_id);
+    if stage.committed()? {
+        // A late attempt: the stage committed without it.
+        outcome.resumed = true;
+        return Ok(outcome);
+    }
     let journal = Journal { run_id: task_id.clone(), objects: vec![quarantine_name.clone(), name.clone()] };
     stage.block(&deadline, commit::write_journal(&stage.output, &journal))?;
     let mut inst = stage.instantiate(format!("{}[{index}]", stage.stage.name), &task_id)?;
@@ -571,7 +593,7 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
     outcome.rows_out = part.as_ref().map_or(0, |p| p.rows);
     outcome.rows_quarantined = quarantine.as_ref().map_or(0, |p| p.rows);
     let record = TaskRecord::Transform { part, quarantine, rows_in, schema };
-    stage.block(&deadline, commit::write_task(&stage.output, &task_id, &record, &[]))?;
+    write_record(stage, &deadline, &task_id, &record, &[])?;
     Ok(outcome)
 }
 
