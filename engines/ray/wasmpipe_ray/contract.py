@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass, field
 
 #: Exit codes of `wasmpipe task`, `prepare` and `commit`.
@@ -76,6 +77,18 @@ class Wasmpipe:
     env: dict[str, str] = field(default_factory=dict)
 
     def _run(self, command: str, args: list[str]) -> str:
+        """Run a command; a transient failure (exit 75) is retried with
+        backoff, as every command of the contract may be repeated."""
+        for attempt in range(1, 5):
+            try:
+                return self._run_once(command, args)
+            except ContractError as e:
+                if e.code != EXIT_TRANSIENT or attempt == 4:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _run_once(self, command: str, args: list[str]) -> str:
         proc = subprocess.run(
             [self.binary, command, *args],
             capture_output=True,
@@ -90,12 +103,19 @@ class Wasmpipe:
             raise ContractError(command, proc.returncode, message)
         return proc.stdout
 
-    def publish_plan(self, target: str, root: str | None) -> tuple[str, dict]:
-        """Resolve a manifest (or a deployed pipeline) and keep its plan in
-        the store: its URL and the plan document."""
+    def publish_plan(
+        self, target: str, root: str | None, allow_input: list[str], allow_output: list[str]
+    ) -> tuple[str, dict]:
+        """Resolve a manifest (or a deployed pipeline), check it against
+        what the run may read and write, and keep its plan in the store: its
+        URL and the plan document."""
         args = [target, "--json", "--publish", self.store]
         if root is not None:
             args += ["--from", root]
+        for prefix in allow_input:
+            args += ["--allow-input", prefix]
+        for prefix in allow_output:
+            args += ["--allow-output", prefix]
         doc = json.loads(self._run("plan", args))
         return doc["url"], doc["plan"]
 

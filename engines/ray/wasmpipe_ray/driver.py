@@ -43,15 +43,29 @@ class StageFailed(Exception):
         self.code = code
 
 
+def _die_with_parent() -> None:
+    """In the task process: die when the Ray worker that started it dies
+    (a cancelled attempt, a lost worker), instead of running on unseen."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 @ray.remote(num_cpus=1, max_retries=RAY_MAX_RETRIES)
 def run_task(binary: str, args: list[str]) -> dict[str, Any]:
     """One `wasmpipe task` on this node: its outcome, or its exit code and
     message (a failure is a value here, so that the driver decides what to
     retry; a worker or node lost under it is Ray's to retry)."""
     if not os.path.isfile(binary):
-        binary = "wasmpipe"
+        return {"exit_code": 70, "error": f"no wasmpipe binary at {binary} on this node", "logs": ""}
     started = time.time()
-    proc = subprocess.run([binary, "task", *args], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [binary, "task", *args], capture_output=True, text=True, check=False, preexec_fn=_die_with_parent
+    )
     if proc.returncode == EXIT_OK:
         return {"outcome": json.loads(proc.stdout.strip().splitlines()[-1]), "logs": proc.stderr, "started": started}
     code = proc.returncode if proc.returncode > 0 else EXIT_TRANSIENT  # a signal: the process was lost
@@ -178,7 +192,8 @@ class Driver:
         stragglers backed up; the outcomes in order."""
         stage = tasks.stage
         window = min(self.capacity, tasks.parallelism or self.capacity)
-        pending: deque[tuple[tuple[str, int], int]] = deque((key, 1) for key in work)
+        # (task, attempt number, not before): retries wait out their backoff here.
+        pending: deque[tuple[tuple[str, int], int, float]] = deque((key, 1, 0.0) for key in work)
         running: dict[ray.ObjectRef, Attempt] = {}
         results: dict[tuple[str, int], dict[str, Any]] = {}
         attempts: dict[tuple[str, int], int] = {}
@@ -193,11 +208,17 @@ class Driver:
             running[ref] = Attempt(key, number, time.monotonic(), backup)
 
         while pending or running:
-            while pending and sum(1 for a in running.values() if not a.backup) < window:
-                key, number = pending.popleft()
-                if key not in results:
+            now = time.monotonic()
+            for _ in range(len(pending)):
+                if sum(1 for a in running.values() if not a.backup) >= window:
+                    break
+                key, number, not_before = pending.popleft()
+                if not_before > now:
+                    pending.append((key, number, not_before))
+                elif key not in results:
                     submit(key, number)
             if not running:
+                time.sleep(0.05)
                 continue
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.25)
             for ref in ready:
@@ -219,13 +240,15 @@ class Driver:
                             ray.cancel(other, force=True)
                     continue
                 code, message = answer["exit_code"], answer["error"]
-                if any(a.key == attempt.key for a in running.values()):
+                if code == EXIT_TRANSIENT and any(a.key == attempt.key for a in running.values()):
                     continue  # its other attempt may still finish
+                # A deterministic (or internal) failure fails the stage at
+                # once, whatever another attempt of the task is doing.
                 if code == EXIT_TRANSIENT and attempt.number < MAX_ATTEMPTS:
                     stats.retried += 1
                     self.log(f"[{stage}] {attempt.key[0]}: {message}; retrying (attempt {attempt.number + 1})")
-                    time.sleep(min(0.2 * 2**attempt.number, 5.0))
-                    pending.appendleft((attempt.key, attempt.number + 1))
+                    backoff = min(0.2 * 2**attempt.number, 5.0)
+                    pending.appendleft((attempt.key, attempt.number + 1, time.monotonic() + backoff))
                     continue
                 for other in running:
                     ray.cancel(other, force=True)

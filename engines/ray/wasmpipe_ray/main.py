@@ -37,11 +37,15 @@ def run_pipeline(
     store_is_shared: bool = False,
     straggler_factor: float = 3.0,
     straggler_floor_s: float = 5.0,
+    allow_input: list[str] | None = None,
+    allow_output: list[str] | None = None,
 ) -> tuple[str, list[StageSummary]]:
     """Run a pipeline (a manifest, or `NAME[@VERSION]` deployed under
     `root`) on the Ray cluster at `address`; the run id and each stage's
     summary. Raises StageFailed or ContractError."""
     binary = binary or shutil.which("wasmpipe") or "wasmpipe"
+    if not os.path.isabs(binary):
+        binary = shutil.which(binary) or binary
     if store is None:
         store = f"{root.rstrip('/')}/data" if root else "wasmpipe-data"
     store = absolute(store)
@@ -55,7 +59,7 @@ def run_pipeline(
         )
     wasmpipe = Wasmpipe(binary=binary, store=store, env=dict(os.environ))
     target = target if root else absolute(target)
-    plan_url, plan = wasmpipe.publish_plan(target, root)
+    plan_url, plan = wasmpipe.publish_plan(target, root, allow_input or [], allow_output or [])
     capacity = connect(address, dict(os.environ))
     driver = Driver(
         wasmpipe=wasmpipe,
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--address", help="the Ray cluster (default: RAY_ADDRESS, or a new one here)")
     run.add_argument("--binary", help="the wasmpipe binary on the nodes (default: wasmpipe on PATH)")
     run.add_argument("--store-is-shared", action="store_true", help="a local store path every node mounts")
+    run.add_argument("--allow-input", action="append", default=[], help="let the pipeline read below this prefix")
+    run.add_argument("--allow-output", action="append", default=[], help="let the pipeline write below this prefix")
     run.add_argument(
         "--straggler-factor",
         type=float,
@@ -106,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             store_is_shared=args.store_is_shared,
             straggler_factor=args.straggler_factor,
             straggler_floor_s=args.straggler_floor,
+            allow_input=args.allow_input,
+            allow_output=args.allow_output,
         )
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)

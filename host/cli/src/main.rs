@@ -108,9 +108,16 @@ struct PlanArgs {
     json: bool,
     /// Keep the plan under this store (`STORE/_plans/SHA256.json`, for
     /// engines whose tasks run elsewhere) and print its URL (with `--json`:
-    /// `{"url": URL, "plan": PLAN}`).
+    /// `{"url": URL, "plan": PLAN}`). The plan is checked first against
+    /// what a run may read and write (as `wasmpipe run` does).
     #[arg(long, value_name = "STORE")]
     publish: Option<String>,
+    /// With `--publish`: let the plan also read below this prefix.
+    #[arg(long, value_name = "PREFIX")]
+    allow_input: Vec<String>,
+    /// With `--publish`: let the plan also write below this prefix.
+    #[arg(long, value_name = "PREFIX")]
+    allow_output: Vec<String>,
 }
 
 /// Prepare a stage of a plan for an engine: print its tasks as JSON
@@ -331,6 +338,12 @@ fn run_on_ray(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if args.store_is_shared {
         cmd.arg("--store-is-shared");
     }
+    for prefix in allowed(&args.allow_input)? {
+        cmd.arg("--allow-input").arg(prefix);
+    }
+    for prefix in allowed(&args.allow_output)? {
+        cmd.arg("--allow-output").arg(prefix);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
@@ -440,22 +453,24 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let executor = executor(Some(1), absolute_location("wasmpipe-data")?, Level::Warn, EngineKind::Local)?;
-    let plan = match &args.from {
+    let store = absolute_location(args.publish.as_deref().unwrap_or("wasmpipe-data"))?;
+    let mut executor = executor(Some(1), store.clone(), Level::Warn, EngineKind::Local)?;
+    executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
+    let (plan, local_dir) = match &args.from {
         Some(root) => {
             let (name, version) = name_version(&args.target)?;
-            executor.deployed_plan(&absolute_location(root)?, name, version)?.0
+            (executor.deployed_plan(&absolute_location(root)?, name, version)?.0, None)
         }
         None => {
             let path = Path::new(&args.target);
             let manifest = Manifest::load(path)?;
             let base_dir = manifest_dir(path)?;
             let storage = Storage::new(&base_dir).with_options(manifest.storage.clone());
-            executor.resolve(&manifest, &storage, Some(&base_dir))?
+            (executor.resolve(&manifest, &storage, Some(&base_dir))?, Some(base_dir))
         }
     };
-    if let Some(store) = &args.publish {
-        let store = absolute_location(store)?;
+    if args.publish.is_some() {
+        executor.check_plan(&plan, local_dir.as_deref())?;
         let url = executor.publish_plan(&plan, &Storage::new("."), &store)?;
         if args.json {
             println!("{}", serde_json::json!({ "url": url, "plan": plan }));

@@ -454,3 +454,68 @@ fn a_wide_fit_merges_along_one_tree_on_every_engine() {
     // The same least-squares fit as the demo's 7 partitions.
     assert!(local_out.lines().any(|l| l == "r2 = 0.5177"), "{local_out}");
 }
+
+#[test]
+fn a_deployed_plan_runs_from_a_directory_root_and_a_tampered_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    ok(wasmpipe().args(["deploy", "examples/diabetes/wasmpipe.toml", "--to"]).arg(&root).output().unwrap());
+    let plan_file = root.join("deployments/diabetes/v1.plan.json");
+    let plan = std::fs::read_to_string(&plan_file).unwrap();
+    let from = root.display().to_string();
+    let run = |engine: &str| {
+        wasmpipe().args(["run", "diabetes", "-q", "--engine", engine, "--from", &from]).output().unwrap()
+    };
+    let (local_out, _) = ok(run("local"));
+    assert!(root.join("data/diabetes/evaluate/_wasmpipe_commit.json").is_file(), "outputs go under ROOT/data");
+    let local = snapshot_dir(&root.join("data"));
+    std::fs::remove_dir_all(root.join("data")).unwrap();
+    let (process_out, _) = ok(run("process"));
+    assert_same(&local, &snapshot_dir(&root.join("data")), "a deployed pipeline");
+    assert_eq!(
+        local_out.lines().filter(|l| l.contains(" = ")).collect::<Vec<_>>(),
+        process_out.lines().filter(|l| l.contains(" = ")).collect::<Vec<_>>()
+    );
+
+    // Whoever can write the root can write the plan: it is checked as a
+    // manifest is. A component from elsewhere, an input outside the root
+    // (spelt with `..`), an output outside the store: each is refused
+    // before anything runs.
+    let doc: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    let component = doc["stages"][0]["component"]["url"].as_str().unwrap().to_string();
+    let input = doc["stages"][0]["inputs"][0]["url"].as_str().unwrap().to_string();
+    let outside = dir.path().join("victim.wasm");
+    std::fs::copy(root.join(component.trim_start_matches("file://")), &outside).unwrap();
+    let tampered = [
+        (plan.replace(&component, &format!("file://{}", outside.display())), "pinned by SHA-256"),
+        (
+            plan.replace(
+                &input,
+                &format!("{from}/inputs/../../../etc/passwd").replace(&from, &format!("file://{from}")),
+            ),
+            "`..`",
+        ),
+        (
+            plan.replacen(
+                "\"at\": \"store\",\n        \"path\": \"diabetes/ingest\"",
+                &format!("\"at\": \"location\",\n        \"url\": \"file://{}/elsewhere\"", dir.path().display()),
+                1,
+            ),
+            "may not write to",
+        ),
+    ];
+    for (text, says) in tampered {
+        assert_ne!(text, plan, "the tampering took: {says}");
+        std::fs::write(&plan_file, &text).unwrap();
+        for engine in ["local", "process"] {
+            let out = run(engine);
+            let (_, stderr) = text_of(&out);
+            assert_eq!(out.status.code(), Some(65), "{says} on {engine}:\n{stderr}");
+            assert!(stderr.contains(says), "{says} on {engine}:\n{stderr}");
+        }
+    }
+}
+
+fn text_of(out: &Output) -> (String, String) {
+    text(out)
+}

@@ -59,6 +59,25 @@ impl Authority {
         Ok(Authority { deployed_root, outputs, inputs })
     }
 
+    /// The authority of a run of a resolved plan: deployed under
+    /// `plan_root` (its inputs confined to it), or a plan of the runner's
+    /// own; outputs under `store` and what the runner allowed.
+    pub(crate) fn of_plan(
+        plan_root: Option<&str>,
+        store: &str,
+        allow_input: &[String],
+        allow_output: &[String],
+    ) -> Result<Self, RunError> {
+        let mut authority = Authority::new(&Storage::new("."), store, None, allow_input, allow_output)?;
+        authority.deployed_root = plan_root.map(|r| r.trim_end_matches('/').to_string());
+        Ok(authority)
+    }
+
+    /// The deployment root of a deployed run.
+    pub(crate) fn deployed_root(&self) -> Option<&str> {
+        self.deployed_root.as_deref()
+    }
+
     /// Refuse an output outside the run's authority.
     pub(crate) fn check_output(&self, stage: &str, output: &Location) -> Result<(), RunError> {
         if self.outputs.iter().any(|p| within(output.url(), p)) {
@@ -91,11 +110,6 @@ impl Authority {
             allowed,
             flag: "--allow-input",
         })
-    }
-
-    /// Whether `url` lies inside the deployment root of a deployed run.
-    pub(crate) fn within_root(&self, url: &str) -> bool {
-        self.deployed_root.as_deref().is_some_and(|root| within(url, root))
     }
 }
 

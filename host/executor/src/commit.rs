@@ -39,6 +39,15 @@ fn not_ready(stage: &PreparedStage, what: String) -> RunError {
 pub(crate) fn commit_stage(stage: &PreparedStage, run_id: &str, seen: Option<Seen>) -> Result<Committed, RunError> {
     let io = &stage.exec.io;
     let storage_err = |source: StorageError| RunError::Storage { stage: stage.stage.name.clone(), source };
+    // An identical run committed it meanwhile (its clean-up took the task
+    // records): that commit is this one's.
+    if let Some(record) = io.block_on(commit::read(&stage.output)).map_err(storage_err)?
+        && record.identity == stage.output_identity
+    {
+        let (model_bytes, report) = committed_files(stage, &record).map_err(storage_err)?;
+        let fit_rows = 0;
+        return Ok(Committed { record, model_bytes, report, fit_rows });
+    }
     let fits = matches!(stage.stage.kind, StageKind::Estimator | StageKind::Aggregator) && stage.applied.is_none();
     let (mut model, mut report_files, mut report, mut fit_rows) = (None, None, None, 0);
     if fits {

@@ -290,10 +290,18 @@ fn storage_exit_code(e: &StorageError) -> u8 {
     match e {
         StorageError::Store { source, .. } if transient_source(source) => EXIT_TRANSIENT,
         StorageError::CommitConflict { .. } => EXIT_TRANSIENT,
-        StorageError::Parquet { source: parquet::errors::ParquetError::External(inner), .. }
-            if inner.downcast_ref::<object_store::Error>().is_some_and(transient_source) =>
-        {
-            EXIT_TRANSIENT
+        // A store error while writing a part reaches us through parquet,
+        // often wrapped in an io::Error by the writer's AsyncWrite.
+        StorageError::Parquet { source: parquet::errors::ParquetError::External(inner), .. } => {
+            let store = inner
+                .downcast_ref::<object_store::Error>()
+                .or_else(|| inner.downcast_ref::<std::io::Error>()?.get_ref()?.downcast_ref::<object_store::Error>());
+            match store {
+                Some(source) if !transient_source(source) => EXIT_DETERMINISTIC,
+                Some(_) => EXIT_TRANSIENT,
+                None if inner.downcast_ref::<std::io::Error>().is_some() => EXIT_TRANSIENT,
+                None => EXIT_DETERMINISTIC,
+            }
         }
         _ => EXIT_DETERMINISTIC,
     }

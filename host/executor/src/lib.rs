@@ -217,13 +217,34 @@ impl Executor {
     /// its root) may read only inside its root; any plan writes only under
     /// the store and what [`Executor::allow`] widened.
     pub fn run_plan(&self, plan: &LockedPipeline) -> Result<RunReport, RunError> {
-        let storage = match &plan.root {
-            Some(root) => Storage::at_url(root.clone()),
-            None => Storage::new("."),
-        };
-        let authority = self.authority(&storage, None)?;
+        // Every location in a plan is absolute: resolved as it is, the same
+        // here as in any process that runs its tasks.
+        let storage = Storage::new(".");
         let components = self.load_components(plan)?;
-        self.run_loaded(plan, components, &authority, &storage)
+        self.run_loaded(plan, components, &self.plan_authority(plan, None)?, &storage)
+    }
+
+    /// Refuse a plan that reads or writes outside what this executor may
+    /// (see [`Executor::run_plan`]; a plan resolved from a local manifest
+    /// in `local_dir` may also write beside it), before any of it runs.
+    pub fn check_plan(&self, plan: &LockedPipeline, local_dir: Option<&Path>) -> Result<(), RunError> {
+        plan.check(&self.plan_authority(plan, local_dir)?, &self.config.store)
+    }
+
+    fn plan_authority(
+        &self,
+        plan: &LockedPipeline,
+        local_dir: Option<&Path>,
+    ) -> Result<authority::Authority, RunError> {
+        match local_dir {
+            Some(dir) => self.authority(&Storage::new(dir), Some(dir)),
+            None => authority::Authority::of_plan(
+                plan.root.as_deref(),
+                &self.config.store,
+                &self.config.allow_input,
+                &self.config.allow_output,
+            ),
+        }
     }
 
     fn authority(&self, storage: &Storage, local_dir: Option<&Path>) -> Result<authority::Authority, RunError> {

@@ -233,6 +233,7 @@ impl LockedPipeline {
     pub fn from_json(bytes: &[u8], url: &str) -> Result<LockedPipeline, RunError> {
         let plan: LockedPipeline = serde_json::from_slice(bytes)
             .map_err(|e| RunError::Plan { url: url.into(), reason: format!("not a wasmpipe plan: {e}") })?;
+        plan.check_form(url)?;
         if plan.format != PLAN_FORMAT {
             return Err(RunError::Plan {
                 url: url.into(),
@@ -243,6 +244,50 @@ impl LockedPipeline {
             });
         }
         Ok(plan)
+    }
+
+    /// Refuse a plan whose locations are not plain absolute URLs (a
+    /// relative one, or one with `.` or `..` segments, means one thing where
+    /// it is checked and another where it is used) or whose store paths are
+    /// not `PIPELINE/STAGE` names.
+    fn check_form(&self, url: &str) -> Result<(), RunError> {
+        let bad = |what: &str, reason: &str| RunError::Plan { url: url.into(), reason: format!("{what}: {reason}") };
+        let plain_name =
+            |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        let check_url = |u: &str| -> Result<(), RunError> {
+            if !u.contains("://") {
+                return Err(bad(u, "not an absolute URL"));
+            }
+            let lower = u.to_ascii_lowercase();
+            let path = lower.split_once("://").map_or("", |(_, p)| p);
+            if path.split('/').any(|seg| seg == "." || seg == "..") || lower.contains("%2e") {
+                return Err(bad(u, "a URL in a plan has no `.` or `..` segments"));
+            }
+            Ok(())
+        };
+        let check_output = |o: &OutputRef| match o {
+            OutputRef::Store { path } => match path.split_once('/') {
+                Some((p, s)) if plain_name(p) && plain_name(s) => Ok(()),
+                _ => Err(bad(path, "a store path is PIPELINE/STAGE")),
+            },
+            OutputRef::Location { url } => check_url(url),
+        };
+        if let Some(root) = &self.root {
+            check_url(root)?;
+        }
+        for stage in &self.stages {
+            check_url(&stage.component.url)?;
+            check_output(&stage.output)?;
+            for input in &stage.inputs {
+                if let InputRef::Location { url } = input {
+                    check_url(url)?;
+                }
+            }
+            if let Some(ModelRef::Output { output, .. }) = &stage.model {
+                check_output(output)?;
+            }
+        }
+        Ok(())
     }
 
     /// The stage named `name`.
@@ -286,8 +331,20 @@ impl LockedPipeline {
                 authority.check_input(&stage.name, &at(&stage.name, url)?)?;
             }
             authority.check_output(&stage.name, &at(&stage.name, &stage.output.url(store))?)?;
-            if self.root.is_some() && !authority.within_root(&stage.component.url) {
-                return Err(RunError::Unpinned { stage: stage.name.clone(), component: stage.component.url.clone() });
+            if let Some(ModelRef::Output { output: output @ OutputRef::Store { .. }, .. }) = &stage.model {
+                authority.check_input(&stage.name, &at(&stage.name, &output.url(store))?)?;
+            }
+            // A deployed stage runs its pinned component, from exactly where
+            // deploy put it.
+            if let Some(root) = authority.deployed_root() {
+                let pinned =
+                    format!("{root}/{}", wasmpipe_storage::deployments::component_key(&stage.component.sha256));
+                if stage.component.url != pinned {
+                    return Err(RunError::Unpinned {
+                        stage: stage.name.clone(),
+                        component: stage.component.url.clone(),
+                    });
+                }
             }
         }
         Ok(())

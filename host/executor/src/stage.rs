@@ -245,10 +245,15 @@ impl PreparedStage<'_> {
         self.partitions.len().max(1)
     }
 
-    /// The identity of task `index` (`usize::MAX` for a stage-wide task),
-    /// given what else determines its output (`salt`).
+    /// The identity of task `index` (`usize::MAX` for a stage-wide task:
+    /// a combine, a merge, the fit's result, which depend on every
+    /// partition), given what else determines its output (`salt`).
     pub fn task_id(&self, index: usize, salt: &str) -> String {
-        let part = self.partitions.get(index).map(Partition::identity).unwrap_or_default();
+        let part = match self.partitions.get(index) {
+            Some(p) => p.identity(),
+            None if index == usize::MAX => self.output_identity.clone(),
+            None => String::new(),
+        };
         sha256_hex(&[self.identity.as_bytes(), part.as_bytes(), salt.as_bytes()])
     }
 

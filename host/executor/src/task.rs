@@ -251,18 +251,18 @@ pub(crate) fn run(stage: &PreparedStage, task: TaskKind, pass: u32) -> Result<Ta
     let started = Instant::now();
     let fits = matches!(stage.stage.kind, StageKind::Estimator | StageKind::Aggregator) && stage.applied.is_none();
     let transforms = matches!(stage.stage.kind, StageKind::Transformer | StageKind::Estimator);
-    let mut outcome = match task {
-        TaskKind::Fit(i) if fits && i < stage.fit_tasks() => fit_task(stage, i, pass)?,
+    let ran = match task {
+        TaskKind::Fit(i) if fits && i < stage.fit_tasks() => fit_task(stage, i, pass),
         TaskKind::Combine { level, group }
             if fits
                 && level >= 1
                 && (level as usize) < stage.merge_levels().len()
                 && group < stage.merge_levels()[level as usize] =>
         {
-            combine_task(stage, pass, level, group)?
+            combine_task(stage, pass, level, group)
         }
-        TaskKind::Merge if fits => merge_task(stage, pass)?,
-        TaskKind::Transform(i) if transforms && i < stage.partitions.len() => transform_task(stage, i)?,
+        TaskKind::Merge if fits => merge_task(stage, pass),
+        TaskKind::Transform(i) if transforms && i < stage.partitions.len() => transform_task(stage, i),
         _ => {
             return Err(TaskFailure::NoSuchTask(format!(
                 "stage {:?} ({}{}, {} partitions) has no task {task}",
@@ -272,6 +272,17 @@ pub(crate) fn run(stage: &PreparedStage, task: TaskKind, pass: u32) -> Result<Ta
                 stage.partitions.len()
             )));
         }
+    };
+    let mut outcome = match ran {
+        // The records it needs were cleaned up because an identical run (or
+        // another attempt of this one) committed the stage: a late attempt,
+        // with nothing left to do.
+        Err(TaskFailure::NotReady(_)) if stage.committed()? => {
+            let mut outcome = TaskOutcome::new(stage, task, pass, "");
+            outcome.resumed = true;
+            outcome
+        }
+        other => other?,
     };
     outcome.seconds = started.elapsed().as_secs_f64();
     Ok(outcome)
@@ -559,8 +570,9 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
             let started = Instant::now();
             let rows = quarantine::of_rows(&source, &q.rows, &q.reasons)
                 .map_err(|e| TaskFailure::Internal(format!("rendering quarantined rows: {e}")))?;
-            stage.block(&deadline, rejected.write(&rows))?;
+            // (Rendering is the stage's; the store's latency is not.)
             inst.charge(started.elapsed())?;
+            stage.block(&deadline, rejected.write(&rows))?;
         }
         Ok(())
     };
