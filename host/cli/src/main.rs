@@ -2,6 +2,7 @@
 //! in object storage, and build stage crates into components.
 
 mod generate;
+mod render;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ enum Command {
     Prepare(PrepareArgs),
     Task(TaskArgs),
     Commit(CommitArgs),
+    Render(render::RenderArgs),
     Build(BuildArgs),
     Deploy(DeployArgs),
     Deployments(DeploymentsArgs),
@@ -252,6 +254,7 @@ fn main() -> ExitCode {
         Command::Prepare(args) => prepare(args),
         Command::Task(args) => task(args),
         Command::Commit(args) => commit(args),
+        Command::Render(args) => render_jobs(args),
         Command::Build(args) => build(args),
         Command::Deploy(args) => deploy(args),
         Command::Deployments(args) => deployments(args),
@@ -622,6 +625,22 @@ fn prepare(args: PrepareArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Ok(contract_failure(e)),
     }
+}
+
+fn render_jobs(args: render::RenderArgs) -> anyhow::Result<ExitCode> {
+    let root = absolute_location(&args.from)?;
+    let store = match &args.store {
+        Some(s) => absolute_location(s)?,
+        None => format!("{}/data", root.trim_end_matches('/')),
+    };
+    let executor = executor(Some(1), store.clone(), Level::Warn, EngineKind::Local)?;
+    let (name, version) = name_version(&args.pipeline)?;
+    let (plan, _) = executor.deployed_plan(&root, name, version)?;
+    executor.check_plan(&plan, None)?;
+    for path in render::render(&executor, &plan, &store, &args)? {
+        println!("{}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {

@@ -519,3 +519,62 @@ fn a_deployed_plan_runs_from_a_directory_root_and_a_tampered_one_is_refused() {
 fn text_of(out: &Output) -> (String, String) {
     text(out)
 }
+
+/// `kubernetes-validate --strict` (offline schemas) on `files`.
+fn kubernetes_validate(files: &[String]) {
+    let tool = repo().join(".tools/venv/bin/kubernetes-validate");
+    assert!(tool.is_file(), "{} is missing: run scripts/install-test-deps.sh", tool.display());
+    let out = Command::new(tool).arg("--strict").args(files).output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "kubernetes-validate refused a rendered Job:\n{stdout}\n{stderr}");
+}
+
+#[test]
+fn kubernetes_jobs_rendered_step_by_step_and_run_as_their_pods_would_equal_a_local_run() {
+    for demo in ["diabetes", "wine"] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        ok(wasmpipe().args(["deploy", &format!("examples/{demo}/wasmpipe.toml"), "--to"]).arg(&root).output().unwrap());
+        let from = root.display().to_string();
+        ok(wasmpipe().args(["run", demo, "-q", "--from", &from]).output().unwrap());
+        let local = snapshot_dir(&root.join("data"));
+        std::fs::remove_dir_all(root.join("data")).unwrap();
+
+        let jobs_dir = dir.path().join("jobs");
+        let mut steps = 0;
+        let mut pods = 0;
+        loop {
+            steps += 1;
+            assert!(steps <= 100, "{demo}: rendering did not finish in 100 steps");
+            let (listed, _) = ok(wasmpipe()
+                .args(["render", "k8s", demo, "--from", &from, "--image", "registry.example/wasmpipe:test", "--out"])
+                .arg(&jobs_dir)
+                .output()
+                .unwrap());
+            let files: Vec<String> = listed.lines().map(String::from).collect();
+            if files.is_empty() {
+                break;
+            }
+            kubernetes_validate(&files);
+            // Apply in order, each Job to completion: every index's pod.
+            for file in &files {
+                let job: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+                assert_eq!(job["spec"]["completionMode"], "Indexed");
+                assert_eq!(job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"][0], 65);
+                let container = &job["spec"]["template"]["spec"]["containers"][0];
+                let command: Vec<String> =
+                    container["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+                assert_eq!(command[0], "wasmpipe");
+                for index in 0..job["spec"]["completions"].as_u64().unwrap() {
+                    let args: Vec<String> =
+                        command[1..].iter().map(|a| a.replace("$(JOB_COMPLETION_INDEX)", &index.to_string())).collect();
+                    let out = wasmpipe().args(&args).env("JOB_COMPLETION_INDEX", index.to_string()).output().unwrap();
+                    ok(out);
+                    pods += 1;
+                }
+            }
+        }
+        assert!(pods > 50, "{demo}: {pods} pods");
+        assert_same(&local, &snapshot_dir(&root.join("data")), &format!("{demo} as Kubernetes Jobs"));
+    }
+}

@@ -335,6 +335,22 @@ impl Executor {
         };
         let fits = matches!(locked.kind, StageKind::Estimator | StageKind::Aggregator) && prepared.applied.is_none();
         let transforms = matches!(locked.kind, StageKind::Transformer | StageKind::Estimator);
+        // How far the fit got: the merges that ran, pass by pass.
+        let (mut passes_done, mut fit_finished) = (0, false);
+        while fits && !committed && !fit_finished && passes_done < locked.limits.max_passes {
+            let merge = prepared.merge_id(passes_done);
+            match self
+                .io
+                .block_on(wasmpipe_storage::commit::read_task(&prepared.output, &merge))
+                .map_err(storage_err)?
+            {
+                Some((wasmpipe_storage::commit::TaskRecord::Merge { model, .. }, _)) => {
+                    passes_done += 1;
+                    fit_finished = model.is_some();
+                }
+                _ => break,
+            }
+        }
         Ok(StageTasks {
             format: TASK_FORMAT,
             stage: stage.to_string(),
@@ -345,6 +361,8 @@ impl Executor {
             fit_tasks: if fits { prepared.fit_tasks() } else { 0 },
             combine_levels: if fits { prepared.merge_levels()[1..].to_vec() } else { Vec::new() },
             max_passes: locked.limits.max_passes,
+            passes_done,
+            fit_finished,
             transform_tasks: if transforms { prepared.partitions.len() } else { 0 },
             parallelism: locked.limits.parallelism,
         })

@@ -122,6 +122,10 @@ pub struct StageTasks {
     pub combine_levels: Vec<usize>,
     /// Most fit passes.
     pub max_passes: u32,
+    /// Fit passes whose merge has run (a stage that fits).
+    pub passes_done: u32,
+    /// Whether the fit is finished (its last merge produced the model).
+    pub fit_finished: bool,
     /// Transform tasks (`transform:0` ..), 0 when the stage does not transform.
     pub transform_tasks: usize,
     /// Most of its tasks at once, when the stage limits it.
