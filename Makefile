@@ -3,7 +3,7 @@ CARGO ?= cargo
 WASMPIPE := target/release/wasmpipe
 STAGES := passthrough clean scaler linreg evaluate hostile baseline logreg kmeans classify_eval split minmax imputer hasher bucketizer poly onehot validate
 
-.PHONY: demo test toolchain host stages test-deps lint bench clean test-aarch64 fuzz
+.PHONY: demo test toolchain host stages test-deps lint bench clean test-aarch64 fuzz wheel
 
 ## Run the demo pipelines on the local filesystem: diabetes regression,
 ## breast-cancer binary and wine multi-class classification.
@@ -18,10 +18,16 @@ demo: stages
 test: test-deps stages lint
 	$(CARGO) test --release --workspace
 	cd stages && $(CARGO) test --workspace
+	$(MAKE) wheel
 	.tools/venv/bin/python -m pytest -q engines/ray/tests
 
 toolchain:
 	scripts/install-wasm-toolchain.sh
+
+## The `wasmpipe` binary as a Python wheel (maturin, `bindings = "bin"`),
+## in target/wheels: what a Ray node or a node image installs.
+wheel: test-deps
+	.tools/venv/bin/maturin build --release -m host/cli/Cargo.toml -o target/wheels
 
 host:
 	$(CARGO) build --release -p wasmpipe-cli
@@ -42,12 +48,13 @@ lint:
 ## Criterion benches (stage, pipeline), storage throughput on Garage
 ## (installed by test-deps) against the local filesystem, text ingest
 ## against Arrow's decoders, then logistic regression at scale against
-## scikit-learn.
+## scikit-learn, then the Ray engine against the local engine.
 bench: stages test-deps
 	$(CARGO) bench -p wasmpipe-benches --bench stage --bench pipeline
 	$(CARGO) bench -p wasmpipe-benches --bench storage
 	$(CARGO) bench -p wasmpipe-benches --bench ingest
 	$(CARGO) bench -p wasmpipe-benches --bench scale
+	.tools/venv/bin/python benches/ray_engine.py
 
 clean:
 	$(CARGO) clean

@@ -20,8 +20,8 @@ if ! "$VENV/bin/python" -c 'import moto.server, boto3' 2>/dev/null || [ ! -x "$V
 fi
 # The Ray engine (engines/ray, installed editable) and what its tests and
 # the Kubernetes rendering tests use: Ray, pytest, offline Kubernetes schemas.
-if ! "$VENV/bin/python" -c 'import ray, pytest, yaml, kubernetes_validate, wasmpipe_ray' 2>/dev/null; then
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'ray[default]' pytest pyyaml kubernetes-validate
+if ! "$VENV/bin/python" -c 'import ray, pytest, yaml, kubernetes_validate, wasmpipe_ray' 2>/dev/null || [ ! -x "$VENV/bin/maturin" ]; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'ray[default]' pytest pyyaml kubernetes-validate maturin
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e engines/ray
 fi
 
