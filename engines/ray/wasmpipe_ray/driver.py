@@ -28,6 +28,8 @@ from .contract import EXIT_DETERMINISTIC, EXIT_OK, EXIT_TRANSIENT, ContractError
 MAX_ATTEMPTS = 4
 #: Attempts Ray makes on its own when a worker or node dies under a task.
 RAY_MAX_RETRIES = 3
+#: How often a long round reports its progress (seconds).
+PROGRESS_EVERY_S = 5.0
 
 
 class StageFailed(Exception):
@@ -201,6 +203,7 @@ class Driver:
         durations: list[float] = []
         stats = RoundStats()
         started = time.monotonic()
+        progress_at = started + PROGRESS_EVERY_S
 
         def submit(key: tuple[str, int], number: int, backup: bool = False) -> None:
             attempts[key] = attempts.get(key, 0) + 1
@@ -253,6 +256,13 @@ class Driver:
                 for other in running:
                     ray.cancel(other, force=True)
                 raise StageFailed(stage, attempt.key[0], attempts[attempt.key], code, message)
+            if time.monotonic() >= progress_at:
+                progress_at = time.monotonic() + PROGRESS_EVERY_S
+                self.log(
+                    f"[{stage}] {what}: {stats.done}/{len(work)} done, {len(running)} running"
+                    + (f", {stats.retried} retried" if stats.retried else "")
+                    + (f", {stats.backups} backed up" if stats.backups else "")
+                )
             # Stragglers: once a few tasks finished, back up any task far
             # slower than the median (once per task).
             if len(durations) >= 2 and not pending:

@@ -244,6 +244,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,wasmpipe=info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal, and never with NO_COLOR.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
         .with_target(false)
         .without_time()
         .init();
@@ -378,7 +380,7 @@ fn executor(
     min_level: Level,
     engine: EngineKind,
 ) -> anyhow::Result<Executor> {
-    let color = std::io::stderr().is_terminal();
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut config = ExecutorConfig::new(store);
     config.engine = engine;
     if let Some(p) = parallelism {

@@ -26,6 +26,7 @@ fn the_binary_runs_the_demo_and_prints_the_summary() {
         assert!(stdout.contains(header), "summary lacks {header:?}:\n{stdout}");
     }
     assert!(stderr.contains("[clean[0]] kept 64 of 64 rows"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "no colour codes into a pipe:\n{stderr:?}");
     assert!(store.path().join("diabetes/evaluate/_wasmpipe_commit.json").is_file());
 }
 
