@@ -21,6 +21,9 @@ pub(crate) struct Committed {
     pub report: Option<String>,
     /// Rows the last fit pass folded (an aggregator's rows in).
     pub fit_rows: u64,
+    /// True when an identical run had committed it already: the record is
+    /// that run's.
+    pub before: bool,
 }
 
 fn not_ready(stage: &PreparedStage, what: String) -> RunError {
@@ -39,14 +42,15 @@ fn not_ready(stage: &PreparedStage, what: String) -> RunError {
 pub(crate) fn commit_stage(stage: &PreparedStage, run_id: &str, seen: Option<Seen>) -> Result<Committed, RunError> {
     let io = &stage.exec.io;
     let storage_err = |source: StorageError| RunError::Storage { stage: stage.stage.name.clone(), source };
-    // An identical run committed it meanwhile (its clean-up took the task
-    // records): that commit is this one's.
+    // An identical run committed it (its clean-up took the task records):
+    // that commit is this one's. Committing twice is harmless.
     if let Some(record) = io.block_on(commit::read(&stage.output)).map_err(storage_err)?
         && record.identity == stage.output_identity
     {
+        // Finish the clean-up, in case that run died before it.
+        io.block_on(commit::remove_unreferenced(&stage.output, &record)).map_err(storage_err)?;
         let (model_bytes, report) = committed_files(stage, &record).map_err(storage_err)?;
-        let fit_rows = 0;
-        return Ok(Committed { record, model_bytes, report, fit_rows });
+        return Ok(Committed { record, model_bytes, report, fit_rows: 0, before: true });
     }
     let fits = matches!(stage.stage.kind, StageKind::Estimator | StageKind::Aggregator) && stage.applied.is_none();
     let (mut model, mut report_files, mut report, mut fit_rows) = (None, None, None, 0);
@@ -120,7 +124,7 @@ pub(crate) fn commit_stage(stage: &PreparedStage, run_id: &str, seen: Option<See
     // there.
     register_model(stage, &record, model_bytes.as_deref(), report.as_deref()).map_err(storage_err)?;
     io.block_on(commit::write(&stage.output, &record, seen)).map_err(storage_err)?;
-    Ok(Committed { record, model_bytes, report, fit_rows })
+    Ok(Committed { record, model_bytes, report, fit_rows, before: false })
 }
 
 /// Put the model that `record` commits in the registry under the store,

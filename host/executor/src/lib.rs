@@ -376,39 +376,8 @@ impl Executor {
         let locked = plan.stage(stage)?;
         let storage = Storage::new(".");
         let prepared = stage::prepare(self, &storage, &plan, locked, self.load_component(locked)?)?;
-        // Committing twice is harmless: a stage an identical run committed
-        // is reported as it is.
-        let storage_err = |source| RunError::Storage { stage: stage.to_string(), source };
-        if let Some(record) = self.io.block_on(wasmpipe_storage::commit::read(&prepared.output)).map_err(storage_err)?
-            && record.identity == prepared.output_identity
-        {
-            self.io
-                .block_on(wasmpipe_storage::commit::remove_unreferenced(&prepared.output, &record))
-                .map_err(storage_err)?;
-            let (model_bytes, report) = commit::committed_files(&prepared, &record).map_err(storage_err)?;
-            return Ok(StageReport {
-                name: locked.name.clone(),
-                kind: locked.kind,
-                component: locked.component.sha256.clone(),
-                component_bytes: locked.component.bytes as usize,
-                tasks: 0,
-                tasks_skipped: 0,
-                passes: record.model.as_ref().map_or(0, |m| m.passes),
-                rows_in: 0,
-                rows_out: record.rows,
-                bytes_read: 0,
-                bytes_written: 0,
-                wall: started.elapsed(),
-                output: prepared.output.url().to_string(),
-                model: record.model.clone(),
-                model_bytes,
-                report,
-                applied_model: record.applied_model.clone(),
-                rows_quarantined: record.quarantine.iter().map(|p| p.rows).sum(),
-                committed_before: Some(record.run_id.clone()),
-            });
-        }
         let run_id = run_id.map_or_else(new_run_id, str::to_string);
+        // (A stage an identical run committed is reported as it is.)
         let committed = commit::commit_stage(&prepared, &run_id, None)?;
         Ok(StageReport {
             name: locked.name.clone(),
@@ -429,7 +398,7 @@ impl Executor {
             report: committed.report,
             applied_model: committed.record.applied_model.clone(),
             rows_quarantined: committed.record.quarantine.iter().map(|p| p.rows).sum(),
-            committed_before: None,
+            committed_before: committed.before.then(|| committed.record.run_id.clone()),
         })
     }
 }
