@@ -52,7 +52,7 @@ pub(crate) fn commit_stage(stage: &PreparedStage, run_id: &str, seen: Option<See
         let (model_bytes, report) = committed_files(stage, &record).map_err(storage_err)?;
         return Ok(Committed { record, model_bytes, report, fit_rows: 0, before: true });
     }
-    let fits = matches!(stage.stage.kind, StageKind::Estimator | StageKind::Aggregator) && stage.applied.is_none();
+    let fits = stage.fits();
     let (mut model, mut report_files, mut report, mut fit_rows) = (None, None, None, 0);
     if fits {
         match task::fit_result(stage).map_err(storage_err)? {
@@ -70,7 +70,7 @@ pub(crate) fn commit_stage(stage: &PreparedStage, run_id: &str, seen: Option<See
     let mut parts = Vec::new();
     let mut quarantined = Vec::new();
     let mut schemas = Vec::new();
-    if matches!(stage.stage.kind, StageKind::Transformer | StageKind::Estimator) {
+    if stage.transforms() {
         for index in 0..stage.partitions.len() {
             let task_id = transform_id(stage, index, model_id.unwrap_or_default());
             let Some(TaskRecord::Transform { part, quarantine, schema, .. }) =

@@ -281,7 +281,7 @@ fn run_stage(
     let seen = previous.map(|(_, e_tag)| e_tag);
 
     let mut outcomes: Vec<TaskOutcome> = Vec::new();
-    let fits = matches!(stage.stage.kind, StageKind::Estimator | StageKind::Aggregator) && stage.applied.is_none();
+    let fits = stage.fits();
     if fits {
         for pass in 0..stage.stage.limits.max_passes {
             let round: Vec<(TaskKind, u32)> = (0..stage.fit_tasks()).map(|i| (TaskKind::Fit(i), pass)).collect();
@@ -301,7 +301,7 @@ fn run_stage(
         }
     }
     let mut transformed = 0;
-    if matches!(stage.stage.kind, StageKind::Transformer | StageKind::Estimator) {
+    if stage.transforms() {
         let round: Vec<(TaskKind, u32)> = (0..stage.partitions.len()).map(|i| (TaskKind::Transform(i), 0)).collect();
         let done = engine.run_tasks(stage, &round)?;
         transformed = done.iter().map(|o| o.rows_in).sum();

@@ -333,8 +333,7 @@ impl Executor {
                 false
             }
         };
-        let fits = matches!(locked.kind, StageKind::Estimator | StageKind::Aggregator) && prepared.applied.is_none();
-        let transforms = matches!(locked.kind, StageKind::Transformer | StageKind::Estimator);
+        let (fits, transforms) = (prepared.fits(), prepared.transforms());
         // How far the fit got: the merges that ran, pass by pass.
         let (mut passes_done, mut fit_finished) = (0, false);
         while fits && !committed && !fit_finished && passes_done < locked.limits.max_passes {

@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use wasmpipe_manifest::{ColumnType, Format as ManifestFormat};
-use wasmpipe_runtime::{CallError, InstanceLimits, InstanceSetup, StageComponent, StageInstance, TaskInfo};
+use wasmpipe_runtime::{CallError, InstanceLimits, InstanceSetup, StageComponent, StageInstance, StageKind, TaskInfo};
 use wasmpipe_storage::commit::{self, OutputLayout, identity as sha256_hex};
 use wasmpipe_storage::read::{self, Chunk, Format, InputFile, Partition};
 use wasmpipe_storage::{Storage, StorageError};
@@ -238,6 +238,27 @@ impl PreparedStage<'_> {
     pub fn committed(&self) -> Result<bool, StorageError> {
         let record = self.exec.io.block_on(commit::read(&self.output))?;
         Ok(record.is_some_and(|r| r.identity == self.output_identity))
+    }
+
+    /// Whether the stage fits (an estimator or an aggregator that does not
+    /// apply a model fitted elsewhere).
+    pub fn fits(&self) -> bool {
+        matches!(self.stage.kind, StageKind::Estimator | StageKind::Aggregator) && self.applied.is_none()
+    }
+
+    /// Whether the stage has transform tasks.
+    pub fn transforms(&self) -> bool {
+        matches!(self.stage.kind, StageKind::Transformer | StageKind::Estimator)
+    }
+
+    /// The identity of the state fit pass `pass` starts from (`carry`).
+    pub fn carry_id(carry: Option<&[u8]>) -> String {
+        sha256_hex(&[carry.unwrap_or_default()])
+    }
+
+    /// Fit task `index` of pass `pass`, starting from the state `carry_id`.
+    pub fn fit_id(&self, index: usize, pass: u32, carry_id: &str) -> String {
+        self.task_id(index, &format!("fit pass {pass} carry {carry_id}"))
     }
 
     /// Tasks per fit pass: one per partition, and one for an empty input.

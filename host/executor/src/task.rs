@@ -24,8 +24,6 @@ use wasmpipe_storage::quarantine;
 use wasmpipe_storage::read::Chunk;
 use wasmpipe_storage::write::PartWriter;
 
-use wasmpipe_storage::commit::identity as sha256_hex;
-
 use crate::stage::{PreparedStage, content_sha256};
 use crate::{RunError, TaskFailure};
 
@@ -253,8 +251,7 @@ impl TaskOutcome {
 /// Run `task` of `stage` for fit pass `pass`.
 pub(crate) fn run(stage: &PreparedStage, task: TaskKind, pass: u32) -> Result<TaskOutcome, TaskFailure> {
     let started = Instant::now();
-    let fits = matches!(stage.stage.kind, StageKind::Estimator | StageKind::Aggregator) && stage.applied.is_none();
-    let transforms = matches!(stage.stage.kind, StageKind::Transformer | StageKind::Estimator);
+    let (fits, transforms) = (stage.fits(), stage.transforms());
     let ran = match task {
         TaskKind::Fit(i) if fits && i < stage.fit_tasks() => fit_task(stage, i, pass),
         TaskKind::Combine { level, group }
@@ -333,8 +330,7 @@ fn carry(stage: &PreparedStage, pass: u32) -> Result<Option<bytes::Bytes>, TaskF
 /// Fold partition `index` into a partial state for `pass`.
 fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcome, TaskFailure> {
     let carry = carry(stage, pass)?;
-    let carry_id = sha256_hex(&[carry.as_deref().unwrap_or_default()]);
-    let task_id = stage.task_id(index, &format!("fit pass {pass} carry {carry_id}"));
+    let task_id = stage.fit_id(index, pass, &PreparedStage::carry_id(carry.as_deref()));
     let mut outcome = TaskOutcome::new(stage, TaskKind::Fit(index), pass, &task_id);
     outcome.bytes_read = stage.partition_bytes(index);
     let io = &stage.exec.io;
@@ -380,7 +376,7 @@ fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailu
         return Ok(outcome);
     }
     let carry = carry(stage, pass)?;
-    let carry_id = sha256_hex(&[carry.as_deref().unwrap_or_default()]);
+    let carry_id = PreparedStage::carry_id(carry.as_deref());
     let top = stage.merge_levels().len() as u32 - 1;
     let (states, rows) = states_of(stage, pass, &carry_id, top, 0..stage.merge_levels()[top as usize], "the merge")?;
     outcome.rows_in = rows;
@@ -456,7 +452,7 @@ fn states_of(
     let mut rows = 0;
     for index in items {
         let id = match level {
-            0 => stage.task_id(index, &format!("fit pass {pass} carry {carry_id}")),
+            0 => stage.fit_id(index, pass, carry_id),
             _ => stage.combine_id(pass, carry_id, level, index),
         };
         match io.block_on(commit::read_task(&stage.output, &id))? {
@@ -487,7 +483,7 @@ fn fold(inst: &mut StageInstance, states: Vec<bytes::Bytes>) -> Result<Vec<u8>, 
 /// states `group * MERGE_FAN_IN ..` of the level below.
 fn combine_task(stage: &PreparedStage, pass: u32, level: u32, group: usize) -> Result<TaskOutcome, TaskFailure> {
     let carry = carry(stage, pass)?;
-    let carry_id = sha256_hex(&[carry.as_deref().unwrap_or_default()]);
+    let carry_id = PreparedStage::carry_id(carry.as_deref());
     let task_id = stage.combine_id(pass, &carry_id, level, group);
     let mut outcome = TaskOutcome::new(stage, TaskKind::Combine { level, group }, pass, &task_id);
     let io = &stage.exec.io;
