@@ -377,7 +377,15 @@ impl Storage {
         let bad_key = |k: &str, e: object_store::Error| format!("[storage.{family}] option {k:?}: {e}");
         let store: Arc<dyn ObjectStore> = match family {
             "s3" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env().with_url(&key).with_retry(retry);
+                // One `DELETE` per object, retried on 5xx like every other
+                // request. A bulk `DeleteObjects` answers 200 with per-key
+                // errors that object_store does not retry (Garage under load:
+                // "database is locked", code ServiceUnavailable), and wasmpipe
+                // deletes one object at a time anyway.
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(&key)
+                    .with_retry(retry)
+                    .with_disable_bulk_delete(true);
                 for (k, v) in &options {
                     b = b.with_config(k.parse().map_err(|e| bad_key(k, e))?, v);
                 }
