@@ -584,3 +584,51 @@ fn rows_with_a_missing_feature_are_skipped_when_fitting_and_get_null_outputs() {
         }
     }
 }
+
+/// A fit that makes several passes reads its input from storage once: the
+/// first read keeps the decoded batches and later passes, and the
+/// transform, replay them. Within a budget too small for every partition,
+/// the rest is read again. The model and the predictions do not change.
+#[test]
+fn passes_after_the_first_replay_the_decoded_input_within_the_cache_budget() {
+    let csv = data("breast_cancer.csv");
+    let features = features_of(&csv, "target");
+    let stages = format!(
+        "[stage.fit]\ncomponent = {}\ninputs = [\"stage:prep\"]\n\n[stage.fit.config]\nfeatures = {}\ntarget = \"target\"\n",
+        toml_path(&component("logreg")),
+        list(&features),
+    );
+    let text = manifest(&csv, None, 3, &stages);
+    let run_with = |cache_bytes: u64| {
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor_with(store.path(), 3, |c| c.cache_bytes = cache_bytes);
+        let report = run_text(&exec, &text, store.path()).unwrap_or_else(|e| panic!("pipeline fails: {e}"));
+        let fit = report.stages.iter().find(|s| s.name == "fit").unwrap().clone();
+        let rows = read_committed(&store.path().join("ml/fit"));
+        let decoded: usize =
+            read_committed(&store.path().join("ml/prep")).iter().map(|b| b.get_array_memory_size()).sum();
+        (fit, rows, decoded)
+    };
+    let (uncached, rows, decoded) = run_with(0);
+    assert!(uncached.passes >= 3, "a fit of several passes: {}", uncached.passes);
+    // Every pass and the transform read the input (its row groups' bytes).
+    let reads = u64::from(uncached.passes) + 1;
+    let input = uncached.bytes_read / reads;
+    assert!(input > 0 && uncached.bytes_read == input * reads, "{} bytes in {reads} reads", uncached.bytes_read);
+
+    let (cached, cached_rows, _) = run_with(64 << 20);
+    assert_eq!(cached.bytes_read, input, "read once");
+    assert_eq!(cached.model_bytes, uncached.model_bytes);
+    assert_eq!(cached_rows, rows);
+
+    // A budget for about one partition of three: the others are read again.
+    let (partly, partly_rows, _) = run_with((decoded / 2) as u64);
+    assert!(
+        input < partly.bytes_read && partly.bytes_read < uncached.bytes_read,
+        "{} of {}",
+        partly.bytes_read,
+        uncached.bytes_read
+    );
+    assert_eq!(partly.model_bytes, uncached.model_bytes);
+    assert_eq!(partly_rows, rows);
+}

@@ -49,10 +49,20 @@ pub type Logs = Arc<Mutex<Vec<(String, LogRecord)>>>;
 
 /// An executor writing under `store`, capturing every log line.
 pub fn executor(store: &Path, parallelism: usize) -> (Executor, Logs) {
+    executor_with(store, parallelism, |_| {})
+}
+
+/// [`executor`], its configuration changed by `configure` first.
+pub fn executor_with(
+    store: &Path,
+    parallelism: usize,
+    configure: impl FnOnce(&mut ExecutorConfig),
+) -> (Executor, Logs) {
     let logs: Logs = Default::default();
     let sink = logs.clone();
     let mut config = ExecutorConfig::new(store.display().to_string());
     config.parallelism = parallelism;
+    configure(&mut config);
     config.sink = Some(Arc::new(move |label: &str, r: &LogRecord| {
         sink.lock().unwrap().push((label.to_string(), r.clone()));
     }));

@@ -53,6 +53,11 @@ struct RunArgs {
     /// Most stage instances running at once (default: the number of cores).
     #[arg(long, short = 'p', env = "WASMPIPE_PARALLELISM")]
     parallelism: Option<usize>,
+    /// MiB of decoded input kept in memory for stages that read their
+    /// partitions more than once (each fit pass, then the transform), so
+    /// that later reads skip fetching and decoding; 0 turns it off.
+    #[arg(long, value_name = "MIB", env = "WASMPIPE_CACHE_MIB", default_value_t = wasmpipe_executor::DEFAULT_CACHE_MIB)]
+    cache_mib: u64,
     /// Where stages without an `output` write: a directory or URL
     /// (default: `wasmpipe-data`, or `ROOT/data` with `--from`).
     #[arg(long, env = "WASMPIPE_STORE")]
@@ -374,15 +379,18 @@ fn engine(arg: EngineArg) -> anyhow::Result<EngineKind> {
     })
 }
 
+/// An executor; `cache_mib`: see `--cache-mib`.
 fn executor(
     parallelism: Option<usize>,
     store: String,
     min_level: Level,
     engine: EngineKind,
+    cache_mib: u64,
 ) -> anyhow::Result<Executor> {
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let mut config = ExecutorConfig::new(store);
     config.engine = engine;
+    config.cache_bytes = cache_mib.saturating_mul(1 << 20);
     if let Some(p) = parallelism {
         anyhow::ensure!(p > 0, "--parallelism must be at least 1");
         config.parallelism = p;
@@ -422,7 +430,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Some(s) => absolute_location(s)?,
                 None => format!("{}/data", root.trim_end_matches('/')),
             };
-            let mut executor = executor(args.parallelism, store, min_level, engine(args.engine)?)?;
+            let mut executor = executor(args.parallelism, store, min_level, engine(args.engine)?, args.cache_mib)?;
             executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             let (name, version) = name_version(&args.target)?;
             let (_, manifest, version) = executor.deployed_manifest(&root, name, version)?;
@@ -447,7 +455,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let manifest = Manifest::load(path)?;
             let base_dir = manifest_dir(path)?;
             let store = absolute_location(args.store.as_deref().unwrap_or("wasmpipe-data"))?;
-            let mut executor = executor(args.parallelism, store, min_level, engine(args.engine)?)?;
+            let mut executor = executor(args.parallelism, store, min_level, engine(args.engine)?, args.cache_mib)?;
             executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             eprintln!("running pipeline {:?} ({} stages)", manifest.name, manifest.stages.len());
             executor.run(&manifest, &base_dir)?
@@ -459,7 +467,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let store = absolute_location(args.publish.as_deref().unwrap_or("wasmpipe-data"))?;
-    let mut executor = executor(Some(1), store.clone(), Level::Warn, EngineKind::Local)?;
+    let mut executor = executor(Some(1), store.clone(), Level::Warn, EngineKind::Local, 0)?;
     executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
     let (plan, local_dir) = match &args.from {
         Some(root) => {
@@ -567,6 +575,8 @@ fn task_executor(plan: &str, store: Option<&str>, log_format: LogFormat) -> anyh
     };
     let mut config = ExecutorConfig::new(store);
     config.parallelism = 1;
+    // One task reads its partition once.
+    config.cache_bytes = 0;
     if log_format == LogFormat::Json {
         config.sink = Some(Arc::new(|label: &str, record: &LogRecord| {
             let level = match record.level {
@@ -635,7 +645,7 @@ fn render_jobs(args: render::RenderArgs) -> anyhow::Result<ExitCode> {
         Some(s) => absolute_location(s)?,
         None => format!("{}/data", root.trim_end_matches('/')),
     };
-    let executor = executor(Some(1), store.clone(), Level::Warn, EngineKind::Local)?;
+    let executor = executor(Some(1), store.clone(), Level::Warn, EngineKind::Local, 0)?;
     let (name, version) = name_version(&args.pipeline)?;
     let (plan, _) = executor.deployed_plan(&root, name, version)?;
     executor.check_plan(&plan, None)?;
@@ -688,7 +698,7 @@ fn manifest_dir(path: &Path) -> anyhow::Result<PathBuf> {
 
 fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let to = absolute_location(&args.to)?;
-    let executor = executor(None, to.clone(), Level::Warn, EngineKind::Local)?;
+    let executor = executor(None, to.clone(), Level::Warn, EngineKind::Local, 0)?;
     let d = executor.deploy(&args.manifest, &to)?;
     for url in &d.uploaded {
         eprintln!("uploaded {url}");

@@ -26,6 +26,7 @@
 //! (`commit`).
 
 mod authority;
+mod cache;
 mod commit;
 mod deploy;
 mod engine;
@@ -54,6 +55,9 @@ pub use task::{FitStep, MERGE_FAN_IN, StageTasks, TASK_FORMAT, TaskKind, TaskOut
 pub use wasmpipe_storage::deployments::DeployedPipeline;
 pub use wasmpipe_storage::registry::{CARD_FORMAT, Evaluation, ModelCard};
 
+/// The default of [`ExecutorConfig::cache_bytes`], in MiB.
+pub const DEFAULT_CACHE_MIB: u64 = 1024;
+
 /// How to run.
 #[derive(Clone)]
 pub struct ExecutorConfig {
@@ -73,6 +77,11 @@ pub struct ExecutorConfig {
     pub allow_output: Vec<String>,
     /// What runs the tasks.
     pub engine: EngineKind,
+    /// Bytes of decoded input a run keeps in memory for the stages that
+    /// read their partitions more than once (fit passes, then transform),
+    /// so that later reads replay them instead of decoding the files
+    /// again (`--cache-mib`; 0 turns it off).
+    pub cache_bytes: u64,
 }
 
 impl ExecutorConfig {
@@ -85,6 +94,7 @@ impl ExecutorConfig {
             allow_input: Vec::new(),
             allow_output: Vec::new(),
             engine: EngineKind::Local,
+            cache_bytes: DEFAULT_CACHE_MIB << 20,
         }
     }
 }
@@ -151,6 +161,7 @@ pub struct RunReport {
 /// and run as many pipelines as needed.
 pub struct Executor {
     runtime: Arc<Runtime>,
+    cache: Arc<cache::Budget>,
     io: tokio::runtime::Runtime,
     pool: rayon::ThreadPool,
     config: ExecutorConfig,
@@ -177,7 +188,13 @@ impl Executor {
             .thread_name(|i| format!("wasmpipe-task-{i}"))
             .build()
             .expect("start the task pool");
-        Ok(Executor { runtime: Arc::new(runtime), io, pool, config: ExecutorConfig { parallelism, ..config } })
+        Ok(Executor {
+            runtime: Arc::new(runtime),
+            cache: cache::Budget::new(config.cache_bytes),
+            io,
+            pool,
+            config: ExecutorConfig { parallelism, ..config },
+        })
     }
 
     /// Widen what runs may read (from a deployment) and write: see

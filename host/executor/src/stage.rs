@@ -16,6 +16,7 @@ use wasmpipe_storage::read::{self, Chunk, Format, InputFile, Partition};
 use wasmpipe_storage::{Storage, StorageError};
 
 use crate::authority::verify_deployed_input;
+use crate::cache::PartitionCache;
 use crate::plan::{InputRef, LockedPipeline, LockedStage, ModelRef};
 use crate::{Executor, RunError, TaskFailure};
 use wasmpipe_storage::registry;
@@ -29,6 +30,16 @@ pub(crate) fn content_sha256(bytes: &[u8]) -> String {
 pub(crate) struct Deadline {
     at: Instant,
     limit_s: f64,
+}
+
+/// What reading a partition took.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Read {
+    /// Rows (and quarantined records) read.
+    pub rows: u64,
+    /// Bytes read from storage: 0 when the partition's batches were kept
+    /// from an earlier read.
+    pub bytes: u64,
 }
 
 /// A fitted model a stage applies: its bytes and hash.
@@ -57,6 +68,8 @@ pub(crate) struct PreparedStage<'a> {
     /// What it read: URLs, with the commit identity of upstream outputs.
     pub lineage: Vec<String>,
     pub applied: Option<AppliedModel>,
+    /// Partitions kept decoded for this stage's later reads.
+    pub cache: PartitionCache,
 }
 
 /// The Arrow schema a stage's declared `schema` reads text inputs as.
@@ -146,7 +159,7 @@ pub(crate) fn prepare<'a>(
         parts.extend(applied.iter().map(|m| m.sha256.clone()));
         sha256_hex(&parts.iter().map(String::as_bytes).collect::<Vec<_>>())
     };
-    Ok(PreparedStage {
+    let mut prepared = PreparedStage {
         exec,
         storage,
         plan,
@@ -159,7 +172,14 @@ pub(crate) fn prepare<'a>(
         output_identity,
         lineage,
         applied,
-    })
+        cache: PartitionCache::new(None),
+    };
+    // A stage that fits reads each partition again in its next pass and
+    // its transform tasks.
+    if exec.config.cache_bytes > 0 && prepared.fits() && (stage.limits.max_passes > 1 || prepared.transforms()) {
+        prepared.cache = PartitionCache::new(Some(exec.cache.clone()));
+    }
+    Ok(prepared)
 }
 
 /// The model that `source` names, for a stage that applies a model fitted
@@ -379,22 +399,36 @@ impl PreparedStage<'_> {
         index: usize,
         deadline: &Deadline,
         mut each: impl FnMut(Chunk) -> Result<(), TaskFailure>,
-    ) -> Result<u64, TaskFailure> {
+    ) -> Result<Read, TaskFailure> {
         let Some(part) = self.partitions.get(index) else {
-            return Ok(0);
+            return Ok(Read::default());
         };
+        let rows_of = |chunk: &Chunk| match chunk {
+            Chunk::Rows(b) | Chunk::Quarantined(b) => b.num_rows() as u64,
+        };
+        if let Some(kept) = self.cache.get(index) {
+            let mut rows = 0;
+            for chunk in kept.iter() {
+                rows += rows_of(chunk);
+                each(chunk.clone())?;
+            }
+            return Ok(Read { rows, bytes: 0 });
+        }
         let columns = self.stage.columns.as_deref();
         let mut stream =
             self.block(deadline, read::open(part, columns, self.stage.limits.batch_rows, self.schema.clone()))?;
+        let mut keeping = self.cache.keeping();
         let mut rows = 0;
         while let Some(chunk) = self.block(deadline, async { Ok::<_, StorageError>(stream.next().await) })? {
             let chunk = chunk?;
-            rows += match &chunk {
-                Chunk::Rows(b) | Chunk::Quarantined(b) => b.num_rows() as u64,
-            };
+            rows += rows_of(&chunk);
+            keeping = keeping.and_then(|k| k.add(&chunk));
             each(chunk)?;
         }
-        Ok(rows)
+        if let Some(k) = keeping {
+            k.finish(index);
+        }
+        Ok(Read { rows, bytes: part.bytes })
     }
 
     /// Where partition `index` was read from, as quarantine rows name it.
@@ -403,10 +437,5 @@ impl PreparedStage<'_> {
             Some(rg) => format!("{}#rg{rg}", p.file.location.url()),
             None => p.file.location.url().to_string(),
         })
-    }
-
-    /// Bytes partition `index` reads from storage.
-    pub fn partition_bytes(&self, index: usize) -> u64 {
-        self.partitions.get(index).map_or(0, |p| p.bytes)
     }
 }

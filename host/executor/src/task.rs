@@ -332,7 +332,6 @@ fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcom
     let carry = carry(stage, pass)?;
     let task_id = stage.fit_id(index, pass, &PreparedStage::carry_id(carry.as_deref()));
     let mut outcome = TaskOutcome::new(stage, TaskKind::Fit(index), pass, &task_id);
-    outcome.bytes_read = stage.partition_bytes(index);
     let io = &stage.exec.io;
     if let Some((TaskRecord::Fit { rows, .. }, _)) = io.block_on(commit::read_task(&stage.output, &task_id))? {
         outcome.resumed = true;
@@ -343,7 +342,7 @@ fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcom
     let mut inst = stage.instantiate(format!("{}[fit {index}]", stage.stage.name), &task_id)?;
     inst.fit_open(&stage.task_info(index, pass), carry.as_deref())?;
     let aggregator = stage.stage.kind == StageKind::Aggregator;
-    let rows = stage.each_batch(index, &deadline, |chunk| match chunk {
+    let read = stage.each_batch(index, &deadline, |chunk| match chunk {
         Chunk::Rows(batch) => Ok(inst.fit_batch(batch)?),
         // An estimator's transform tasks quarantine these; an aggregator
         // has none, and must not lose them.
@@ -357,8 +356,9 @@ fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcom
         Chunk::Quarantined(_) => Ok(()),
     })?;
     let state = inst.fit_close()?;
-    write_record(stage, &deadline, &task_id, &TaskRecord::Fit { pass, rows }, &state)?;
-    outcome.rows_in = rows;
+    write_record(stage, &deadline, &task_id, &TaskRecord::Fit { pass, rows: read.rows }, &state)?;
+    outcome.rows_in = read.rows;
+    outcome.bytes_read = read.bytes;
     Ok(outcome)
 }
 
@@ -538,7 +538,6 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
     let (model, model_id) = model_of(stage)?;
     let task_id = transform_id(stage, index, &model_id);
     let mut outcome = TaskOutcome::new(stage, TaskKind::Transform(index), 0, &task_id);
-    outcome.bytes_read = stage.partition_bytes(index);
     if let Some(TaskRecord::Transform { part, quarantine, rows_in, .. }) = completed_transform(stage, &task_id)? {
         outcome.resumed = true;
         outcome.rows_in = rows_in;
@@ -576,7 +575,7 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
         }
         Ok(())
     };
-    let rows_in = stage.each_batch(index, &deadline, |chunk| {
+    let read = stage.each_batch(index, &deadline, |chunk| {
         match chunk {
             Chunk::Rows(batch) => {
                 let out = inst.transform(batch)?;
@@ -601,7 +600,9 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
     for p in part.iter().chain(&quarantine) {
         outcome.wrote(p);
     }
+    let rows_in = read.rows;
     outcome.rows_in = rows_in;
+    outcome.bytes_read = read.bytes;
     outcome.rows_out = part.as_ref().map_or(0, |p| p.rows);
     outcome.rows_quarantined = quarantine.as_ref().map_or(0, |p| p.rows);
     let record = TaskRecord::Transform { part, quarantine, rows_in, schema };
