@@ -310,6 +310,28 @@ fn matvec_and_row_hashes_over_many_views_stop_at_the_deadline() {
 }
 
 #[test]
+fn logistic_newton_steps_over_many_views_or_classes_stop_at_the_deadline() {
+    let a = attack("logistic", 1000, "memory_mib = 64\nhost_memory_mib = 1024\ntimeout_s = 1");
+    deadline_failure(&a, 1000);
+    // 3,000 classes: a 6,000-square Hessian (288 MB) fits this budget,
+    // and its 4.5 million blocks per block of rows do not fit the time.
+    let a = attack("logistic_classes", 3000, "memory_mib = 64\nhost_memory_mib = 1024\ntimeout_s = 1");
+    deadline_failure(&a, 1000);
+}
+
+#[test]
+fn a_logistic_newton_step_whose_hessian_does_not_fit_is_refused() {
+    host_memory_failure(&attack("logistic_classes", 3000, SMALL));
+}
+
+#[test]
+fn solving_a_large_system_on_the_host_stops_at_the_deadline() {
+    // 5,000 unknowns: 200 MB of matrix in the stage, 4e10 flops to factor.
+    let a = attack("solve", 5000, "memory_mib = 512\nhost_memory_mib = 1024\ntimeout_s = 1");
+    deadline_failure(&a, 1000);
+}
+
+#[test]
 fn a_distinct_count_that_fits_stops_at_the_deadline() {
     let a = attack("distinct", 12_000_000, "memory_mib = 512\nhost_memory_mib = 2048\ntimeout_s = 0.5");
     deadline_failure(&a, 500);

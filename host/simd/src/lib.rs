@@ -11,6 +11,13 @@
 //! assert_eq!(wasmpipe_simd::dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
 //! ```
 
+mod cholesky;
+mod logistic;
+
+pub use cholesky::solve_spd;
+
+pub use logistic::{NewtonTerms, logistic_newton, logistic_scratch_bytes, pack_upper};
+
 /// Sum of `a[i] * b[i]`.
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "dot of unequal lengths");

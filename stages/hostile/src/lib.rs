@@ -23,6 +23,11 @@
 //!   counted;
 //! * `gram`: a Gram matrix of `n` views of one million-row column;
 //! * `matvec`, `hash`: the same over `n` views (columns x rows work);
+//! * `logistic`: a logistic regression Newton step over `n` views (two
+//!   classes: an `(n + 1)`-square Hessian over a million rows);
+//! * `logistic_classes`: the same over one column with `n` classes (an
+//!   `(2 n)`-square Hessian, `n^2 / 2` blocks of it per block of rows);
+//! * `solve`: an `n x n` positive definite system solved on the host;
 //! * `take`: a 1 MiB string taken `n` times;
 //! * `quarantine`: `n` rows quarantined with 32 MiB reasons;
 //! * `sleep`: a WASI sleep of `n` seconds;
@@ -146,16 +151,33 @@ impl Transformer for Hostile {
                 let count = doubled.distinct_count()?;
                 wasmpipe_sdk::fail!("counted {count} distinct values")
             }
-            "gram" | "matvec" | "hash" => {
+            "gram" | "matvec" | "hash" | "logistic" => {
                 let column = million()?;
                 let views = (0..self.0.n).map(|_| column.slice(0, column.len())).collect::<Result<Vec<_>>>()?;
                 let refs: Vec<&Column> = views.iter().collect();
                 match self.0.mode.as_str() {
                     "gram" => drop(wasmpipe_sdk::gram(&refs, &column, true)?),
                     "matvec" => drop(wasmpipe_sdk::matvec(&refs, &vec![1.0; refs.len()], 0.0)?),
+                    "logistic" => {
+                        drop(wasmpipe_sdk::logistic_newton(&refs, &column, &[0.0, 1.0], &vec![0.0; refs.len() + 1])?)
+                    }
                     _ => drop(wasmpipe_sdk::hash_rows(&refs, 7)?),
                 }
                 wasmpipe_sdk::fail!("{} over {} columns came back", self.0.mode, refs.len())
+            }
+            "logistic_classes" => {
+                let column = million()?;
+                let classes: Vec<f64> = (0..self.0.n).map(|c| c as f64).collect();
+                let weights = vec![0.0; 2 * classes.len()];
+                drop(wasmpipe_sdk::logistic_newton(&[&column], &column, &classes, &weights)?);
+                wasmpipe_sdk::fail!("a Newton step of {} classes came back", classes.len())
+            }
+            "solve" => {
+                let n = self.0.n as usize;
+                let mut a = vec![1.0; n * n];
+                (0..n).for_each(|i| a[i * n + i] = n as f64);
+                let x = wasmpipe_sdk::solve_spd(a, vec![1.0; n], n);
+                wasmpipe_sdk::fail!("a {n} x {n} system came back: {}", x.is_ok())
             }
             "take" => {
                 let long = Column::from_utf8(&[Some("y".repeat(1 << 20))])?;

@@ -63,12 +63,16 @@
 //!
 //! # Where the work runs
 //!
-//! On native host kernels: the row filter (`compare`, `is-null`, `and`,
-//! `filter`), the margins (`matvec`), the sigmoid, softmax and log-loss
-//! (`exp`, `ln`, `pow`, `clamp`, `abs`, `if-then-else`, elementwise
-//! arithmetic), the loss and gradient sums (`summarize`, `dot`), the
-//! Hessian blocks (`gram` of the columns scaled by the square roots of the
-//! row weights) and, in transform, the argmax (`compare-columns`,
+//! On native host kernels. Each Newton pass over a numeric target is one
+//! fused kernel per batch (`logistic-newton`: the row filter, margins,
+//! probabilities, loss, gradient and Hessian in one pass over the rows,
+//! block by block in cache). A string target goes through the elementwise
+//! kernels: the row filter (`compare`, `is-null`, `and`, `filter`), the
+//! margins (`matvec`), the sigmoid, softmax and log-loss (`exp`, `ln`,
+//! `pow`, `clamp`, `abs`, `if-then-else`, elementwise arithmetic), the loss
+//! and gradient sums (`summarize`, `dot`), the Hessian blocks (`gram` of
+//! the columns scaled by the square roots of the row weights). In
+//! transform, the argmax (`compare-columns`,
 //! `if-then-else`) and the class lookup (`cast`, `take`). Copied into the
 //! guest: the target in pass 0 (no kernel lists distinct values), and in
 //! every pass a string target (no kernel compares strings: the stage reads
@@ -194,6 +198,17 @@ fn usable(batch: &Batch, features: &[String], target: &str) -> Result<Batch> {
         keep = keep.and(&finite(&batch.column(name)?)?)?;
     }
     batch.filter(&keep)
+}
+
+/// The classes as numbers, when they all are.
+fn numeric(classes: &[Class]) -> Option<Vec<f64>> {
+    classes
+        .iter()
+        .map(|c| match c {
+            Class::Int(v) => Some(*v as f64),
+            Class::Str(_) => None,
+        })
+        .collect()
 }
 
 /// The named columns of `batch`, as handles.
@@ -334,8 +349,9 @@ struct Base {
 enum State {
     /// Pass 0: the distinct classes seen and the usable rows.
     Classes { classes: BTreeSet<Class>, rows: u64 },
-    /// Later passes: log-loss sum, its gradient and Hessian (row-major,
-    /// `(m p)`-square) at `carry.weights`, summed over the usable rows.
+    /// Later passes: log-loss sum, its gradient and Hessian at
+    /// `carry.weights`, summed over the usable rows. The Hessian is
+    /// `(m p)`-square and symmetric: its upper triangle, row by row.
     Newton { carry: Carry, rows: u64, loss: f64, gradient: Vec<f64>, hessian: Vec<f64> },
 }
 
@@ -369,13 +385,29 @@ impl Estimator for LogReg {
                 if n != modeled(carry.classes.len()) * (config.features.len() + 1) {
                     wasmpipe_sdk::fail!("carried {n} weights do not fit {} features", config.features.len());
                 }
-                State::Newton { carry, rows: 0, loss: 0.0, gradient: vec![0.0; n], hessian: vec![0.0; n * n] }
+                State::Newton { carry, rows: 0, loss: 0.0, gradient: vec![0.0; n], hessian: vec![0.0; n * (n + 1) / 2] }
             }
         })
     }
 
     fn update(state: &mut State, batch: &Batch) -> Result<()> {
         let config = config()?;
+        if let State::Newton { carry, rows, loss, gradient, hessian } = state
+            && let Some(classes) = numeric(&carry.classes)
+        {
+            // A numeric target: the whole step in one fused kernel, which
+            // skips the unusable rows itself.
+            let x = columns(batch, &config.features)?;
+            let y = batch.column(&config.target)?;
+            if !matches!(y.data_type(), DataType::Utf8) {
+                let terms = wasmpipe_sdk::logistic_newton(&x.iter().collect::<Vec<_>>(), &y, &classes, &carry.weights)?;
+                *rows += terms.rows;
+                *loss += terms.loss;
+                gradient.iter_mut().zip(&terms.gradient).for_each(|(g, t)| *g += t);
+                hessian.iter_mut().zip(&terms.hessian).for_each(|(h, t)| *h += t);
+                return Ok(());
+            }
+        }
         let batch = usable(batch, &config.features, &config.target)?;
         let rows = batch.num_rows();
         if rows == 0 {
@@ -387,12 +419,14 @@ impl Estimator for LogReg {
                 *seen += rows;
                 classes.extend(read_classes(&y, &config.target)?);
             }
-            State::Newton { carry, rows: seen, loss, gradient, hessian } => {
+            State::Newton { carry, rows: seen, loss, gradient, hessian: packed } => {
                 *seen += rows;
                 let x = columns(&batch, &config.features)?;
                 let p = x.len() + 1;
                 let k = carry.classes.len();
                 let m = modeled(k);
+                let mut full = vec![0.0; (m * p) * (m * p)];
+                let hessian = &mut full;
                 if m == 1 {
                     let y = indicators(&y, &carry.classes, 1..2)?.pop().expect("one mask");
                     let margins = margin(&x, &carry.weights)?;
@@ -418,6 +452,7 @@ impl Estimator for LogReg {
                         }
                     }
                 }
+                packed.iter_mut().zip(upper(&full, m * p)).for_each(|(h, v)| *h += v);
             }
         }
         Ok(())
@@ -464,6 +499,7 @@ impl Estimator for LogReg {
                     wasmpipe_sdk::fail!("no usable rows to fit");
                 }
                 let m = modeled(carry.classes.len());
+                let hessian = unpack(&hessian, m * p);
                 let (objective, gradient, hessian) = penalize(&carry.weights, loss, gradient, hessian, config.c, m, p);
                 wasmpipe_sdk::debug!("pass {pass}: objective {objective}");
                 let last = pass + 1 >= config.max_iter;
@@ -496,6 +532,26 @@ impl Estimator for LogReg {
             }
         }
     }
+}
+
+/// The upper triangle of the row-major `n x n` matrix `full`, row by row.
+fn upper(full: &[f64], n: usize) -> impl Iterator<Item = f64> + '_ {
+    (0..n).flat_map(move |a| full[a * n + a..(a + 1) * n].iter().copied())
+}
+
+/// The symmetric `n x n` matrix, row-major, whose upper triangle (row by
+/// row) is `packed`.
+fn unpack(packed: &[f64], n: usize) -> Vec<f64> {
+    let mut full = vec![0.0; n * n];
+    let mut values = packed.iter();
+    for a in 0..n {
+        for b in a..n {
+            let v = *values.next().expect("n (n + 1) / 2 values");
+            full[a * n + b] = v;
+            full[b * n + a] = v;
+        }
+    }
+    full
 }
 
 /// The penalized objective, gradient and Hessian at `weights` from the
@@ -801,6 +857,14 @@ mod tests {
         // singular along [1, 1]; g = [1, -1] is orthogonal to it.
         let s = newton_step(&[1.0, -1.0, -1.0, 1.0], &[1.0, -1.0], 1).unwrap();
         assert!((s[0] + 0.5).abs() < 1e-12 && (s[1] - 0.5).abs() < 1e-12, "{s:?}");
+    }
+
+    #[test]
+    fn a_symmetric_matrix_packs_to_its_upper_triangle_and_back() {
+        let full = vec![1.0, 2.0, 3.0, 2.0, 4.0, 5.0, 3.0, 5.0, 6.0];
+        let packed: Vec<f64> = upper(&full, 3).collect();
+        assert_eq!(packed, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(unpack(&packed, 3), full);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use wasmtime::component::Resource;
 use crate::bindings::DataType;
 use crate::bindings::WitError;
 use crate::bindings::wasmpipe::stage::kernels::{
-    self, Arith, Compare, NormalEquations as Gram, SortKey, Summary as Moments, Unary,
+    self, Arith, Compare, NewtonTerms, NormalEquations as Gram, SortKey, Summary as Moments, Unary,
 };
 use crate::budget::Ticker;
 use crate::host::{ColumnHandle, StageState};
@@ -511,6 +511,72 @@ impl kernels::Host for StageState {
         let nulls = arrays.iter().fold(None::<NullBuffer>, |acc, a| NullBuffer::union(acc.as_ref(), a.nulls()));
         self.push_kernel_column(Ok(Arc::new(Float64Array::new(y.into(), nulls))))
     }
+    fn solve_spd(&mut self, a: Vec<f64>, b: Vec<f64>) -> Result<KernelResult<std::result::Result<Vec<f64>, u32>>> {
+        let n = b.len();
+        if n.checked_mul(n) != Some(a.len()) {
+            return Ok(Err(WitError::InvalidArgument(format!(
+                "a has {} values; for {n} unknowns it must be {n} x {n}",
+                a.len()
+            ))));
+        }
+        // Factored in place: the lifted copy of `a` is all the memory it takes.
+        let mut a = a;
+        let deadline = self.budget.deadline();
+        let stop = || std::time::Instant::now() >= deadline;
+        match simd::solve_spd(&mut a, &b, &stop) {
+            Some(solved) => Ok(Ok(solved.map_err(|j| j as u32))),
+            None => Err(self.budget.overdue()),
+        }
+    }
+
+    fn logistic_newton(
+        &mut self,
+        features: Vec<Resource<ColumnHandle>>,
+        target: Resource<ColumnHandle>,
+        classes: Vec<f64>,
+        weights: Vec<f64>,
+    ) -> Result<KernelResult<NewtonTerms>> {
+        let invalid = |reason: String| Ok(Err(WitError::InvalidArgument(reason)));
+        if classes.len() < 2 {
+            return invalid(format!("{} classes: logistic regression needs two or more", classes.len()));
+        }
+        let modeled = if classes.len() == 2 { 1 } else { classes.len() };
+        let expected = modeled.checked_mul(features.len() + 1);
+        if expected != Some(weights.len()) {
+            return invalid(format!(
+                "{} weights for {} features and {} classes: give {modeled} row(s) of features + 1",
+                weights.len(),
+                features.len(),
+                classes.len()
+            ));
+        }
+        let mut columns = Vec::with_capacity(features.len() + 1);
+        for c in features.iter().chain([&target]) {
+            match self.f64_column(c)? {
+                Ok(a) => columns.push(a),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        let y = columns.pop().expect("the target");
+        for c in &columns {
+            if let Err(e) = same_len(c.as_ref(), y.as_ref()) {
+                return Ok(Err(e));
+            }
+        }
+        // The Hessian and the block buffers; the null mask when there are nulls.
+        let nulls = columns.iter().fold(y.nulls().cloned(), |acc, a| NullBuffer::union(acc.as_ref(), a.nulls()));
+        let mask_bytes = nulls.as_ref().map_or(0, |_| y.len());
+        self.budget.reserve(simd::logistic_scratch_bytes(columns.len(), modeled).saturating_add(mask_bytes))?;
+        let valid: Option<Vec<bool>> = nulls.map(|n| n.iter().collect());
+        let x: Vec<&[f64]> = columns.iter().map(|c| &c.values()[..]).collect();
+        let deadline = self.budget.deadline();
+        let stop = || std::time::Instant::now() >= deadline;
+        let Some(t) = simd::logistic_newton(&x, y.values(), valid.as_deref(), &classes, &weights, &stop) else {
+            return Err(self.budget.overdue());
+        };
+        Ok(Ok(NewtonTerms { rows: t.rows, loss: t.loss, gradient: t.gradient, hessian: t.hessian }))
+    }
+
     fn map_unary(&mut self, op: Unary, values: Resource<ColumnHandle>) -> Result<KernelResult<Resource<ColumnHandle>>> {
         let out = self.f64_column(&values)?.map(|v| match op {
             Unary::Neg => map_f64(&v, |x| -x),
@@ -1014,6 +1080,61 @@ mod host_tests {
             s.histogram(Resource::new_borrow(x.rep()), 0, 0.0, 1.0).unwrap(),
             Err(WitError::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn logistic_newton_skips_null_and_non_finite_rows_and_checks_its_arguments() {
+        let mut s = state();
+        let xv = random(3000, 5);
+        // An int target with nulls: classes 0, 1 and 2.
+        let yv: Vec<Option<i64>> = (0..3000).map(|i| if i % 17 == 0 { None } else { Some(i % 3) }).collect();
+        let x = put(&mut s, Arc::new(Float64Array::from(xv.clone())));
+        let y = put(&mut s, Arc::new(Int64Array::from(yv.clone())));
+        let b = |h: &Resource<ColumnHandle>| Resource::new_borrow(h.rep());
+        let weights = vec![0.2, -0.1, 0.0, 0.3, -0.2, 0.05];
+        let t = s.logistic_newton(vec![b(&x)], b(&y), vec![0.0, 1.0, 2.0], weights.clone()).unwrap().unwrap();
+        // The same rows, filtered here, through the fused pass directly.
+        let rows: Vec<(f64, f64)> = xv
+            .iter()
+            .zip(&yv)
+            .filter_map(|(a, c)| Some(((*a)?, (*c)? as f64)))
+            .filter(|(a, _)| a.is_finite())
+            .collect();
+        let (xs, ys): (Vec<f64>, Vec<f64>) = rows.iter().copied().unzip();
+        let want = simd::logistic_newton(&[&xs], &ys, None, &[0.0, 1.0, 2.0], &weights, &|| false).unwrap();
+        assert_eq!(t.rows as usize, rows.len());
+        // Equal to rounding: the blocks of rows differ.
+        let got = [vec![t.loss], t.gradient.clone(), t.hessian.clone()].concat();
+        let expected = [vec![want.loss], want.gradient, want.hessian].concat();
+        for (g, w) in got.iter().zip(&expected) {
+            assert!((g - w).abs() <= 1e-12 * w.abs().max(1.0), "{g} vs {w}");
+        }
+        assert_eq!(t.hessian.len(), 6 * 7 / 2);
+
+        let invalid = |r: KernelResult<NewtonTerms>| matches!(r, Err(WitError::InvalidArgument(_)));
+        assert!(invalid(s.logistic_newton(vec![b(&x)], b(&y), vec![1.0], vec![0.0, 0.0]).unwrap()));
+        assert!(invalid(s.logistic_newton(vec![b(&x)], b(&y), vec![0.0, 1.0], vec![0.0; 3]).unwrap()));
+        let short = put(&mut s, Arc::new(Float64Array::from(vec![1.0, 2.0])));
+        assert!(matches!(
+            s.logistic_newton(vec![b(&short)], b(&y), vec![0.0, 1.0], vec![0.0; 2]).unwrap(),
+            Err(WitError::LengthMismatch(_))
+        ));
+        // A Hessian past the stage's host memory budget (64 MiB here) is
+        // refused before anything is allocated.
+        let classes: Vec<f64> = (0..4000).map(f64::from).collect();
+        assert!(s.logistic_newton(vec![b(&x)], b(&y), classes, vec![0.0; 8000]).is_err());
+    }
+
+    #[test]
+    fn solve_spd_solves_names_the_singular_column_and_checks_the_shape() {
+        let mut s = state();
+        let x = s.solve_spd(vec![4.0, 2.0, 0.0, 2.0, 5.0, 1.0, 0.0, 1.0, 3.0], vec![0.0, -5.0, 7.0]).unwrap().unwrap();
+        let x = x.unwrap();
+        for (got, want) in x.iter().zip([1.0, -2.0, 3.0]) {
+            assert!((got - want).abs() < 1e-12, "{x:?}");
+        }
+        assert_eq!(s.solve_spd(vec![1.0, 1.0, 1.0, 1.0], vec![1.0, 1.0]).unwrap().unwrap(), Err(1));
+        assert!(matches!(s.solve_spd(vec![1.0; 3], vec![1.0, 1.0]).unwrap(), Err(WitError::InvalidArgument(_))));
     }
 
     #[test]
