@@ -53,9 +53,10 @@ struct RunArgs {
     /// Most stage instances running at once (default: the number of cores).
     #[arg(long, short = 'p', env = "WASMPIPE_PARALLELISM")]
     parallelism: Option<usize>,
-    /// MiB of decoded input kept in memory for stages that read their
-    /// partitions more than once (each fit pass, then the transform), so
-    /// that later reads skip fetching and decoding; 0 turns it off.
+    /// MiB of decoded input kept in memory for fits of several passes
+    /// (from their second pass, for the passes after it and the
+    /// transform), so that later reads skip fetching and decoding; 0
+    /// turns it off.
     #[arg(long, value_name = "MIB", env = "WASMPIPE_CACHE_MIB", default_value_t = wasmpipe_executor::DEFAULT_CACHE_MIB)]
     cache_mib: u64,
     /// Where stages without an `output` write: a directory or URL

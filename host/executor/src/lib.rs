@@ -77,10 +77,10 @@ pub struct ExecutorConfig {
     pub allow_output: Vec<String>,
     /// What runs the tasks.
     pub engine: EngineKind,
-    /// Bytes of decoded input a run keeps in memory for the stages that
-    /// read their partitions more than once (fit passes, then transform),
-    /// so that later reads replay them instead of decoding the files
-    /// again (`--cache-mib`; 0 turns it off).
+    /// Bytes of decoded input a run keeps in memory for fits of several
+    /// passes (from their second pass), so that later passes and the
+    /// transform replay them instead of decoding the files again
+    /// (`--cache-mib`; 0 turns it off).
     pub cache_bytes: u64,
 }
 

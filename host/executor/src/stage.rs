@@ -174,9 +174,9 @@ pub(crate) fn prepare<'a>(
         applied,
         cache: PartitionCache::new(None),
     };
-    // A stage that fits reads each partition again in its next pass and
-    // its transform tasks.
-    if exec.config.cache_bytes > 0 && prepared.fits() && (stage.limits.max_passes > 1 || prepared.transforms()) {
+    // A fit may read each partition again in later passes, and then in its
+    // transform tasks.
+    if exec.config.cache_bytes > 0 && prepared.fits() && stage.limits.max_passes > 1 {
         prepared.cache = PartitionCache::new(Some(exec.cache.clone()));
     }
     Ok(prepared)
@@ -391,12 +391,15 @@ impl PreparedStage<'_> {
 
     /// Stream partition `index` through `each`: rows, and text records
     /// that do not parse (as quarantine rows); returns the rows read, both
-    /// kinds. I/O is driven on the I/O runtime one batch at a time; `each`
+    /// kinds. Batches an earlier read kept are replayed; with `keep`, a
+    /// read from storage keeps its batches for later reads, within the
+    /// run's budget (see [`crate::cache`]). I/O is driven on the I/O runtime one batch at a time; `each`
     /// (guest code) runs outside any async context, since WASI's
     /// synchronous host calls block on their own.
     pub fn each_batch(
         &self,
         index: usize,
+        keep: bool,
         deadline: &Deadline,
         mut each: impl FnMut(Chunk) -> Result<(), TaskFailure>,
     ) -> Result<Read, TaskFailure> {
@@ -417,7 +420,7 @@ impl PreparedStage<'_> {
         let columns = self.stage.columns.as_deref();
         let mut stream =
             self.block(deadline, read::open(part, columns, self.stage.limits.batch_rows, self.schema.clone()))?;
-        let mut keeping = self.cache.keeping();
+        let mut keeping = if keep { self.cache.keeping() } else { None };
         let mut rows = 0;
         while let Some(chunk) = self.block(deadline, async { Ok::<_, StorageError>(stream.next().await) })? {
             let chunk = chunk?;

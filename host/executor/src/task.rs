@@ -342,7 +342,10 @@ fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcom
     let mut inst = stage.instantiate(format!("{}[fit {index}]", stage.stage.name), &task_id)?;
     inst.fit_open(&stage.task_info(index, pass), carry.as_deref())?;
     let aggregator = stage.stage.kind == StageKind::Aggregator;
-    let read = stage.each_batch(index, &deadline, |chunk| match chunk {
+    // From the second pass on, a fit that reads its input again is likely
+    // to go on reading it: keep it. A fit of one pass, and the transform
+    // after it, stream.
+    let read = stage.each_batch(index, pass >= 1, &deadline, |chunk| match chunk {
         Chunk::Rows(batch) => Ok(inst.fit_batch(batch)?),
         // An estimator's transform tasks quarantine these; an aggregator
         // has none, and must not lose them.
@@ -575,7 +578,7 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
         }
         Ok(())
     };
-    let read = stage.each_batch(index, &deadline, |chunk| {
+    let read = stage.each_batch(index, false, &deadline, |chunk| {
         match chunk {
             Chunk::Rows(batch) => {
                 let out = inst.transform(batch)?;
