@@ -55,6 +55,7 @@ bench: stages test-deps
 	$(CARGO) bench -p wasmpipe-benches --bench ingest
 	$(CARGO) bench -p wasmpipe-benches --bench scale
 	.tools/venv/bin/python benches/ray_engine.py
+	.tools/venv/bin/python benches/peers.py
 
 clean:
 	$(CARGO) clean

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What the tests need beyond the Rust toolchain:
 # - Python packages the tests use as independent references and readers
-#   (pyarrow, DuckDB, numpy, scikit-learn) and moto's S3 server, in a
-#   virtualenv under .tools/;
+#   (pyarrow, DuckDB, numpy, scikit-learn; Polars for the peers bench) and
+#   moto's S3 server, in a virtualenv under .tools/;
 # - Garage, a real S3-compatible server, cached outside the repository
 #   (building it takes minutes) so a re-run on the same machine is instant.
 # Idempotent, and quiet when everything is present.
@@ -12,8 +12,8 @@ VENV=.tools/venv
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import pyarrow, duckdb, numpy, sklearn' 2>/dev/null; then
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check pyarrow duckdb numpy scikit-learn
+if ! "$VENV/bin/python" -c 'import pyarrow, duckdb, numpy, sklearn, polars' 2>/dev/null; then
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check pyarrow duckdb numpy scikit-learn polars
 fi
 if ! "$VENV/bin/python" -c 'import moto.server, boto3' 2>/dev/null || [ ! -x "$VENV/bin/moto_server" ]; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'moto[server]'
