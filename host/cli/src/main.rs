@@ -243,6 +243,15 @@ struct ModelsArgs {
     store: String,
 }
 
+/// mimalloc, not glibc's malloc: decoding and writing Parquet allocate
+/// and free megabyte buffers batch after batch, which glibc serves with
+/// fresh mmaps (a page fault per 4 KiB, zeroed, then unmapped); mimalloc
+/// reuses them. Measured on the scaler over 2M and 8M rows x 10 f64: 0.68x
+/// and 0.88x the wall time, peak RSS ~160 MiB higher (not growing with the
+/// rows: freed pages are kept for 10 ms).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
