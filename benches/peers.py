@@ -1,7 +1,8 @@
 """wasmpipe against its peers on the same jobs, the same data and two
 threads each, in one run: the standard scaler (fit, transform, write) in
 wasmpipe, DuckDB, Polars and pyarrow; least squares (fit, predict, write)
-in wasmpipe, DuckDB and numpy; logistic regression (fit, predict, write)
+in wasmpipe, DuckDB and numpy, and the same fit alone (`emit_rows =
+false`; the coefficients); logistic regression (fit, predict, write)
 in wasmpipe and scikit-learn. Runs alternate tool by tool; each writes
 zstd Parquet into a fresh place; the outputs are checked equal (to 1e-9
 relative for the scaler and least squares, the same predicted classes
@@ -110,6 +111,33 @@ pq.write_table(t.append_column("prediction", pa.array(X @ beta)), sys.argv[2], c
 """,
 }
 
+# Fitting only: the coefficients, as JSON [intercept, w_1 ..].
+LSTSQ_FIT = {
+    "duckdb": """
+import sys, json, duckdb, numpy as np
+con = duckdb.connect(config={"threads": 2})
+src = sys.argv[1]
+cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM '{src}'").fetchall() if r[0].startswith("f")][:10]
+x = ["1.0"] + cols
+terms = [f"sum({a} * {b})" for i, a in enumerate(x) for b in x[i:]] + [f"sum({a} * target)" for a in x]
+row = con.execute(f"SELECT {', '.join(terms)} FROM '{src}'").fetchone()
+k = len(x); xtx = np.zeros((k, k)); it = iter(row)
+for i in range(k):
+    for j in range(i, k):
+        xtx[i, j] = xtx[j, i] = next(it)
+beta = np.linalg.solve(xtx, np.array([next(it) for _ in range(k)]))
+open(sys.argv[2], "w").write(json.dumps([float(b) for b in beta]))
+""",
+    "numpy": """
+import sys, json, numpy as np, pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+cols = [c for c in t.column_names if c.startswith("f")][:10]
+X = np.column_stack([np.ones(t.num_rows)] + [t[c].to_numpy() for c in cols])
+beta, *_ = np.linalg.lstsq(X, t["target"].to_numpy(), rcond=None)
+open(sys.argv[2], "w").write(json.dumps([float(b) for b in beta]))
+""",
+}
+
 LOGREG = {
     "sklearn": """
 import sys, numpy as np, pyarrow as pa, pyarrow.parquet as pq
@@ -138,12 +166,12 @@ def run(args: list[str]) -> tuple[float, float, int]:
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
-def manifest(work: Path, name: str, data: Path, stage: str, config: str) -> Path:
+def manifest(work: Path, name: str, data: Path, stage: str, config: str, extra: str = "") -> Path:
     path = work / f"{name}.toml"
     path.write_text(
         f'version = 1\nname = "peers"\n[defaults]\nbatch_rows = 65536\nrow_group_rows = 500000\n'
         f'memory_mib = 512\ntimeout_s = 3600\n[stage.{name}]\ncomponent = "{REPO / "stages" / stage}"\n'
-        f'inputs = ["{data}"]\n[stage.{name}.config]\n{config}\n'
+        f'inputs = ["{data}"]\n{extra}[stage.{name}.config]\n{config}\n'
     )
     return path
 
@@ -168,7 +196,7 @@ def check_equal(job: str, ours, theirs, columns: list[str], tol: float) -> None:
             sys.exit(f"{job}: column {c} differs by {worst:.3g} (relative) from the peer's")
 
 
-def bench(work: Path, job: str, data: Path, ours: Path, peers: dict[str, str]) -> list[dict]:
+def bench(work: Path, job: str, data: Path, ours: Path, peers: dict[str, str], suffix: str = ".parquet") -> list[dict]:
     """Alternate wasmpipe and each peer RUNS times; medians."""
     tools = ["wasmpipe", *peers]
     samples: dict[str, list[tuple[float, float, int]]] = {t: [] for t in tools}
@@ -180,7 +208,7 @@ def bench(work: Path, job: str, data: Path, ours: Path, peers: dict[str, str]) -
             else:
                 script = work / f"{job}-{tool}.py"
                 script.write_text(peers[tool])
-                args = [sys.executable, str(script), str(data), str(out) + ".parquet"]
+                args = [sys.executable, str(script), str(data), str(out) + suffix]
             sample = run(args)
             if r > 0:
                 samples[tool].append(sample)
@@ -223,6 +251,19 @@ def main() -> None:
             for peer in LSTSQ:
                 check_equal("lstsq", ours, pq.read_table(w / f"lstsq-{peer}-1.parquet"), ["prediction"], 1e-9)
 
+        def check_lstsq_fit(w: Path) -> None:
+            out = w / "lstsq_fit-wasmpipe-1" / "peers" / "lstsq_fit"
+            commit = json.loads((out / "_wasmpipe_commit.json").read_text())
+            if commit["parts"]:
+                sys.exit("lstsq_fit: a fit-only stage wrote rows")
+            model = json.loads((out / commit["model"]["name"]).read_text())
+            ours = [model["intercept"], *model["coefficients"]]
+            for peer in LSTSQ_FIT:
+                theirs = json.loads((w / f"lstsq_fit-{peer}-1.json").read_text())
+                worst = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours, theirs))
+                if not worst <= 1e-8:
+                    sys.exit(f"lstsq_fit: coefficients differ from {peer}'s by {worst:.3g} (relative)")
+
         def check_logreg(w: Path) -> None:
             import numpy as np
             import pyarrow.parquet as pq
@@ -245,6 +286,16 @@ def main() -> None:
         )
         results += bench(
             work,
+            "lstsq_fit",
+            reg,
+            manifest(
+                work, "lstsq_fit", reg, "linreg", f'features = {features10}\ntarget = "target"', "emit_rows = false\n"
+            ),
+            LSTSQ_FIT,
+            ".json",
+        )
+        results += bench(
+            work,
             "logreg",
             cls,
             manifest(work, "logreg", cls, "logreg", f'features = {features20}\ntarget = "target"\ntol = 1e-8'),
@@ -252,11 +303,12 @@ def main() -> None:
         )
         check_scaler(work)
         check_lstsq(work)
+        check_lstsq_fit(work)
         check_logreg(work)
 
-    lines = [f"{'job':<8} {'tool':<9} {'wall s':>7} {'cpu s':>7} {'peak MiB':>9}"]
+    lines = [f"{'job':<10} {'tool':<9} {'wall s':>7} {'cpu s':>7} {'peak MiB':>9}"]
     for r in results:
-        lines.append(f"{r['job']:<8} {r['tool']:<9} {r['wall']:>7.2f} {r['cpu']:>7.2f} {r['rss'] / 2**20:>9.0f}")
+        lines.append(f"{r['job']:<10} {r['tool']:<9} {r['wall']:>7.2f} {r['cpu']:>7.2f} {r['rss'] / 2**20:>9.0f}")
     ratios = []
     for job in dict.fromkeys(r["job"] for r in results):
         ours = next(r for r in results if r["job"] == job and r["tool"] == "wasmpipe")
@@ -270,7 +322,8 @@ def main() -> None:
         f" {THREADS} threads for every tool; zstd level 1 output; medians of {RUNS} alternating runs after a warm-up;"
         " outputs checked equal; peak RSS of the tool's process\n"
         "- every job reads the Parquet, fits, and writes every row with its result"
-        " (scaler: the scaled columns; least squares and logistic regression: the input and the prediction)\n\n"
+        " (scaler: the scaled columns; least squares and logistic regression: the input and the prediction),"
+        " but lstsq_fit, which fits only (wasmpipe: `emit_rows = false`) and gives the coefficients\n\n"
         f"```\n" + "\n".join(lines) + "\n```\n\n```\n" + "\n".join(ratios) + "\n```\n"
     )
     results_md = REPO / "benches" / "RESULTS.md"

@@ -632,3 +632,42 @@ fn passes_after_the_first_replay_the_decoded_input_within_the_cache_budget() {
     assert_eq!(partly.model_bytes, uncached.model_bytes);
     assert_eq!(partly_rows, rows);
 }
+
+/// `emit_rows = false` fits only: the same model, no transform tasks, no
+/// rows committed; a stage that would read those rows, or a stage that is
+/// not a fitting estimator, is refused before any data moves.
+#[test]
+fn a_fit_only_estimator_commits_its_model_and_no_rows() {
+    let csv = data("diabetes.csv");
+    let features = features_of(&csv, "target");
+    let fit = |extra: &str| {
+        format!(
+            "[stage.fit]\ncomponent = {}\ninputs = [\"stage:prep\"]\n{extra}\n[stage.fit.config]\nfeatures = {}\ntarget = \"target\"\n",
+            toml_path(&component("linreg")),
+            list(&features),
+        )
+    };
+    let (full, _) = run(&manifest(&csv, None, 3, &fit("")), 3);
+    let (only, store) = run(&manifest(&csv, None, 3, &fit("emit_rows = false")), 3);
+    let (full_fit, only_fit) = (&full.stages[2], &only.stages[2]);
+    assert_eq!(only_fit.model_bytes, full_fit.model_bytes, "the same model");
+    assert_eq!((only_fit.rows_out, only_fit.rows_in), (0, full_fit.rows_out), "fitted on every row, wrote none");
+    assert_eq!(only_fit.tasks, full_fit.tasks - 3, "no transform tasks");
+    let commit = commit_record(&store.path().join("ml/fit"));
+    assert_eq!(commit["parts"].as_array().map(Vec::len), Some(0), "{commit}");
+    assert!(commit["model"].is_object(), "{commit}");
+
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let reader = format!(
+        "{}\n[stage.after]\ncomponent = {}\ninputs = [\"stage:fit\"]\n",
+        manifest(&csv, None, 3, &fit("emit_rows = false")),
+        toml_path(&component("passthrough"))
+    );
+    let err = run_text(&exec, &reader, store.path()).expect_err("nothing to read").to_string();
+    assert!(err.contains("`emit_rows = false`") && err.contains("stage \"after\" reads them"), "{err}");
+    let transformer = manifest(&csv, None, 3, "").replace("[stage.prep]\n", "[stage.prep]\nemit_rows = false\n");
+    let err = run_text(&exec, &transformer, store.path()).expect_err("a transformer").to_string();
+    assert!(err.contains("is a transformer, so it would do nothing"), "{err}");
+    assert!(std::fs::read_dir(store.path()).unwrap().all(|e| e.unwrap().file_name() != "ml"), "no data moved");
+}

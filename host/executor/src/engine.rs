@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
-use wasmpipe_runtime::{Level, LogRecord, StageComponent, StageKind};
+use wasmpipe_runtime::{Level, LogRecord, StageComponent};
 use wasmpipe_storage::{Storage, commit};
 
 use crate::commit::{commit_stage, committed_files, register_model};
@@ -311,7 +311,7 @@ fn run_stage(
     let committed = commit_stage(stage, run_id, Some(seen))?;
     report.tasks = outcomes.len();
     report.tasks_skipped = outcomes.iter().filter(|o| o.resumed).count();
-    report.rows_in = if stage.stage.kind == StageKind::Aggregator { committed.fit_rows } else { transformed };
+    report.rows_in = if stage.transforms() { transformed } else { committed.fit_rows };
     report.bytes_read = outcomes.iter().map(|o| o.bytes_read).sum();
     report.bytes_written = outcomes.iter().map(|o| o.bytes_written).sum();
     report.rows_out = committed.record.rows;

@@ -76,8 +76,20 @@ pub struct LockedStage {
     /// The fitted model it applies instead of fitting one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<ModelRef>,
+    /// False for an estimator that only fits (`emit_rows = false`): no
+    /// transform tasks, no rows committed.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub emit_rows: bool,
     /// Where it writes.
     pub output: OutputRef,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// A component, by content.
@@ -434,6 +446,7 @@ impl Executor {
                 columns: spec.columns.clone(),
                 schema: spec.schema.clone(),
                 model,
+                emit_rows: spec.emit_rows,
                 output,
             });
             components.push(component);
@@ -449,6 +462,7 @@ impl Executor {
             stages,
         };
         check_models(&plan)?;
+        check_rows(&plan)?;
         Ok((plan, components))
     }
 
@@ -541,6 +555,32 @@ fn check_models(plan: &LockedPipeline) -> Result<(), RunError> {
                 };
                 return Err(model_err(format!(
                     "`model = \"stage:{up}\"`: stage {up:?} is {what}, so it commits no model\n  hint: name an estimator stage that fits (one without `model`)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `emit_rows = false` is for an estimator that fits, and a stage that
+/// only fits writes no rows for another stage to read.
+fn check_rows(plan: &LockedPipeline) -> Result<(), RunError> {
+    for stage in plan.stages.iter().filter(|s| !s.emit_rows) {
+        let invalid = |reason: String| {
+            RunError::Manifest(wasmpipe_manifest::ManifestError::Invalid(format!("stage {:?}: {reason}", stage.name)))
+        };
+        if stage.kind != StageKind::Estimator || stage.model.is_some() {
+            let what =
+                if stage.model.is_some() { "applies a model".to_string() } else { format!("is a {}", stage.kind) };
+            return Err(invalid(format!(
+                "`emit_rows = false` makes an estimator fit without writing rows, but this stage {what}, so it would do nothing\n  hint: remove `emit_rows`"
+            )));
+        }
+        for reader in &plan.stages {
+            if reader.inputs.iter().any(|i| matches!(i, InputRef::Stage { stage: up } if up == &stage.name)) {
+                return Err(invalid(format!(
+                    "`emit_rows = false`, so it writes no rows, but stage {:?} reads them (`inputs = [\"stage:{}\"]`)\n  hint: remove `emit_rows = false`, or have {:?} read what {:?} reads and apply the model with `model = \"stage:{}\"`",
+                    reader.name, stage.name, reader.name, stage.name, stage.name
                 )));
             }
         }

@@ -148,6 +148,8 @@ pub(crate) fn prepare<'a>(
         &(stage.limits.batch_rows as u64).to_le_bytes(),
         &(stage.limits.row_group_rows as u64).to_le_bytes(),
         format!("{:?} {:?}", stage.columns, stage.schema).as_bytes(),
+        // Identities of stages that write rows, the default, are as before.
+        if stage.emit_rows { b"" } else { b"fit only" },
     ]);
     let applied = match &stage.model {
         Some(source) => Some(applied_model(exec, storage, plan, stage, source, &mut lineage)?),
@@ -268,7 +270,11 @@ impl PreparedStage<'_> {
 
     /// Whether the stage has transform tasks.
     pub fn transforms(&self) -> bool {
-        matches!(self.stage.kind, StageKind::Transformer | StageKind::Estimator)
+        match self.stage.kind {
+            StageKind::Transformer => true,
+            StageKind::Estimator => self.stage.emit_rows,
+            StageKind::Aggregator => false,
+        }
     }
 
     /// The identity of the state fit pass `pass` starts from (`carry`).

@@ -341,19 +341,21 @@ fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcom
     let deadline = stage.wall_deadline();
     let mut inst = stage.instantiate(format!("{}[fit {index}]", stage.stage.name), &task_id)?;
     inst.fit_open(&stage.task_info(index, pass), carry.as_deref())?;
-    let aggregator = stage.stage.kind == StageKind::Aggregator;
+    // Records that do not parse go to the quarantine of the transform
+    // tasks; a stage without them (an aggregator, a fit-only estimator)
+    // must not lose them.
+    let quarantines = stage.transforms();
     // From the second pass on, a fit that reads its input again is likely
     // to go on reading it: keep it. A fit of one pass, and the transform
     // after it, stream.
     let read = stage.each_batch(index, pass >= 1, &deadline, |chunk| match chunk {
         Chunk::Rows(batch) => Ok(inst.fit_batch(batch)?),
-        // An estimator's transform tasks quarantine these; an aggregator
-        // has none, and must not lose them.
-        Chunk::Quarantined(rows) if aggregator => Err(TaskFailure::Storage(StorageError::Text {
+        Chunk::Quarantined(rows) if !quarantines => Err(TaskFailure::Storage(StorageError::Text {
             url: stage.source(index),
             reason: format!(
-                "{} records do not parse, and an aggregator writes no quarantine\n  hint: read the file with a transformer stage (e.g. passthrough) and aggregate its output",
-                rows.num_rows()
+                "{} records do not parse, and stage {:?} writes no rows, so no quarantine\n  hint: read the file with a transformer stage (e.g. passthrough) and fit on its output",
+                rows.num_rows(),
+                stage.stage.name
             ),
         })),
         Chunk::Quarantined(_) => Ok(()),

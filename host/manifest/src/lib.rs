@@ -154,12 +154,22 @@ pub struct Stage {
     /// and how a model fitted on a training split is applied to the test
     /// split.
     pub model: Option<ModelSource>,
+    /// Whether an estimator writes rows (its transform: predictions, scaled
+    /// columns...) besides fitting. `false` fits only: the output commits
+    /// the model and its report, no rows, and no stage may read it.
+    /// Default `true`.
+    #[serde(default = "emits_rows")]
+    pub emit_rows: bool,
     /// Overrides of `[defaults]`.
     #[serde(default)]
     pub limits: Settings,
     /// The stage's own configuration, handed to it as JSON.
     #[serde(default)]
     pub config: toml::Table,
+}
+
+fn emits_rows() -> bool {
+    true
 }
 
 /// Where a stage's code comes from.
