@@ -623,6 +623,10 @@ pub(crate) fn component_bytes(
         ComponentSource::Wasm(p) => local(p)?,
         ComponentSource::Crate(dir) => {
             let dir = local(dir)?;
+            if let Some(built) = wasmpipe_toolchain::fresh(&dir) {
+                tracing::debug!(stage, "{} is unchanged since it built {}", dir.display(), built.path.display());
+                return read_component(stage, built.path);
+            }
             let tc = match toolchain {
                 Some(tc) => tc.clone(),
                 None => {
@@ -638,6 +642,10 @@ pub(crate) fn component_bytes(
                 .path
         }
     };
+    read_component(stage, path)
+}
+
+fn read_component(stage: &str, path: PathBuf) -> Result<(Vec<u8>, PathBuf), RunError> {
     let bytes = std::fs::read(&path).map_err(|source| RunError::Load {
         stage: stage.into(),
         source: wasmpipe_runtime::RuntimeError::Read { path: path.clone(), source },

@@ -17,6 +17,8 @@ use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 
+mod fresh;
+
 /// How stage crates get compiled on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Toolchain {
@@ -110,7 +112,7 @@ pub enum ToolchainError {
 }
 
 /// A built stage component.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Built {
     /// The component file.
     pub path: PathBuf,
@@ -232,6 +234,8 @@ pub enum Progress {
     OnFailure,
 }
 
+pub use fresh::fresh;
+
 /// Compile the stage crate in `crate_dir` and return its component.
 pub fn build(crate_dir: &Path, toolchain: &Toolchain, progress: Progress) -> Result<Built, ToolchainError> {
     let manifest = crate_dir.join("Cargo.toml");
@@ -248,6 +252,8 @@ pub fn build(crate_dir: &Path, toolchain: &Toolchain, progress: Progress) -> Res
             Progress::OnFailure => Stdio::piped(),
         });
     let program = format!("{:?}", cmd.get_program());
+    // What cargo saw is what was on disk before it started.
+    let started = std::time::SystemTime::now();
     let output = cmd.output().map_err(|source| ToolchainError::Spawn { program, source })?;
     if !output.status.success() {
         let messages = String::from_utf8_lossy(&output.stderr).trim_end().to_string();
@@ -266,7 +272,7 @@ pub fn build(crate_dir: &Path, toolchain: &Toolchain, progress: Progress) -> Res
 
     let bytes = std::fs::read(&artifact).map_err(|source| ToolchainError::Io { path: artifact.clone(), source })?;
     let (path, bytes) = if !toolchain.emits_core_module() {
-        (artifact, bytes)
+        (artifact.clone(), bytes)
     } else {
         let component =
             componentize(&bytes).map_err(|reason| ToolchainError::Componentize { path: artifact.clone(), reason })?;
@@ -274,7 +280,10 @@ pub fn build(crate_dir: &Path, toolchain: &Toolchain, progress: Progress) -> Res
         std::fs::write(&out, &component).map_err(|source| ToolchainError::Io { path: out.clone(), source })?;
         (out, component)
     };
-    Ok(Built { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), path })
+    let built = Built { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), path };
+    // cargo's dep-info beside the artifact lists every source file it read.
+    fresh::remember(crate_dir, &built, &artifact.with_extension("d"), started);
+    Ok(built)
 }
 
 /// Encode a core module with wit-bindgen metadata as a component.
