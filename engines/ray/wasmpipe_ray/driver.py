@@ -153,7 +153,9 @@ class Driver:
         summary.rows_out = committed["rows"]
         summary.quarantined = committed["quarantined"]
         summary.passes = max(summary.passes, committed["passes"])
-        if tasks.kind == "aggregator" and not summary.committed_before:
+        # A stage without transform tasks (an aggregator, a fit-only
+        # estimator) reports the rows its fit read.
+        if tasks.transform_tasks == 0 and not summary.committed_before:
             summary.rows_in = committed["rows_in"]
         summary.report = committed.get("report")
         summary.result = committed.get("result")

@@ -623,10 +623,6 @@ pub(crate) fn component_bytes(
         ComponentSource::Wasm(p) => local(p)?,
         ComponentSource::Crate(dir) => {
             let dir = local(dir)?;
-            if let Some(built) = wasmpipe_toolchain::fresh(&dir) {
-                tracing::debug!(stage, "{} is unchanged since it built {}", dir.display(), built.path.display());
-                return read_component(stage, built.path);
-            }
             let tc = match toolchain {
                 Some(tc) => tc.clone(),
                 None => {
@@ -636,6 +632,10 @@ pub(crate) fn component_bytes(
                     tc
                 }
             };
+            if let Some(built) = wasmpipe_toolchain::fresh(&dir, &tc) {
+                tracing::debug!(stage, "{} is unchanged since it built {}", dir.display(), built.path.display());
+                return read_component(stage, built.path);
+            }
             tracing::info!(stage, "building {}", dir.display());
             wasmpipe_toolchain::build(&dir, &tc, wasmpipe_toolchain::Progress::OnFailure)
                 .map_err(|source| RunError::Build { stage: stage.into(), source })?

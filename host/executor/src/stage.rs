@@ -142,15 +142,17 @@ pub(crate) fn prepare<'a>(
     }
     let partitions = exec.io.block_on(read::partitions(&files)).map_err(storage_err)?;
 
-    let identity = sha256_hex(&[
-        component.hash().as_bytes(),
-        stage.config.as_bytes(),
-        &(stage.limits.batch_rows as u64).to_le_bytes(),
-        &(stage.limits.row_group_rows as u64).to_le_bytes(),
-        format!("{:?} {:?}", stage.columns, stage.schema).as_bytes(),
-        // Identities of stages that write rows, the default, are as before.
-        if stage.emit_rows { b"" } else { b"fit only" },
-    ]);
+    let batch_rows = (stage.limits.batch_rows as u64).to_le_bytes();
+    let row_group_rows = (stage.limits.row_group_rows as u64).to_le_bytes();
+    let shape = format!("{:?} {:?}", stage.columns, stage.schema);
+    let mut parts: Vec<&[u8]> =
+        vec![component.hash().as_bytes(), stage.config.as_bytes(), &batch_rows, &row_group_rows, shape.as_bytes()];
+    // (Only then: the identities of stages that write rows, the default,
+    // are what they were before `emit_rows`.)
+    if !stage.emit_rows {
+        parts.push(b"fit only");
+    }
+    let identity = sha256_hex(&parts);
     let applied = match &stage.model {
         Some(source) => Some(applied_model(exec, storage, plan, stage, source, &mut lineage)?),
         None => None,
@@ -418,6 +420,9 @@ impl PreparedStage<'_> {
         if let Some(kept) = self.cache.get(index) {
             let mut rows = 0;
             for chunk in kept.iter() {
+                if Instant::now() >= deadline.at {
+                    return Err(TaskFailure::WallClock { limit_s: deadline.limit_s });
+                }
                 rows += rows_of(chunk);
                 each(chunk.clone())?;
             }

@@ -29,13 +29,21 @@ pub struct NewtonTerms {
     pub hessian: Vec<f64>,
 }
 
-/// Bytes of scratch [`logistic_newton`] takes for `features` features and
-/// `modeled` weight rows: the Hessian and the block buffers.
+/// Bytes of scratch [`logistic_newton`] takes at most for `features`
+/// features and `modeled` weight rows: the full Hessian and its packed copy
+/// (alive together at the end), a block's Gram matrix, the gradient and the
+/// block buffers.
 pub fn logistic_scratch_bytes(features: usize, modeled: usize) -> usize {
     let p = features.saturating_add(1);
     let n = modeled.saturating_mul(p);
+    let full = n.saturating_mul(n);
+    let packed = n.saturating_mul(n.saturating_add(1)) / 2;
     let block = features.saturating_add(p).saturating_add(modeled.saturating_mul(4)).saturating_add(3);
-    n.saturating_mul(n).saturating_add(n).saturating_add(block.saturating_mul(BLOCK)).saturating_mul(8)
+    full.saturating_add(packed)
+        .saturating_add(p.saturating_mul(p))
+        .saturating_add(n)
+        .saturating_add(block.saturating_mul(BLOCK))
+        .saturating_mul(8)
 }
 
 /// The loss, gradient and Hessian of logistic regression at `weights`,

@@ -13,7 +13,9 @@
 //! belongs to, changed since that cargo started (which also covers a cargo
 //! that found the crate up to date and rewrote nothing). Anything else (a source edited,
 //! added to the build, deleted; a record or dep-info file missing or
-//! unreadable; `WASMPIPE_TOOLCHAIN` changed) goes to cargo as before.
+//! unreadable; another toolchain selected) goes to cargo as before.
+//! Not tracked: cargo configuration files, `RUSTFLAGS` and the compiler's
+//! version; after changing those, `wasmpipe build` the crate.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -21,7 +23,7 @@ use std::time::SystemTime;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::Built;
+use crate::{Built, Toolchain};
 
 /// Where the records go: `$WASMPIPE_CACHE_DIR`, `$XDG_CACHE_HOME/wasmpipe`
 /// or `~/.cache/wasmpipe`, under `builds/`.
@@ -36,20 +38,18 @@ fn records_dir() -> Option<PathBuf> {
     Some(base.join("builds"))
 }
 
-/// The record of the crate at `crate_dir`, as built with the toolchain
-/// this environment selects.
-fn record_path(crate_dir: &Path) -> Option<PathBuf> {
+/// The record of the crate at `crate_dir` built with `toolchain`.
+fn record_path(crate_dir: &Path, toolchain: &Toolchain) -> Option<PathBuf> {
     let manifest = crate_dir.join("Cargo.toml").canonicalize().ok()?;
-    let forced = std::env::var("WASMPIPE_TOOLCHAIN").unwrap_or_default();
-    let key = Sha256::digest(format!("{}\n{forced}", manifest.display()));
+    let key = Sha256::digest(format!("{}\n{toolchain:?}", manifest.display()));
     Some(records_dir()?.join(format!("{}.json", hex::encode(&key[..16]))))
 }
 
-/// Record that the crate at `crate_dir` built `built` with a cargo that
-/// started at `started`, its dep-info being `dep_info`. Best effort:
-/// without a record, the next run asks cargo.
-pub(crate) fn remember(crate_dir: &Path, built: &Built, dep_info: &Path, started: SystemTime) {
-    let Some(path) = record_path(crate_dir) else { return };
+/// Record that the crate at `crate_dir` built `built` with `toolchain`, in
+/// a cargo that started at `started`, its dep-info being `dep_info`. Best
+/// effort: without a record, the next run asks cargo.
+pub(crate) fn remember(crate_dir: &Path, toolchain: &Toolchain, built: &Built, dep_info: &Path, started: SystemTime) {
+    let Some(path) = record_path(crate_dir, toolchain) else { return };
     let Ok(since_epoch) = started.duration_since(SystemTime::UNIX_EPOCH) else { return };
     let record = json!({
         "component": built.path,
@@ -69,11 +69,12 @@ pub(crate) fn remember(crate_dir: &Path, built: &Built, dep_info: &Path, started
     }
 }
 
-/// The component the crate at `crate_dir` last built, if nothing it was
-/// built from has changed since (see the module docs); `None` means: ask
-/// cargo.
-pub fn fresh(crate_dir: &Path) -> Option<Built> {
-    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(record_path(crate_dir)?).ok()?).ok()?;
+/// The component the crate at `crate_dir` last built with `toolchain`, if
+/// nothing it was built from has changed since (see the module docs);
+/// `None` means: ask cargo.
+pub fn fresh(crate_dir: &Path, toolchain: &Toolchain) -> Option<Built> {
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(record_path(crate_dir, toolchain)?).ok()?).ok()?;
     let component = PathBuf::from(record["component"].as_str()?);
     let nanos: u128 = record["cargo_started_ns"].as_str()?.parse().ok()?;
     let built_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(nanos).ok()?);
@@ -148,6 +149,8 @@ mod tests {
         assert_eq!(dep_info_sources("nothing here"), None);
     }
 
+    const TC: Toolchain = Toolchain::Rustup { target: "wasm32-wasip2" };
+
     /// A crate "built" by hand: its sources, the component, the dep-info.
     #[test]
     fn a_build_is_reused_until_a_source_or_manifest_changes_or_the_component_does() {
@@ -170,7 +173,7 @@ mod tests {
             let started = SystemTime::now();
             std::fs::write(&out, b"\0asm component").unwrap();
             let built = Built { path: out.clone(), size: 14, sha256: hex::encode(Sha256::digest(b"\0asm component")) };
-            remember(&krate, &built, &dep_info, started);
+            remember(&krate, &TC, &built, &dep_info, started);
             built
         };
         let touch = |p: &Path| {
@@ -179,28 +182,30 @@ mod tests {
             std::fs::write(p, text).unwrap();
         };
 
-        assert!(fresh(&krate).is_none(), "never built");
+        assert!(fresh(&krate, &TC).is_none(), "never built");
         let built = build();
-        assert_eq!(fresh(&krate), Some(built.clone()));
+        assert_eq!(fresh(&krate, &TC), Some(built.clone()));
         touch(&source);
-        assert!(fresh(&krate).is_none(), "a source changed");
+        assert!(fresh(&krate, &TC).is_none(), "a source changed");
         build();
-        assert!(fresh(&krate).is_some());
+        assert!(fresh(&krate, &TC).is_some());
         touch(&krate.join("Cargo.toml"));
-        assert!(fresh(&krate).is_none(), "its manifest changed");
+        assert!(fresh(&krate, &TC).is_none(), "its manifest changed");
         build();
         std::fs::write(&out, b"\0asm other bytes").unwrap();
-        assert!(fresh(&krate).is_none(), "the component is not what was built");
+        assert!(fresh(&krate, &TC).is_none(), "the component is not what was built");
         build();
         // A cargo that found nothing to do rewrote nothing: what it saw
         // was current when it started.
         touch(&source);
         std::thread::sleep(std::time::Duration::from_millis(20));
         let built = Built { path: out.clone(), size: 14, sha256: hex::encode(Sha256::digest(b"\0asm component")) };
-        remember(&krate, &built, &dep_info, SystemTime::now());
-        assert_eq!(fresh(&krate), Some(built));
+        remember(&krate, &TC, &built, &dep_info, SystemTime::now());
+        assert_eq!(fresh(&krate, &TC), Some(built));
+        // Built with one toolchain, it is not what another would build.
+        assert!(fresh(&krate, &Toolchain::Rustup { target: "wasm32-unknown-unknown" }).is_none());
         build();
         std::fs::remove_file(&source).unwrap();
-        assert!(fresh(&krate).is_none(), "a source is gone");
+        assert!(fresh(&krate, &TC).is_none(), "a source is gone");
     }
 }

@@ -282,7 +282,7 @@ pub fn build(crate_dir: &Path, toolchain: &Toolchain, progress: Progress) -> Res
     };
     let built = Built { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), path };
     // cargo's dep-info beside the artifact lists every source file it read.
-    fresh::remember(crate_dir, &built, &artifact.with_extension("d"), started);
+    fresh::remember(crate_dir, toolchain, &built, &artifact.with_extension("d"), started);
     Ok(built)
 }
 

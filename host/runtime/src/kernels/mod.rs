@@ -519,7 +519,9 @@ impl kernels::Host for StageState {
                 a.len()
             ))));
         }
-        // Factored in place: the lifted copy of `a` is all the memory it takes.
+        // Factored in place: the lifted copy of `a`, and the solution, are
+        // all the memory it takes; they count against the budget.
+        self.budget.reserve(a.len().saturating_add(b.len()).saturating_mul(8))?;
         let mut a = a;
         let deadline = self.budget.deadline();
         let stop = || std::time::Instant::now() >= deadline;
@@ -563,10 +565,18 @@ impl kernels::Host for StageState {
                 return Ok(Err(e));
             }
         }
-        // The Hessian and the block buffers; the null mask when there are nulls.
-        let nulls = columns.iter().fold(y.nulls().cloned(), |acc, a| NullBuffer::union(acc.as_ref(), a.nulls()));
-        let mask_bytes = nulls.as_ref().map_or(0, |_| y.len());
-        self.budget.reserve(simd::logistic_scratch_bytes(columns.len(), modeled).saturating_add(mask_bytes))?;
+        // The Hessian and the block buffers, and the null masks (a bitmap
+        // and a byte per row), checked before any of it is made; combining
+        // the features' null masks is work over every column.
+        let n = y.len();
+        let masks = n.div_ceil(8).saturating_mul(2).saturating_add(n);
+        self.budget.reserve(simd::logistic_scratch_bytes(columns.len(), modeled).saturating_add(masks))?;
+        let mut nulls = y.nulls().cloned();
+        let mut ticker = Ticker::new(&mut self.budget);
+        for a in &columns {
+            nulls = NullBuffer::union(nulls.as_ref(), a.nulls());
+            ticker.tick(n)?;
+        }
         let valid: Option<Vec<bool>> = nulls.map(|n| n.iter().collect());
         let x: Vec<&[f64]> = columns.iter().map(|c| &c.values()[..]).collect();
         let deadline = self.budget.deadline();
