@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from results_md import replace_section
 
 REPO = Path(__file__).resolve().parent.parent
 WASMPIPE = REPO / "target" / "release" / "wasmpipe"
@@ -84,9 +85,11 @@ w.close()
 """,
 }
 
-LSTSQ = {
-    "duckdb": """
-import sys, duckdb, numpy as np
+# Least squares in DuckDB: X^T X and X^T y as SQL sums over the file, then
+# the 11 x 11 solve in numpy (`beta`: intercept first); the peers go on
+# from there.
+DUCKDB_NORMAL_EQUATIONS = """
+import sys, json, duckdb, numpy as np
 con = duckdb.connect(config={"threads": 2})
 src = sys.argv[1]
 cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM '{src}'").fetchall() if r[0].startswith("f")][:10]
@@ -98,6 +101,11 @@ for i in range(k):
     for j in range(i, k):
         xtx[i, j] = xtx[j, i] = next(it)
 beta = np.linalg.solve(xtx, np.array([next(it) for _ in range(k)]))
+"""
+
+LSTSQ = {
+    "duckdb": DUCKDB_NORMAL_EQUATIONS
+    + """
 pred = " + ".join([repr(float(beta[0]))] + [f"{float(beta[j + 1])!r} * {c}" for j, c in enumerate(cols)])
 con.execute(f"COPY (SELECT *, {pred} AS prediction FROM '{src}') TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)")
 """,
@@ -113,19 +121,8 @@ pq.write_table(t.append_column("prediction", pa.array(X @ beta)), sys.argv[2], c
 
 # Fitting only: the coefficients, as JSON [intercept, w_1 ..].
 LSTSQ_FIT = {
-    "duckdb": """
-import sys, json, duckdb, numpy as np
-con = duckdb.connect(config={"threads": 2})
-src = sys.argv[1]
-cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM '{src}'").fetchall() if r[0].startswith("f")][:10]
-x = ["1.0"] + cols
-terms = [f"sum({a} * {b})" for i, a in enumerate(x) for b in x[i:]] + [f"sum({a} * target)" for a in x]
-row = con.execute(f"SELECT {', '.join(terms)} FROM '{src}'").fetchone()
-k = len(x); xtx = np.zeros((k, k)); it = iter(row)
-for i in range(k):
-    for j in range(i, k):
-        xtx[i, j] = xtx[j, i] = next(it)
-beta = np.linalg.solve(xtx, np.array([next(it) for _ in range(k)]))
+    "duckdb": DUCKDB_NORMAL_EQUATIONS
+    + """
 open(sys.argv[2], "w").write(json.dumps([float(b) for b in beta]))
 """,
     "numpy": """
@@ -326,10 +323,7 @@ def main() -> None:
         " but lstsq_fit, which fits only (wasmpipe: `emit_rows = false`) and gives the coefficients\n\n"
         f"```\n" + "\n".join(lines) + "\n```\n\n```\n" + "\n".join(ratios) + "\n```\n"
     )
-    results_md = REPO / "benches" / "RESULTS.md"
-    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
-    text = re.sub(r"\n## Peers\n.*?(?=\n## |\Z)", "", text, flags=re.S)
-    results_md.write_text(text.rstrip("\n") + "\n\n" + section)
+    replace_section("Peers", section)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_md import replace_section
+
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 from ray.cluster_utils import Cluster  # noqa: E402
 
@@ -119,10 +121,7 @@ def main() -> None:
         "- overhead per task = (Ray wall - local wall) / tasks x CPUs: the time a worker spends per task beyond the task itself\n\n"
         f"```\n{table}\n```\n"
     )
-    results_md = REPO / "benches" / "RESULTS.md"
-    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
-    text = re.sub(r"\n## Ray engine\n.*?(?=\n## |\Z)", "", text, flags=re.S)
-    results_md.write_text(text.rstrip("\n") + "\n\n" + section)
+    replace_section("Ray engine", section)
 
 
 if __name__ == "__main__":
