@@ -47,12 +47,19 @@ pub struct Conditional {
 #[derive(Debug)]
 struct Backend {
     store: Arc<dyn ObjectStore>,
+    /// The same store, when it is the local filesystem.
+    local: Option<Arc<LocalFileSystem>>,
     conditional: tokio::sync::OnceCell<Conditional>,
 }
 
 impl Backend {
     fn new(store: Arc<dyn ObjectStore>) -> Arc<Backend> {
-        Arc::new(Backend { store, conditional: tokio::sync::OnceCell::new() })
+        Arc::new(Backend { store, local: None, conditional: tokio::sync::OnceCell::new() })
+    }
+
+    fn local(fs: LocalFileSystem) -> Arc<Backend> {
+        let fs = Arc::new(fs);
+        Arc::new(Backend { store: fs.clone(), local: Some(fs), conditional: tokio::sync::OnceCell::new() })
     }
 }
 
@@ -99,6 +106,13 @@ impl Location {
             None => path.to_string(),
         };
         Location { backend: self.backend.clone(), path, url }
+    }
+
+    /// The file this location names, when it is on the local filesystem
+    /// (where reads can follow the file page by page instead of fetching
+    /// byte ranges whole).
+    pub fn local_file(&self) -> Option<PathBuf> {
+        self.backend.local.as_ref()?.path_to_filesystem(&self.path).ok()
     }
 
     /// The last segment of the path.
@@ -258,7 +272,7 @@ impl Storage {
             options: StoreOptions::new(),
             // Deleting the last object of a directory removes the directory, as
             // on an object store.
-            local: Backend::new(Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))),
+            local: Backend::local(LocalFileSystem::new().with_automatic_cleanup(true)),
             cloud: Mutex::new(HashMap::new()),
         }
     }

@@ -10,8 +10,9 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
 use crate::commit::{self, CommitRecord};
@@ -386,25 +387,58 @@ pub async fn open(
                 None => load_metadata(&part.file, &mut parquet_reader(&part.file)).await?,
             };
             let width = columns.map_or(metadata.parquet_schema().num_columns(), <[String]>::len);
+            let projection = match columns {
+                Some(cols) => ProjectionMask::roots(metadata.parquet_schema(), project(metadata.schema(), cols, &url)?),
+                None => ProjectionMask::all(),
+            };
+            let row_groups = part.row_group.map(|rg| vec![rg]);
+            let batch_size = crate::rows_for_width(batch_rows, width);
+            let parquet_err = |url: &str, source| StorageError::Parquet { url: url.to_string(), source };
+            // A local file is read page by page as the decoder asks for
+            // each (a page per column at a time); any other store with
+            // ranged GETs of the row group's column chunks, fetched whole.
+            if let Some(path) = part.file.location.local_file() {
+                let file = std::fs::File::open(&path).map_err(|source| match source.kind() {
+                    std::io::ErrorKind::NotFound => StorageError::NotFound { url: url.to_string() },
+                    _ => StorageError::Store {
+                        url: url.to_string(),
+                        source: object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) },
+                    },
+                })?;
+                let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
+                    .with_batch_size(batch_size)
+                    .with_projection(projection);
+                if let Some(rgs) = row_groups {
+                    builder = builder.with_row_groups(rgs);
+                }
+                let mut reader = builder.build().map_err(|e| parquet_err(&url, e))?;
+                let batches = std::iter::from_fn(move || {
+                    // parquet-rs asserts on some malformed pages instead of
+                    // failing (fuzzing found one in its definition levels):
+                    // such a file ends in an error naming it, like any other
+                    // corrupt file.
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next())) {
+                        Ok(None) => None,
+                        Ok(Some(Ok(b))) => Some(Ok(Chunk::Rows(b))),
+                        Ok(Some(Err(e))) => Some(Err(parquet_err(&url, ParquetError::ArrowError(e.to_string())))),
+                        Err(panic) => Some(Err(malformed(&url, panic))),
+                    }
+                });
+                return Ok(futures::stream::iter(batches).boxed());
+            }
             let mut builder =
                 ParquetRecordBatchStreamBuilder::new_with_metadata(parquet_reader(&part.file), metadata.clone())
-                    .with_batch_size(crate::rows_for_width(batch_rows, width));
-            if let Some(cols) = columns {
-                let indices = project(metadata.schema(), cols, &url)?;
-                builder = builder.with_projection(ProjectionMask::roots(metadata.parquet_schema(), indices));
+                    .with_batch_size(batch_size)
+                    .with_projection(projection);
+            if let Some(rgs) = row_groups {
+                builder = builder.with_row_groups(rgs);
             }
-            if let Some(rg) = part.row_group {
-                builder = builder.with_row_groups(vec![rg]);
-            }
-            let stream = builder.build().map_err(|source| StorageError::Parquet { url: url.to_string(), source })?;
-            // parquet-rs asserts on some malformed pages instead of failing
-            // (fuzzing found one in its definition levels): such a file
-            // ends in an error naming it, like any other corrupt file.
+            let stream = builder.build().map_err(|e| parquet_err(&url, e))?;
             Ok(std::panic::AssertUnwindSafe(stream)
                 .catch_unwind()
                 .map(move |b| match b {
                     Ok(Ok(b)) => Ok(Chunk::Rows(b)),
-                    Ok(Err(source)) => Err(StorageError::Parquet { url: url.to_string(), source }),
+                    Ok(Err(source)) => Err(parquet_err(&url, source)),
                     Err(panic) => Err(malformed(&url, panic)),
                 })
                 .boxed())

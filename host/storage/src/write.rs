@@ -17,6 +17,9 @@ use sha2::{Digest, Sha256};
 use crate::commit::Part;
 use crate::{Location, StorageError};
 
+/// Parts of a multipart upload in flight per writer (10 MiB each).
+const UPLOADS_IN_FLIGHT: usize = 2;
+
 /// The deterministic object name of a task's part: its index (so parts
 /// sort in task order) and its identity (so a retried task rewrites the
 /// same object and a changed task writes a new one).
@@ -79,9 +82,12 @@ impl PartWriter {
             }
             let props = props.build();
             let at = self.output.child(&self.name);
-            // Buffered: small parts are one put, large ones a multipart upload.
-            let sink =
-                HashingSink { inner: BufWriter::new(at.store().clone(), at.path().clone()), hash: self.hash.clone() };
+            // Buffered: small parts are one put, large ones a multipart
+            // upload with at most UPLOADS_IN_FLIGHT parts in flight, so
+            // that a writer that outruns its store holds a bounded number
+            // of them (object_store's default of 8 held 80 MiB per task).
+            let inner = BufWriter::new(at.store().clone(), at.path().clone()).with_max_concurrency(UPLOADS_IN_FLIGHT);
+            let sink = HashingSink { inner, hash: self.hash.clone() };
             let w = AsyncArrowWriter::try_new(sink, batch.schema(), Some(props)).map_err(|e| self.err(e))?;
             self.writer = Some(w);
             self.schema = Some(batch.schema());
