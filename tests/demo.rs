@@ -60,18 +60,26 @@ fn demo_matches_numpy_least_squares() {
 fn results_do_not_depend_on_partitioning_or_parallelism() {
     let (manifest, dir) = demo_manifest();
     let mut coefficients = Vec::new();
-    for (rows, parallelism) in [(442, 1), (64, 3), (17, 8)] {
+    // One fit task per partition (`fit_task_mib = 0`), then the default,
+    // which packs the 26 small partitions of the last into one fit task.
+    for (rows, parallelism, fit_task_mib) in [(442, 1, 0), (64, 3, 0), (17, 8, 0), (17, 2, 8)] {
         let mut m = manifest.clone();
         m.defaults.batch_rows = Some(rows);
         m.defaults.row_group_rows = Some(rows);
+        m.defaults.fit_task_mib = Some(fit_task_mib);
         let store = tempfile::tempdir().unwrap();
         let (exec, _) = executor(store.path(), parallelism);
         let report = exec.run(&m, &dir).expect("demo runs");
         let fit = report.stages.iter().find(|s| s.name == "fit").unwrap();
         let n = 442usize.div_ceil(rows);
+        let fits = if fit_task_mib == 0 { n } else { 1 };
         let fan_in = wasmpipe_executor::MERGE_FAN_IN;
-        let combines = if n > fan_in { n.div_ceil(fan_in) } else { 0 };
-        assert_eq!(fit.tasks, 2 * n + combines + 1, "fit tasks, transform tasks, the merge tree's combines, one merge");
+        let combines = if fits > fan_in { fits.div_ceil(fan_in) } else { 0 };
+        assert_eq!(
+            fit.tasks,
+            fits + n + combines + 1,
+            "fit tasks, transform tasks, the merge tree's combines, one merge"
+        );
         let model = result(&report, "fit");
         let mut c: Vec<f64> = model["coefficients"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         c.push(model["intercept"].as_f64().unwrap());

@@ -177,10 +177,12 @@ pub fn assert_close(ours: &serde_json::Value, want: &serde_json::Value, tol: f64
 /// The head of a test pipeline `ml`: `csv` (of `rows` data rows) ingested
 /// by `passthrough` into row groups that make `partitions` partitions,
 /// as stage `ingest`; the caller appends stages reading `stage:ingest`.
+/// Fits run one task per partition (`fit_task_mib = 0`), so that every
+/// partitioning merges that many partial states.
 pub fn ingest_head(csv: &Path, rows: usize, partitions: usize) -> String {
     let group = rows.div_ceil(partitions);
     format!(
-        "version = 1\nname = \"ml\"\n\n[defaults]\nbatch_rows = {group}\nrow_group_rows = {group}\nmemory_mib = 64\ntimeout_s = 60\n\n[stage.ingest]\ncomponent = {}\ninputs = [{}]\n",
+        "version = 1\nname = \"ml\"\n\n[defaults]\nbatch_rows = {group}\nrow_group_rows = {group}\nfit_task_mib = 0\nmemory_mib = 64\ntimeout_s = 60\n\n[stage.ingest]\ncomponent = {}\ninputs = [{}]\n",
         toml_path(&component("passthrough")),
         toml_path(csv),
     )

@@ -130,7 +130,7 @@ fn forward_logs(stage: &PreparedStage, stderr: &str) {
 /// How a task is named in errors.
 fn describe(stage: &PreparedStage, kind: TaskKind, pass: u32) -> String {
     match kind {
-        TaskKind::Fit(i) => stage.describe(&format!("fit pass {pass},"), i),
+        TaskKind::Fit(i) => stage.describe_fit(&format!("fit pass {pass},"), i),
         TaskKind::Combine { level, group } => format!("combine {level}:{group} of fit pass {pass}"),
         TaskKind::Merge => format!("merge and finalize of fit pass {pass}"),
         TaskKind::Transform(i) => stage.describe("transform", i),

@@ -125,8 +125,16 @@ pub struct Limits {
     pub batch_rows: usize,
     /// Rows per row group of the Parquet it writes.
     pub row_group_rows: usize,
+    /// Input each fit task folds, MiB as stored (0: one task per
+    /// partition).
+    #[serde(default = "default_fit_task_mib")]
+    pub fit_task_mib: u64,
     /// Most fit passes.
     pub max_passes: u32,
+}
+
+fn default_fit_task_mib() -> u64 {
+    defaults::FIT_TASK_MIB
 }
 
 impl Limits {
@@ -143,6 +151,7 @@ impl Limits {
             wall_timeout_s: settings.wall_timeout_s.unwrap_or(timeout_s * 4.0 + 60.0),
             batch_rows,
             row_group_rows: settings.row_group_rows.unwrap_or(batch_rows),
+            fit_task_mib: settings.fit_task_mib.unwrap_or(defaults::FIT_TASK_MIB),
             max_passes: settings.max_passes.unwrap_or(defaults::MAX_PASSES),
         }
     }

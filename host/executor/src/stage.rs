@@ -3,6 +3,7 @@
 //! every task process prepare a stage the same way, from the plan and what
 //! the store holds, so they agree on every task's identity.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,6 +60,9 @@ pub(crate) struct PreparedStage<'a> {
     /// The declared schema of text inputs.
     pub schema: Option<SchemaRef>,
     pub partitions: Vec<Partition>,
+    /// The partitions each fit task folds, in order (one empty range for
+    /// an empty input).
+    pub fit_groups: Vec<Range<usize>>,
     pub output: OutputLayout,
     /// Hash of what determines every task's output besides its partition.
     pub identity: String,
@@ -170,6 +174,10 @@ pub(crate) fn prepare<'a>(
         stage,
         component,
         schema: stage.schema.as_ref().map(declared_schema),
+        fit_groups: fit_groups(
+            &partitions.iter().map(|p| p.bytes).collect::<Vec<_>>(),
+            stage.limits.fit_task_mib << 20,
+        ),
         partitions,
         output,
         identity,
@@ -184,6 +192,25 @@ pub(crate) fn prepare<'a>(
         prepared.cache = PartitionCache::new(Some(exec.cache.clone()));
     }
     Ok(prepared)
+}
+
+/// Consecutive partitions (of `sizes` bytes as stored) packed into fit
+/// tasks of at most `target` bytes (a task holds at least one partition;
+/// 0: one per partition). Only the data decides, so every engine fits the
+/// same tasks and merges the same states.
+fn fit_groups(sizes: &[u64], target: u64) -> Vec<Range<usize>> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, &size) in sizes.iter().enumerate() {
+        if i > start && (target == 0 || bytes.saturating_add(size) > target) {
+            groups.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    // (An empty input is one task, over no partitions.)
+    groups.push(start..sizes.len());
+    groups
 }
 
 /// The model that `source` names, for a stage that applies a model fitted
@@ -284,14 +311,24 @@ impl PreparedStage<'_> {
         sha256_hex(&[carry.unwrap_or_default()])
     }
 
-    /// Fit task `index` of pass `pass`, starting from the state `carry_id`.
-    pub fn fit_id(&self, index: usize, pass: u32, carry_id: &str) -> String {
-        self.task_id(index, &format!("fit pass {pass} carry {carry_id}"))
+    /// Fit task `group` of pass `pass`, starting from the state `carry_id`:
+    /// what it folds is the partitions of its group.
+    pub fn fit_id(&self, group: usize, pass: u32, carry_id: &str) -> String {
+        let members = self.fit_groups.get(group).cloned().unwrap_or_default();
+        let parts: String = self.partitions[members].iter().map(|p| p.identity() + "\n").collect();
+        let salt = format!("fit pass {pass} carry {carry_id}");
+        sha256_hex(&[self.identity.as_bytes(), parts.as_bytes(), salt.as_bytes()])
     }
 
-    /// Tasks per fit pass: one per partition, and one for an empty input.
+    /// Tasks per fit pass: one per group of partitions (see
+    /// [`fit_groups`]), and one for an empty input.
     pub fn fit_tasks(&self) -> usize {
-        self.partitions.len().max(1)
+        self.fit_groups.len()
+    }
+
+    /// The partitions fit task `group` folds.
+    pub fn fit_group(&self, group: usize) -> Range<usize> {
+        self.fit_groups.get(group).cloned().unwrap_or_default()
     }
 
     /// The identity of task `index` (`usize::MAX` for a stage-wide task:
@@ -331,6 +368,26 @@ impl PreparedStage<'_> {
     /// Where the finished fit is recorded (the merge that ended it).
     pub fn fit_result_id(&self) -> String {
         self.task_id(usize::MAX, "fit result")
+    }
+
+    /// How a failure of fit task `group` of `phase` is described.
+    pub fn describe_fit(&self, phase: &str, group: usize) -> String {
+        let members = self.fit_group(group);
+        if members.len() <= 1 {
+            return self.describe(phase, members.start);
+        }
+        let (first, last) = (&self.partitions[members.start], &self.partitions[members.end - 1]);
+        let at = |p: &Partition| match p.row_group {
+            Some(rg) => format!("{} row group {rg}", p.file.location.url()),
+            None => p.file.location.url().to_string(),
+        };
+        let what = match (first.row_group, last.row_group) {
+            (Some(a), Some(b)) if first.file.location.url() == last.file.location.url() => {
+                format!("{} row groups {a} to {b}", first.file.location.url())
+            }
+            _ => format!("{} to {}", at(first), at(last)),
+        };
+        format!("{phase} partitions {} to {} of {} ({what})", members.start, members.end - 1, self.partitions.len())
     }
 
     /// How a failure of task `index` of `phase` is described.
@@ -385,6 +442,12 @@ impl PreparedStage<'_> {
             Ok(r) => r.map_err(Into::into),
             Err(_) => Err(TaskFailure::WallClock { limit_s: deadline.limit_s }),
         }
+    }
+
+    /// What fit task `group` is told about itself: its place among the
+    /// pass's fit tasks.
+    pub fn fit_task_info(&self, group: usize, pass: u32) -> TaskInfo {
+        TaskInfo { partitions: self.fit_tasks() as u32, ..self.task_info(group, pass) }
     }
 
     pub fn task_info(&self, index: usize, pass: u32) -> TaskInfo {
@@ -451,5 +514,20 @@ impl PreparedStage<'_> {
             Some(rg) => format!("{}#rg{rg}", p.file.location.url()),
             None => p.file.location.url().to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fit_groups;
+
+    #[test]
+    fn fit_tasks_pack_consecutive_partitions_up_to_the_target() {
+        assert_eq!(fit_groups(&[], 8), vec![0..0]);
+        assert_eq!(fit_groups(&[3, 3, 3, 3, 3], 8), vec![0..2, 2..4, 4..5]);
+        assert_eq!(fit_groups(&[3, 3, 3], 0), vec![0..1, 1..2, 2..3]);
+        // A partition above the target is a task of its own.
+        assert_eq!(fit_groups(&[20, 1, 1, 20, 1], 8), vec![0..1, 1..3, 3..4, 4..5]);
+        assert_eq!(fit_groups(&[1; 29], 1 << 20), vec![0..29]);
     }
 }

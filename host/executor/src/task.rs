@@ -16,6 +16,8 @@
 use std::str::FromStr;
 use std::time::Instant;
 
+use arrow::compute::BatchCoalescer;
+use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use wasmpipe_runtime::{FitOutcome, StageInstance, StageKind};
 use wasmpipe_storage::StorageError;
@@ -327,11 +329,11 @@ fn carry(stage: &PreparedStage, pass: u32) -> Result<Option<bytes::Bytes>, TaskF
     }
 }
 
-/// Fold partition `index` into a partial state for `pass`.
-fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcome, TaskFailure> {
+/// Fold the partitions of fit task `group` into a partial state for `pass`.
+fn fit_task(stage: &PreparedStage, group: usize, pass: u32) -> Result<TaskOutcome, TaskFailure> {
     let carry = carry(stage, pass)?;
-    let task_id = stage.fit_id(index, pass, &PreparedStage::carry_id(carry.as_deref()));
-    let mut outcome = TaskOutcome::new(stage, TaskKind::Fit(index), pass, &task_id);
+    let task_id = stage.fit_id(group, pass, &PreparedStage::carry_id(carry.as_deref()));
+    let mut outcome = TaskOutcome::new(stage, TaskKind::Fit(group), pass, &task_id);
     let io = &stage.exec.io;
     if let Some((TaskRecord::Fit { rows, .. }, _)) = io.block_on(commit::read_task(&stage.output, &task_id))? {
         outcome.resumed = true;
@@ -339,8 +341,8 @@ fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcom
         return Ok(outcome);
     }
     let deadline = stage.wall_deadline();
-    let mut inst = stage.instantiate(format!("{}[fit {index}]", stage.stage.name), &task_id)?;
-    inst.fit_open(&stage.task_info(index, pass), carry.as_deref())?;
+    let mut inst = stage.instantiate(format!("{}[fit {group}]", stage.stage.name), &task_id)?;
+    inst.fit_open(&stage.fit_task_info(group, pass), carry.as_deref())?;
     // Records that do not parse go to the quarantine of the transform
     // tasks; a stage without them (an aggregator, a fit-only estimator)
     // must not lose them.
@@ -348,23 +350,76 @@ fn fit_task(stage: &PreparedStage, index: usize, pass: u32) -> Result<TaskOutcom
     // From the second pass on, a fit that reads its input again is likely
     // to go on reading it: keep it. A fit of one pass, and the transform
     // after it, stream.
-    let read = stage.each_batch(index, pass >= 1, &deadline, |chunk| match chunk {
-        Chunk::Rows(batch) => Ok(inst.fit_batch(batch)?),
-        Chunk::Quarantined(rows) if !quarantines => Err(TaskFailure::Storage(StorageError::Text {
-            url: stage.source(index),
-            reason: format!(
-                "{} records do not parse, and stage {:?} writes no rows, so no quarantine\n  hint: read the file with a transformer stage (e.g. passthrough) and fit on its output",
-                rows.num_rows(),
-                stage.stage.name
-            ),
-        })),
-        Chunk::Quarantined(_) => Ok(()),
-    })?;
+    let (mut rows, mut bytes) = (0, 0);
+    let mut joined = Joiner::new(stage.stage.limits.batch_rows);
+    for index in stage.fit_group(group) {
+        let read = stage.each_batch(index, pass >= 1, &deadline, |chunk| match chunk {
+            Chunk::Rows(batch) => joined.push(batch, |b| Ok(inst.fit_batch(b)?)),
+            Chunk::Quarantined(rows) if !quarantines => Err(TaskFailure::Storage(StorageError::Text {
+                url: stage.source(index),
+                reason: format!(
+                    "{} records do not parse, and stage {:?} writes no rows, so no quarantine\n  hint: read the file with a transformer stage (e.g. passthrough) and fit on its output",
+                    rows.num_rows(),
+                    stage.stage.name
+                ),
+            })),
+            Chunk::Quarantined(_) => Ok(()),
+        })?;
+        rows += read.rows;
+        bytes += read.bytes;
+    }
+    joined.flush(|b| Ok(inst.fit_batch(b)?))?;
     let state = inst.fit_close()?;
-    write_record(stage, &deadline, &task_id, &TaskRecord::Fit { pass, rows: read.rows }, &state)?;
-    outcome.rows_in = read.rows;
-    outcome.bytes_read = read.bytes;
+    write_record(stage, &deadline, &task_id, &TaskRecord::Fit { pass, rows }, &state)?;
+    outcome.rows_in = rows;
+    outcome.bytes_read = bytes;
     Ok(outcome)
+}
+
+/// The batches of a fit task's partitions joined into batches of up to
+/// `batch_rows` rows (fewer for a wide table, as read), so that a fit's
+/// calls, and the kernels they make, do not follow the row-group size: 29
+/// row groups of 62 rows are one call, not 29. Batches of at least half
+/// that size pass as they are; a batch whose schema differs from the
+/// rows held (another file) ends the joined batch first.
+struct Joiner {
+    batch_rows: usize,
+    held: Option<BatchCoalescer>,
+}
+
+impl Joiner {
+    fn new(batch_rows: usize) -> Self {
+        Joiner { batch_rows, held: None }
+    }
+
+    fn push(
+        &mut self,
+        batch: RecordBatch,
+        mut each: impl FnMut(RecordBatch) -> Result<(), TaskFailure>,
+    ) -> Result<(), TaskFailure> {
+        if self.held.as_ref().is_some_and(|h| h.schema() != batch.schema()) {
+            self.flush(&mut each)?;
+        }
+        let rows = wasmpipe_storage::rows_for_width(self.batch_rows, batch.num_columns());
+        let held = self.held.get_or_insert_with(|| {
+            BatchCoalescer::new(batch.schema(), rows).with_biggest_coalesce_batch_size(Some(rows / 2))
+        });
+        held.push_batch(batch).map_err(|e| TaskFailure::Internal(format!("joining batches: {e}")))?;
+        while let Some(b) = held.next_completed_batch() {
+            each(b)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, mut each: impl FnMut(RecordBatch) -> Result<(), TaskFailure>) -> Result<(), TaskFailure> {
+        if let Some(mut held) = self.held.take() {
+            held.finish_buffered_batch().map_err(|e| TaskFailure::Internal(format!("joining batches: {e}")))?;
+            while let Some(b) = held.next_completed_batch() {
+                each(b)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Merge the partial states of `pass` in partition order and finalize

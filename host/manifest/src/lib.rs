@@ -84,6 +84,12 @@ pub struct Settings {
     /// group per input batch size, 8192 rows). Smaller row groups give
     /// downstream stages more partitions.
     pub row_group_rows: Option<usize>,
+    /// Input each fit task folds, in MiB as stored (compressed): a fit
+    /// packs consecutive partitions into one task until it holds this much
+    /// (default 8), so that a pass over many small row groups is a few
+    /// tasks and a few partial states, not one per row group. 0: one fit
+    /// task per partition.
+    pub fit_task_mib: Option<u64>,
     /// Most passes an iterative estimator may ask for (default 100).
     pub max_passes: Option<u32>,
 }
@@ -105,6 +111,10 @@ pub mod defaults {
     pub const BATCH_ROWS: usize = 8192;
     /// Fit passes.
     pub const MAX_PASSES: u32 = 100;
+    /// Input per fit task, MiB: a few tens of milliseconds of decoding, so
+    /// that a task's fixed costs (an instance, its partial state written
+    /// and merged) stay small beside it.
+    pub const FIT_TASK_MIB: u64 = 8;
 }
 
 impl Settings {
@@ -118,6 +128,7 @@ impl Settings {
             wall_timeout_s: self.wall_timeout_s.or(fallback.wall_timeout_s),
             batch_rows: self.batch_rows.or(fallback.batch_rows),
             row_group_rows: self.row_group_rows.or(fallback.row_group_rows),
+            fit_task_mib: self.fit_task_mib.or(fallback.fit_task_mib),
             max_passes: self.max_passes.or(fallback.max_passes),
         }
     }
@@ -561,6 +572,9 @@ fn check_settings(place: &str, s: &Settings) -> Result<(), ManifestError> {
     }
     if s.row_group_rows == Some(0) {
         return bad("row_group_rows", "must be at least 1");
+    }
+    if s.fit_task_mib.is_some_and(|m| m > defaults::MAX_HOST_MEMORY_MIB) {
+        return bad("fit_task_mib", "must be at most 65536 (64 GiB)");
     }
     if s.max_passes == Some(0) {
         return bad("max_passes", "must be at least 1");
