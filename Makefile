@@ -56,6 +56,7 @@ bench: stages test-deps
 	$(CARGO) bench -p wasmpipe-benches --bench scale
 	.tools/venv/bin/python benches/ray_engine.py
 	.tools/venv/bin/python benches/peers.py
+	.tools/venv/bin/python benches/memory.py
 
 clean:
 	$(CARGO) clean
