@@ -2,18 +2,18 @@
 //! in object storage, and build stage crates into components.
 
 mod generate;
+mod output;
 mod render;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use output::{ColorChoice, LogFormat};
 use wasmpipe_executor::{EngineKind, Executor, ExecutorConfig, LockedPipeline, RunError, RunReport, TaskSpec};
 use wasmpipe_manifest::Manifest;
-use wasmpipe_runtime::{Level, LogRecord};
+use wasmpipe_runtime::Level;
 use wasmpipe_storage::Storage;
 
 /// Run ML and data pipelines whose stages are sandboxed WebAssembly
@@ -23,6 +23,10 @@ use wasmpipe_storage::Storage;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Colour on stderr: `auto` (on a terminal, unless NO_COLOR is set),
+    /// `always` or `never`.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
 }
 
 #[derive(Subcommand)]
@@ -38,6 +42,27 @@ enum Command {
     Deployments(DeploymentsArgs),
     Models(ModelsArgs),
     Gen(generate::GenArgs),
+    Completions(CompletionsArgs),
+    Man(ManArgs),
+}
+
+/// Print a shell completion script: `wasmpipe completions bash >
+/// /etc/bash_completion.d/wasmpipe` (or `zsh`, `fish`, `elvish`,
+/// `powershell`).
+#[derive(clap::Args)]
+struct CompletionsArgs {
+    /// The shell.
+    shell: clap_complete::Shell,
+}
+
+/// Print the manual page (roff): `wasmpipe man > wasmpipe.1; man ./wasmpipe.1`.
+/// With `--dir`, write one page per command there instead
+/// (`wasmpipe.1`, `wasmpipe-run.1`, ...).
+#[derive(clap::Args)]
+struct ManArgs {
+    /// Write every command's page into this directory.
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 /// Run a pipeline: a local manifest, or a deployed pipeline (`--from`).
@@ -92,6 +117,11 @@ struct RunArgs {
     /// store path is mounted on every node.
     #[arg(long)]
     store_is_shared: bool,
+    /// Logs on stderr as text, or as one JSON object per line (`time`,
+    /// `level`, `stage`, `task`, `partition`, `message`) for log
+    /// collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -172,14 +202,8 @@ struct TaskArgs {
     #[arg(long, env = "WASMPIPE_STORE")]
     store: Option<String>,
     /// Stage logs on stderr as text, or as one JSON object per line.
-    #[arg(long, value_enum, default_value = "text")]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Commit a stage of a plan from the records its tasks left: checks that
@@ -253,20 +277,16 @@ struct ModelsArgs {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WASMPIPE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,wasmpipe=info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal, and never with NO_COLOR.
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
-        .with_target(false)
-        .without_time()
-        .init();
     let cli = Cli::parse();
+    let log_format = match &cli.command {
+        Command::Run(args) => args.log_format,
+        Command::Task(args) => args.log_format,
+        _ => LogFormat::Text,
+    };
+    let color = cli.color.enabled();
+    output::init_tracing(color, log_format);
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, color),
         Command::Plan(args) => plan(args),
         Command::Prepare(args) => prepare(args),
         Command::Task(args) => task(args),
@@ -277,9 +297,18 @@ fn main() -> ExitCode {
         Command::Deployments(args) => deployments(args),
         Command::Models(args) => models(args),
         Command::Gen(args) => generate::generate(args).map(|()| ExitCode::SUCCESS),
+        Command::Completions(args) => completions(args),
+        Command::Man(args) => man(args),
     };
     match result {
         Ok(code) => code,
+        Err(err) if log_format == LogFormat::Json => {
+            tracing::error!("{}", error_text(&err));
+            match err.downcast_ref::<RunError>() {
+                Some(e) => ExitCode::from(e.exit_code()),
+                None => ExitCode::FAILURE,
+            }
+        }
         Err(err) => {
             print_error(&err);
             match err.downcast_ref::<RunError>() {
@@ -292,15 +321,20 @@ fn main() -> ExitCode {
 
 /// Print the error and each cause that its message does not already hold.
 fn print_error(err: &anyhow::Error) {
-    let mut shown = format!("{err}");
-    eprintln!("error: {shown}");
+    eprintln!("error: {}", error_text(err));
+}
+
+/// The error and each cause that its message does not already hold, a
+/// cause per line.
+fn error_text(err: &anyhow::Error) -> String {
+    let mut text = format!("{err}");
     for cause in err.chain().skip(1) {
-        let text = cause.to_string();
-        if !shown.contains(&text) {
-            eprintln!("  caused by: {text}");
-            shown.push_str(&text);
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(&format!("\n  caused by: {cause}"));
         }
     }
+    text
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
@@ -389,15 +423,16 @@ fn engine(arg: EngineArg) -> anyhow::Result<EngineKind> {
     })
 }
 
-/// An executor; `cache_mib`: see `--cache-mib`.
+/// An executor whose stage logs at `min_level` and above go to stderr
+/// (see [`output`]); `cache_mib`: see `--cache-mib`.
 fn executor(
     parallelism: Option<usize>,
     store: String,
-    min_level: Level,
+    logs: (Level, bool, LogFormat),
     engine: EngineKind,
     cache_mib: u64,
 ) -> anyhow::Result<Executor> {
-    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let (min_level, color, format) = logs;
     let mut config = ExecutorConfig::new(store);
     config.engine = engine;
     config.cache_bytes = cache_mib.saturating_mul(1 << 20);
@@ -405,24 +440,33 @@ fn executor(
         anyhow::ensure!(p > 0, "--parallelism must be at least 1");
         config.parallelism = p;
     }
-    config.sink = Some(Arc::new(move |label: &str, record: &LogRecord| {
-        if rank(record.level) >= rank(min_level) {
-            let tag = match record.level {
-                Level::Error => "error ",
-                Level::Warn => "warn ",
-                _ => "",
-            };
-            if color {
-                eprintln!("\x1b[2m[{label}]\x1b[0m {tag}{}", record.message);
-            } else {
-                eprintln!("[{label}] {tag}{}", record.message);
-            }
-        }
-    }));
+    config.sink = Some(output::stage_log_sink(min_level, color, format));
     Ok(Executor::new(config)?)
 }
 
-fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+/// Shell completions (clap_complete), generated from the same definition
+/// as the parser.
+fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    clap_complete::generate(args.shell, &mut Cli::command(), "wasmpipe", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The manual page (clap_mangen), generated from the parser's definition.
+fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    match args.dir {
+        None => clap_mangen::Man::new(command).render(&mut std::io::stdout())?,
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(command, &dir).with_context(|| format!("writing pages into {}", dir.display()))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
     if args.engine == EngineArg::Ray {
         return run_on_ray(&args);
     }
@@ -440,22 +484,26 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 Some(s) => absolute_location(s)?,
                 None => format!("{}/data", root.trim_end_matches('/')),
             };
-            let mut executor = executor(args.parallelism, store, min_level, engine(args.engine)?, args.cache_mib)?;
+            let logs = (min_level, color, args.log_format);
+            let mut executor = executor(args.parallelism, store, logs, engine(args.engine)?, args.cache_mib)?;
             executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             let (name, version) = name_version(&args.target)?;
             let (_, manifest, version) = executor.deployed_manifest(&root, name, version)?;
             let (plan, _) = executor.deployed_plan(&root, name, Some(version))?;
-            eprintln!(
-                "running pipeline {name:?} version {version} from {root} ({} stages, plan {})",
-                plan.stages.len(),
-                &plan.hash()[..12]
+            output::announce(
+                args.log_format,
+                &format!(
+                    "running pipeline {name:?} version {version} from {root} ({} stages, plan {})",
+                    plan.stages.len(),
+                    &plan.hash()[..12]
+                ),
             );
             // The runner's store configuration (its environment), not the
             // deployer's: a deployed `[storage]` could send the runner's
             // signed requests to a server of the deployer's choosing.
             if !manifest.storage.is_empty() {
-                eprintln!(
-                    "warning: ignoring the deployed manifest's [storage] options; a run from a deployment uses this machine's store settings (AWS_ENDPOINT_URL, ...)"
+                tracing::warn!(
+                    "ignoring the deployed manifest's [storage] options; a run from a deployment uses this machine's store settings (AWS_ENDPOINT_URL, ...)"
                 );
             }
             executor.run_plan(&plan)?
@@ -465,9 +513,13 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let manifest = Manifest::load(path)?;
             let base_dir = manifest_dir(path)?;
             let store = absolute_location(args.store.as_deref().unwrap_or("wasmpipe-data"))?;
-            let mut executor = executor(args.parallelism, store, min_level, engine(args.engine)?, args.cache_mib)?;
+            let logs = (min_level, color, args.log_format);
+            let mut executor = executor(args.parallelism, store, logs, engine(args.engine)?, args.cache_mib)?;
             executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
-            eprintln!("running pipeline {:?} ({} stages)", manifest.name, manifest.stages.len());
+            output::announce(
+                args.log_format,
+                &format!("running pipeline {:?} ({} stages)", manifest.name, manifest.stages.len()),
+            );
             executor.run(&manifest, &base_dir)?
         }
     };
@@ -477,7 +529,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let store = absolute_location(args.publish.as_deref().unwrap_or("wasmpipe-data"))?;
-    let mut executor = executor(Some(1), store.clone(), Level::Warn, EngineKind::Local, 0)?;
+    let mut executor = executor(Some(1), store.clone(), (Level::Warn, false, LogFormat::Text), EngineKind::Local, 0)?;
     executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
     let (plan, local_dir) = match &args.from {
         Some(root) => {
@@ -587,20 +639,7 @@ fn task_executor(plan: &str, store: Option<&str>, log_format: LogFormat) -> anyh
     config.parallelism = 1;
     // One task reads its partition once.
     config.cache_bytes = 0;
-    if log_format == LogFormat::Json {
-        config.sink = Some(Arc::new(|label: &str, record: &LogRecord| {
-            let level = match record.level {
-                Level::Trace => "trace",
-                Level::Debug => "debug",
-                Level::Info => "info",
-                Level::Warn => "warn",
-                Level::Error => "error",
-            };
-            eprintln!("{}", serde_json::json!({ "label": label, "level": level, "message": record.message }));
-        }));
-    } else {
-        config.sink = Some(Arc::new(|label: &str, record: &LogRecord| eprintln!("[{label}] {}", record.message)));
-    }
+    config.sink = Some(output::stage_log_sink(Level::Trace, false, log_format));
     Ok(Executor::new(config)?)
 }
 
@@ -655,7 +694,7 @@ fn render_jobs(args: render::RenderArgs) -> anyhow::Result<ExitCode> {
         Some(s) => absolute_location(s)?,
         None => format!("{}/data", root.trim_end_matches('/')),
     };
-    let executor = executor(Some(1), store.clone(), Level::Warn, EngineKind::Local, 0)?;
+    let executor = executor(Some(1), store.clone(), (Level::Warn, false, LogFormat::Text), EngineKind::Local, 0)?;
     let (name, version) = name_version(&args.pipeline)?;
     let (plan, _) = executor.deployed_plan(&root, name, version)?;
     executor.check_plan(&plan, None)?;
@@ -708,7 +747,7 @@ fn manifest_dir(path: &Path) -> anyhow::Result<PathBuf> {
 
 fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let to = absolute_location(&args.to)?;
-    let executor = executor(None, to.clone(), Level::Warn, EngineKind::Local, 0)?;
+    let executor = executor(None, to.clone(), (Level::Warn, false, LogFormat::Text), EngineKind::Local, 0)?;
     let d = executor.deploy(&args.manifest, &to)?;
     for url in &d.uploaded {
         eprintln!("uploaded {url}");
@@ -808,16 +847,6 @@ fn models(args: ModelsArgs) -> anyhow::Result<ExitCode> {
 /// Seconds since the Unix epoch as an RFC 3339 date and time, UTC.
 fn utc(secs: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
-}
-
-fn rank(level: Level) -> u8 {
-    match level {
-        Level::Trace => 0,
-        Level::Debug => 1,
-        Level::Info => 2,
-        Level::Warn => 3,
-        Level::Error => 4,
-    }
 }
 
 fn human_bytes(n: u64) -> String {

@@ -93,3 +93,99 @@ fn wasmpipe_gen_writes_the_same_data_for_the_same_seed() {
     let names: Vec<&str> = meta.file_metadata().schema_descr().columns().iter().map(|c| c.name()).collect();
     assert_eq!(names, ["f0", "f1", "f2", "target"]);
 }
+
+#[test]
+fn completions_and_man_pages_are_generated_for_every_command() {
+    let commands = ["run", "plan", "prepare", "task", "commit", "render", "build", "deploy", "models", "gen"];
+    let text = |args: &[&str]| {
+        let out = wasmpipe().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = text(&["completions", "bash"]);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("wasmpipe.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&script).output().unwrap();
+    assert!(check.status.success(), "bash rejects the script: {}", String::from_utf8_lossy(&check.stderr));
+    // Sourced, it completes the commands, and the options of `run`.
+    let complete = |words: &str, cword: usize, cur: &str, prev: &str| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "source {}; COMP_WORDS=({words}); COMP_CWORD={cword}; _wasmpipe wasmpipe '{cur}' '{prev}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+                script.display()
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    let replies = complete("wasmpipe run --log", 2, "--log", "run");
+    assert!(replies.iter().any(|l| l == "--log-format"), "completing `run --log`: {replies:?}");
+    let replies = complete("wasmpipe ''", 1, "", "wasmpipe");
+    for c in commands {
+        assert!(replies.iter().any(|l| l == c), "completing `wasmpipe `: no {c} in {replies:?}");
+    }
+    assert!(text(&["completions", "zsh"]).starts_with("#compdef wasmpipe"));
+    let fish = text(&["completions", "fish"]);
+    assert!(fish.contains("complete -c wasmpipe") && fish.contains("-l log-format"), "{fish}");
+
+    let man = text(&["man"]);
+    assert!(man.contains(".TH wasmpipe 1") && man.contains(".SH NAME") && man.contains(".SH SUBCOMMANDS"), "{man}");
+    for c in commands {
+        assert!(man.contains(&format!("wasmpipe\\-{c}(1)")), "the page lacks {c}");
+    }
+    let pages = dir.path().join("man");
+    text(&["man", "--dir", pages.to_str().unwrap()]);
+    for c in commands {
+        let page = std::fs::read_to_string(pages.join(format!("wasmpipe-{c}.1"))).unwrap();
+        assert!(page.contains(&format!(".TH wasmpipe-{c} 1")), "{page}");
+    }
+}
+
+#[test]
+fn logs_are_json_lines_with_log_format_json_and_colour_follows_color() {
+    let store = tempfile::tempdir().unwrap();
+    let out = wasmpipe()
+        .args(["run", "examples/diabetes/wasmpipe.toml", "--parallelism", "2", "--log-format", "json", "--store"])
+        .arg(store.path())
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+        .collect();
+    for line in &lines {
+        assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+        assert!(["debug", "info", "warn", "error"].contains(&line["level"].as_str().unwrap()), "{line}");
+        assert!(line["message"].is_string(), "{line}");
+    }
+    let kept = lines
+        .iter()
+        .find(|l| l["stage"] == "clean" && l["message"].as_str().unwrap().starts_with("kept"))
+        .expect("the clean stage's log");
+    assert_eq!(kept["task"], format!("transform:{}", kept["partition"]), "{kept}");
+    assert!(lines.iter().any(|l| l["task"] == "merge" && l["message"] == "r2 = 0.5177"), "{stderr}");
+
+    // A failed run's error is a JSON line too.
+    let out = wasmpipe().args(["run", "--log-format", "json", "no-such-manifest.toml"]).output().unwrap();
+    let err: serde_json::Value = serde_json::from_slice(out.stderr.trim_ascii()).unwrap();
+    assert_eq!(err["level"], "error");
+    assert!(err["message"].as_str().unwrap().contains("no-such-manifest.toml"), "{err}");
+
+    for (choice, colored) in [("always", true), ("never", false)] {
+        let store = tempfile::tempdir().unwrap();
+        let out = wasmpipe()
+            .args(["--color", choice, "run", "examples/diabetes/wasmpipe.toml", "--store"])
+            .arg(store.path())
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stderr.contains('\x1b'), colored, "--color {choice}: {stderr:?}");
+    }
+}
