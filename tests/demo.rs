@@ -366,3 +366,54 @@ fn classify_eval_can_skip_the_exact_roc_auc() {
         assert_eq!(metrics[key], full[key], "{key}");
     }
 }
+
+/// Every run leaves `<store>/_runs/<run id>/run.json`: its stages with
+/// their tasks and reports; a failed run's says which stage failed and why.
+#[test]
+fn every_run_leaves_a_run_record_a_failed_one_too() {
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let (manifest, dir) = demo_manifest();
+    let report = exec.run(&manifest, &dir).expect("demo runs");
+    let read = |run_id: &str| -> serde_json::Value {
+        let path = store.path().join("_runs").join(run_id).join("run.json");
+        serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+    };
+    let run = read(&report.run_id);
+    assert_eq!(run["format"], 1);
+    assert_eq!((run["status"].as_str(), run["pipeline"].as_str()), (Some("succeeded"), Some("diabetes")));
+    assert!(run.get("error").is_none(), "{run}");
+    let stages = run["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), report.stages.len());
+    for (s, r) in stages.iter().zip(&report.stages) {
+        assert_eq!(s["name"], r.name.as_str());
+        assert_eq!(s["status"], "ran");
+        assert_eq!(s["rows_out"], r.rows_out);
+        let tasks = s["tasks"].as_array().unwrap();
+        assert_eq!(tasks.len(), r.tasks, "{}: a record per task", r.name);
+        for t in tasks {
+            assert!(t["started_ms"].as_u64().unwrap() > 1_700_000_000_000, "{t}");
+            let name = t["task"].as_str().unwrap();
+            if let Some(p) = name.strip_prefix("transform:") {
+                assert_eq!(t["partition"].as_u64(), Some(p.parse().unwrap()), "{t}");
+            }
+        }
+    }
+    let evaluate = stages.iter().find(|s| s["name"] == "evaluate").unwrap();
+    assert!((evaluate["report"]["r2"].as_f64().unwrap() - 0.5177).abs() < 5e-5, "{evaluate}");
+    let fit = stages.iter().find(|s| s["name"] == "fit").unwrap();
+    assert_eq!(fit["model"], report.stages.iter().find(|s| s.name == "fit").unwrap().model.as_ref().unwrap().sha256);
+
+    // The same pipeline with a scaler asked for a column the data lacks.
+    let mut broken = manifest.clone();
+    let scale = broken.stages.get_mut("clean").expect("a clean stage");
+    scale.columns = Some(vec!["no_such_column".into()]);
+    let err = exec.run(&broken, &dir).expect_err("the clean stage cannot read its column").to_string();
+    let runs: Vec<_> = std::fs::read_dir(store.path().join("_runs")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let failed =
+        runs.iter().map(|id| read(id.to_str().unwrap())).find(|r| r["status"] == "failed").expect("a failed run");
+    assert!(failed["error"].as_str().unwrap().contains("no_such_column"), "{failed}\n{err}");
+    let last = failed["stages"].as_array().unwrap().last().unwrap();
+    assert_eq!((last["name"].as_str(), last["status"].as_str()), (Some("clean"), Some("failed")), "{failed}");
+}

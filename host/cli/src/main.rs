@@ -42,8 +42,25 @@ enum Command {
     Deployments(DeploymentsArgs),
     Models(ModelsArgs),
     Gen(generate::GenArgs),
+    Runs(RunsArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
+}
+
+/// List the runs recorded under a store, newest first, or show one: every
+/// run writes `<store>/_runs/<run id>/run.json` (its stages, tasks,
+/// metrics, warnings, and what failed).
+#[derive(clap::Args)]
+struct RunsArgs {
+    /// Show this run: its id, or a unique prefix of it.
+    run: Option<String>,
+    /// The store, as given to `wasmpipe run --store` (default
+    /// `wasmpipe-data`; runs with `--from ROOT` store under `ROOT/data`).
+    #[arg(long, env = "WASMPIPE_STORE", default_value = "wasmpipe-data")]
+    store: String,
+    /// Print the record (or, listing, every record) as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Print a shell completion script: `wasmpipe completions bash >
@@ -297,6 +314,7 @@ fn main() -> ExitCode {
         Command::Deployments(args) => deployments(args),
         Command::Models(args) => models(args),
         Command::Gen(args) => generate::generate(args).map(|()| ExitCode::SUCCESS),
+        Command::Runs(args) => runs(args),
         Command::Completions(args) => completions(args),
         Command::Man(args) => man(args),
     };
@@ -842,6 +860,102 @@ fn models(args: ModelsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
+    use wasmpipe_executor::record;
+    let store = absolute_location(&args.store)?;
+    let at = Storage::new(".").resolve(&store)?;
+    let io = io()?;
+    if let Some(wanted) = &args.run {
+        let Some(run) = io.block_on(record::find(&at, wanted))? else {
+            anyhow::bail!(
+                "no run {wanted:?} is recorded under {}/{}\n  hint: `wasmpipe runs --store {store}` lists the runs there (a prefix must match one run)",
+                at.url(),
+                wasmpipe_executor::RUNS_DIR
+            );
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&run)?);
+        } else {
+            print_run(&run);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let runs = io.block_on(record::list(&at))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if runs.is_empty() {
+        println!("no runs are recorded under {store}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(["RUN", "PIPELINE", "STATUS", "STARTED", "TIME", "STAGES"]);
+    for run in &runs {
+        let stages = match run.stages.iter().find(|s| s.status == "failed") {
+            Some(failed) => format!("{} (failed at {})", run.stages.len(), failed.name),
+            None => run.stages.len().to_string(),
+        };
+        table.add_row([
+            run.run_id.clone(),
+            run.pipeline.clone(),
+            run.status.clone(),
+            run.started.clone(),
+            format!("{:.2}s", run.seconds),
+            stages,
+        ]);
+    }
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One run record, for people.
+fn print_run(run: &wasmpipe_executor::RunRecord) {
+    println!("run      {}", run.run_id);
+    println!("pipeline {} (plan {})", run.pipeline, &run.plan_sha256[..12.min(run.plan_sha256.len())]);
+    println!("status   {}", run.status);
+    println!("engine   {}, store {}", run.engine, run.store);
+    println!("started  {}, ended {} ({:.2}s)", run.started, run.ended, run.seconds);
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
+        "stage",
+        "kind",
+        "status",
+        "tasks",
+        "passes",
+        "rows in",
+        "rows out",
+        "quarantined",
+        "read",
+        "written",
+        "time",
+    ]);
+    for s in &run.stages {
+        table.add_row([
+            s.name.clone(),
+            s.kind.clone(),
+            s.status.clone(),
+            s.tasks.len().to_string(),
+            if s.passes == 0 { "-".into() } else { s.passes.to_string() },
+            s.rows_in.to_string(),
+            s.rows_out.to_string(),
+            if s.rows_quarantined == 0 { "-".into() } else { s.rows_quarantined.to_string() },
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_written),
+            format!("{:.2}s", s.seconds),
+        ]);
+    }
+    println!("{table}");
+    for w in &run.warnings {
+        println!("{} [{}] {}", w.level, w.label, w.message);
+    }
+    if let Some(e) = &run.error {
+        println!("error: {e}");
+    }
 }
 
 /// Seconds since the Unix epoch as an RFC 3339 date and time, UTC.

@@ -28,6 +28,21 @@ fn the_binary_runs_the_demo_and_prints_the_summary() {
     assert!(stderr.contains("[clean[0]] kept 64 of 64 rows"), "{stderr}");
     assert!(!stderr.contains('\x1b'), "no colour codes into a pipe:\n{stderr:?}");
     assert!(store.path().join("diabetes/evaluate/_wasmpipe_commit.json").is_file());
+
+    // The run is recorded, and `wasmpipe runs` lists and shows it.
+    let run_id = stdout.lines().find_map(|l| l.strip_prefix("run ")?.split(' ').next()).unwrap().to_string();
+    let runs = wasmpipe().args(["runs", "--store"]).arg(store.path()).output().unwrap();
+    let listed = String::from_utf8_lossy(&runs.stdout);
+    assert!(runs.status.success() && listed.contains(&run_id) && listed.contains("succeeded"), "{listed}");
+    let one = wasmpipe().args(["runs", &run_id[..8], "--store"]).arg(store.path()).output().unwrap();
+    let shown = String::from_utf8_lossy(&one.stdout);
+    assert!(one.status.success() && shown.contains(&format!("run      {run_id}")), "{shown}");
+    for stage in ["ingest", "validate", "clean", "fit", "evaluate"] {
+        assert!(shown.contains(stage), "{stage} missing from\n{shown}");
+    }
+    let missing = wasmpipe().args(["runs", "nope", "--store"]).arg(store.path()).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no run \"nope\""));
 }
 
 #[test]

@@ -209,16 +209,16 @@ pub(crate) fn drive(
     components: Vec<StageComponent>,
     engine: &dyn Engine,
     run_id: &str,
-) -> Result<Vec<StageReport>, RunError> {
-    let mut reports: Vec<StageReport> = Vec::new();
+    reports: &mut Vec<StageReport>,
+) -> Result<(), RunError> {
     for (locked, component) in plan.stages.iter().zip(components) {
         let started = Instant::now();
         let stage = prepare(exec, storage, plan, locked, component)?;
         let report = run_stage(&stage, engine, run_id, started)?;
-        registry::record_evaluation(exec, storage, plan, run_id, &reports, &report)?;
+        registry::record_evaluation(exec, storage, plan, run_id, reports, &report)?;
         reports.push(report);
     }
-    Ok(reports)
+    Ok(())
 }
 
 /// One stage: skipped when an identical run committed it, else its fit
@@ -252,6 +252,7 @@ fn run_stage(
         applied_model: stage.applied.as_ref().map(|m| m.sha256.clone()),
         rows_quarantined: 0,
         committed_before: None,
+        outcomes: Vec::new(),
     };
 
     // The output as the run found it: committed by an identical run, it is
@@ -320,5 +321,6 @@ fn run_stage(
     report.model_bytes = committed.model_bytes;
     report.report = committed.report;
     report.wall = started.elapsed();
+    report.outcomes = outcomes;
     Ok(report)
 }

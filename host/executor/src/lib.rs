@@ -32,12 +32,13 @@ mod deploy;
 mod engine;
 mod error;
 mod plan;
+pub mod record;
 mod registry;
 mod stage;
 mod task;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmpipe_manifest::Manifest;
@@ -51,6 +52,7 @@ pub use error::{EXIT_DETERMINISTIC, EXIT_INTERNAL, EXIT_OK, EXIT_TRANSIENT, RunE
 pub use plan::{
     ComponentRef, InputRef, Limits, LockedPipeline, LockedStage, ModelRef, OutputRef, PLAN_FORMAT, PLANS_DIR,
 };
+pub use record::{LogLine, RUN_FORMAT, RUNS_DIR, RunRecord, StageRecord, TaskEntry};
 pub use task::{FitStep, MERGE_FAN_IN, StageTasks, TASK_FORMAT, TaskKind, TaskOutcome, TaskSpec, WrittenObject};
 pub use wasmpipe_storage::deployments::DeployedPipeline;
 pub use wasmpipe_storage::registry::{CARD_FORMAT, Evaluation, ModelCard};
@@ -144,6 +146,8 @@ pub struct StageReport {
     /// Set when the output was already committed by an identical earlier
     /// run (that run's id), so the stage did not run at all.
     pub committed_before: Option<String>,
+    /// What each of its tasks did, round by round.
+    pub outcomes: Vec<TaskOutcome>,
 }
 
 /// What a run did.
@@ -164,6 +168,8 @@ pub struct Executor {
     cache: Arc<cache::Budget>,
     io: tokio::runtime::Runtime,
     pool: rayon::ThreadPool,
+    /// Warnings and errors stages logged since the current run began.
+    warnings: Arc<Mutex<Vec<LogLine>>>,
     config: ExecutorConfig,
 }
 
@@ -188,12 +194,34 @@ impl Executor {
             .thread_name(|i| format!("wasmpipe-task-{i}"))
             .build()
             .expect("start the task pool");
+        // Warnings and errors the stages log are kept for the run record,
+        // on their way to the configured sink.
+        let warnings: Arc<Mutex<Vec<LogLine>>> = Arc::default();
+        let kept = warnings.clone();
+        let next = config.sink.clone();
+        let sink: LogSink = Arc::new(move |label: &str, record: &wasmpipe_runtime::LogRecord| {
+            let level = match record.level {
+                wasmpipe_runtime::Level::Warn => Some("warn"),
+                wasmpipe_runtime::Level::Error => Some("error"),
+                _ => None,
+            };
+            if let Some(level) = level {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.len() < record::MAX_WARNINGS {
+                    kept.push(LogLine { level: level.into(), label: label.into(), message: record.message.clone() });
+                }
+            }
+            if let Some(next) = &next {
+                next(label, record);
+            }
+        });
         Ok(Executor {
             runtime: Arc::new(runtime),
             cache: cache::Budget::new(config.cache_bytes),
             io,
             pool,
-            config: ExecutorConfig { parallelism, ..config },
+            warnings,
+            config: ExecutorConfig { parallelism, sink: Some(sink), ..config },
         })
     }
 
@@ -284,8 +312,43 @@ impl Executor {
         let started = Instant::now();
         plan.check(authority, &self.config.store)?;
         let run_id = new_run_id();
-        let stages = match &self.config.engine {
-            EngineKind::Local => engine::drive(self, storage, plan, components, &engine::Local, &run_id)?,
+        let started_at = std::time::SystemTime::now();
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut stages = Vec::new();
+        let result = self.drive(plan, components, storage, &run_id, &mut stages);
+        let warnings = std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()));
+        let engine = match &self.config.engine {
+            EngineKind::Local => "local",
+            EngineKind::Process { .. } => "process",
+        };
+        let run = (run_id.as_str(), engine, self.config.store.as_str());
+        let record = record::of_run(run, plan, started_at, &stages, warnings, result.as_ref().err());
+        // The record is for the operator: a store that cannot take it does
+        // not fail a run that did its work.
+        match storage.resolve(&self.config.store) {
+            Ok(store) => {
+                if let Err(e) = self.io.block_on(record::write(&store, &record)) {
+                    tracing::warn!("the run record was not written: {e}");
+                }
+            }
+            Err(e) => tracing::warn!("the run record was not written: {e}"),
+        }
+        result?;
+        Ok(RunReport { run_id, stages, wall: started.elapsed() })
+    }
+
+    /// Run the stages of `plan` on the configured engine, adding each
+    /// stage's report to `stages` as it finishes.
+    fn drive(
+        &self,
+        plan: &LockedPipeline,
+        components: Vec<wasmpipe_runtime::StageComponent>,
+        storage: &Storage,
+        run_id: &str,
+        stages: &mut Vec<StageReport>,
+    ) -> Result<(), RunError> {
+        match &self.config.engine {
+            EngineKind::Local => engine::drive(self, storage, plan, components, &engine::Local, run_id, stages),
             EngineKind::Process { program } => {
                 if self.config.store.starts_with("memory://") {
                     return Err(RunError::Plan {
@@ -298,10 +361,9 @@ impl Executor {
                     plan_url: self.publish_plan(plan, storage, &self.config.store)?,
                     plan_sha256: plan.hash(),
                 };
-                engine::drive(self, storage, plan, components, &process, &run_id)?
+                engine::drive(self, storage, plan, components, &process, run_id, stages)
             }
-        };
-        Ok(RunReport { run_id, stages, wall: started.elapsed() })
+        }
     }
 
     /// Run one task of the plan at `spec.plan` in this process (what
@@ -415,6 +477,7 @@ impl Executor {
             applied_model: committed.record.applied_model.clone(),
             rows_quarantined: committed.record.quarantine.iter().map(|p| p.rows).sum(),
             committed_before: committed.before.then(|| committed.record.run_id.clone()),
+            outcomes: Vec::new(),
         })
     }
 }

@@ -221,6 +221,9 @@ pub struct TaskOutcome {
     /// For a merge: what it decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fit: Option<FitStep>,
+    /// When it started, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub started_ms: u64,
 }
 
 impl TaskOutcome {
@@ -241,6 +244,7 @@ impl TaskOutcome {
             seconds: 0.0,
             record: stage.output.task_record(task_id).url().to_string(),
             fit: None,
+            started_ms: 0,
         }
     }
 
@@ -253,6 +257,8 @@ impl TaskOutcome {
 /// Run `task` of `stage` for fit pass `pass`.
 pub(crate) fn run(stage: &PreparedStage, task: TaskKind, pass: u32) -> Result<TaskOutcome, TaskFailure> {
     let started = Instant::now();
+    let started_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let (fits, transforms) = (stage.fits(), stage.transforms());
     let ran = match task {
         TaskKind::Fit(i) if fits && i < stage.fit_tasks() => fit_task(stage, i, pass),
@@ -288,6 +294,7 @@ pub(crate) fn run(stage: &PreparedStage, task: TaskKind, pass: u32) -> Result<Ta
         other => other?,
     };
     outcome.seconds = started.elapsed().as_secs_f64();
+    outcome.started_ms = started_ms;
     Ok(outcome)
 }
 

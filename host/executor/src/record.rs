@@ -1,0 +1,288 @@
+//! The run record: what a run did, kept in the store at
+//! `<store>/_runs/<run id>/run.json` after every run, a failed one
+//! included. Versioned (`format`); documented in docs/run-record.md.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use wasmpipe_storage::{Location, StorageError};
+
+use crate::{LockedPipeline, RunError, StageReport, TaskKind, TaskOutcome};
+
+/// The version of [`RunRecord`]'s layout.
+pub const RUN_FORMAT: u32 = 1;
+
+/// Where run records are kept, below the store.
+pub const RUNS_DIR: &str = "_runs";
+
+/// Most warning lines a record keeps.
+pub(crate) const MAX_WARNINGS: usize = 200;
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Always [`RUN_FORMAT`].
+    pub format: u32,
+    /// The run's id (also in every commit it made).
+    pub run_id: String,
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The SHA-256 of the plan it ran.
+    pub plan_sha256: String,
+    /// `local`, `process`...
+    pub engine: String,
+    /// Where stages without an `output` wrote.
+    pub store: String,
+    /// RFC 3339, UTC.
+    pub started: String,
+    /// RFC 3339, UTC.
+    pub ended: String,
+    /// Wall time.
+    pub seconds: f64,
+    /// `succeeded` or `failed`.
+    pub status: String,
+    /// The stages that ran, in order, and the one that failed.
+    pub stages: Vec<StageRecord>,
+    /// Warnings and errors the stages logged, in order (at most 200).
+    pub warnings: Vec<LogLine>,
+    /// Why the run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One stage of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageRecord {
+    /// The stage's name.
+    pub name: String,
+    /// `transformer`, `estimator` or `aggregator`.
+    pub kind: String,
+    /// `ran`, `committed_before` (an identical run had committed it; that
+    /// run's id in `committed_by`) or `failed`.
+    pub status: String,
+    /// The run that committed it, when an identical one had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_by: Option<String>,
+    /// SHA-256 of its component.
+    pub component: String,
+    /// Fit passes (0 when it does not fit).
+    pub passes: u32,
+    /// Rows read by its transform tasks (or its last fit pass).
+    pub rows_in: u64,
+    /// Rows committed.
+    pub rows_out: u64,
+    /// Rows set aside in its quarantine.
+    pub rows_quarantined: u64,
+    /// Bytes read from storage.
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Its output location.
+    pub output: String,
+    /// SHA-256 of the model (or result) it fitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// SHA-256 of the model it applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_model: Option<String>,
+    /// The report it published (metrics, validation results...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
+    /// Its tasks, in the order they finished round by round.
+    pub tasks: Vec<TaskEntry>,
+}
+
+/// One task of a stage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskEntry {
+    /// As `wasmpipe task --task` names it: `fit:3`, `merge`, `transform:3`...
+    pub task: String,
+    /// Its fit pass (0 outside fitting).
+    pub pass: u32,
+    /// The partition, for a transform task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<usize>,
+    /// When it started, milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Rows read.
+    pub rows_in: u64,
+    /// Rows written to its part.
+    pub rows_out: u64,
+    /// Rows written to its quarantine part.
+    pub rows_quarantined: u64,
+    /// Bytes read from storage.
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// `done`, or `resumed` (an earlier attempt had done it).
+    pub outcome: String,
+}
+
+/// A warning or error a stage logged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    /// `warn` or `error`.
+    pub level: String,
+    /// The stage and task (`fit[merge]`).
+    pub label: String,
+    /// What it said.
+    pub message: String,
+}
+
+impl TaskEntry {
+    fn of(o: &TaskOutcome) -> TaskEntry {
+        TaskEntry {
+            task: o.task.to_string(),
+            pass: o.pass,
+            partition: match o.task {
+                TaskKind::Transform(p) => Some(p),
+                _ => None,
+            },
+            started_ms: o.started_ms,
+            seconds: o.seconds,
+            rows_in: o.rows_in,
+            rows_out: o.rows_out,
+            rows_quarantined: o.rows_quarantined,
+            bytes_read: o.bytes_read,
+            bytes_written: o.bytes_written,
+            outcome: if o.resumed { "resumed" } else { "done" }.into(),
+        }
+    }
+}
+
+impl StageRecord {
+    fn of(r: &StageReport) -> StageRecord {
+        StageRecord {
+            name: r.name.clone(),
+            kind: r.kind.to_string(),
+            status: if r.committed_before.is_some() { "committed_before" } else { "ran" }.into(),
+            committed_by: r.committed_before.clone(),
+            component: r.component.clone(),
+            passes: r.passes,
+            rows_in: r.rows_in,
+            rows_out: r.rows_out,
+            rows_quarantined: r.rows_quarantined,
+            bytes_read: r.bytes_read,
+            bytes_written: r.bytes_written,
+            seconds: r.wall.as_secs_f64(),
+            output: r.output.clone(),
+            model: r.model.as_ref().map(|m| m.sha256.clone()),
+            applied_model: r.applied_model.clone(),
+            report: r.report.as_deref().and_then(|j| serde_json::from_str(j).ok()),
+            tasks: r.outcomes.iter().map(TaskEntry::of).collect(),
+        }
+    }
+}
+
+/// RFC 3339 (UTC, milliseconds).
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// What the run whose stages reported `stages` did; `result` is how it
+/// ended (a stage of `plan` that did not report, when it failed, is the
+/// one that failed).
+pub(crate) fn of_run(
+    run: (&str, &str, &str),
+    plan: &LockedPipeline,
+    started: SystemTime,
+    stages: &[StageReport],
+    warnings: Vec<LogLine>,
+    error: Option<&RunError>,
+) -> RunRecord {
+    let (run_id, engine, store) = run;
+    let ended = SystemTime::now();
+    let mut records: Vec<StageRecord> = stages.iter().map(StageRecord::of).collect();
+    if error.is_some()
+        && let Some(failed) = plan.stages.get(stages.len())
+    {
+        records.push(StageRecord {
+            name: failed.name.clone(),
+            kind: failed.kind.to_string(),
+            status: "failed".into(),
+            committed_by: None,
+            component: failed.component.sha256.clone(),
+            passes: 0,
+            rows_in: 0,
+            rows_out: 0,
+            rows_quarantined: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            seconds: 0.0,
+            output: failed.output.url(store),
+            model: None,
+            applied_model: None,
+            report: None,
+            tasks: Vec::new(),
+        });
+    }
+    let mut warnings = warnings;
+    warnings.truncate(MAX_WARNINGS);
+    RunRecord {
+        format: RUN_FORMAT,
+        run_id: run_id.to_string(),
+        pipeline: plan.pipeline.clone(),
+        plan_sha256: plan.hash(),
+        engine: engine.to_string(),
+        store: store.to_string(),
+        started: rfc3339(started),
+        ended: rfc3339(ended),
+        seconds: ended.duration_since(started).unwrap_or_default().as_secs_f64(),
+        status: if error.is_some() { "failed" } else { "succeeded" }.into(),
+        stages: records,
+        warnings,
+        error: error.map(|e| e.to_string()),
+    }
+}
+
+/// Where the record of run `run_id` is kept below the store `store`.
+pub fn location(store: &Location, run_id: &str) -> Location {
+    store.child(RUNS_DIR).child(run_id).child("run.json")
+}
+
+/// Write `record` below the store `store`.
+pub(crate) async fn write(store: &Location, record: &RunRecord) -> Result<(), StorageError> {
+    let at = location(store, &record.run_id);
+    let json = serde_json::to_vec_pretty(record).expect("a run record serializes");
+    at.put(bytes::Bytes::from(json)).await
+}
+
+/// The run records below the store `store`, newest first. Records that do
+/// not parse are skipped.
+pub async fn list(store: &Location) -> Result<Vec<RunRecord>, StorageError> {
+    use futures::TryStreamExt;
+    let dir = store.child(RUNS_DIR);
+    let metas: Vec<_> = match dir.store().list(Some(dir.path())).try_collect().await {
+        Ok(m) => m,
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(dir.error(e)),
+    };
+    let mut runs = Vec::new();
+    for meta in metas.into_iter().filter(|m| m.location.filename() == Some("run.json")) {
+        if let Some((bytes, _)) = dir.at(meta.location).get_opt().await?
+            && let Ok(record) = serde_json::from_slice::<RunRecord>(&bytes)
+        {
+            runs.push(record);
+        }
+    }
+    runs.sort_by(|a, b| b.started.cmp(&a.started).then_with(|| b.run_id.cmp(&a.run_id)));
+    Ok(runs)
+}
+
+/// The record of run `run_id` (or of the one run whose id starts with it).
+pub async fn find(store: &Location, run_id: &str) -> Result<Option<RunRecord>, StorageError> {
+    if let Some((bytes, _)) = location(store, run_id).get_opt().await? {
+        let record = serde_json::from_slice(&bytes).map_err(|e| StorageError::CorruptCommit {
+            url: location(store, run_id).url().into(),
+            reason: format!("not a run record: {e}"),
+        })?;
+        return Ok(Some(record));
+    }
+    let mut matching: Vec<RunRecord> =
+        list(store).await?.into_iter().filter(|r| r.run_id.starts_with(run_id)).collect();
+    Ok(if matching.len() == 1 { matching.pop() } else { None })
+}
