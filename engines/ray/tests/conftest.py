@@ -128,8 +128,10 @@ def run_ok(s3: S3, *args: str, timeout: float = 600) -> tuple[str, str]:
 
 def normalize(rel: str, data: bytes) -> bytes | None:
     """What must not depend on the engine (as in host/cli/tests/engines.rs)."""
-    if rel.startswith("_plans/") or (
-        rel.startswith("_models/") and (rel.endswith("card.json") or "/evaluations/" in rel)
+    if (
+        rel.startswith("_plans/")
+        or rel.startswith("_runs/")
+        or (rel.startswith("_models/") and (rel.endswith("card.json") or "/evaluations/" in rel))
     ):
         return None
     if rel.endswith("_wasmpipe_commit.json"):

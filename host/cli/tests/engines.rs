@@ -31,10 +31,11 @@ fn ok(out: Output) -> (String, String) {
 
 /// What a run leaves that must not depend on the engine: every object,
 /// byte for byte, except the plans kept for task processes and what
-/// names the run or the time (model cards and evaluations); commit
-/// records without their run id and time.
+/// names the run or the time (run records, model cards and evaluations);
+/// commit records without their run id and time.
 fn normalize(rel: &str, bytes: Vec<u8>) -> Option<Vec<u8>> {
     if rel.starts_with("_plans/")
+        || rel.starts_with("_runs/")
         || (rel.starts_with("_models/") && (rel.ends_with("card.json") || rel.contains("/evaluations/")))
     {
         return None;
