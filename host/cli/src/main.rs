@@ -3,10 +3,13 @@
 
 mod generate;
 mod output;
+mod progress;
 mod render;
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -301,9 +304,18 @@ fn main() -> ExitCode {
         _ => LogFormat::Text,
     };
     let color = cli.color.enabled();
-    output::init_tracing(color, log_format);
+    // A run shows its progress, live on a terminal, unless it is quiet or
+    // its logs go to a collector.
+    let display = match &cli.command {
+        Command::Run(args) if !args.quiet && log_format == LogFormat::Text => {
+            let terminal = std::io::stderr().is_terminal() && std::env::var("TERM").is_ok_and(|t| t != "dumb");
+            progress::Display::new(terminal, true)
+        }
+        _ => progress::Display::plain(),
+    };
+    output::init_tracing(color, log_format, display.clone());
     let result = match cli.command {
-        Command::Run(args) => run(args, color),
+        Command::Run(args) => run(args, color, display),
         Command::Plan(args) => plan(args),
         Command::Prepare(args) => prepare(args),
         Command::Task(args) => task(args),
@@ -441,16 +453,25 @@ fn engine(arg: EngineArg) -> anyhow::Result<EngineKind> {
     })
 }
 
-/// An executor whose stage logs at `min_level` and above go to stderr
-/// (see [`output`]); `cache_mib`: see `--cache-mib`.
+/// How an executor reports: stage logs at `.0` and above, coloured or
+/// not, in a format, through a display (with its progress, for a run).
+type Logs = (Level, bool, LogFormat, Arc<progress::Display>);
+
+/// Logs for commands that only print warnings, plainly.
+fn quiet_logs() -> Logs {
+    (Level::Warn, false, LogFormat::Text, progress::Display::plain())
+}
+
+/// An executor whose stage logs go to stderr as `logs` says (see
+/// [`output`]); `cache_mib`: see `--cache-mib`.
 fn executor(
     parallelism: Option<usize>,
     store: String,
-    logs: (Level, bool, LogFormat),
+    logs: Logs,
     engine: EngineKind,
     cache_mib: u64,
 ) -> anyhow::Result<Executor> {
-    let (min_level, color, format) = logs;
+    let (min_level, color, format, display) = logs;
     let mut config = ExecutorConfig::new(store);
     config.engine = engine;
     config.cache_bytes = cache_mib.saturating_mul(1 << 20);
@@ -458,7 +479,8 @@ fn executor(
         anyhow::ensure!(p > 0, "--parallelism must be at least 1");
         config.parallelism = p;
     }
-    config.sink = Some(output::stage_log_sink(min_level, color, format));
+    config.sink = Some(output::stage_log_sink(min_level, color, format, display.clone()));
+    config.progress = Some(Arc::new(move |event| display.on(event)));
     Ok(Executor::new(config)?)
 }
 
@@ -484,7 +506,7 @@ fn man(args: ManArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
+fn run(args: RunArgs, color: bool, display: Arc<progress::Display>) -> anyhow::Result<ExitCode> {
     if args.engine == EngineArg::Ray {
         return run_on_ray(&args);
     }
@@ -502,7 +524,7 @@ fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
                 Some(s) => absolute_location(s)?,
                 None => format!("{}/data", root.trim_end_matches('/')),
             };
-            let logs = (min_level, color, args.log_format);
+            let logs = (min_level, color, args.log_format, display.clone());
             let mut executor = executor(args.parallelism, store, logs, engine(args.engine)?, args.cache_mib)?;
             executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             let (name, version) = name_version(&args.target)?;
@@ -531,7 +553,7 @@ fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
             let manifest = Manifest::load(path)?;
             let base_dir = manifest_dir(path)?;
             let store = absolute_location(args.store.as_deref().unwrap_or("wasmpipe-data"))?;
-            let logs = (min_level, color, args.log_format);
+            let logs = (min_level, color, args.log_format, display.clone());
             let mut executor = executor(args.parallelism, store, logs, engine(args.engine)?, args.cache_mib)?;
             executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             output::announce(
@@ -547,7 +569,7 @@ fn run(args: RunArgs, color: bool) -> anyhow::Result<ExitCode> {
 
 fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let store = absolute_location(args.publish.as_deref().unwrap_or("wasmpipe-data"))?;
-    let mut executor = executor(Some(1), store.clone(), (Level::Warn, false, LogFormat::Text), EngineKind::Local, 0)?;
+    let mut executor = executor(Some(1), store.clone(), quiet_logs(), EngineKind::Local, 0)?;
     executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
     let (plan, local_dir) = match &args.from {
         Some(root) => {
@@ -657,7 +679,7 @@ fn task_executor(plan: &str, store: Option<&str>, log_format: LogFormat) -> anyh
     config.parallelism = 1;
     // One task reads its partition once.
     config.cache_bytes = 0;
-    config.sink = Some(output::stage_log_sink(Level::Trace, false, log_format));
+    config.sink = Some(output::stage_log_sink(Level::Trace, false, log_format, progress::Display::plain()));
     Ok(Executor::new(config)?)
 }
 
@@ -712,7 +734,7 @@ fn render_jobs(args: render::RenderArgs) -> anyhow::Result<ExitCode> {
         Some(s) => absolute_location(s)?,
         None => format!("{}/data", root.trim_end_matches('/')),
     };
-    let executor = executor(Some(1), store.clone(), (Level::Warn, false, LogFormat::Text), EngineKind::Local, 0)?;
+    let executor = executor(Some(1), store.clone(), quiet_logs(), EngineKind::Local, 0)?;
     let (name, version) = name_version(&args.pipeline)?;
     let (plan, _) = executor.deployed_plan(&root, name, version)?;
     executor.check_plan(&plan, None)?;
@@ -765,7 +787,7 @@ fn manifest_dir(path: &Path) -> anyhow::Result<PathBuf> {
 
 fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     let to = absolute_location(&args.to)?;
-    let executor = executor(None, to.clone(), (Level::Warn, false, LogFormat::Text), EngineKind::Local, 0)?;
+    let executor = executor(None, to.clone(), quiet_logs(), EngineKind::Local, 0)?;
     let d = executor.deploy(&args.manifest, &to)?;
     for url in &d.uploaded {
         eprintln!("uploaded {url}");

@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::sync::Arc;
 
+use crate::progress::{Display, EventWriter};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -48,10 +49,11 @@ pub enum LogFormat {
 
 /// Set up wasmpipe's own diagnostics (`WASMPIPE_LOG` filters them): as
 /// text, or as JSON lines of the same shape as the stage logs'.
-pub fn init_tracing(color: bool, format: LogFormat) {
+pub fn init_tracing(color: bool, format: LogFormat, display: Arc<Display>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WASMPIPE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,wasmpipe=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let writer = move || EventWriter::new(display.clone());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(false);
     match format {
         LogFormat::Text => builder.with_ansi(color).without_time().init(),
         LogFormat::Json => builder.with_ansi(false).event_format(JsonLine).init(),
@@ -162,8 +164,9 @@ pub fn parse_label(label: &str) -> (&str, String, Option<u64>) {
     (stage, task, None)
 }
 
-/// The sink of stage logs at `min_level` and above, in `format`.
-pub fn stage_log_sink(min_level: Level, color: bool, format: LogFormat) -> LogSink {
+/// The sink of stage logs at `min_level` and above, in `format`, printed
+/// through `display` (above its progress bars).
+pub fn stage_log_sink(min_level: Level, color: bool, format: LogFormat, display: Arc<Display>) -> LogSink {
     Arc::new(move |label: &str, record: &LogRecord| {
         if rank(record.level) < rank(min_level) {
             return;
@@ -182,7 +185,7 @@ pub fn stage_log_sink(min_level: Level, color: bool, format: LogFormat) -> LogSi
                 if let Some(p) = partition {
                     line["partition"] = p.into();
                 }
-                eprintln!("{line}");
+                display.println(&line.to_string());
             }
             LogFormat::Text => {
                 let tag = match record.level {
@@ -191,9 +194,9 @@ pub fn stage_log_sink(min_level: Level, color: bool, format: LogFormat) -> LogSi
                     _ => "",
                 };
                 if color {
-                    eprintln!("\x1b[2m[{label}]\x1b[0m {tag}{}", record.message);
+                    display.println(&format!("\x1b[2m[{label}]\x1b[0m {tag}{}", record.message));
                 } else {
-                    eprintln!("[{label}] {tag}{}", record.message);
+                    display.println(&format!("[{label}] {tag}{}", record.message));
                 }
             }
         }

@@ -204,3 +204,56 @@ fn logs_are_json_lines_with_log_format_json_and_colour_follows_color() {
         assert_eq!(stderr.contains('\x1b'), colored, "--color {choice}: {stderr:?}");
     }
 }
+
+#[test]
+fn off_a_terminal_progress_is_a_status_line_now_and_then_and_quiet_hides_it() {
+    let run = |extra: &[&str], interval: &str| {
+        let store = tempfile::tempdir().unwrap();
+        let out = wasmpipe()
+            .args(["run", "examples/diabetes/wasmpipe.toml", "--parallelism", "2"])
+            .args(extra)
+            .arg("--store")
+            .arg(store.path())
+            .env("WASMPIPE_PROGRESS_INTERVAL_S", interval)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{stderr}");
+        stderr.lines().filter(|l| l.starts_with("progress: ")).map(str::to_string).collect::<Vec<_>>()
+    };
+    // Every task, with an interval of 0: the stage, its round, tasks done
+    // of the round, and the rates.
+    let lines = run(&[], "0");
+    assert!(lines.iter().any(|l| l.starts_with("progress: clean transform: 7/7 tasks, ")), "{lines:#?}");
+    assert!(lines.iter().any(|l| l.starts_with("progress: fit fit pass 0: 1/1 tasks, ")), "{lines:#?}");
+    assert!(lines.iter().all(|l| l.contains(" rows/s, ") && l.ends_with("/s")), "{lines:#?}");
+    // A short run under the default interval prints none; -q none at all.
+    assert!(run(&[], "10").is_empty());
+    assert!(run(&["-q"], "0").is_empty());
+}
+
+#[test]
+fn on_a_terminal_a_run_draws_a_bar_per_stage_with_the_logs_above_it() {
+    // `script` (util-linux) runs the binary on a pseudo-terminal.
+    let store = tempfile::tempdir().unwrap();
+    let command = format!(
+        "{} run examples/diabetes/wasmpipe.toml --parallelism 2 --store {}",
+        env!("CARGO_BIN_EXE_wasmpipe"),
+        store.path().display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("TERM", "xterm")
+        .current_dir(repo())
+        .output()
+        .expect("script (util-linux) runs");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    // (The logs are coloured on a terminal: `\x1b[2m[clean[0]]\x1b[0m kept ...`.)
+    for drawn in ["tasks · fit pass 0 · ", "tasks · transform · ", " rows/s, ", "[clean[0]]\x1b[0m kept 64 of 64 rows"]
+    {
+        assert!(screen.contains(drawn), "the terminal shows no {drawn:?}:\n{screen}");
+    }
+    assert!(screen.contains("r2 = 0.5177"), "{screen}");
+}

@@ -417,12 +417,13 @@ fn task_processes_reach_the_store_through_the_manifests_storage_options() {
 
 #[test]
 fn a_wide_fit_merges_along_one_tree_on_every_engine() {
-    // 442 rows in row groups of 8: 56 partitions, so each fit pass merges
-    // in a tree (combine tasks in groups of 16, then the merge).
+    // 442 rows in row groups of 8: 56 partitions, a fit task each
+    // (`fit_task_mib = 0`), so each fit pass merges in a tree (combine
+    // tasks in groups of 16, then the merge).
     let dir = tempfile::tempdir().unwrap();
     let features = r#"["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]"#;
     let text = format!(
-        "version = 1\nname = \"wide\"\n[defaults]\nbatch_rows = 8\nrow_group_rows = 8\n\
+        "version = 1\nname = \"wide\"\n[defaults]\nbatch_rows = 8\nrow_group_rows = 8\nfit_task_mib = 0\n\
          [stage.ingest]\ncomponent = {}\ninputs = [{}]\n\
          [stage.scale]\ncomponent = {}\ninputs = [\"stage:ingest\"]\nconfig = {{ columns = {features} }}\n\
          [stage.fit]\ncomponent = {}\ninputs = [\"stage:scale\"]\nconfig = {{ features = {features}, target = \"target\" }}\n\
@@ -449,6 +450,7 @@ fn a_wide_fit_merges_along_one_tree_on_every_engine() {
     let (tasks, _) = ok(wasmpipe().args(["prepare", "--plan", url, "--stage", "scale"]).output().unwrap());
     let tasks: serde_json::Value = serde_json::from_str(tasks.trim()).unwrap();
     assert_eq!(tasks["partitions"], 56, "{tasks}");
+    assert_eq!(tasks["fit_tasks"], 56, "{tasks}");
     assert_eq!(tasks["combine_levels"], serde_json::json!([4]), "{tasks}");
     assert_eq!(tasks["committed"], true, "{tasks}");
     assert_same(&local, &snapshot_dir(&store), "a fit over 56 partitions");

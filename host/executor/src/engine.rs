@@ -22,7 +22,7 @@ use crate::commit::{commit_stage, committed_files, register_model};
 use crate::plan::LockedPipeline;
 use crate::stage::{PreparedStage, prepare};
 use crate::task::{self, FitStep, TaskKind, TaskOutcome};
-use crate::{Executor, RunError, StageReport, TaskFailure, registry};
+use crate::{Executor, Progress, RunError, StageReport, TaskFailure, registry};
 
 /// Which engine runs a plan's tasks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,15 +146,27 @@ fn parallel(
     task: impl Fn(TaskKind, u32) -> Result<TaskOutcome, TaskFailure> + Sync,
 ) -> Result<Vec<TaskOutcome>, RunError> {
     let exec = stage.exec;
+    let name = &stage.stage.name;
+    if let Some(&(kind, pass)) = tasks.first() {
+        let what = match kind {
+            TaskKind::Fit(_) => format!("fit pass {pass}"),
+            TaskKind::Combine { .. } => format!("combine, pass {pass}"),
+            TaskKind::Merge => format!("merge, pass {pass}"),
+            TaskKind::Transform(_) => "transform".to_string(),
+        };
+        exec.progress(|| Progress::Round { stage: name.clone(), what, tasks: tasks.len() });
+    }
     let failed = AtomicBool::new(false);
     let run_one = |&(kind, pass): &(TaskKind, u32)| -> Option<Result<TaskOutcome, TaskFailure>> {
         if failed.load(Ordering::Relaxed) {
             return None;
         }
+        exec.progress(|| Progress::TaskStarted { stage: name.clone() });
         let result = catch_unwind(AssertUnwindSafe(|| task(kind, pass)))
             .unwrap_or_else(|p| Err(TaskFailure::Internal(panic_message(p))));
-        if result.is_err() {
-            failed.store(true, Ordering::Relaxed);
+        match &result {
+            Ok(o) => exec.progress(|| Progress::TaskDone { stage: name.clone(), rows: o.rows_in, bytes: o.bytes_read }),
+            Err(_) => failed.store(true, Ordering::Relaxed),
         }
         Some(result)
     };
@@ -214,7 +226,13 @@ pub(crate) fn drive(
     for (locked, component) in plan.stages.iter().zip(components) {
         let started = Instant::now();
         let stage = prepare(exec, storage, plan, locked, component)?;
+        exec.progress(|| Progress::Stage { stage: locked.name.clone(), partitions: stage.partitions.len() });
         let report = run_stage(&stage, engine, run_id, started)?;
+        exec.progress(|| Progress::StageDone {
+            stage: locked.name.clone(),
+            rows: report.rows_out,
+            committed_before: report.committed_before.is_some(),
+        });
         registry::record_evaluation(exec, storage, plan, run_id, reports, &report)?;
         reports.push(report);
     }

@@ -84,7 +84,58 @@ pub struct ExecutorConfig {
     /// transform replay them instead of decoding the files again
     /// (`--cache-mib`; 0 turns it off).
     pub cache_bytes: u64,
+    /// Receives what the run is doing as it happens (stages, rounds,
+    /// tasks), for a live display.
+    pub progress: Option<ProgressSink>,
 }
+
+/// What a run is doing, as it happens.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A stage begins.
+    Stage {
+        /// Its name.
+        stage: String,
+        /// Its input partitions.
+        partitions: usize,
+    },
+    /// A round of a stage's tasks begins.
+    Round {
+        /// The stage.
+        stage: String,
+        /// What the round does: `fit pass 3`, `combine, pass 3`, `merge,
+        /// pass 3`, `transform`.
+        what: String,
+        /// Its tasks.
+        tasks: usize,
+    },
+    /// A task began.
+    TaskStarted {
+        /// Its stage.
+        stage: String,
+    },
+    /// A task ended well.
+    TaskDone {
+        /// Its stage.
+        stage: String,
+        /// Rows it read.
+        rows: u64,
+        /// Bytes it read from storage.
+        bytes: u64,
+    },
+    /// A stage ended: committed, or found committed by an identical run.
+    StageDone {
+        /// Its name.
+        stage: String,
+        /// Rows it committed.
+        rows: u64,
+        /// Whether an identical run had committed it (nothing ran).
+        committed_before: bool,
+    },
+}
+
+/// Where [`Progress`] goes.
+pub type ProgressSink = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 impl ExecutorConfig {
     /// Defaults: one task per core, store `./wasmpipe-data`.
@@ -97,6 +148,7 @@ impl ExecutorConfig {
             allow_output: Vec::new(),
             engine: EngineKind::Local,
             cache_bytes: DEFAULT_CACHE_MIB << 20,
+            progress: None,
         }
     }
 }
@@ -174,6 +226,13 @@ pub struct Executor {
 }
 
 impl Executor {
+    /// Tell the progress sink, if any.
+    pub(crate) fn progress(&self, event: impl FnOnce() -> Progress) {
+        if let Some(sink) = &self.config.progress {
+            sink(&event());
+        }
+    }
+
     /// Start the engine, the I/O runtime and the task pool.
     pub fn new(config: ExecutorConfig) -> Result<Self, RunError> {
         let parallelism = config.parallelism.max(1);
