@@ -5,6 +5,7 @@ mod generate;
 mod output;
 mod progress;
 mod render;
+mod show;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,7 @@ enum Command {
     Models(ModelsArgs),
     Gen(generate::GenArgs),
     Runs(RunsArgs),
+    Show(show::ShowArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
 }
@@ -327,6 +329,7 @@ fn main() -> ExitCode {
         Command::Models(args) => models(args),
         Command::Gen(args) => generate::generate(args).map(|()| ExitCode::SUCCESS),
         Command::Runs(args) => runs(args),
+        Command::Show(args) => io().and_then(|io| show::show(args, &io)).map(|()| ExitCode::SUCCESS),
         Command::Completions(args) => completions(args),
         Command::Man(args) => man(args),
     };

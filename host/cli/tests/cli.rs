@@ -257,3 +257,47 @@ fn on_a_terminal_a_run_draws_a_bar_per_stage_with_the_logs_above_it() {
     }
     assert!(screen.contains("r2 = 0.5177"), "{screen}");
 }
+
+#[test]
+fn wasmpipe_show_prints_schema_rows_lineage_quarantine_and_the_first_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.csv"), "a,b\n1,2\n3,x\n5,6\n7,8\n").unwrap();
+    let manifest = dir.path().join("wasmpipe.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "version = 1\nname = \"t\"\n[stage.ingest]\ncomponent = {:?}\ninputs = [\"data.csv\"]\nschema = {{ a = \"int64\", b = \"int64\" }}\n",
+            repo().join("stages/passthrough").display().to_string()
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let out = wasmpipe().arg("run").arg(&manifest).arg("--store").arg(&store).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let output = store.join("t/ingest");
+
+    let out = wasmpipe().arg("show").arg(&output).args(["--rows", "2"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("  rows 3 in 1 file(s), 1 partition(s)"), "{text}");
+    assert!(text.contains("of pipeline \"t\", stage \"ingest\""), "{text}");
+    assert!(text.contains("input file://") && text.contains("data.csv"), "{text}");
+    assert!(text.contains("quarantined 1 rows"), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("1  ") && l.contains("b")), "a reason line:\n{text}");
+    assert!(text.contains("  a                        Int64"), "{text}");
+    assert!(text.contains("first 2 rows:") && text.contains("| 1 | 2 |") && text.contains("| 5 | 6 |"), "{text}");
+    assert!(!text.contains("| 7 | 8 |"), "{text}");
+
+    let out = wasmpipe().arg("show").arg(&output).arg("--json").output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["rows"], 3);
+    assert_eq!(doc["quarantine"]["rows"], 1);
+    assert_eq!(doc["head"].as_array().unwrap().len(), 3, "{doc}");
+    assert_eq!(doc["head"][2], serde_json::json!({"a": 7, "b": 8}));
+    assert_eq!(doc["schema"][1]["name"], "b");
+    assert_eq!(doc["commit"]["stage"], "ingest");
+
+    let out = wasmpipe().arg("show").arg(store.join("t/nothing")).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("t/nothing") && err.contains("no such file or object"), "{err}");
+}

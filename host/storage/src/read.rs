@@ -255,6 +255,12 @@ pub async fn partitions(files: &[InputFile]) -> Result<Vec<Partition>, StorageEr
     Ok(out)
 }
 
+/// The Arrow schema of a Parquet file, from its footer (as partitions
+/// stream it: see [`reader_options`]).
+pub async fn parquet_schema(file: &InputFile) -> Result<SchemaRef, StorageError> {
+    Ok(load_metadata(file, &mut parquet_reader(file)).await?.schema().clone())
+}
+
 /// A Parquet file's footer, as Arrow reads it; a panic in the parser is a
 /// malformed file too.
 async fn load_metadata(file: &InputFile, reader: &mut ObjectReader) -> Result<ArrowReaderMetadata, StorageError> {
