@@ -1,6 +1,7 @@
 //! `wasmpipe show`: what a committed output (or any Parquet, CSV or JSON
 //! Lines location) holds: its schema, rows and parts, the commit's
-//! lineage, the quarantine's counts by reason, and the first rows.
+//! lineage and report, the quarantine's counts by reason, and the first
+//! rows.
 
 use std::collections::BTreeMap;
 
@@ -120,6 +121,17 @@ pub fn show(args: ShowArgs, io: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         }
         if let Some(m) = &record.applied_model {
             println!("  applied model sha256:{m}");
+        }
+    }
+    if let Some(files) = listing.commit.as_ref().and_then(|r| r.report.as_ref()) {
+        let report = io.block_on(at.child(&files.json).get_opt())?;
+        if let Some((bytes, _)) = report {
+            let doc: serde_json::Value =
+                serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", at.child(&files.json).url()))?;
+            println!("report:");
+            for line in serde_json::to_string_pretty(&doc)?.lines() {
+                println!("  {line}");
+            }
         }
     }
     if let Some((n, reasons)) = &quarantine {

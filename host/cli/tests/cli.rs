@@ -297,6 +297,19 @@ fn wasmpipe_show_prints_schema_rows_lineage_quarantine_and_the_first_rows() {
     assert_eq!(doc["schema"][1]["name"], "b");
     assert_eq!(doc["commit"]["stage"], "ingest");
 
+    // An aggregator's output: its report.
+    let demo = tempfile::tempdir().unwrap();
+    let out = wasmpipe()
+        .args(["run", "-q", "examples/diabetes/wasmpipe.toml", "--store"])
+        .arg(demo.path())
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = wasmpipe().arg("show").arg(demo.path().join("diabetes/evaluate")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("report:") && text.contains("\"r2\": 0.5177"), "{text}");
+
     let out = wasmpipe().arg("show").arg(store.join("t/nothing")).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("t/nothing") && err.contains("no such file or object"), "{err}");
