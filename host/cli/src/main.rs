@@ -317,7 +317,7 @@ fn main() -> ExitCode {
     };
     output::init_tracing(color, log_format, display.clone());
     let result = match cli.command {
-        Command::Run(args) => run(args, color, display),
+        Command::Run(args) => run(args, color, display.clone()),
         Command::Plan(args) => plan(args),
         Command::Prepare(args) => prepare(args),
         Command::Task(args) => task(args),
@@ -336,13 +336,15 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) if log_format == LogFormat::Json => {
-            tracing::error!("{}", error_text(&err));
+            output::json_line("error", &error_text(&err));
             match err.downcast_ref::<RunError>() {
                 Some(e) => ExitCode::from(e.exit_code()),
                 None => ExitCode::FAILURE,
             }
         }
         Err(err) => {
+            // (A failed run's bar goes, so that the error is the last line.)
+            display.clear();
             print_error(&err);
             match err.downcast_ref::<RunError>() {
                 Some(e) => ExitCode::from(e.exit_code()),

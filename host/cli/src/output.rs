@@ -122,8 +122,14 @@ fn now() -> String {
 pub fn announce(format: LogFormat, message: &str) {
     match format {
         LogFormat::Text => eprintln!("{message}"),
-        LogFormat::Json => eprintln!("{}", serde_json::json!({ "time": now(), "level": "info", "message": message })),
+        LogFormat::Json => json_line("info", message),
     }
+}
+
+/// One JSON log line at `level`, printed whatever `WASMPIPE_LOG` filters
+/// (a run's error must never go missing).
+pub fn json_line(level: &str, message: &str) {
+    eprintln!("{}", serde_json::json!({ "time": now(), "level": level, "message": message }));
 }
 
 fn level_name(level: Level) -> &'static str {

@@ -68,6 +68,17 @@ impl Display {
         Display::new(false, false)
     }
 
+    /// Take the bars off the screen (a run that failed leaves none).
+    pub fn clear(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(bar) = s.bar.take() {
+            bar.finish_and_clear();
+        }
+        if let Some(multi) = &self.live {
+            let _ = multi.clear();
+        }
+    }
+
     /// Print `line` on stderr, above the bars when they are drawn.
     pub fn println(&self, line: &str) {
         match &self.live {

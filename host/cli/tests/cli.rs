@@ -185,8 +185,12 @@ fn logs_are_json_lines_with_log_format_json_and_colour_follows_color() {
     assert_eq!(kept["task"], format!("transform:{}", kept["partition"]), "{kept}");
     assert!(lines.iter().any(|l| l["task"] == "merge" && l["message"] == "r2 = 0.5177"), "{stderr}");
 
-    // A failed run's error is a JSON line too.
-    let out = wasmpipe().args(["run", "--log-format", "json", "no-such-manifest.toml"]).output().unwrap();
+    // A failed run's error is a JSON line too, whatever WASMPIPE_LOG filters.
+    let out = wasmpipe()
+        .args(["run", "--log-format", "json", "no-such-manifest.toml"])
+        .env("WASMPIPE_LOG", "off")
+        .output()
+        .unwrap();
     let err: serde_json::Value = serde_json::from_slice(out.stderr.trim_ascii()).unwrap();
     assert_eq!(err["level"], "error");
     assert!(err["message"].as_str().unwrap().contains("no-such-manifest.toml"), "{err}");

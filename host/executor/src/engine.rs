@@ -120,9 +120,9 @@ fn forward_logs(stage: &PreparedStage, stderr: &str) {
         });
         let (label, record) = parsed
             .unwrap_or_else(|| (stage.stage.name.clone(), LogRecord { level: Level::Warn, message: line.to_string() }));
-        match &stage.exec.config.sink {
-            Some(sink) => sink(&label, &record),
-            None => eprintln!("[{label}] {}", record.message),
+        (stage.exec.log)(&label, &record);
+        if stage.exec.config.sink.is_none() {
+            eprintln!("[{label}] {}", record.message);
         }
     }
 }
@@ -212,6 +212,14 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panic".into())
 }
 
+/// What a run has done so far: the stages that finished, and what the
+/// tasks of the stage running now did, round by round.
+#[derive(Default)]
+pub(crate) struct SoFar {
+    pub stages: Vec<StageReport>,
+    pub running: Vec<TaskOutcome>,
+}
+
 /// Run every stage of `plan` (its components loaded as `components`) in
 /// order on `engine`; the reports of the stages run.
 pub(crate) fn drive(
@@ -221,20 +229,20 @@ pub(crate) fn drive(
     components: Vec<StageComponent>,
     engine: &dyn Engine,
     run_id: &str,
-    reports: &mut Vec<StageReport>,
+    so_far: &mut SoFar,
 ) -> Result<(), RunError> {
     for (locked, component) in plan.stages.iter().zip(components) {
         let started = Instant::now();
         let stage = prepare(exec, storage, plan, locked, component)?;
         exec.progress(|| Progress::Stage { stage: locked.name.clone(), partitions: stage.partitions.len() });
-        let report = run_stage(&stage, engine, run_id, started)?;
+        let report = run_stage(&stage, engine, run_id, started, &mut so_far.running)?;
         exec.progress(|| Progress::StageDone {
             stage: locked.name.clone(),
             rows: report.rows_out,
             committed_before: report.committed_before.is_some(),
         });
-        registry::record_evaluation(exec, storage, plan, run_id, reports, &report)?;
-        reports.push(report);
+        registry::record_evaluation(exec, storage, plan, run_id, &so_far.stages, &report)?;
+        so_far.stages.push(report);
     }
     Ok(())
 }
@@ -246,6 +254,7 @@ fn run_stage(
     engine: &dyn Engine,
     run_id: &str,
     started: Instant,
+    outcomes: &mut Vec<TaskOutcome>,
 ) -> Result<StageReport, RunError> {
     let io = &stage.exec.io;
     let name = &stage.stage.name;
@@ -299,7 +308,6 @@ fn run_stage(
         .map_err(storage_err)?;
     let seen = previous.map(|(_, e_tag)| e_tag);
 
-    let mut outcomes: Vec<TaskOutcome> = Vec::new();
     let fits = stage.fits();
     if fits {
         for pass in 0..stage.stage.limits.max_passes {
@@ -339,6 +347,6 @@ fn run_stage(
     report.model_bytes = committed.model_bytes;
     report.report = committed.report;
     report.wall = started.elapsed();
-    report.outcomes = outcomes;
+    report.outcomes = std::mem::take(outcomes);
     Ok(report)
 }

@@ -222,6 +222,9 @@ pub struct Executor {
     pool: rayon::ThreadPool,
     /// Warnings and errors stages logged since the current run began.
     warnings: Arc<Mutex<Vec<LogLine>>>,
+    /// Where stage logs go: kept in `warnings` when they warn, then on to
+    /// the configured sink.
+    log: LogSink,
     config: ExecutorConfig,
 }
 
@@ -280,7 +283,8 @@ impl Executor {
             io,
             pool,
             warnings,
-            config: ExecutorConfig { parallelism, sink: Some(sink), ..config },
+            log: sink,
+            config: ExecutorConfig { parallelism, ..config },
         })
     }
 
@@ -373,15 +377,16 @@ impl Executor {
         let run_id = new_run_id();
         let started_at = std::time::SystemTime::now();
         self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clear();
-        let mut stages = Vec::new();
-        let result = self.drive(plan, components, storage, &run_id, &mut stages);
+        let mut so_far = engine::SoFar::default();
+        let result = self.drive(plan, components, storage, &run_id, &mut so_far);
         let warnings = std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()));
         let engine = match &self.config.engine {
             EngineKind::Local => "local",
             EngineKind::Process { .. } => "process",
         };
         let run = (run_id.as_str(), engine, self.config.store.as_str());
-        let record = record::of_run(run, plan, started_at, &stages, warnings, result.as_ref().err());
+        let record =
+            record::of_run(run, plan, started_at, (&so_far.stages, &so_far.running), warnings, result.as_ref().err());
         // The record is for the operator: a store that cannot take it does
         // not fail a run that did its work.
         match storage.resolve(&self.config.store) {
@@ -393,21 +398,22 @@ impl Executor {
             Err(e) => tracing::warn!("the run record was not written: {e}"),
         }
         result?;
-        Ok(RunReport { run_id, stages, wall: started.elapsed() })
+        Ok(RunReport { run_id, stages: so_far.stages, wall: started.elapsed() })
     }
 
     /// Run the stages of `plan` on the configured engine, adding each
-    /// stage's report to `stages` as it finishes.
+    /// stage's report to `stages` as it finishes; `running` holds what the
+    /// tasks of the stage running now did, round by round.
     fn drive(
         &self,
         plan: &LockedPipeline,
         components: Vec<wasmpipe_runtime::StageComponent>,
         storage: &Storage,
         run_id: &str,
-        stages: &mut Vec<StageReport>,
+        so_far: &mut engine::SoFar,
     ) -> Result<(), RunError> {
         match &self.config.engine {
-            EngineKind::Local => engine::drive(self, storage, plan, components, &engine::Local, run_id, stages),
+            EngineKind::Local => engine::drive(self, storage, plan, components, &engine::Local, run_id, so_far),
             EngineKind::Process { program } => {
                 if self.config.store.starts_with("memory://") {
                     return Err(RunError::Plan {
@@ -420,7 +426,7 @@ impl Executor {
                     plan_url: self.publish_plan(plan, storage, &self.config.store)?,
                     plan_sha256: plan.hash(),
                 };
-                engine::drive(self, storage, plan, components, &process, run_id, stages)
+                engine::drive(self, storage, plan, components, &process, run_id, so_far)
             }
         }
     }

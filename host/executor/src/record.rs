@@ -183,17 +183,18 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-/// What the run whose stages reported `stages` did; `result` is how it
-/// ended (a stage of `plan` that did not report, when it failed, is the
-/// one that failed).
+/// What the run whose stages reported `stages.0` did; `error` says how it
+/// failed: the stage of `plan` after the last that reported is the one
+/// that failed, and `stages.1` what its tasks had done, round by round.
 pub(crate) fn of_run(
     run: (&str, &str, &str),
     plan: &LockedPipeline,
     started: SystemTime,
-    stages: &[StageReport],
+    stages: (&[StageReport], &[TaskOutcome]),
     warnings: Vec<LogLine>,
     error: Option<&RunError>,
 ) -> RunRecord {
+    let (stages, running) = stages;
     let (run_id, engine, store) = run;
     let ended = SystemTime::now();
     let mut records: Vec<StageRecord> = stages.iter().map(StageRecord::of).collect();
@@ -217,7 +218,7 @@ pub(crate) fn of_run(
             model: None,
             applied_model: None,
             report: None,
-            tasks: Vec::new(),
+            tasks: running.iter().map(TaskEntry::of).collect(),
         });
     }
     let mut warnings = warnings;

@@ -355,9 +355,15 @@ impl PreparedStage<'_> {
         levels
     }
 
-    /// Combine task `group` of `level` of pass `pass` (carrying `carry_id`).
+    /// Combine task `group` of `level` of pass `pass` (carrying `carry_id`):
+    /// what it merges depends on how partitions were packed into fit tasks,
+    /// so a run packed otherwise (another `fit_task_mib`) never takes it.
     pub fn combine_id(&self, pass: u32, carry_id: &str, level: u32, group: usize) -> String {
-        self.task_id(usize::MAX, &format!("combine pass {pass} carry {carry_id} level {level} group {group}"))
+        let packing: String = self.fit_groups.iter().map(|g| format!("{}..{} ", g.start, g.end)).collect();
+        self.task_id(
+            usize::MAX,
+            &format!("combine pass {pass} carry {carry_id} level {level} group {group} of fit tasks {packing}"),
+        )
     }
 
     /// The merge and finalize of fit pass `pass`.
@@ -417,7 +423,7 @@ impl PreparedStage<'_> {
         let setup = InstanceSetup {
             config_json: self.stage.config.as_str().into(),
             label,
-            sink: self.exec.config.sink.clone(),
+            sink: Some(self.exec.log.clone()),
             seed: Sha256::digest(task_id.as_bytes()).into(),
         };
         self.exec.runtime.instantiate(&self.component, &limits, setup)

@@ -407,7 +407,9 @@ impl Joiner {
         if self.held.as_ref().is_some_and(|h| h.schema() != batch.schema()) {
             self.flush(&mut each)?;
         }
-        let rows = wasmpipe_storage::rows_for_width(self.batch_rows, batch.num_columns());
+        // (Counted in leaf columns, as the reader counts them.)
+        let leaves = batch.schema().fields().iter().map(|f| leaf_columns(f.data_type())).sum();
+        let rows = wasmpipe_storage::rows_for_width(self.batch_rows, leaves);
         let held = self.held.get_or_insert_with(|| {
             BatchCoalescer::new(batch.schema(), rows).with_biggest_coalesce_batch_size(Some(rows / 2))
         });
@@ -426,6 +428,18 @@ impl Joiner {
             }
         }
         Ok(())
+    }
+}
+
+/// The leaf columns a value of `t` is stored as.
+fn leaf_columns(t: &arrow::datatypes::DataType) -> usize {
+    use arrow::datatypes::DataType;
+    match t {
+        DataType::Struct(fields) => fields.iter().map(|f| leaf_columns(f.data_type())).sum::<usize>().max(1),
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) | DataType::Map(f, _) => {
+            leaf_columns(f.data_type())
+        }
+        _ => 1,
     }
 }
 

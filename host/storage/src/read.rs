@@ -14,6 +14,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, Parq
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::reader::ChunkReader;
 
 use crate::commit::{self, CommitRecord};
 use crate::text::{self, TextFormat};
@@ -224,6 +225,45 @@ impl AsyncFileReader for ObjectReader {
     }
 }
 
+/// A local file as the sync Parquet reader reads it (page by page), keeping
+/// the I/O error behind a failed read, which the reader passes on only as
+/// text.
+struct LocalFile {
+    file: std::fs::File,
+    io_error: Arc<std::sync::Mutex<Option<std::io::Error>>>,
+}
+
+impl LocalFile {
+    fn keep<T>(&self, r: parquet::errors::Result<T>) -> parquet::errors::Result<T> {
+        r.inspect_err(|e| {
+            if let ParquetError::External(inner) = e
+                && let Some(io) = inner.downcast_ref::<std::io::Error>()
+            {
+                let kept = std::io::Error::new(io.kind(), io.to_string());
+                *self.io_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(kept);
+            }
+        })
+    }
+}
+
+impl parquet::file::reader::Length for LocalFile {
+    fn len(&self) -> u64 {
+        parquet::file::reader::Length::len(&self.file)
+    }
+}
+
+impl ChunkReader for LocalFile {
+    type T = <std::fs::File as ChunkReader>::T;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        self.keep(self.file.get_read(start))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.keep(self.file.get_bytes(start, length))
+    }
+}
+
 /// Split files into partitions, reading only Parquet footers.
 pub async fn partitions(files: &[InputFile]) -> Result<Vec<Partition>, StorageError> {
     let mut out = Vec::new();
@@ -411,6 +451,8 @@ pub async fn open(
                         source: object_store::Error::Generic { store: "LocalFileSystem", source: Box::new(source) },
                     },
                 })?;
+                let file = LocalFile { file, io_error: Arc::default() };
+                let io_error = file.io_error.clone();
                 let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, metadata)
                     .with_batch_size(batch_size)
                     .with_projection(projection);
@@ -418,17 +460,30 @@ pub async fn open(
                     builder = builder.with_row_groups(rgs);
                 }
                 let mut reader = builder.build().map_err(|e| parquet_err(&url, e))?;
+                let mut ended = false;
                 let batches = std::iter::from_fn(move || {
+                    if ended {
+                        return None;
+                    }
                     // parquet-rs asserts on some malformed pages instead of
                     // failing (fuzzing found one in its definition levels):
                     // such a file ends in an error naming it, like any other
                     // corrupt file.
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next())) {
+                    let next = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.next())) {
                         Ok(None) => None,
-                        Ok(Some(Ok(b))) => Some(Ok(Chunk::Rows(b))),
-                        Ok(Some(Err(e))) => Some(Err(parquet_err(&url, ParquetError::ArrowError(e.to_string())))),
+                        Ok(Some(Ok(b))) => return Some(Ok(Chunk::Rows(b))),
+                        // The reader's errors reach us as text; an I/O error
+                        // is kept as it was, so that it stays transient.
+                        Ok(Some(Err(e))) => {
+                            Some(Err(match io_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                                Some(io) => parquet_err(&url, ParquetError::External(Box::new(io))),
+                                None => parquet_err(&url, ParquetError::ArrowError(e.to_string())),
+                            }))
+                        }
                         Err(panic) => Some(Err(malformed(&url, panic))),
-                    }
+                    };
+                    ended = true;
+                    next
                 });
                 return Ok(futures::stream::iter(batches).boxed());
             }
