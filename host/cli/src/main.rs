@@ -947,35 +947,20 @@ fn print_run(run: &wasmpipe_executor::RunRecord) {
     println!("status   {}", run.status);
     println!("engine   {}, store {}", run.engine, run.store);
     println!("started  {}, ended {} ({:.2}s)", run.started, run.ended, run.seconds);
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
-        "stage",
-        "kind",
-        "status",
-        "tasks",
-        "passes",
-        "rows in",
-        "rows out",
-        "quarantined",
-        "read",
-        "written",
-        "time",
-    ]);
-    for s in &run.stages {
-        table.add_row([
-            s.name.clone(),
-            s.kind.clone(),
-            s.status.clone(),
-            s.tasks.len().to_string(),
-            if s.passes == 0 { "-".into() } else { s.passes.to_string() },
-            s.rows_in.to_string(),
-            s.rows_out.to_string(),
-            if s.rows_quarantined == 0 { "-".into() } else { s.rows_quarantined.to_string() },
-            human_bytes(s.bytes_read),
-            human_bytes(s.bytes_written),
-            format!("{:.2}s", s.seconds),
-        ]);
-    }
+    let rows = run.stages.iter().map(|s| StageRow {
+        name: s.name.clone(),
+        kind: s.kind.clone(),
+        tasks: match s.status.as_str() {
+            "committed_before" => "committed".to_string(),
+            "failed" => format!("failed after {}", s.tasks.len()),
+            _ => s.tasks.len().to_string(),
+        },
+        passes: s.passes,
+        rows: (s.rows_in, s.rows_out, s.rows_quarantined),
+        bytes: (s.bytes_read, s.bytes_written),
+        seconds: s.seconds,
+    });
+    let table = stage_table(rows);
     println!("{table}");
     for w in &run.warnings {
         println!("{} [{}] {}", w.level, w.label, w.message);
@@ -1001,7 +986,21 @@ fn human_bytes(n: u64) -> String {
     if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
 }
 
-fn print_report(report: &RunReport) {
+/// One stage's line in the stage table.
+struct StageRow {
+    name: String,
+    kind: String,
+    tasks: String,
+    passes: u32,
+    /// In, out, quarantined.
+    rows: (u64, u64, u64),
+    /// Read, written.
+    bytes: (u64, u64),
+    seconds: f64,
+}
+
+/// The stage table a run's summary and `wasmpipe runs RUN_ID` print.
+fn stage_table(rows: impl Iterator<Item = StageRow>) -> comfy_table::Table {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
         "stage",
@@ -1015,25 +1014,38 @@ fn print_report(report: &RunReport) {
         "written",
         "time",
     ]);
-    for s in &report.stages {
-        let tasks = match (&s.committed_before, s.tasks_skipped) {
+    for r in rows {
+        table.add_row([
+            r.name,
+            r.kind,
+            r.tasks,
+            if r.passes == 0 { "-".into() } else { r.passes.to_string() },
+            r.rows.0.to_string(),
+            r.rows.1.to_string(),
+            if r.rows.2 == 0 { "-".into() } else { r.rows.2.to_string() },
+            human_bytes(r.bytes.0),
+            human_bytes(r.bytes.1),
+            format!("{:.2}s", r.seconds),
+        ]);
+    }
+    table
+}
+
+fn print_report(report: &RunReport) {
+    let rows = report.stages.iter().map(|s| StageRow {
+        name: s.name.clone(),
+        kind: s.kind.to_string(),
+        tasks: match (&s.committed_before, s.tasks_skipped) {
             (Some(_), _) => "committed".to_string(),
             (None, 0) => s.tasks.to_string(),
             (None, k) => format!("{} ({k} resumed)", s.tasks),
-        };
-        table.add_row([
-            s.name.clone(),
-            s.kind.to_string(),
-            tasks,
-            if s.passes == 0 { "-".into() } else { s.passes.to_string() },
-            s.rows_in.to_string(),
-            s.rows_out.to_string(),
-            if s.rows_quarantined == 0 { "-".into() } else { s.rows_quarantined.to_string() },
-            human_bytes(s.bytes_read),
-            human_bytes(s.bytes_written),
-            format!("{:.2}s", s.wall.as_secs_f64()),
-        ]);
-    }
+        },
+        passes: s.passes,
+        rows: (s.rows_in, s.rows_out, s.rows_quarantined),
+        bytes: (s.bytes_read, s.bytes_written),
+        seconds: s.wall.as_secs_f64(),
+    });
+    let table = stage_table(rows);
     println!("{table}");
     println!("run {} finished in {:.2}s", report.run_id, report.wall.as_secs_f64());
     println!("outputs:");
