@@ -6,11 +6,14 @@ data, on files `wasmpipe gen` writes. Run by `make bench`; replaces the
 Each run is a fresh process with the default allocator settings; a second
 figure runs it with `MIMALLOC_PURGE_DELAY=0` (freed memory returned to the
 system at once), which shows what the process holds live rather than what
-the allocator keeps for reuse.
+the allocator keeps for reuse. Single runs spread by about 15% (what the
+allocator keeps depends on timing), so every figure is the median of
+`RUNS` runs.
 """
 
 import datetime
 import os
+import statistics
 import platform
 import shutil
 import subprocess
@@ -24,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WASMPIPE = ROOT / "target/release/wasmpipe"
 SCALER = ROOT / "stages/scaler"
 FEATURES = 10
+RUNS = 3
 CASES = [  # (rows, rows per row group)
     (10_000_000, 100_000),
     (10_000_000, 1_000_000),
@@ -65,9 +69,12 @@ def main() -> None:
                 env = dict(os.environ)
                 if purge is not None:
                     env["MIMALLOC_PURGE_DELAY"] = purge
-                store = work / "store"
-                shutil.rmtree(store, ignore_errors=True)
-                figures.append(peak_rss_mib([str(WASMPIPE), "run", "-q", "--store", str(store), str(manifest)], env))
+                runs = []
+                for _ in range(RUNS):
+                    store = work / "store"
+                    shutil.rmtree(store, ignore_errors=True)
+                    runs.append(peak_rss_mib([str(WASMPIPE), "run", "-q", "--store", str(store), str(manifest)], env))
+                figures.append((statistics.median(w for w, _ in runs), statistics.median(r for _, r in runs)))
             data.unlink()
             (wall, rss), (_, live) = figures
             lines.append(f"{rows:>11,}  {group:>9,}  {wall:7.2f}  {rss:9.0f}  {live:9.0f}")
@@ -81,7 +88,7 @@ def main() -> None:
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs\n"
         f"- the scaler pipeline (fit, then transform writing every row), {FEATURES} f64 columns, default settings "
         "(parallelism = cores, batch_rows 8192); peak RSS of the `wasmpipe run` process; `live` runs with "
-        "`MIMALLOC_PURGE_DELAY=0`\n\n"
+        "`MIMALLOC_PURGE_DELAY=0`; medians of {RUNS} runs\n\n"
         "```\n        rows  row group   wall s  RSS MiB  live MiB\n" + "\n".join(lines) + "\n```\n"
     )
     replace_section("Memory follows the batch", section)

@@ -17,8 +17,14 @@ use sha2::{Digest, Sha256};
 use crate::commit::Part;
 use crate::{Location, StorageError};
 
-/// Parts of a multipart upload in flight per writer (10 MiB each).
+/// Parts of a multipart upload in flight per writer.
 const UPLOADS_IN_FLIGHT: usize = 2;
+
+/// Bytes a writer buffers before it uploads them as one part: object
+/// stores want large parts (S3's smallest is 5 MiB), a local file does not,
+/// so that there a task holds about the same whatever the size of its part.
+const UPLOAD_PART: usize = 10 << 20;
+const LOCAL_PART: usize = 1 << 20;
 
 /// The deterministic object name of a task's part: its index (so parts
 /// sort in task order) and its identity (so a retried task rewrites the
@@ -86,7 +92,9 @@ impl PartWriter {
             // upload with at most UPLOADS_IN_FLIGHT parts in flight, so
             // that a writer that outruns its store holds a bounded number
             // of them (object_store's default of 8 held 80 MiB per task).
-            let inner = BufWriter::new(at.store().clone(), at.path().clone()).with_max_concurrency(UPLOADS_IN_FLIGHT);
+            let part = if at.local_file().is_some() { LOCAL_PART } else { UPLOAD_PART };
+            let inner = BufWriter::with_capacity(at.store().clone(), at.path().clone(), part)
+                .with_max_concurrency(UPLOADS_IN_FLIGHT);
             let sink = HashingSink { inner, hash: self.hash.clone() };
             let w = AsyncArrowWriter::try_new(sink, batch.schema(), Some(props)).map_err(|e| self.err(e))?;
             self.writer = Some(w);
