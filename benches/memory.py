@@ -88,7 +88,7 @@ def main() -> None:
         f"- machine: {platform.machine()}, {os.cpu_count()} CPUs\n"
         f"- the scaler pipeline (fit, then transform writing every row), {FEATURES} f64 columns, default settings "
         "(parallelism = cores, batch_rows 8192); peak RSS of the `wasmpipe run` process; `live` runs with "
-        "`MIMALLOC_PURGE_DELAY=0`; medians of {RUNS} runs\n\n"
+        f"`MIMALLOC_PURGE_DELAY=0`; medians of {RUNS} runs\n\n"
         "```\n        rows  row group   wall s  RSS MiB  live MiB\n" + "\n".join(lines) + "\n```\n"
     )
     replace_section("Memory follows the batch", section)
