@@ -132,26 +132,6 @@ pub fn json_line(level: &str, message: &str) {
     eprintln!("{}", serde_json::json!({ "time": now(), "level": level, "message": message }));
 }
 
-fn level_name(level: Level) -> &'static str {
-    match level {
-        Level::Trace => "trace",
-        Level::Debug => "debug",
-        Level::Info => "info",
-        Level::Warn => "warn",
-        Level::Error => "error",
-    }
-}
-
-fn rank(level: Level) -> u8 {
-    match level {
-        Level::Trace => 0,
-        Level::Debug => 1,
-        Level::Info => 2,
-        Level::Warn => 3,
-        Level::Error => 4,
-    }
-}
-
 /// A log label (`scale[3]`, `fit[fit 2]`, `fit[combine 1:0]`,
 /// `fit[merge]`) as stage, task in the task contract's names, and the
 /// partition of a transform task.
@@ -174,7 +154,7 @@ pub fn parse_label(label: &str) -> (&str, String, Option<u64>) {
 /// through `display` (above its progress bars).
 pub fn stage_log_sink(min_level: Level, color: bool, format: LogFormat, display: Arc<Display>) -> LogSink {
     Arc::new(move |label: &str, record: &LogRecord| {
-        if rank(record.level) < rank(min_level) {
+        if record.level.rank() < min_level.rank() {
             return;
         }
         match format {
@@ -182,7 +162,7 @@ pub fn stage_log_sink(min_level: Level, color: bool, format: LogFormat, display:
                 let (stage, task, partition) = parse_label(label);
                 let mut line = serde_json::json!({
                     "time": now(),
-                    "level": level_name(record.level),
+                    "level": record.level.name(),
                     "stage": stage,
                     "task": task,
                     "message": record.message,

@@ -152,16 +152,16 @@ impl Display {
 /// Rows and bytes read per second since the stage began.
 fn rates(s: &State) -> String {
     let secs = s.stage_started.elapsed().as_secs_f64().max(1e-3);
-    format!("{} rows/s, {}/s", human(s.rows as f64 / secs, ""), crate::human_bytes((s.bytes as f64 / secs) as u64))
+    format!("{} rows/s, {}/s", human(s.rows as f64 / secs), crate::human_bytes((s.bytes as f64 / secs) as u64))
 }
 
 /// `1.2M`, `35.0k`, `12`.
-fn human(v: f64, unit: &str) -> String {
+fn human(v: f64) -> String {
     match v {
-        v if v >= 1e9 => format!("{:.1}G{unit}", v / 1e9),
-        v if v >= 1e6 => format!("{:.1}M{unit}", v / 1e6),
-        v if v >= 1e3 => format!("{:.1}k{unit}", v / 1e3),
-        v => format!("{v:.0}{unit}"),
+        v if v >= 1e9 => format!("{:.1}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.1}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
     }
 }
 

@@ -108,13 +108,7 @@ impl Process {
 fn forward_logs(stage: &PreparedStage, stderr: &str) {
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
         let parsed: Option<(String, LogRecord)> = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| {
-            let level = match v.get("level")?.as_str()? {
-                "trace" => Level::Trace,
-                "debug" => Level::Debug,
-                "info" => Level::Info,
-                "warn" => Level::Warn,
-                _ => Level::Error,
-            };
+            let level = Level::from_name(v.get("level")?.as_str()?).unwrap_or(Level::Error);
             let label = v.get("label")?.as_str()?.to_string();
             Some((label, LogRecord { level, message: v.get("message")?.as_str()?.to_string() }))
         });

@@ -262,15 +262,11 @@ impl Executor {
         let kept = warnings.clone();
         let next = config.sink.clone();
         let sink: LogSink = Arc::new(move |label: &str, record: &wasmpipe_runtime::LogRecord| {
-            let level = match record.level {
-                wasmpipe_runtime::Level::Warn => Some("warn"),
-                wasmpipe_runtime::Level::Error => Some("error"),
-                _ => None,
-            };
-            if let Some(level) = level {
+            if record.level.rank() >= wasmpipe_runtime::Level::Warn.rank() {
                 let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                 if kept.len() < record::MAX_WARNINGS {
-                    kept.push(LogLine { level: level.into(), label: label.into(), message: record.message.clone() });
+                    let level = record.level.name().into();
+                    kept.push(LogLine { level, label: label.into(), message: record.message.clone() });
                 }
             }
             if let Some(next) = &next {

@@ -221,8 +221,6 @@ pub(crate) fn of_run(
             tasks: running.iter().map(TaskEntry::of).collect(),
         });
     }
-    let mut warnings = warnings;
-    warnings.truncate(MAX_WARNINGS);
     RunRecord {
         format: RUN_FORMAT,
         run_id: run_id.to_string(),

@@ -194,6 +194,14 @@ pub(crate) fn prepare<'a>(
     Ok(prepared)
 }
 
+/// Where a partition is, for people: `URL row group N`, or the file's URL.
+fn place(p: &Partition) -> String {
+    match p.row_group {
+        Some(rg) => format!("{} row group {rg}", p.file.location.url()),
+        None => p.file.location.url().to_string(),
+    }
+}
+
 /// Consecutive partitions (of `sizes` bytes as stored) packed into fit
 /// tasks of at most `target` bytes (a task holds at least one partition;
 /// 0: one per partition). Only the data decides, so every engine fits the
@@ -383,15 +391,11 @@ impl PreparedStage<'_> {
             return self.describe(phase, members.start);
         }
         let (first, last) = (&self.partitions[members.start], &self.partitions[members.end - 1]);
-        let at = |p: &Partition| match p.row_group {
-            Some(rg) => format!("{} row group {rg}", p.file.location.url()),
-            None => p.file.location.url().to_string(),
-        };
         let what = match (first.row_group, last.row_group) {
             (Some(a), Some(b)) if first.file.location.url() == last.file.location.url() => {
                 format!("{} row groups {a} to {b}", first.file.location.url())
             }
-            _ => format!("{} to {}", at(first), at(last)),
+            _ => format!("{} to {}", place(first), place(last)),
         };
         format!("{phase} partitions {} to {} of {} ({what})", members.start, members.end - 1, self.partitions.len())
     }
@@ -400,13 +404,7 @@ impl PreparedStage<'_> {
     pub fn describe(&self, phase: &str, index: usize) -> String {
         let n = self.partitions.len();
         match self.partitions.get(index) {
-            Some(p) => {
-                let what = match p.row_group {
-                    Some(rg) => format!("{} row group {rg}", p.file.location.url()),
-                    None => p.file.location.url().to_string(),
-                };
-                format!("{phase} partition {index} of {n} ({what})")
-            }
+            Some(p) => format!("{phase} partition {index} of {n} ({})", place(p)),
             None => format!("{phase} (no input partitions)"),
         }
     }

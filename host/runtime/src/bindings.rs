@@ -21,6 +21,32 @@ pub use exports::wasmpipe::stage::fit::FitOutcome;
 pub use wasmpipe::stage::host::{Level, TaskInfo};
 pub use wasmpipe::stage::types::{DataType, Error as WitError, Field, TimeUnit};
 
+impl Level {
+    /// Every level, least severe first.
+    const ALL: [Level; 5] = [Level::Trace, Level::Debug, Level::Info, Level::Warn, Level::Error];
+
+    /// The level's name in logs: `trace`, `debug`, `info`, `warn`, `error`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+
+    /// The level [`Level::name`] calls `name`.
+    pub fn from_name(name: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.name() == name)
+    }
+
+    /// How severe: 0 for `trace` up to 4 for `error`.
+    pub fn rank(self) -> u8 {
+        Level::ALL.iter().position(|l| *l == self).unwrap_or(0) as u8
+    }
+}
+
 /// Fully qualified names of the exported interfaces, as they appear in a
 /// component's type.
 pub const TRANSFORM_INTERFACE: &str = "wasmpipe:stage/transform@0.1.0";
