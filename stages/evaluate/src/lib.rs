@@ -11,9 +11,21 @@
 //! ```
 //!
 //! Rows where either value is null or NaN are not counted.
+//!
+//! The report also carries `sample`: up to 500 `(actual, predicted)` pairs
+//! for a run report's plots (predicted against actual, residuals), the
+//! pairs of smallest hash (`hash_rows` of the two values). A bottom-k by
+//! hash merges exactly, so the sample is the same at any partitioning;
+//! only those pairs are copied into the sandbox.
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Column, Compare, Estimator, Outcome, Result, Task, Unary};
+use wasmpipe_sdk::{Batch, Column, Compare, Estimator, Outcome, Result, SortKey, Task, Unary};
+
+/// Most `(actual, predicted)` pairs in the report's sample.
+const SAMPLE: usize = 500;
+
+/// The seed of the sample's hash.
+const SAMPLE_SEED: u64 = 0x5eed_5a3b_1e;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,6 +48,17 @@ struct State {
     m2: f64,
     sse: f64,
     sae: f64,
+    /// `(hash, actual, predicted)`, ascending, at most [`SAMPLE`].
+    sample: Vec<(f64, f64, f64)>,
+}
+
+/// The [`SAMPLE`] smallest of two ascending samples.
+fn merge_samples(a: Vec<(f64, f64, f64)>, b: Vec<(f64, f64, f64)>) -> Vec<(f64, f64, f64)> {
+    let mut all = [a, b].concat();
+    let key = |e: &(f64, f64, f64)| (e.0.to_bits(), e.1.to_bits(), e.2.to_bits());
+    all.sort_by_key(key);
+    all.truncate(SAMPLE);
+    all
 }
 
 /// The metrics document.
@@ -45,6 +68,21 @@ struct Metrics {
     r2: f64,
     rmse: f64,
     mae: f64,
+}
+
+/// The `(actual, predicted)` pairs of the report's sample.
+#[derive(Serialize)]
+struct Sample {
+    actual: Vec<f64>,
+    predicted: Vec<f64>,
+}
+
+/// What the stage publishes as its report.
+#[derive(Serialize)]
+struct Published<'a> {
+    #[serde(flatten)]
+    metrics: &'a Metrics,
+    sample: Sample,
 }
 
 struct Evaluate;
@@ -71,12 +109,18 @@ impl Estimator for Evaluate {
         let (y, p) = (y.filter_by(&keep)?, p.filter_by(&keep)?);
         let t = y.summarize()?;
         let residual = y.sub(&p)?;
+        let hash = wasmpipe_sdk::hash_rows(&[&y, &p], SAMPLE_SEED)?;
+        let first = wasmpipe_sdk::sort_to_indices(&[&hash], &[SortKey { descending: false, nulls_first: false }])?;
+        let first = first.slice(0, first.len().min(SAMPLE as u64))?;
+        let [h, a, q] = [&hash, &y, &p].map(|c| c.take(&first).and_then(|c| c.read_f64()));
+        let sample = h?.into_iter().zip(a?).zip(q?).map(|((h, a), q)| (h, a, q)).collect();
         let part = State {
             n: t.count,
             mean: t.mean,
             m2: t.m2,
             sse: residual.dot(&residual)?,
             sae: residual.map(Unary::Abs)?.summarize()?.sum,
+            sample: merge_samples(sample, Vec::new()),
         };
         *s = Evaluate::merge(std::mem::take(s), part)?;
         Ok(())
@@ -89,6 +133,7 @@ impl Estimator for Evaluate {
         if b.n == 0 {
             return Ok(a);
         }
+        let sample = merge_samples(a.sample, b.sample);
         let n = a.n + b.n;
         let delta = b.mean - a.mean;
         Ok(State {
@@ -97,6 +142,7 @@ impl Estimator for Evaluate {
             m2: a.m2 + b.m2 + delta * delta * (a.n as f64 * b.n as f64 / n as f64),
             sse: a.sse + b.sse,
             sae: a.sae + b.sae,
+            sample,
         })
     }
 
@@ -110,7 +156,9 @@ impl Estimator for Evaluate {
         wasmpipe_sdk::info!("rmse = {:.4}, mae = {:.4} over {} rows", metrics.rmse, metrics.mae, metrics.rows);
         let rows = [("rows", metrics.rows as f64), ("r2", metrics.r2), ("rmse", metrics.rmse), ("mae", metrics.mae)];
         let table = wasmpipe_sdk::metrics_table(&rows.map(|(m, v)| (m.to_string(), None, v)))?;
-        wasmpipe_sdk::report(&metrics, Some(&table))?;
+        let (actual, predicted) = s.sample.iter().map(|&(_, a, p)| (a, p)).unzip();
+        let published = Published { metrics: &metrics, sample: Sample { actual, predicted } };
+        wasmpipe_sdk::report(&published, Some(&table))?;
         Ok(Outcome::Done(metrics))
     }
 }
@@ -130,6 +178,7 @@ mod tests {
             s.m2 += delta * (y - s.mean);
             s.sse += (y - p) * (y - p);
             s.sae += (y - p).abs();
+            s.sample = merge_samples(s.sample, vec![((y * 7.0 + p).sin(), y, p)]);
         }
         s
     }
@@ -145,5 +194,10 @@ mod tests {
         {
             assert!((a - b).abs() < 1e-9 * b.abs().max(1.0), "{a} vs {b}");
         }
+        let many: Vec<(f64, f64)> = (0..2_000).map(|i| (i as f64, (i * 3 % 17) as f64)).collect();
+        let whole = state(&many);
+        let merged = many.chunks(97).map(state).try_fold(State::default(), Evaluate::merge).unwrap();
+        assert_eq!(whole.sample.len(), SAMPLE);
+        assert_eq!(merged.sample, whole.sample);
     }
 }

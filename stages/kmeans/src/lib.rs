@@ -90,7 +90,9 @@
 //! squared distances of the rows to their nearest centroid in the last
 //! pass; with `tol = 0` these are the final centroids), `sizes` (rows per
 //! centroid in the last pass), `rows`, `passes` (init passes included) and
-//! `converged`.
+//! `converged`. The stage's report is the same but for the centroids:
+//! `rows`, `inertia`, `sizes`, `passes`, `converged` (a run report plots
+//! the cluster sizes).
 
 use serde::{Deserialize, Serialize};
 use wasmpipe_sdk::{Apply, Batch, Column, Compare, DataType, Error, Estimator, Outcome, Result, Task, Unary};
@@ -250,6 +252,16 @@ struct Model {
     inertia: f64,
     sizes: Vec<u64>,
     rows: u64,
+    passes: u32,
+    converged: bool,
+}
+
+/// The stage's report: the model without its centroids.
+#[derive(Serialize)]
+struct Report<'a> {
+    rows: u64,
+    inertia: f64,
+    sizes: &'a [u64],
     passes: u32,
     converged: bool,
 }
@@ -514,6 +526,16 @@ impl Estimator for KMeans {
                     passes: pass + 1,
                     converged,
                 };
+                wasmpipe_sdk::report(
+                    &Report {
+                        rows: model.rows,
+                        inertia: model.inertia,
+                        sizes: &model.sizes,
+                        passes: model.passes,
+                        converged,
+                    },
+                    None,
+                )?;
                 Ok(Outcome::Done(model))
             }
         }
