@@ -3,6 +3,7 @@
 # - Python packages the tests use as independent references and readers
 #   (pyarrow, DuckDB, numpy, scikit-learn; Polars for the peers bench) and
 #   moto's S3 server, in a virtualenv under .tools/;
+# - Debian's Chromium, headless, for the HTML report tests;
 # - Garage, a real S3-compatible server, cached outside the repository
 #   (building it takes minutes) so a re-run on the same machine is instant.
 # Idempotent, and quiet when everything is present.
@@ -25,6 +26,15 @@ if ! "$VENV/bin/python" -c 'import ray, pytest, yaml, kubernetes_validate, wasmp
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e engines/ray
 fi
 
+# Chromium, headless, opens the HTML run reports in host/cli/tests/report.rs.
+if ! command -v chromium >/dev/null && [ -z "${WASMPIPE_CHROMIUM:-}" ]; then
+    echo "installing chromium (Debian's package) for the run report tests..."
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+fi
+
 # Garage: the tests look for it here (or in $WASMPIPE_GARAGE).
 GARAGE_VERSION=2.5.0
 GARAGE_ROOT="$HOME/.cache/wasmpipe/garage-$GARAGE_VERSION"
@@ -45,3 +55,4 @@ fi
 "$VENV/bin/python" -c 'import moto, boto3; print("moto:", moto.__version__, "boto3:", boto3.__version__)'
 "$VENV/bin/python" -c 'import ray, kubernetes_validate; print("ray:", ray.__version__)'
 echo "garage: $("$GARAGE" --version | head -n1)"
+echo "chromium: $("${WASMPIPE_CHROMIUM:-chromium}" --version 2>/dev/null | head -n1)"

@@ -170,6 +170,12 @@ fn logreg_binary_matches_scikit_learn_at_any_partitioning() {
     let (reference, store) = check_logreg(&data("breast_cancer.csv"), "target", 1.0);
     let sklearn = reference["metrics_on_ours"]["roc_auc"].as_f64().unwrap();
     assert!(sklearn > 0.99, "{reference}");
+    // The report adds the average precision (scikit-learn's) and the
+    // curve a run report plots.
+    let (report, _) = read_report(&store.path().join("ml/evaluate"));
+    let ap = reference["average_precision"].as_f64().unwrap();
+    assert!((report["average_precision"].as_f64().unwrap() - ap).abs() <= 1e-12, "{report} vs {ap}");
+    assert_eq!(report["curve"]["fpr"].as_array().unwrap().len(), report["curve"]["tpr"].as_array().unwrap().len());
     check_binned_roc_auc(&store.path().join("ml/fit"), sklearn);
 }
 
@@ -250,8 +256,10 @@ fn check_binned_roc_auc(fit_dir: &Path, sklearn: f64) {
                 assert_eq!(m[key], exact[key], "{name}.{key}");
             }
             // The published report (JSON and rows) and the log carry the bound.
-            let (doc, table) = read_report(&store.path().join("ml").join(name));
-            assert_eq!(&doc, m, "{name}: the report is the result");
+            let (mut doc, table) = read_report(&store.path().join("ml").join(name));
+            let doc = doc.as_object_mut().unwrap();
+            assert!(doc.remove("curve").is_some() && doc.remove("average_precision").is_some(), "{name}: {doc:?}");
+            assert_eq!(&Value::Object(doc.clone()), m, "{name}: the report is the result, a curve added");
             let row = table.iter().find_map(|batch| {
                 let metric = batch.column_by_name("metric").unwrap().as_string::<i32>();
                 let value = batch.column_by_name("value").unwrap().as_primitive::<Float64Type>();

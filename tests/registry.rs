@@ -103,7 +103,7 @@ fn fitted_models_are_registered_with_lineage_and_score_other_pipelines_data() {
     let e = &evaluations[0];
     assert_eq!((e.pipeline.as_str(), e.stage.as_str(), e.predictions.as_str()), ("ml", "evaluate", "fit"));
     assert_eq!((e.model.as_str(), e.run_id.as_str()), (sha.as_str(), first.run_id.as_str()));
-    assert_eq!(e.report, result(&first, "evaluate"), "the evaluate stage's metrics");
+    assert_eq!(report_metrics(&e.report), result(&first, "evaluate"), "the evaluate stage's metrics");
     // The library finds it by any unique prefix, with or without `sha256:`.
     assert_eq!(exec.model_card(&sha[..8]).unwrap(), card);
     assert_eq!(exec.model_card(&format!("sha256:{sha}")).unwrap(), card);

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 from sklearn.cluster import KMeans
 from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.metrics import (
+    average_precision_score,
     accuracy_score,
     confusion_matrix,
     log_loss,
@@ -95,8 +96,10 @@ def logreg(args):
         "weighted": averages["weighted"],
         "log_loss": log_loss(truth, ours_proba, labels=classes),
     }
+    extra = {}
     if len(classes) == 2:
         metrics["roc_auc"] = roc_auc_score(truth, ours["proba_%s" % classes[1]])
+        extra["average_precision"] = average_precision_score(truth == classes[1], ours["proba_%s" % classes[1]])
     print(json.dumps({
         "classes": classes.tolist(),
         "coefficients": model.coef_.tolist(),
@@ -109,6 +112,7 @@ def logreg(args):
         "prediction_agreement": float(np.mean(pred == model.predict(X))),
         "max_abs_proba_diff": float(np.abs(ours_proba - proba).max()),
         "metrics_on_ours": metrics,
+        **extra,
     }))
 
 

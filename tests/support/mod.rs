@@ -143,6 +143,19 @@ pub fn read_report(output_dir: &Path) -> (serde_json::Value, Vec<arrow::record_b
     (serde_json::from_slice(&json).expect("report JSON"), table)
 }
 
+/// A stage's report without what it publishes only for the run report's
+/// plots (an evaluation's `sample`, a classifier's `curve` and
+/// `average_precision`): the metrics, as its result has them.
+pub fn report_metrics(report: &serde_json::Value) -> serde_json::Value {
+    let mut report = report.clone();
+    if let Some(map) = report.as_object_mut() {
+        for key in ["sample", "curve", "average_precision"] {
+            map.remove(key);
+        }
+    }
+    report
+}
+
 /// A fit or aggregator stage's model or result, as JSON.
 pub fn result(report: &RunReport, stage: &str) -> serde_json::Value {
     let s = report.stages.iter().find(|s| s.name == stage).expect("stage in report");

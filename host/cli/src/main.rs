@@ -2,6 +2,7 @@
 //! in object storage, and build stage crates into components.
 
 mod generate;
+mod new;
 mod output;
 mod progress;
 mod render;
@@ -46,7 +47,9 @@ enum Command {
     Deployments(DeploymentsArgs),
     Models(ModelsArgs),
     Gen(generate::GenArgs),
+    New(new::NewArgs),
     Runs(RunsArgs),
+    Report(ReportArgs),
     Show(show::ShowArgs),
     Completions(CompletionsArgs),
     Man(ManArgs),
@@ -66,6 +69,23 @@ struct RunsArgs {
     /// Print the record (or, listing, every record) as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// Write a run's HTML report (`report.html` beside its `run.json`; every
+/// `wasmpipe run` writes one): the pipeline's graph, a timeline of its
+/// tasks, the stage table, validation and quarantine, metrics with their
+/// plots, lineage. One self-contained file: open it in a browser.
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The run: its id, or a unique prefix of it (default: the newest).
+    run: Option<String>,
+    /// The store, as given to `wasmpipe run --store` (default
+    /// `wasmpipe-data`; runs with `--from ROOT` store under `ROOT/data`).
+    #[arg(long, env = "WASMPIPE_STORE", default_value = "wasmpipe-data")]
+    store: String,
+    /// Write the page to this file instead of beside the record.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 /// Print a shell completion script: `wasmpipe completions bash >
@@ -328,7 +348,9 @@ fn main() -> ExitCode {
         Command::Deployments(args) => deployments(args),
         Command::Models(args) => models(args),
         Command::Gen(args) => generate::generate(args).map(|()| ExitCode::SUCCESS),
+        Command::New(args) => new::new(args).map(|()| ExitCode::SUCCESS),
         Command::Runs(args) => runs(args),
+        Command::Report(args) => report(args),
         Command::Show(args) => io().and_then(|io| show::show(args, &io)).map(|()| ExitCode::SUCCESS),
         Command::Completions(args) => completions(args),
         Command::Man(args) => man(args),
@@ -486,6 +508,12 @@ fn executor(
     }
     config.sink = Some(output::stage_log_sink(min_level, color, format, display.clone()));
     config.progress = Some(Arc::new(move |event| display.on(event)));
+    config.recorded = Some(Arc::new(|storage, store, record, io| {
+        match io.block_on(wasmpipe_report::write(storage, store, record)) {
+            Ok(at) => tracing::info!("run report: {}", at.url()),
+            Err(e) => tracing::warn!("the run report was not written: {e}"),
+        }
+    }));
     Ok(Executor::new(config)?)
 }
 
@@ -940,6 +968,36 @@ fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    use wasmpipe_executor::record;
+    let store = absolute_location(&args.store)?;
+    let storage = Storage::new(".");
+    let at = storage.resolve(&store)?;
+    let io = io()?;
+    let run = match &args.run {
+        Some(wanted) => io.block_on(record::find(&at, wanted))?,
+        None => io.block_on(record::list(&at))?.into_iter().next(),
+    };
+    let Some(run) = run else {
+        anyhow::bail!(
+            "no run {}is recorded under {}/{}\n  hint: `wasmpipe runs --store {store}` lists the runs there (a prefix must match one run)",
+            args.run.as_ref().map_or(String::new(), |r| format!("{r:?} ")),
+            at.url(),
+            wasmpipe_executor::RUNS_DIR
+        );
+    };
+    match &args.out {
+        Some(path) => {
+            let details = io.block_on(wasmpipe_report::gather(&storage, &run));
+            let page = wasmpipe_report::render(&run, &details);
+            std::fs::write(path, page).with_context(|| format!("cannot write {}", path.display()))?;
+            println!("{}", path.display());
+        }
+        None => println!("{}", io.block_on(wasmpipe_report::write(&storage, &at, &run))?.url()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// One run record, for people.
 fn print_run(run: &wasmpipe_executor::RunRecord) {
     println!("run      {}", run.run_id);
@@ -1031,6 +1089,18 @@ fn stage_table(rows: impl Iterator<Item = StageRow>) -> comfy_table::Table {
     table
 }
 
+/// The longest report value the run summary prints.
+const MAX_REPORT_VALUE: usize = 200;
+
+/// How many numbers, strings and booleans `v` holds.
+fn values(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(items) => items.iter().map(values).sum(),
+        serde_json::Value::Object(map) => map.values().map(values).sum(),
+        _ => 1,
+    }
+}
+
 fn print_report(report: &RunReport) {
     let rows = report.stages.iter().map(|s| StageRow {
         name: s.name.clone(),
@@ -1080,7 +1150,14 @@ fn print_report(report: &RunReport) {
                                 println!("  {item}");
                             }
                         }
-                        _ => println!("{k} = {v}"),
+                        // What the run report plots (curves, samples) is too
+                        // long for a terminal.
+                        _ => match v.to_string() {
+                            text if text.len() > MAX_REPORT_VALUE => {
+                                println!("{k} = ({} values; plotted in the run report)", values(&v))
+                            }
+                            text => println!("{k} = {text}"),
+                        },
                     }
                 }
             }

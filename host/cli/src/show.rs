@@ -3,14 +3,11 @@
 //! lineage and report, the quarantine's counts by reason, and the first
 //! rows.
 
-use std::collections::BTreeMap;
-
 use anyhow::Context;
-use arrow::array::{Array, AsArray};
 use arrow::record_batch::RecordBatch;
 use futures::StreamExt;
+use wasmpipe_storage::Storage;
 use wasmpipe_storage::read::{self, Chunk, Format};
-use wasmpipe_storage::{Location, Storage};
 
 /// Show what an output or a data location holds.
 #[derive(clap::Args)]
@@ -63,7 +60,9 @@ pub fn show(args: ShowArgs, io: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         (None, None) => None,
     };
     let quarantine = match &listing.commit {
-        Some(record) if !record.quarantine.is_empty() => Some(quarantine_reasons(&at, record, io)?),
+        Some(record) if !record.quarantine.is_empty() => {
+            Some(io.block_on(wasmpipe_storage::quarantine::reasons(&at, record, MAX_REASONS))?)
+        }
         _ => None,
     };
 
@@ -151,43 +150,4 @@ pub fn show(args: ShowArgs, io: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         println!("{}", arrow::util::pretty::pretty_format_batches(&head)?);
     }
     Ok(())
-}
-
-/// The quarantine's rows, counted by reason (the most frequent first, at
-/// most [`MAX_REASONS`], the rest as one line).
-fn quarantine_reasons(
-    at: &Location,
-    record: &wasmpipe_storage::commit::CommitRecord,
-    io: &tokio::runtime::Runtime,
-) -> anyhow::Result<(u64, Vec<(String, u64)>)> {
-    let files: Vec<read::InputFile> = record
-        .quarantine
-        .iter()
-        .map(|p| read::InputFile { location: at.child(&p.name), size: p.bytes, version: None, format: Format::Parquet })
-        .collect();
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let reason = ["reason".to_string()];
-    for part in io.block_on(read::partitions(&files))? {
-        let mut stream = io.block_on(read::open(&part, Some(&reason), 8192, None))?;
-        while let Some(chunk) = io.block_on(stream.next()) {
-            if let Chunk::Rows(batch) = chunk? {
-                let column = batch.column(0);
-                let strings = column.as_string_opt::<i32>().context("the quarantine's reason column is not utf8")?;
-                for i in 0..strings.len() {
-                    let r = if strings.is_null(i) { "(none)" } else { strings.value(i) };
-                    *counts.entry(r.to_string()).or_default() += 1;
-                }
-            }
-        }
-    }
-    let total = counts.values().sum();
-    let mut by_count: Vec<(String, u64)> = counts.into_iter().collect();
-    by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    if by_count.len() > MAX_REASONS {
-        let rest: u64 = by_count[MAX_REASONS..].iter().map(|(_, n)| n).sum();
-        let others = by_count.len() - MAX_REASONS;
-        by_count.truncate(MAX_REASONS);
-        by_count.push((format!("({others} other reasons)"), rest));
-    }
-    Ok((total, by_count))
 }

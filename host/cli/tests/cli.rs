@@ -318,3 +318,82 @@ fn wasmpipe_show_prints_schema_rows_lineage_quarantine_and_the_first_rows() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("t/nothing") && err.contains("no such file or object"), "{err}");
 }
+
+#[test]
+fn wasmpipe_new_scaffolds_each_kind_of_stage_that_builds_tests_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // One target directory for the three crates (and their tests), so the
+    // SDK is compiled once per architecture.
+    let target = dir.path().join("target");
+    let expected = [
+        ("transformer", "clip", "clip[0]"),
+        ("estimator", "center", "means: ["),
+        ("aggregator", "summary", "y: 40 rows, mean"),
+    ];
+    for (kind, name, logged) in expected {
+        let out = wasmpipe().args(["new", kind, name, "--dir"]).arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let root = dir.path().join(name);
+        for file in ["Cargo.toml", "src/lib.rs", "wasmpipe.toml", "README.md", "data/sample.csv"] {
+            assert!(root.join(file).is_file(), "{kind}: no {file}");
+        }
+        // The sample pipeline builds the crate and runs it.
+        let store = dir.path().join(format!("store-{name}"));
+        let out = wasmpipe()
+            .args(["run", "-v", "wasmpipe.toml", "--store"])
+            .arg(&store)
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{kind}: {stdout}\n{stderr}");
+        assert!(stderr.contains(logged) || stdout.contains(logged), "{kind}: no {logged:?} in\n{stdout}\n{stderr}");
+        let committed = store.join(name).join(name).join("_wasmpipe_commit.json");
+        assert!(committed.is_file(), "{kind}: nothing committed");
+        // Its unit test passes, natively.
+        let test = Command::new("cargo")
+            .args(["test", "--quiet", "--manifest-path"])
+            .arg(root.join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(test.status.success(), "{kind}: cargo test failed:\n{}", String::from_utf8_lossy(&test.stderr));
+        assert!(String::from_utf8_lossy(&test.stdout).contains("test result: ok"), "{kind}: no tests ran");
+    }
+    // The transformer clipped x into [0, 1]; the estimator centred x and y.
+    let out = wasmpipe()
+        .arg("show")
+        .arg(dir.path().join("store-clip/clip/clip"))
+        .args(["--json", "--rows", "40"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let xs: Vec<f64> = doc["head"].as_array().unwrap().iter().map(|r| r["x"].as_f64().unwrap()).collect();
+    assert_eq!(xs.len(), 40);
+    assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)) && xs.contains(&0.0) && xs.contains(&1.0), "{xs:?}");
+    let out = wasmpipe()
+        .arg("show")
+        .arg(dir.path().join("store-center/center/center"))
+        .args(["--json", "--rows", "40"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mean: f64 = doc["head"].as_array().unwrap().iter().map(|r| r["y"].as_f64().unwrap()).sum::<f64>() / 40.0;
+    assert!(mean.abs() < 1e-12, "centred y has mean {mean}");
+
+    // A name taken, a bad name, and an SDK that is not one are errors.
+    let again = wasmpipe().args(["new", "transformer", "clip", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad = wasmpipe().args(["new", "transformer", "9lives", "--dir"]).arg(dir.path()).output().unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not a stage name"));
+    let nosdk = wasmpipe()
+        .args(["new", "aggregator", "other", "--dir"])
+        .arg(dir.path())
+        .arg("--sdk")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!nosdk.status.success() && String::from_utf8_lossy(&nosdk.stderr).contains("is not the stage SDK"));
+    assert!(!dir.path().join("other").exists());
+}

@@ -43,8 +43,8 @@ use std::time::{Duration, Instant};
 
 use wasmpipe_manifest::Manifest;
 use wasmpipe_runtime::{LogSink, Runtime, RuntimeConfig, StageKind};
-use wasmpipe_storage::Storage;
 use wasmpipe_storage::commit::Model;
+use wasmpipe_storage::{Location, Storage};
 
 pub use deploy::Deployment;
 pub use engine::EngineKind;
@@ -87,6 +87,9 @@ pub struct ExecutorConfig {
     /// Receives what the run is doing as it happens (stages, rounds,
     /// tasks), for a live display.
     pub progress: Option<ProgressSink>,
+    /// Called with the store and the run record once the record is
+    /// written (the CLI writes the run's HTML report beside it).
+    pub recorded: Option<RecordSink>,
 }
 
 /// What a run is doing, as it happens.
@@ -137,6 +140,11 @@ pub enum Progress {
 /// Where [`Progress`] goes.
 pub type ProgressSink = Arc<dyn Fn(&Progress) + Send + Sync>;
 
+/// Receives a run's record once it is written: the run's storage, the
+/// store the record is below, the record, and the runtime storage calls
+/// run on.
+pub type RecordSink = Arc<dyn Fn(&Storage, &Location, &RunRecord, &tokio::runtime::Runtime) + Send + Sync>;
+
 impl ExecutorConfig {
     /// Defaults: one task per core, store `./wasmpipe-data`.
     pub fn new(store: impl Into<String>) -> Self {
@@ -149,6 +157,7 @@ impl ExecutorConfig {
             engine: EngineKind::Local,
             cache_bytes: DEFAULT_CACHE_MIB << 20,
             progress: None,
+            recorded: None,
         }
     }
 }
@@ -386,11 +395,14 @@ impl Executor {
         // The record is for the operator: a store that cannot take it does
         // not fail a run that did its work.
         match storage.resolve(&self.config.store) {
-            Ok(store) => {
-                if let Err(e) = self.io.block_on(record::write(&store, &record)) {
-                    tracing::warn!("the run record was not written: {e}");
+            Ok(store) => match self.io.block_on(record::write(&store, &record)) {
+                Ok(()) => {
+                    if let Some(recorded) = &self.config.recorded {
+                        recorded(storage, &store, &record, &self.io);
+                    }
                 }
-            }
+                Err(e) => tracing::warn!("the run record was not written: {e}"),
+            },
             Err(e) => tracing::warn!("the run record was not written: {e}"),
         }
         result?;

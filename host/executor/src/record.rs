@@ -65,6 +65,13 @@ pub struct StageRecord {
     pub committed_by: Option<String>,
     /// SHA-256 of its component.
     pub component: String,
+    /// SHA-256 of its configuration (the JSON document the stage receives).
+    #[serde(default)]
+    pub config_sha256: String,
+    /// What it read: `stage:NAME` for an earlier stage's output, else the
+    /// location's URL.
+    #[serde(default)]
+    pub inputs: Vec<String>,
     /// Fit passes (0 when it does not fit).
     pub passes: u32,
     /// Rows read by its transform tasks (or its last fit pass).
@@ -155,13 +162,16 @@ impl TaskEntry {
 }
 
 impl StageRecord {
-    fn of(r: &StageReport) -> StageRecord {
+    fn of(r: &StageReport, plan: &LockedPipeline) -> StageRecord {
+        let planned = plan.stages.iter().find(|s| s.name == r.name);
         StageRecord {
             name: r.name.clone(),
             kind: r.kind.to_string(),
             status: if r.committed_before.is_some() { "committed_before" } else { "ran" }.into(),
             committed_by: r.committed_before.clone(),
             component: r.component.clone(),
+            config_sha256: planned.map(|s| config_sha256(&s.config)).unwrap_or_default(),
+            inputs: planned.map(|s| inputs(&s.inputs)).unwrap_or_default(),
             passes: r.passes,
             rows_in: r.rows_in,
             rows_out: r.rows_out,
@@ -176,6 +186,22 @@ impl StageRecord {
             tasks: r.outcomes.iter().map(TaskEntry::of).collect(),
         }
     }
+}
+
+/// The SHA-256 of a stage's configuration, as its commit records it.
+fn config_sha256(config: &str) -> String {
+    crate::stage::content_sha256(config.as_bytes())
+}
+
+/// A stage's inputs as the record names them.
+fn inputs(inputs: &[crate::InputRef]) -> Vec<String> {
+    inputs
+        .iter()
+        .map(|i| match i {
+            crate::InputRef::Stage { stage } => format!("stage:{stage}"),
+            crate::InputRef::Location { url } => url.clone(),
+        })
+        .collect()
 }
 
 /// RFC 3339 (UTC, milliseconds).
@@ -197,7 +223,7 @@ pub(crate) fn of_run(
     let (stages, running) = stages;
     let (run_id, engine, store) = run;
     let ended = SystemTime::now();
-    let mut records: Vec<StageRecord> = stages.iter().map(StageRecord::of).collect();
+    let mut records: Vec<StageRecord> = stages.iter().map(|s| StageRecord::of(s, plan)).collect();
     if error.is_some()
         && let Some(failed) = plan.stages.get(stages.len())
     {
@@ -207,6 +233,8 @@ pub(crate) fn of_run(
             status: "failed".into(),
             committed_by: None,
             component: failed.component.sha256.clone(),
+            config_sha256: config_sha256(&failed.config),
+            inputs: inputs(&failed.inputs),
             passes: 0,
             rows_in: 0,
             rows_out: 0,

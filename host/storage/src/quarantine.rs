@@ -68,3 +68,52 @@ pub fn of_rows(source: &str, rows: &RecordBatch, reasons: &ArrayRef) -> Result<R
     let reasons = reasons.iter().map(|r| r.unwrap_or_default().to_string()).collect();
     Ok(batch(source, vec![None; records.len()], reasons, records))
 }
+
+/// The rows of the quarantine that `record` commits below `at` (the
+/// output), counted by reason: the total, and the reasons, the most
+/// frequent first, at most `most` of them and the rest as one entry
+/// `(N other reasons)`.
+pub async fn reasons(
+    at: &crate::Location,
+    record: &crate::commit::CommitRecord,
+    most: usize,
+) -> Result<(u64, Vec<(String, u64)>), crate::StorageError> {
+    use arrow::array::{Array, AsArray};
+    use futures::StreamExt;
+
+    use crate::read::{self, Chunk, Format};
+    let files: Vec<read::InputFile> = record
+        .quarantine
+        .iter()
+        .map(|p| read::InputFile { location: at.child(&p.name), size: p.bytes, version: None, format: Format::Parquet })
+        .collect();
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    let reason = ["reason".to_string()];
+    for part in read::partitions(&files).await? {
+        let mut stream = read::open(&part, Some(&reason), 8192, None).await?;
+        while let Some(chunk) = stream.next().await {
+            if let Chunk::Rows(batch) = chunk? {
+                let Some(strings) = batch.column(0).as_string_opt::<i32>() else {
+                    return Err(crate::StorageError::CorruptCommit {
+                        url: part.file.location.url().into(),
+                        reason: "the quarantine's reason column is not utf8".into(),
+                    });
+                };
+                for i in 0..strings.len() {
+                    let r = if strings.is_null(i) { "(none)" } else { strings.value(i) };
+                    *counts.entry(r.to_string()).or_default() += 1;
+                }
+            }
+        }
+    }
+    let total = counts.values().sum();
+    let mut by_count: Vec<(String, u64)> = counts.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if by_count.len() > most {
+        let rest: u64 = by_count[most..].iter().map(|(_, n)| n).sum();
+        let others = by_count.len() - most;
+        by_count.truncate(most);
+        by_count.push((format!("({others} other reasons)"), rest));
+    }
+    Ok((total, by_count))
+}

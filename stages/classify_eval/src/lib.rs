@@ -442,6 +442,7 @@ struct Curve {
     precision: Vec<f64>,
     /// scikit-learn's `average_precision_score` over every key (not only
     /// the points kept): the sum of `precision * (recall step)`.
+    #[serde(skip)]
     average_precision: f64,
 }
 
@@ -485,11 +486,13 @@ fn ranking_curve(ranking: &Ranking) -> Option<Curve> {
 }
 
 /// What the stage publishes as its report: the metrics and, with a ROC
-/// AUC, the curves to plot.
+/// AUC, the average precision and the curves to plot.
 #[derive(Serialize)]
 struct Published<'a> {
     #[serde(flatten)]
     metrics: &'a Metrics,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    average_precision: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     curve: Option<Curve>,
 }
@@ -712,7 +715,8 @@ impl Estimator for ClassifyEval {
             wasmpipe_sdk::info!("roc_auc = {a:.6}, roc_auc_error_bound = {e:.3e} ({how})");
         }
         let curve = state.probabilities.as_ref().and_then(|p| ranking_curve(&p.ranking));
-        let published = Published { metrics: &m, curve };
+        let published =
+            Published { metrics: &m, average_precision: curve.as_ref().map(|c| c.average_precision), curve };
         wasmpipe_sdk::report(&published, Some(&wasmpipe_sdk::metrics_table(&metric_rows(&m))?))?;
         Ok(Outcome::Done(m))
     }

@@ -1,0 +1,133 @@
+//! `wasmpipe new`: a stage crate to start from, one per kind, that builds
+//! with `wasmpipe build`, passes its unit test with `cargo test`, and runs
+//! with the sample pipeline it comes with.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// Start a stage crate.
+#[derive(clap::Args)]
+pub struct NewArgs {
+    /// What kind of stage: a transformer maps batches, an estimator fits a
+    /// model over all rows then applies it, an aggregator computes one
+    /// result (metrics) over all rows.
+    kind: Kind,
+    /// The crate's name, also the stage's name in its sample pipeline:
+    /// letters, digits, `_` and `-`, starting with a letter.
+    name: String,
+    /// Where to make it (the crate goes in DIR/NAME).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    /// The stage SDK (`stages/sdk` of a wasmpipe checkout); default: the
+    /// checkout this wasmpipe was built from.
+    #[arg(long, env = "WASMPIPE_SDK")]
+    sdk: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Kind {
+    Transformer,
+    Estimator,
+    Aggregator,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Transformer => "transformer",
+            Kind::Estimator => "estimator",
+            Kind::Aggregator => "aggregator",
+        }
+    }
+
+    fn source(self) -> &'static str {
+        match self {
+            Kind::Transformer => include_str!("../templates/transformer.rs"),
+            Kind::Estimator => include_str!("../templates/estimator.rs"),
+            Kind::Aggregator => include_str!("../templates/aggregator.rs"),
+        }
+    }
+
+    /// The sample pipeline's `config` table.
+    fn config(self) -> &'static str {
+        match self {
+            Kind::Transformer => "column = \"x\"\nlo = 0.0\nhi = 1.0",
+            Kind::Estimator => "columns = [\"x\", \"y\"]",
+            Kind::Aggregator => "column = \"y\"",
+        }
+    }
+}
+
+/// The SDK of the checkout this binary was built from, if it is still there.
+fn built_from() -> Option<PathBuf> {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../stages/sdk");
+    sdk.join("Cargo.toml").is_file().then(|| sdk.canonicalize().unwrap_or(sdk))
+}
+
+fn valid_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+pub fn new(args: NewArgs) -> anyhow::Result<()> {
+    let NewArgs { kind, name, dir, sdk } = args;
+    anyhow::ensure!(
+        valid_name(&name),
+        "{name:?} is not a stage name\n  hint: use letters, digits, `_` and `-`, starting with a letter (e.g. `clip_outliers`)"
+    );
+    let sdk = match sdk.or_else(built_from) {
+        Some(sdk) => sdk,
+        None => anyhow::bail!(
+            "the stage SDK is not where this wasmpipe was built ({})\n  hint: pass --sdk (or set WASMPIPE_SDK) to the `stages/sdk` directory of a wasmpipe checkout",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    };
+    anyhow::ensure!(
+        sdk.join("Cargo.toml").is_file(),
+        "{} is not the stage SDK (it has no Cargo.toml)\n  hint: --sdk names the `stages/sdk` directory of a wasmpipe checkout",
+        sdk.display()
+    );
+    let sdk = sdk.canonicalize().with_context(|| format!("cannot resolve {}", sdk.display()))?;
+    let root = dir.join(&name);
+    anyhow::ensure!(!root.exists(), "{} already exists\n  hint: choose another name or --dir", root.display());
+
+    let fill = |template: &str| {
+        template
+            .replace("{{name}}", &name)
+            .replace("{{kind}}", kind.name())
+            .replace("{{sdk}}", &sdk.display().to_string())
+            .replace("{{config}}", kind.config())
+    };
+    let files: [(&str, String); 6] = [
+        ("Cargo.toml", fill(include_str!("../templates/Cargo.toml.in"))),
+        ("src/lib.rs", fill(kind.source())),
+        ("wasmpipe.toml", fill(include_str!("../templates/wasmpipe.toml.in"))),
+        ("README.md", fill(include_str!("../templates/README.md.in"))),
+        ("data/sample.csv", include_str!("../templates/sample.csv").to_string()),
+        (".gitignore", "/target\n/wasmpipe-data\n".to_string()),
+    ];
+    // Written to a temporary directory beside it, then moved into place:
+    // no half-made crate is left when a write fails.
+    let parent = if dir.as_os_str().is_empty() { Path::new(".") } else { dir.as_path() };
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}-"))
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot write in {}", parent.display()))?;
+    for (path, text) in &files {
+        let at = staging.path().join(path);
+        if let Some(d) = at.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        std::fs::write(&at, text).with_context(|| format!("cannot write {}", at.display()))?;
+    }
+    std::fs::rename(staging.path(), &root).with_context(|| format!("cannot create {}", root.display()))?;
+    let _ = staging.keep();
+    println!("created the {} stage {name} in {}", kind.name(), root.display());
+    println!("  cd {}", root.display());
+    println!("  wasmpipe build .             # the component");
+    println!("  cargo test                   # the unit test");
+    println!("  wasmpipe run wasmpipe.toml   # the sample pipeline");
+    Ok(())
+}
