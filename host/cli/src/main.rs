@@ -37,6 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Run(RunArgs),
+    Check(CheckArgs),
     Plan(PlanArgs),
     Prepare(PrepareArgs),
     Task(TaskArgs),
@@ -171,6 +172,30 @@ enum EngineArg {
     Local,
     Process,
     Ray,
+}
+
+/// Check a pipeline without running it: everything a run checks before
+/// data moves. The manifest resolves (stage crates build, components load,
+/// references and inputs exist), the run may read and write where it
+/// would, and every stage accepts its configuration (each is opened, with
+/// no data, as its first task would be).
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The manifest (wasmpipe.toml); with `--from`, the deployed pipeline:
+    /// `NAME` or `NAME@VERSION`.
+    target: String,
+    /// The deployment root to read the deployed plan from.
+    #[arg(long, env = "WASMPIPE_FROM")]
+    from: Option<String>,
+    /// The store the run would write to (as `wasmpipe run --store`).
+    #[arg(long, env = "WASMPIPE_STORE")]
+    store: Option<String>,
+    /// Let the run also read below this prefix (as `wasmpipe run`).
+    #[arg(long, value_name = "PREFIX")]
+    allow_input: Vec<String>,
+    /// Let the run also write below this prefix (as `wasmpipe run`).
+    #[arg(long, value_name = "PREFIX")]
+    allow_output: Vec<String>,
 }
 
 /// Resolve a pipeline into its plan and print it: components by SHA-256,
@@ -338,6 +363,7 @@ fn main() -> ExitCode {
     output::init_tracing(color, log_format, display.clone());
     let result = match cli.command {
         Command::Run(args) => run(args, color, display.clone()),
+        Command::Check(args) => check(args),
         Command::Plan(args) => plan(args),
         Command::Prepare(args) => prepare(args),
         Command::Task(args) => task(args),
@@ -597,6 +623,46 @@ fn run(args: RunArgs, color: bool, display: Arc<progress::Display>) -> anyhow::R
         }
     };
     print_report(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let plan = match &args.from {
+        Some(root) => {
+            let root = absolute_location(root)?;
+            let store = match &args.store {
+                Some(s) => absolute_location(s)?,
+                None => format!("{}/data", root.trim_end_matches('/')),
+            };
+            let mut executor = executor(Some(1), store, quiet_logs(), EngineKind::Local, 0)?;
+            executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
+            let (name, version) = name_version(&args.target)?;
+            let (plan, _) = executor.deployed_plan(&root, name, version)?;
+            executor.check_resolved(&plan)?;
+            plan
+        }
+        None => {
+            let store = absolute_location(args.store.as_deref().unwrap_or("wasmpipe-data"))?;
+            let mut executor = executor(Some(1), store, quiet_logs(), EngineKind::Local, 0)?;
+            executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
+            let path = Path::new(&args.target);
+            let manifest = Manifest::load(path)?;
+            let base_dir = manifest_dir(path)?;
+            let storage = Storage::new(&base_dir).with_options(manifest.storage.clone());
+            executor.check(&manifest, &storage, Some(&base_dir))?
+        }
+    };
+    let applying = plan.stages.iter().filter(|s| s.model.is_some()).count();
+    println!(
+        "pipeline {:?} (plan {}): {} stages resolve, their inputs and outputs are allowed, and every stage accepts its configuration{}",
+        plan.pipeline,
+        &plan.hash()[..12],
+        plan.stages.len(),
+        match applying {
+            0 => String::new(),
+            n => format!(" ({n} that apply a fitted model are checked when they run)"),
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 

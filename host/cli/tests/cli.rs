@@ -397,3 +397,46 @@ fn wasmpipe_new_scaffolds_each_kind_of_stage_that_builds_tests_and_runs() {
     assert!(!nosdk.status.success() && String::from_utf8_lossy(&nosdk.stderr).contains("is not the stage SDK"));
     assert!(!dir.path().join("other").exists());
 }
+
+#[test]
+fn a_config_a_stage_rejects_fails_check_and_run_before_any_data_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.csv"), "a,b\n1,2\n3,4\n").unwrap();
+    let stage = |name: &str, component: &str, rest: &str| {
+        format!(
+            "[stage.{name}]\ncomponent = {:?}\n{rest}\n",
+            repo().join("stages").join(component).display().to_string()
+        )
+    };
+    let manifest = dir.path().join("wasmpipe.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "version = 1\nname = \"t\"\n{}{}{}",
+            stage("ingest", "passthrough", "inputs = [\"data.csv\"]\nschema = { a = \"int64\", b = \"int64\" }"),
+            stage("fit", "linreg", "inputs = [\"stage:ingest\"]\nconfig = { features = [\"a\"], targett = \"b\" }"),
+            stage("score", "evaluate", "inputs = [\"stage:fit\"]\nconfig = { target = \"b\", predictionn = \"p\" }"),
+        ),
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    for command in ["check", "run"] {
+        let out = wasmpipe().arg(command).arg(&manifest).arg("--store").arg(&store).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(65), "{command}: {err}");
+        assert!(
+            err.contains("2 stages reject their configuration (checked before any data moved)"),
+            "{command}: {err}"
+        );
+        assert!(err.contains("stage \"fit\": invalid config: unknown field `targett`"), "{command}: {err}");
+        assert!(err.contains("stage \"score\": invalid config: unknown field `predictionn`"), "{command}: {err}");
+        // Nothing ran: not even the ingest stage before them, and no run
+        // was recorded.
+        assert!(!store.exists(), "{command} wrote {}", store.display());
+    }
+    let out = wasmpipe().args(["check", "examples/breast_cancer/wasmpipe.toml"]).current_dir(repo()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("9 stages resolve") && text.contains("every stage accepts its configuration"), "{text}");
+    assert!(!repo().join("examples/breast_cancer/wasmpipe-data").exists());
+}

@@ -128,6 +128,13 @@ pub enum RunError {
         /// The models that match, when more than one does.
         matches: Vec<String>,
     },
+    /// Stages rejected their configuration when the run checked them,
+    /// before any data moved: each stage's name and what it said.
+    #[error("{}", rejected_configs(.rejected))]
+    Config {
+        /// `(stage, why)`, in the plan's order.
+        rejected: Vec<(String, String)>,
+    },
     /// A plan cannot be read or does not fit what was asked of it.
     #[error("plan {url}: {reason}")]
     Plan {
@@ -161,6 +168,18 @@ fn no_such_model(registry: &str, wanted: &str, matches: &[String]) -> String {
             matches.join(", ")
         )
     }
+}
+
+fn rejected_configs(rejected: &[(String, String)]) -> String {
+    let mut text = match rejected.len() {
+        1 => "a stage rejects its configuration (checked before any data moved):".to_string(),
+        n => format!("{n} stages reject their configuration (checked before any data moved):"),
+    };
+    for (stage, why) in rejected {
+        text.push_str(&format!("\n  stage {stage:?}: invalid config: {why}"));
+    }
+    text.push_str("\n  hint: fix the [stage.NAME.config] tables in the manifest");
+    text
 }
 
 fn more_failures(others: usize) -> String {

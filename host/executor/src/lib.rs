@@ -379,6 +379,7 @@ impl Executor {
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         plan.check(authority, &self.config.store)?;
+        self.check_configs(plan, &components)?;
         let run_id = new_run_id();
         let started_at = std::time::SystemTime::now();
         self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clear();

@@ -384,6 +384,10 @@ fn origin_url(origin: &Path) -> String {
     }
 }
 
+/// The most CPU a stage's configuration check may take: opening a stage
+/// reads its configuration; one that takes longer is checked when it runs.
+const CHECK_CPU: Duration = Duration::from_secs(2);
+
 impl Executor {
     /// Resolve `manifest` into its plan; relative locations resolve
     /// through `storage` (the manifest's directory `local_dir`, or a
@@ -396,6 +400,74 @@ impl Executor {
         local_dir: Option<&Path>,
     ) -> Result<LockedPipeline, RunError> {
         Ok(self.resolve_loaded(manifest, storage, local_dir)?.0)
+    }
+
+    /// Resolve `manifest` (as [`Executor::resolve`]) and check it as a run
+    /// would before any data moves: what it may read and write, and every
+    /// stage's configuration ([`Executor::check_configs`]).
+    pub fn check(
+        &self,
+        manifest: &Manifest,
+        storage: &Storage,
+        local_dir: Option<&Path>,
+    ) -> Result<LockedPipeline, RunError> {
+        let (plan, components) = self.resolve_loaded(manifest, storage, local_dir)?;
+        self.check_plan(&plan, local_dir)?;
+        self.check_configs(&plan, &components)?;
+        Ok(plan)
+    }
+
+    /// [`Executor::check`] for a resolved (deployed) plan.
+    pub fn check_resolved(&self, plan: &LockedPipeline) -> Result<(), RunError> {
+        self.check_plan(plan, None)?;
+        self.check_configs(plan, &self.load_components(plan)?)
+    }
+
+    /// Have every stage of `plan` check its configuration before any data
+    /// moves. Each component is instantiated once, with no data, and opened
+    /// as its first task would open it (a transformer's `open`, a fitting
+    /// stage's first `fit-open`): that is where a stage reads its
+    /// configuration, so a misspelt key or a bad value fails the run here,
+    /// every stage that rejects its configuration named, not after the
+    /// stages before it have run. A stage that applies a fitted model is
+    /// opened with that model, which does not exist yet, so it is checked
+    /// when it runs. Any other failure of that call is left to the tasks,
+    /// which report it with their data.
+    pub fn check_configs(&self, plan: &LockedPipeline, components: &[StageComponent]) -> Result<(), RunError> {
+        use wasmpipe_runtime::{CallError, InstanceLimits, InstanceSetup, TaskInfo};
+        let mut rejected = Vec::new();
+        for (stage, component) in plan.stages.iter().zip(components) {
+            if stage.model.is_some() {
+                continue;
+            }
+            let limits = InstanceLimits {
+                memory_bytes: stage.limits.memory_bytes(),
+                host_memory_bytes: stage.limits.host_memory_bytes(),
+                cpu: stage.limits.cpu().min(CHECK_CPU),
+            };
+            let setup = InstanceSetup {
+                config_json: stage.config.as_str().into(),
+                label: format!("{}[check]", stage.name),
+                sink: None,
+                seed: Sha256::digest(format!("check {}", stage.name).as_bytes()).into(),
+            };
+            let info = TaskInfo {
+                pipeline: plan.pipeline.clone(),
+                stage: stage.name.clone(),
+                partition: 0,
+                partitions: 1,
+                pass: 0,
+            };
+            let opened =
+                self.runtime.instantiate(component, &limits, setup).and_then(|mut instance| match stage.kind {
+                    StageKind::Transformer => instance.open(&info, None),
+                    StageKind::Estimator | StageKind::Aggregator => instance.fit_open(&info, None),
+                });
+            if let Err(CallError::Config(why)) = opened {
+                rejected.push((stage.name.clone(), why));
+            }
+        }
+        if rejected.is_empty() { Ok(()) } else { Err(RunError::Config { rejected }) }
     }
 
     /// [`Executor::resolve`], also returning the loaded components.

@@ -73,6 +73,10 @@ pub enum CallError {
     /// The stage returned its WIT `error`.
     #[error("{0}")]
     Stage(String),
+    /// The stage rejected its configuration (its WIT `invalid-config`
+    /// error).
+    #[error("invalid config: {0}\n  hint: fix the stage's [stage.NAME.config] table in the manifest")]
+    Config(String),
     /// The stage ran past its CPU deadline.
     #[error(
         "exceeded its CPU deadline of {limit_ms} ms and was stopped (its own code, the host's work for it and its waits all count)\n  hint: raise `timeout_s` in the stage's [limits]"

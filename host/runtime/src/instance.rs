@@ -262,9 +262,7 @@ impl Runtime {
 /// The stage's own error, in words.
 fn stage_error(e: WitError) -> CallError {
     CallError::Stage(match e {
-        WitError::InvalidConfig(m) => {
-            format!("invalid config: {m}\n  hint: fix the stage's [stage.NAME.config] table in the manifest")
-        }
+        WitError::InvalidConfig(m) => return CallError::Config(m),
         WitError::ColumnNotFound(m) => format!("column not found: {m}"),
         WitError::TypeMismatch(m) => format!("type mismatch: {m}"),
         WitError::LengthMismatch(m) => format!("length mismatch: {m}"),
