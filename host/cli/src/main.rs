@@ -1158,6 +1158,23 @@ fn stage_table(rows: impl Iterator<Item = StageRow>) -> comfy_table::Table {
 /// The longest report value the run summary prints.
 const MAX_REPORT_VALUE: usize = 200;
 
+/// A report's value for a terminal, when it is longer than
+/// [`MAX_REPORT_VALUE`] (what the run report plots: curves, samples): how
+/// many values it holds.
+fn short_value(v: &serde_json::Value) -> Option<String> {
+    (v.to_string().len() > MAX_REPORT_VALUE).then(|| format!("({} values; plotted in the run report)", values(v)))
+}
+
+/// A report with each long top-level value shortened ([`short_value`]).
+fn short_report(doc: &serde_json::Value) -> serde_json::Value {
+    match doc {
+        serde_json::Value::Object(map) => {
+            map.iter().map(|(k, v)| (k.clone(), short_value(v).map_or_else(|| v.clone(), Into::into))).collect()
+        }
+        other => short_value(other).map_or_else(|| other.clone(), Into::into),
+    }
+}
+
 /// How many numbers, strings and booleans `v` holds.
 fn values(v: &serde_json::Value) -> usize {
     match v {
@@ -1218,11 +1235,9 @@ fn print_report(report: &RunReport) {
                         }
                         // What the run report plots (curves, samples) is too
                         // long for a terminal.
-                        _ => match v.to_string() {
-                            text if text.len() > MAX_REPORT_VALUE => {
-                                println!("{k} = ({} values; plotted in the run report)", values(&v))
-                            }
-                            text => println!("{k} = {text}"),
+                        _ => match short_value(&v) {
+                            Some(summary) => println!("{k} = {summary}"),
+                            None => println!("{k} = {v}"),
                         },
                     }
                 }

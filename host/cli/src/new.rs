@@ -65,16 +65,96 @@ fn built_from() -> Option<PathBuf> {
     sdk.join("Cargo.toml").is_file().then(|| sdk.canonicalize().unwrap_or(sdk))
 }
 
+/// Names Cargo or rustc refuse for a library crate (Rust's keywords, the
+/// standard crates, `test`), and the SDK's own.
+const RESERVED: &[&str] = &[
+    "as",
+    "async",
+    "await",
+    "break",
+    "const",
+    "continue",
+    "crate",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "fn",
+    "for",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "struct",
+    "super",
+    "trait",
+    "true",
+    "type",
+    "unsafe",
+    "use",
+    "where",
+    "while",
+    "abstract",
+    "become",
+    "box",
+    "do",
+    "final",
+    "macro",
+    "override",
+    "priv",
+    "typeof",
+    "unsized",
+    "virtual",
+    "yield",
+    "try",
+    "gen",
+    "std",
+    "core",
+    "alloc",
+    "proc_macro",
+    "test",
+    "serde",
+    "serde_json",
+    "wasmpipe_sdk",
+];
+
 fn valid_name(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !RESERVED.contains(&name.replace('-', "_").as_str())
+}
+
+/// `text` as a TOML basic string, quotes included.
+fn toml_string(text: &str) -> String {
+    let mut out = String::from('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 pub fn new(args: NewArgs) -> anyhow::Result<()> {
     let NewArgs { kind, name, dir, sdk } = args;
     anyhow::ensure!(
         valid_name(&name),
-        "{name:?} is not a stage name\n  hint: use letters, digits, `_` and `-`, starting with a letter (e.g. `clip_outliers`)"
+        "{name:?} is not a stage name\n  hint: use letters, digits, `_` and `-`, starting with a letter, not a Rust keyword or a standard crate's name (e.g. `clip_outliers`)"
     );
     let sdk = match sdk.or_else(built_from) {
         Some(sdk) => sdk,
@@ -92,11 +172,13 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
     let root = dir.join(&name);
     anyhow::ensure!(!root.exists(), "{} already exists\n  hint: choose another name or --dir", root.display());
 
+    let sdk_text = sdk.to_str().with_context(|| format!("the SDK's path {} is not UTF-8", sdk.display()))?;
     let fill = |template: &str| {
         template
             .replace("{{name}}", &name)
             .replace("{{kind}}", kind.name())
-            .replace("{{sdk}}", &sdk.display().to_string())
+            .replace("{{sdk_toml}}", &toml_string(sdk_text))
+            .replace("{{sdk}}", sdk_text)
             .replace("{{config}}", kind.config())
     };
     let files: [(&str, String); 6] = [
@@ -130,4 +212,26 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
     println!("  cargo test                   # the unit test");
     println!("  wasmpipe run wasmpipe.toml   # the sample pipeline");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cargo_refuses_are_refused() {
+        for ok in ["clip", "clip_outliers", "my-stage2"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "9lives", "_x", "a b", "test", "fn", "std", "wasmpipe-sdk", "serde", "é"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_sdk_path_is_a_toml_string() {
+        assert_eq!(toml_string("/a b/sdk"), r#""/a b/sdk""#);
+        assert_eq!(toml_string(r#"C:\x"y"#), r#""C:\\x\"y""#);
+        assert_eq!(toml_string("a\tb"), r#""a\u0009b""#);
+    }
 }

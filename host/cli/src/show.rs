@@ -128,7 +128,7 @@ pub fn show(args: ShowArgs, io: &tokio::runtime::Runtime) -> anyhow::Result<()> 
             let doc: serde_json::Value =
                 serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", at.child(&files.json).url()))?;
             println!("report:");
-            for line in serde_json::to_string_pretty(&doc)?.lines() {
+            for line in serde_json::to_string_pretty(&crate::short_report(&doc))?.lines() {
                 println!("  {line}");
             }
         }

@@ -111,20 +111,28 @@ pub fn unit_curve(
 /// A scatter of `points` with the line `y = slope * x`'s reference over
 /// their range (`slope` 1: predicted against actual; 0: residuals).
 pub fn scatter(caption: &str, axes: (&str, &str), points: &[(f64, f64)], slope: f64) -> Result<String, String> {
-    let range = |v: &mut dyn Iterator<Item = f64>| {
+    // Ranges from the data must be finite (plotters does not return from
+    // an infinite one): points that are not, or whose span overflows, are
+    // not drawn.
+    let points: Vec<(f64, f64)> = points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+    let range = |v: &mut dyn Iterator<Item = f64>| -> Result<std::ops::Range<f64>, String> {
         let (lo, hi) = v.fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| (l.min(x), h.max(x)));
         let pad = ((hi - lo) * 0.05).max(1e-9);
-        (lo - pad)..(hi + pad)
+        let r = (lo - pad)..(hi + pad);
+        if r.start.is_finite() && r.end.is_finite() && (r.end - r.start).is_finite() {
+            Ok(r)
+        } else {
+            Err(format!("no finite range for {} points", points.len()))
+        }
     };
-    let xs = range(&mut points.iter().map(|p| p.0));
     let ys = if slope == 0.0 {
         let m = points.iter().map(|p| p.1.abs()).fold(0.0, f64::max).max(1e-9) * 1.05;
-        -m..m
+        range(&mut [-m, m].into_iter())?
     } else {
-        let all = range(&mut points.iter().flat_map(|p| [p.0, p.1]));
-        all.clone()
+        range(&mut points.iter().flat_map(|p| [p.0, p.1]))?
     };
-    let xs = if slope == 0.0 { xs } else { ys.clone() };
+    let xs = if slope == 0.0 { range(&mut points.iter().map(|p| p.0))? } else { ys.clone() };
+    let points = &points[..];
     svg(400, 380, |root| {
         let mut chart = builder(root, caption).build_cartesian_2d(xs.clone(), ys).map_err(err)?;
         chart

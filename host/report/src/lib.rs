@@ -27,6 +27,10 @@ mod graph;
 /// The page's file name, beside `run.json`.
 pub const REPORT_FILE: &str = "report.html";
 
+/// Most classes a confusion matrix is drawn for (a heat map of more is
+/// neither legible nor small).
+const MAX_HEAT_MAP_CLASSES: usize = 40;
+
 /// Most quarantine reasons listed per stage.
 const MAX_REASONS: usize = 20;
 
@@ -150,7 +154,7 @@ fn header(run: &RunRecord) -> Markup {
 
 /// The first 12 hex digits of a SHA-256.
 fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+    sha.get(..12).unwrap_or(sha)
 }
 
 fn seconds(s: f64) -> String {
@@ -421,7 +425,11 @@ fn plots(stage: &str, r: &Value) -> Markup {
             ),
         ));
     }
-    if let (Some(classes), Some(matrix)) = (r["classes"].as_array(), r["confusion_matrix"].as_array()) {
+    if let (Some(classes), Some(_)) = (r["classes"].as_array(), r["confusion_matrix"].as_array())
+        && classes.len() > MAX_HEAT_MAP_CLASSES
+    {
+        out.push(html! { p.note { "The confusion matrix of " (classes.len()) " classes is too large to draw: it is in the report as published." } });
+    } else if let (Some(classes), Some(matrix)) = (r["classes"].as_array(), r["confusion_matrix"].as_array()) {
         let classes: Vec<String> =
             classes.iter().map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_string)).collect();
         let matrix: Vec<Vec<u64>> =
@@ -429,7 +437,15 @@ fn plots(stage: &str, r: &Value) -> Markup {
         out.push(chart(&format!("confusion-{stage}"), charts::confusion(&classes, &matrix)));
     }
     if let Some(sample) = r.get("sample") {
-        let pairs: Vec<(f64, f64)> = floats(&sample["actual"]).into_iter().zip(floats(&sample["predicted"])).collect();
+        // JSON has no NaN: a null stays in its place, so pairs stay pairs.
+        let values = |v: &Value| -> Vec<f64> {
+            v.as_array().into_iter().flatten().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()
+        };
+        let pairs: Vec<(f64, f64)> = values(&sample["actual"])
+            .into_iter()
+            .zip(values(&sample["predicted"]))
+            .filter(|(a, p)| a.is_finite() && p.is_finite())
+            .collect();
         if !pairs.is_empty() {
             let n = pairs.len();
             out.push(chart(
@@ -541,8 +557,21 @@ mod tests {
     }
 
     #[test]
+    fn values_past_f64_and_huge_matrices_are_not_drawn_and_do_not_hang() {
+        let sample = serde_json::json!({"actual": [1.5e308, -1.5e308, null], "predicted": [-1.5e308, 1.5e308, 1.0]});
+        let classes: Vec<u32> = (0..100).collect();
+        let matrix = vec![vec![1u64; 100]; 100];
+        let report = serde_json::json!({"r2": 0.5, "sample": sample, "classes": classes, "confusion_matrix": matrix});
+        let page = render(&run(vec![stage("evaluate", &["stage:x"], Some(report))], None), &[]);
+        assert!(page.contains("chart predicted-evaluate could not be drawn"), "{page}");
+        assert!(page.contains("The confusion matrix of 100 classes is too large to draw"), "{page}");
+        assert!(page.len() < 200_000, "{} bytes", page.len());
+    }
+
+    #[test]
     fn a_run_that_failed_before_any_task_still_renders() {
         let mut failed = stage("fit", &["stage:missing"], None);
+        failed.component = "é".repeat(20);
         failed.status = "failed".into();
         failed.tasks.clear();
         let page = render(&run(vec![failed], Some("stage \"fit\" failed: <boom>")), &[]);

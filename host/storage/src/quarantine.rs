@@ -69,6 +69,9 @@ pub fn of_rows(source: &str, rows: &RecordBatch, reasons: &ArrayRef) -> Result<R
     Ok(batch(source, vec![None; records.len()], reasons, records))
 }
 
+/// Most distinct quarantine reasons [`reasons`] tells apart.
+pub const MAX_DISTINCT_REASONS: usize = 10_000;
+
 /// The rows of the quarantine that `record` commits below `at` (the
 /// output), counted by reason: the total, and the reasons, the most
 /// frequent first, at most `most` of them and the rest as one entry
@@ -88,6 +91,7 @@ pub async fn reasons(
         .map(|p| read::InputFile { location: at.child(&p.name), size: p.bytes, version: None, format: Format::Parquet })
         .collect();
     let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut uncounted = 0u64;
     let reason = ["reason".to_string()];
     for part in read::partitions(&files).await? {
         let mut stream = read::open(&part, Some(&reason), 8192, None).await?;
@@ -101,19 +105,33 @@ pub async fn reasons(
                 };
                 for i in 0..strings.len() {
                     let r = if strings.is_null(i) { "(none)" } else { strings.value(i) };
-                    *counts.entry(r.to_string()).or_default() += 1;
+                    let full = counts.len() >= MAX_DISTINCT_REASONS;
+                    match counts.get_mut(r) {
+                        Some(n) => *n += 1,
+                        // Reasons often quote the value that failed, so
+                        // there may be as many as rows: past
+                        // MAX_DISTINCT_REASONS, new ones are only counted.
+                        None if full => uncounted += 1,
+                        None => {
+                            counts.insert(r.to_string(), 1);
+                        }
+                    }
                 }
             }
         }
     }
-    let total = counts.values().sum();
+    let total = counts.values().sum::<u64>() + uncounted;
     let mut by_count: Vec<(String, u64)> = counts.into_iter().collect();
     by_count.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    if by_count.len() > most {
-        let rest: u64 = by_count[most..].iter().map(|(_, n)| n).sum();
-        let others = by_count.len() - most;
-        by_count.truncate(most);
-        by_count.push((format!("({others} other reasons)"), rest));
+    if by_count.len() > most || uncounted > 0 {
+        let cut = by_count.len().min(most);
+        let rest: u64 = by_count[cut..].iter().map(|(_, n)| n).sum::<u64>() + uncounted;
+        let others = match uncounted {
+            0 => format!("({} other reasons)", by_count.len() - cut),
+            _ => format!("(more than {} other reasons)", by_count.len() - cut),
+        };
+        by_count.truncate(cut);
+        by_count.push((others, rest));
     }
     Ok((total, by_count))
 }
