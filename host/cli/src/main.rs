@@ -213,8 +213,9 @@ struct PlanArgs {
     json: bool,
     /// Keep the plan under this store (`STORE/_plans/SHA256.json`, for
     /// engines whose tasks run elsewhere) and print its URL (with `--json`:
-    /// `{"url": URL, "plan": PLAN}`). The plan is checked first against
-    /// what a run may read and write (as `wasmpipe run` does).
+    /// `{"url": URL, "plan": PLAN}`). The plan is checked first as
+    /// `wasmpipe run` checks it: what it may read and write, and every
+    /// stage's configuration.
     #[arg(long, value_name = "STORE")]
     publish: Option<String>,
     /// With `--publish`: let the plan also read below this prefix.
@@ -638,7 +639,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             let (name, version) = name_version(&args.target)?;
             let (plan, _) = executor.deployed_plan(&root, name, version)?;
-            executor.check_resolved(&plan)?;
+            executor.check_resolved(&plan, None)?;
             plan
         }
         None => {
@@ -684,7 +685,8 @@ fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if args.publish.is_some() {
-        executor.check_plan(&plan, local_dir.as_deref())?;
+        // What other engines (Ray) run: checked as `wasmpipe run` checks.
+        executor.check_resolved(&plan, local_dir.as_deref())?;
         let url = executor.publish_plan(&plan, &Storage::new("."), &store)?;
         if args.json {
             println!("{}", serde_json::json!({ "url": url, "plan": plan }));

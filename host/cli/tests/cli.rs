@@ -434,6 +434,11 @@ fn a_config_a_stage_rejects_fails_check_and_run_before_any_data_moves() {
         // was recorded.
         assert!(!store.exists(), "{command} wrote {}", store.display());
     }
+    // Publishing the plan for another engine (Ray) checks it the same way.
+    let out = wasmpipe().arg("plan").arg(&manifest).arg("--publish").arg(&store).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("unknown field `targett`") && !store.exists(), "{err}");
     let out = wasmpipe().args(["check", "examples/breast_cancer/wasmpipe.toml"]).current_dir(repo()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));

@@ -417,9 +417,10 @@ impl Executor {
         Ok(plan)
     }
 
-    /// [`Executor::check`] for a resolved (deployed) plan.
-    pub fn check_resolved(&self, plan: &LockedPipeline) -> Result<(), RunError> {
-        self.check_plan(plan, None)?;
+    /// [`Executor::check`] for a resolved plan (one from a local manifest
+    /// in `local_dir`, or a deployed one).
+    pub fn check_resolved(&self, plan: &LockedPipeline, local_dir: Option<&Path>) -> Result<(), RunError> {
+        self.check_plan(plan, local_dir)?;
         self.check_configs(plan, &self.load_components(plan)?)
     }
 
