@@ -8,7 +8,7 @@
 
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::SegmentedCoord;
-use plotters::coord::types::RangedCoordi32;
+use plotters::coord::types::{RangedCoordf64, RangedCoordi32};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
@@ -80,6 +80,23 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// A chart of numbers against numbers.
+type XyChart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The grid, ticks and axis names of an [`XyChart`].
+fn xy_mesh(chart: &mut XyChart, axes: (&str, &str)) -> Result<(), String> {
+    chart
+        .configure_mesh()
+        .light_line_style(FINE_GRID)
+        .bold_line_style(GRID)
+        .x_desc(axes.0)
+        .y_desc(axes.1)
+        .label_style(font(14))
+        .axis_desc_style(font(15))
+        .draw()
+        .map_err(err)
+}
+
 /// A line chart of `points` over [0, 1] x [0, 1] with a dashed reference
 /// from `reference.0` to `reference.1`: the ROC and precision-recall
 /// curves.
@@ -91,16 +108,7 @@ pub fn unit_curve(
 ) -> Result<String, String> {
     svg(400, 380, |root| {
         let mut chart = builder(root, caption).build_cartesian_2d(0f64..1f64, 0f64..1f64).map_err(err)?;
-        chart
-            .configure_mesh()
-            .light_line_style(FINE_GRID)
-            .bold_line_style(GRID)
-            .x_desc(axes.0)
-            .y_desc(axes.1)
-            .label_style(font(14))
-            .axis_desc_style(font(15))
-            .draw()
-            .map_err(err)?;
+        xy_mesh(&mut chart, axes)?;
         let (a, b) = reference;
         chart.draw_series(DashedLineSeries::new([a, b], px(6), px(5), REFERENCE.stroke_width(px(1)))).map_err(err)?;
         chart.draw_series(LineSeries::new(points.iter().copied(), color(0).stroke_width(px(2)))).map_err(err)?;
@@ -135,16 +143,7 @@ pub fn scatter(caption: &str, axes: (&str, &str), points: &[(f64, f64)], slope: 
     let points = &points[..];
     svg(400, 380, |root| {
         let mut chart = builder(root, caption).build_cartesian_2d(xs.clone(), ys).map_err(err)?;
-        chart
-            .configure_mesh()
-            .light_line_style(FINE_GRID)
-            .bold_line_style(GRID)
-            .x_desc(axes.0)
-            .y_desc(axes.1)
-            .label_style(font(14))
-            .axis_desc_style(font(15))
-            .draw()
-            .map_err(err)?;
+        xy_mesh(&mut chart, axes)?;
         let line = [(xs.start, slope * xs.start), (xs.end, slope * xs.end)];
         chart.draw_series(DashedLineSeries::new(line, px(6), px(5), REFERENCE.stroke_width(px(1)))).map_err(err)?;
         chart.draw_series(points.iter().map(|&p| Circle::new(p, px(3), color(0).mix(0.55).filled()))).map_err(err)?;
