@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// Start a stage crate.
+/// Start a stage crate: a transformer, estimator or aggregator that builds,
+/// passes its unit test and runs its sample pipeline as it is.
 #[derive(clap::Args)]
 pub struct NewArgs {
     /// What kind of stage: a transformer maps batches, an estimator fits a
