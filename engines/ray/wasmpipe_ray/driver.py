@@ -323,6 +323,19 @@ def human_bytes(n: int) -> str:
     return f"{n} B" if unit == 0 else f"{v:.1f} {units[unit]}"
 
 
+# The longest report value the run summary prints (as `wasmpipe run`).
+MAX_REPORT_VALUE = 200
+
+
+def _values(v: object) -> int:
+    """How many numbers, strings and booleans `v` holds."""
+    if isinstance(v, list):
+        return sum(_values(i) for i in v)
+    if isinstance(v, dict):
+        return sum(_values(i) for i in v.values())
+    return 1
+
+
 def print_summary(summaries: list[StageSummary], run_id: str, seconds: float) -> None:
     """The table a local run prints, then each stage's report."""
     header = ["stage", "kind", "tasks", "passes", "rows in", "rows out", "quarantined", "read", "written", "time"]
@@ -361,4 +374,8 @@ def print_summary(summaries: list[StageSummary], run_id: str, seconds: float) ->
                 for item in v:
                     print(f"  {json.dumps(item, separators=(',', ':'))}")
             else:
-                print(f"{k} = {json.dumps(v, separators=(',', ':'))}")
+                text = json.dumps(v, separators=(",", ":"))
+                # What the run report plots (curves, samples), as `wasmpipe run` says it.
+                if len(text) > MAX_REPORT_VALUE:
+                    text = f"({_values(v)} values; plotted in the run report)"
+                print(f"{k} = {text}")
