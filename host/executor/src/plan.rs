@@ -138,6 +138,15 @@ fn default_fit_task_mib() -> u64 {
 }
 
 impl Limits {
+    /// What an instance of the stage may use.
+    pub(crate) fn instance(&self) -> wasmpipe_runtime::InstanceLimits {
+        wasmpipe_runtime::InstanceLimits {
+            memory_bytes: self.memory_bytes(),
+            host_memory_bytes: self.host_memory_bytes(),
+            cpu: self.cpu(),
+        }
+    }
+
     /// `settings` with every default applied.
     pub fn of(settings: &Settings) -> Limits {
         let memory_mib = settings.memory_mib.unwrap_or(defaults::MEMORY_MIB);
@@ -441,11 +450,7 @@ impl Executor {
             if stage.model.is_some() {
                 continue;
             }
-            let limits = InstanceLimits {
-                memory_bytes: stage.limits.memory_bytes(),
-                host_memory_bytes: stage.limits.host_memory_bytes(),
-                cpu: stage.limits.cpu().min(CHECK_CPU),
-            };
+            let limits = InstanceLimits { cpu: stage.limits.cpu().min(CHECK_CPU), ..stage.limits.instance() };
             let setup = InstanceSetup {
                 config_json: stage.config.as_str().into(),
                 label: format!("{}[check]", stage.name),

@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use wasmpipe_manifest::{ColumnType, Format as ManifestFormat};
-use wasmpipe_runtime::{CallError, InstanceLimits, InstanceSetup, StageComponent, StageInstance, StageKind, TaskInfo};
+use wasmpipe_runtime::{CallError, InstanceSetup, StageComponent, StageInstance, StageKind, TaskInfo};
 use wasmpipe_storage::commit::{self, OutputLayout, identity as sha256_hex};
 use wasmpipe_storage::read::{self, Chunk, Format, InputFile, Partition};
 use wasmpipe_storage::{Storage, StorageError};
@@ -412,12 +412,7 @@ impl PreparedStage<'_> {
     /// An instance for the task `task_id`: its random numbers are seeded
     /// from the task's identity, so every attempt writes the same bytes.
     pub fn instantiate(&self, label: String, task_id: &str) -> Result<StageInstance, CallError> {
-        let limits = &self.stage.limits;
-        let limits = InstanceLimits {
-            memory_bytes: limits.memory_bytes(),
-            host_memory_bytes: limits.host_memory_bytes(),
-            cpu: limits.cpu(),
-        };
+        let limits = self.stage.limits.instance();
         let setup = InstanceSetup {
             config_json: self.stage.config.as_str().into(),
             label,

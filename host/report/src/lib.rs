@@ -339,8 +339,9 @@ fn floats(v: &Value) -> Vec<f64> {
 }
 
 fn metrics(stages: &[(&StageRecord, &StageDetails)]) -> Markup {
-    let reported: Vec<_> = stages.iter().filter_map(|(s, _)| report(s).map(|r| (*s, r))).collect();
-    let reported: Vec<_> = reported.into_iter().filter(|(_, r)| r.get("rules").is_none()).collect();
+    // Validation reports (their `rules`) have their own section.
+    let reported: Vec<_> =
+        stages.iter().filter_map(|(s, _)| report(s).filter(|r| r.get("rules").is_none()).map(|r| (*s, r))).collect();
     if reported.is_empty() {
         return html! {};
     }
