@@ -25,6 +25,15 @@ JSON is an object with "task" and its arguments:
       Per alpha, LinearRegression() (alpha 0) or Ridge(alpha) (the intercept
       unpenalized) on the (standardized) features: intercept, coefficients.
 
+  {"task": "digits", "csv": path}
+      Writes scikit-learn's bundled digits (1,797 rows x 64 pixels, and
+      `target`) to path as CSV.
+
+  {"task": "kmeanspp", "csv": ..., "features": [...], "scale": bool, "k": k,
+   "n_init": [n, ...], "seeds": [s, ...]}
+      Per n_init, KMeans(n_clusters=k, init="k-means++", n_init=n,
+      random_state=s, tol=0) inertia for each seed.
+
 Prints one JSON object.
 """
 import json
@@ -140,6 +149,28 @@ def kmeans(args):
     print(json.dumps(out))
 
 
+def digits(args):
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    header = ["pixel_%d" % i for i in range(bunch.data.shape[1])] + ["target"]
+    with open(args["csv"], "w") as f:
+        f.write(",".join(header) + "\n")
+        for row, target in zip(bunch.data, bunch.target):
+            f.write(",".join("%d" % v for v in row) + ",%d\n" % target)
+    print(json.dumps({"rows": int(bunch.data.shape[0])}))
+
+
+def kmeanspp(args):
+    X = features(pacsv.read_csv(args["csv"]), args["features"], args["scale"])
+    inertias = {
+        str(n): [float(KMeans(n_clusters=args["k"], init="k-means++", n_init=n, random_state=seed, tol=0.0,
+                              max_iter=1000, algorithm="lloyd").fit(X).inertia_) for seed in args["seeds"]]
+        for n in args["n_init"]
+    }
+    print(json.dumps({"inertias": inertias}))
+
+
 def linreg(args):
     table = pacsv.read_csv(args["csv"])
     X = features(table, args["features"], args["scale"])
@@ -155,4 +186,4 @@ def linreg(args):
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
     args = json.loads(sys.argv[1])
-    {"logreg": logreg, "kmeans": kmeans, "linreg": linreg}[args["task"]](args)
+    {"logreg": logreg, "kmeans": kmeans, "kmeanspp": kmeanspp, "linreg": linreg, "digits": digits}[args["task"]](args)

@@ -8,6 +8,8 @@
 //! k = 3                      # required unless `centroids` are given
 //! init = "first"             # default: the first k distinct rows; or "k-means++"
 //! seed = 0                   # default; k-means++ only: its random draws
+//! n_init = 1                 # default; k-means++ only: seedings run side by side, the least inertia kept
+//! local_trials = 3           # default 2 + floor(ln k) (scikit-learn's); k-means++ only: candidates per center
 //! # centroids = [[5.0, 1.5], [6.0, 4.5], [6.5, 5.5]]   # or explicit starting centroids (then no `init`)
 //! max_iter = 100             # default; most fit passes in all, init passes included (then at least one Lloyd pass)
 //! tol = 0.0                  # default; stop once no centroid moves more than this
@@ -32,30 +34,53 @@
 //! is the first k distinct rows of partition 0 whenever partition 0 has k
 //! of them, and never depends on how the input is partitioned.
 //!
-//! `init = "k-means++"` is the seeding of Arthur and Vassilvitskii (2007),
-//! in k passes: the first center is a row drawn uniformly at random, and
-//! each next one a row drawn with probability proportional to D(x)^2, its
-//! squared distance to the nearest center chosen so far. This is plain
-//! k-means++, one candidate per step, not scikit-learn's greedy variant
-//! (which draws `2 + ln k` candidates per step and keeps the one that
-//! lowers the inertia most): cheaper per center, and more often ends in a
-//! worse local optimum, so try a few seeds. Rows already chosen
-//! (D(x) = 0) are never drawn again; fewer than k distinct rows fail the
-//! fit. Seeding pass `j` computes the distances to `j` centers: the k
-//! passes cost as much as (k-1)/2 Lloyd passes.
+//! `init = "k-means++"` is scikit-learn's greedy k-means++ (Arthur and
+//! Vassilvitskii 2007, with local trials): the first center is a row drawn
+//! uniformly at random; for each next one, `local_trials` candidate rows
+//! are drawn with probability proportional to D(x)^2, the squared distance
+//! of row x to the nearest center chosen so far, and the candidate that
+//! leaves the least potential (the sum of D(x)^2 once it is a center)
+//! becomes the center. `local_trials = 1` is plain k-means++ (one draw per
+//! center, no choice: cheaper, and more often a worse local optimum).
+//! Rows already chosen (D(x) = 0) are never drawn again; fewer than k
+//! distinct rows fail the fit.
+//!
+//! The seeding takes k + 1 passes for k >= 2 (k with one trial; 1 for
+//! k = 1): the first draws the first center, the second the first
+//! candidates, and each later pass weighs the rows under every candidate at
+//! once: it sums each candidate's potential and draws the next candidates
+//! as if that candidate were chosen, so the finalize that keeps the best
+//! candidate already has the next ones. Each pass computes the distances to
+//! the centers chosen so far and to the candidates. `n_init` x
+//! `local_trials`^2 is at most 4,000 (the rows a seeding pass keeps).
+//!
+//! `n_init` runs that many seedings and Lloyd's iterations from each, side
+//! by side in the same passes (each initialization draws with its own
+//! seeds), and keeps the one that ends with the least inertia, the first
+//! of equal ones, as scikit-learn does; with more than one the model lists
+//! every initialization's inertia. That inertia is the last pass's (see
+//! Model): with the default `tol = 0` it is the returned centroids' own,
+//! as scikit-learn's; an initialization stopped by `max_iter`, or moved
+//! less than a `tol > 0`, is judged by the pass before its last move.
 //!
 //! Each draw is a weighted sample that needs no coordination between
 //! partitions (Efraimidis and Spirakis' exponential clocks): every row gets
 //! `u`, uniform in (0, 1), from the xxh3 hash of its features seeded with
-//! `splitmix64(seed + step * 0x9e3779b97f4a7c15)`, and the draw is the row
+//! `splitmix64(seed + lane * 0xd1b54a32d192ed03 + step * 0x9e3779b97f4a7c15)`
+//! (`step` the number of centers chosen, `lane` the initialization times
+//! 2^32 plus the trial), and the draw is the row
 //! with the smallest clock `-ln(u) / D(x)^2` (of independent exponential
 //! clocks with rates `w_i`, row `i` rings first with probability
 //! `w_i / sum w`). Each partition keeps its earliest row, the merge keeps
 //! the earlier of two, equal clocks going to the smaller row
 //! (lexicographically, by `f64::total_cmp`). The clocks depend only on the
-//! seed, the step and the rows' values, so the centers are the same rows at
+//! seed, the lane, the step and the rows' values, so the centers are the same rows at
 //! any partitioning or parallelism, and the same seed gives the same
-//! centers on every run. The features are hashed rounded to f32, so that
+//! centers on every run. The candidates' potentials are sums merged in
+//! partition order, so two candidates whose potentials differ only in the
+//! last bits could be told apart differently at another partitioning;
+//! drawn rows are data rows, so that takes two distinct candidates leaving
+//! the same potential to 1e-16. The features are hashed rounded to f32, so that
 //! last-bit noise from upstream (a scaler whose statistics merge in another
 //! order at another partitioning) practically never changes the draw.
 //! Clocks are compared as `ln(-ln u) - ln D(x)^2`, which orders them the
@@ -78,9 +103,10 @@
 //! mask) and the inertia (`summarize`); for k-means++ also the row hashes
 //! (`hash-rows`). Copied into the guest: with `init = "first"`, the
 //! features of each partition's first batches, until it has k distinct
-//! rows; with `init = "k-means++"`, in each seeding pass every row's hash
-//! and D(x)^2 (two numbers per row, for the clocks), and the features of
-//! each batch's earliest row.
+//! rows; with `init = "k-means++"`, in each seeding pass, per
+//! initialization, every row's hash per trial and D(x)^2 per candidate
+//! (the numbers the clocks need), and the features of the rows each batch
+//! draws, all in one copy.
 //!
 //! # Model
 //!
@@ -89,10 +115,13 @@
 //! k-means++ centers or the given centroids), `inertia` (the sum of
 //! squared distances of the rows to their nearest centroid in the last
 //! pass; with `tol = 0` these are the final centroids), `sizes` (rows per
-//! centroid in the last pass), `rows`, `passes` (init passes included) and
-//! `converged`. The stage's report is the same but for the centroids:
-//! `rows`, `inertia`, `sizes`, `passes`, `converged` (a run report plots
-//! the cluster sizes).
+//! centroid in the last pass), `rows`, `passes` (init passes included),
+//! `converged`, `n_init`, and with several initializations `inertias`
+//! (each one's, in order; the model is the least). The stage's report
+//! holds `rows`, `inertia`, `sizes`, `passes`, `converged` and `inertias`
+//! (a run report plots the cluster sizes).
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use wasmpipe_sdk::{Apply, Batch, Column, Compare, DataType, Error, Estimator, Outcome, Result, Task, Unary};
@@ -104,6 +133,8 @@ struct Config {
     k: Option<usize>,
     init: Option<String>,
     seed: Option<u64>,
+    n_init: Option<usize>,
+    local_trials: Option<usize>,
     centroids: Option<Vec<Vec<f64>>>,
     #[serde(default = "default_max_iter")]
     max_iter: u32,
@@ -118,8 +149,29 @@ fn default_max_iter() -> u32 {
 /// The `init` that seeds by k-means++.
 const KMEANS_PP: &str = "k-means++";
 
-/// The config, checked: `(config, k)`.
-fn config() -> Result<(Config, usize)> {
+/// Most initializations one fit runs side by side.
+const MAX_N_INIT: usize = 50;
+
+/// Most candidates a k-means++ step draws.
+const MAX_LOCAL_TRIALS: usize = 20;
+
+/// Most rows a seeding pass's state may hold: each initialization keeps,
+/// per candidate, each trial's row for the next step.
+const MAX_PICKS: usize = 4_000;
+
+/// The config, checked, and what it implies.
+struct Settings {
+    config: Config,
+    /// Clusters.
+    k: usize,
+    /// Initializations run side by side (1 unless k-means++).
+    n_init: usize,
+    /// Candidates each k-means++ step draws (scikit-learn's `2 + ln k`).
+    trials: usize,
+}
+
+/// The config, checked.
+fn settings() -> Result<Settings> {
     let config: Config = wasmpipe_sdk::config()?;
     let invalid = |m: String| Err(Error::InvalidConfig(m));
     let d = config.features.len();
@@ -132,8 +184,17 @@ fn config() -> Result<(Config, usize)> {
     {
         return invalid(format!("init: \"first\" or \"{KMEANS_PP}\", got {init:?} (or give `centroids`)"));
     }
-    if config.seed.is_some() && config.init.as_deref() != Some(KMEANS_PP) {
-        return invalid(format!("seed: only used with init = \"{KMEANS_PP}\""));
+    let plus_plus = config.init.as_deref() == Some(KMEANS_PP);
+    for (key, given) in [
+        ("seed", config.seed.is_some()),
+        ("n_init", config.n_init.is_some()),
+        ("local_trials", config.local_trials.is_some()),
+    ] {
+        if given && !plus_plus {
+            return invalid(format!(
+                "{key}: only used with init = \"{KMEANS_PP}\" (the other starts draw nothing at random)"
+            ));
+        }
     }
     let k = match (&config.centroids, config.k) {
         (Some(_), _) if config.init.is_some() => return invalid("give `init` or `centroids`, not both".into()),
@@ -149,13 +210,28 @@ fn config() -> Result<(Config, usize)> {
         (None, Some(k)) if k > 0 => k,
         (None, _) => return invalid("k: give the number of clusters (at least 1), or `centroids`".into()),
     };
+    let n_init = config.n_init.unwrap_or(1);
+    if !(1..=MAX_N_INIT).contains(&n_init) {
+        return invalid(format!("n_init: from 1 to {MAX_N_INIT}, got {n_init}"));
+    }
+    // scikit-learn's choice: 2 + floor(ln k).
+    let trials = config.local_trials.unwrap_or(2 + (k as f64).ln() as usize);
+    if !(1..=MAX_LOCAL_TRIALS).contains(&trials) {
+        return invalid(format!("local_trials: from 1 to {MAX_LOCAL_TRIALS}, got {trials}"));
+    }
+    if n_init * trials * trials > MAX_PICKS {
+        return invalid(format!(
+            "n_init = {n_init} with local_trials = {trials}: a seeding pass would keep n_init x local_trials^2 = {} rows, more than {MAX_PICKS}; lower either",
+            n_init * trials * trials
+        ));
+    }
     if config.max_iter < 1 {
         return invalid("max_iter: must be at least 1".into());
     }
     if config.tol.is_nan() || config.tol < 0.0 {
         return invalid(format!("tol: must be at least 0, got {}", config.tol));
     }
-    Ok((config, k))
+    Ok(Settings { config, k, n_init, trials })
 }
 
 /// The rows of `batch` whose features are all finite.
@@ -214,34 +290,101 @@ struct Pick {
     row: Vec<f64>,
 }
 
+/// Where a k-means++ seeding stands: the centers chosen so far (fewer than
+/// k), and the candidates for the next (none: the next pass draws them, or
+/// the first center).
+#[derive(Serialize, Deserialize)]
+struct Step {
+    centers: Vec<Vec<f64>>,
+    candidates: Vec<Vec<f64>>,
+}
+
+/// A row (or rows, on a tie) a batch drew: for initialization `run`,
+/// hypothesis `hypothesis`, trial `trial`.
+struct Draw {
+    run: usize,
+    hypothesis: usize,
+    trial: usize,
+    clock: f64,
+    rows: Vec<usize>,
+}
+
+/// One k-means++ initialization's seeding pass.
+///
+/// The pass weighs each row by D(x)^2, its squared distance to the nearest
+/// of `centers` and of a hypothesis: no more center when there are no
+/// `candidates` (the pass that draws the first center, or the first
+/// candidates), else each candidate in turn. Per hypothesis it sums the
+/// weights (the potential the candidate would leave) and, when more
+/// centers are needed, draws each trial's row for the next step.
+#[derive(Serialize, Deserialize, Clone)]
+struct Seeding {
+    centers: Vec<Vec<f64>>,
+    candidates: Vec<Vec<f64>>,
+    /// Per candidate: the sum of the weights.
+    potentials: Vec<f64>,
+    /// Per hypothesis: each trial's earliest row.
+    picks: Vec<Vec<Option<Pick>>>,
+}
+
+impl Seeding {
+    fn new(Step { centers, candidates }: Step) -> Seeding {
+        let hypotheses = candidates.len().max(1);
+        Seeding { potentials: vec![0.0; candidates.len()], picks: vec![Vec::new(); hypotheses], centers, candidates }
+    }
+
+    /// The hypotheses: each candidate, or none.
+    fn hypotheses(&self) -> Vec<Option<&[f64]>> {
+        if self.candidates.is_empty() { vec![None] } else { self.candidates.iter().map(|c| Some(&c[..])).collect() }
+    }
+}
+
+/// One initialization's Lloyd pass from `centroids` (the first one from
+/// `initial`); `finished` once it has converged or run out of passes.
+#[derive(Serialize, Deserialize, Clone)]
+struct Lloyd {
+    initial: Vec<Vec<f64>>,
+    centroids: Vec<Vec<f64>>,
+    finished: Option<Finished>,
+}
+
+/// Where an initialization ended.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Finished {
+    inertia: f64,
+    sizes: Vec<u64>,
+    converged: bool,
+}
+
+/// A Lloyd pass's sums for one unfinished initialization: per centroid,
+/// the sums of its rows' features and their number; the squared
+/// distances' sum.
+#[derive(Serialize, Deserialize)]
+struct Sums {
+    sizes: Vec<u64>,
+    sums: Vec<Vec<f64>>,
+    inertia: f64,
+}
+
 /// One partition's partial state.
 #[derive(Serialize, Deserialize)]
 enum State {
     /// `init = "first"`: the first distinct rows seen, at most k.
     First { k: usize, rows: Vec<Vec<f64>> },
-    /// A k-means++ seeding pass: the centers chosen so far (fewer than k)
-    /// and the earliest row seen for the next one.
-    Seed { centers: Vec<Vec<f64>>, best: Option<Pick> },
-    /// A Lloyd pass from `centroids` (the first one from `initial`): per
-    /// centroid, the sums of its rows' features and their number; the
-    /// squared distances' sum.
-    Lloyd {
-        initial: Vec<Vec<f64>>,
-        centroids: Vec<Vec<f64>>,
-        rows: u64,
-        sizes: Vec<u64>,
-        sums: Vec<Vec<f64>>,
-        inertia: f64,
-    },
+    /// A k-means++ seeding pass, per initialization.
+    Seed(Vec<Seeding>),
+    /// A Lloyd pass: per initialization, where it stands and its sums
+    /// (none once finished); the usable rows.
+    Lloyd { runs: Vec<Lloyd>, sums: Vec<Option<Sums>>, rows: u64 },
 }
 
 /// What a pass hands the next.
 #[derive(Serialize, Deserialize)]
 enum Carry {
-    /// k-means++: the centers chosen so far, fewer than k.
-    Seeding(Vec<Vec<f64>>),
-    /// Lloyd: the centroids to assign to, and where the first pass started.
-    Lloyd { initial: Vec<Vec<f64>>, centroids: Vec<Vec<f64>> },
+    /// k-means++: per initialization, where its seeding stands.
+    Seeding(Vec<Step>),
+    /// Lloyd: per initialization, the centroids to assign to.
+    Lloyd(Vec<Lloyd>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -254,9 +397,20 @@ struct Model {
     rows: u64,
     passes: u32,
     converged: bool,
+    /// Initializations run (the model is the one of least inertia).
+    #[serde(default = "one")]
+    n_init: usize,
+    /// Each initialization's final inertia, when there were several (null
+    /// where it is not a number).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    inertias: Vec<Option<f64>>,
 }
 
-/// The stage's report: the model without its centroids.
+fn one() -> usize {
+    1
+}
+
+/// The stage's report: the model's numbers, without its centroids.
 #[derive(Serialize)]
 struct Report<'a> {
     rows: u64,
@@ -264,6 +418,8 @@ struct Report<'a> {
     sizes: &'a [u64],
     passes: u32,
     converged: bool,
+    #[serde(skip_serializing_if = "<[Option<f64>]>::is_empty")]
+    inertias: &'a [Option<f64>],
 }
 
 /// Append the rows of `more` not yet in `rows`, in order, until there are `k`.
@@ -298,18 +454,38 @@ fn move_centroids(centroids: &[Vec<f64>], sums: &[Vec<f64>], sizes: &[u64]) -> (
     (next, shift)
 }
 
-fn lloyd(initial: Vec<Vec<f64>>, centroids: Vec<Vec<f64>>) -> State {
-    let (k, d) = (centroids.len(), centroids[0].len());
-    State::Lloyd { initial, centroids, rows: 0, sizes: vec![0; k], sums: vec![vec![0.0; d]; k], inertia: 0.0 }
+/// The Lloyd passes' state for `runs`: zero sums for the unfinished ones.
+fn lloyd(runs: Vec<Lloyd>) -> State {
+    let sums = runs
+        .iter()
+        .map(|run| {
+            let (k, d) = (run.centroids.len(), run.centroids[0].len());
+            run.finished.is_none().then(|| Sums { sizes: vec![0; k], sums: vec![vec![0.0; d]; k], inertia: 0.0 })
+        })
+        .collect();
+    State::Lloyd { runs, sums, rows: 0 }
 }
 
-/// The hash seed of k-means++ step `step` (the number of centers chosen):
+/// Lloyd's first pass from `initial`.
+fn start(initial: Vec<Vec<f64>>) -> Lloyd {
+    Lloyd { centroids: initial.clone(), initial, finished: None }
+}
+
 /// splitmix64 of `seed + step * golden ratio`, so every step draws afresh.
 fn step_seed(seed: u64, step: usize) -> u64 {
     let mut z = seed.wrapping_add((step as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// The hash seed of trial `trial` of k-means++ step `step` (the number of
+/// centers chosen) of initialization `run`: [`step_seed`] of the seed moved
+/// by the run and the trial (not moved for the first trial of the first
+/// run, which draws as plain k-means++ always has).
+fn draw_seed(seed: u64, run: usize, step: usize, trial: usize) -> u64 {
+    let lane = ((run as u64) << 32) | trial as u64;
+    step_seed(seed.wrapping_add(lane.wrapping_mul(0xd1b5_4a32_d192_ed03)), step)
 }
 
 /// A row's clock `ln(-ln u) - ln w` (the log of the exponential clock
@@ -362,6 +538,126 @@ fn earlier(a: Option<Pick>, b: Option<Pick>) -> Option<Pick> {
     }
 }
 
+/// The index of the smallest value, the first of equal ones (as numpy's
+/// `argmin`); NaN counts as larger than every number.
+fn least(values: &[f64]) -> usize {
+    let key = |v: f64| if v.is_nan() { f64::INFINITY } else { v };
+    values.iter().enumerate().fold(0, |best, (i, v)| if key(*v) < key(values[best]) { i } else { best })
+}
+
+/// Fold one batch's usable rows `x` (hashed as `rounded`) into each
+/// initialization's seeding pass.
+fn seed_batch(seedings: &mut [Seeding], batch: &Batch, x: &[Column], settings: &Settings) -> Result<()> {
+    let rounded = x.iter().map(|c| c.cast(&DataType::Float32)).collect::<Result<Vec<_>>>()?;
+    let rounded: Vec<&Column> = rounded.iter().collect();
+    // The rows drawn, by (initialization, hypothesis, trial), and their clocks.
+    let mut drawn: Vec<Draw> = Vec::new();
+    for (run, seeding) in seedings.iter_mut().enumerate() {
+        let base = if seeding.centers.is_empty() { None } else { Some(nearest(x, &seeding.centers)?.0) };
+        let step = seeding.centers.len() + usize::from(!seeding.candidates.is_empty());
+        // The first center is drawn uniformly, alone; later steps draw `trials` candidates.
+        let trials = if step == settings.k {
+            0
+        } else if step == 0 {
+            1
+        } else {
+            settings.trials
+        };
+        let uniforms = (0..trials)
+            .map(|t| {
+                let seed = draw_seed(settings.config.seed.unwrap_or(0), run, step, t);
+                wasmpipe_sdk::hash_rows(&rounded, seed)?.mul_scalar(2f64.powi(-64))?.read_f64()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let hypotheses = seeding.hypotheses();
+        let mut potentials = Vec::new();
+        for (h, candidate) in hypotheses.iter().enumerate() {
+            let weighed;
+            let weights = match (candidate, &base) {
+                (None, base) => base.as_ref(),
+                (Some(c), None) => {
+                    weighed = squared_distance(x, c)?;
+                    Some(&weighed)
+                }
+                (Some(c), Some(base)) => {
+                    let d = squared_distance(x, c)?;
+                    weighed = d.compare_column(Compare::Lt, base)?.choose(&d, base)?;
+                    Some(&weighed)
+                }
+            };
+            if let (Some(_), Some(w)) = (candidate, weights) {
+                potentials.push(w.summarize()?.sum);
+            }
+            if uniforms.is_empty() {
+                continue;
+            }
+            let weights = weights.map(|w| w.read_f64()).transpose()?;
+            for (t, u) in uniforms.iter().enumerate() {
+                if let Some((clock, rows)) = earliest(u, weights.as_deref()) {
+                    drawn.push(Draw { run, hypothesis: h, trial: t, clock, rows });
+                }
+            }
+        }
+        seeding.potentials.iter_mut().zip(potentials).for_each(|(p, q)| *p += q);
+        for picks in &mut seeding.picks {
+            picks.resize(trials, None);
+        }
+    }
+    // Copy in the drawn rows' features (more than one per draw only on a tie), all at once.
+    let wanted: BTreeMap<usize, usize> = drawn
+        .iter()
+        .flat_map(|d| d.rows.iter().copied())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .enumerate()
+        .map(|(at, row)| (row, at))
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let mut mask = vec![false; batch.num_rows() as usize];
+    wanted.keys().for_each(|&i| mask[i] = true);
+    let chosen = batch.filter_rows(&mask)?;
+    let values =
+        columns(&chosen, &settings.config.features)?.iter().map(|c| c.read_f64()).collect::<Result<Vec<_>>>()?;
+    for Draw { run, hypothesis, trial, clock, rows } in drawn {
+        for i in rows {
+            let row = values.iter().map(|col| col[wanted[&i]]).collect();
+            let pick = &mut seedings[run].picks[hypothesis][trial];
+            *pick = earlier(pick.take(), Some(Pick { clock, row }));
+        }
+    }
+    Ok(())
+}
+
+/// The next pass after a seeding pass: the candidate of least potential
+/// joins the centers, and the rows drawn under it are the next candidates
+/// (or, for the first center and with one trial, the next center itself).
+fn next_seeding(seeding: Seeding, settings: &Settings) -> Result<Step> {
+    let Seeding { mut centers, candidates, potentials, mut picks } = seeding;
+    let chosen = if candidates.is_empty() { 0 } else { least(&potentials) };
+    if let Some(candidate) = candidates.into_iter().nth(chosen) {
+        centers.push(candidate);
+    }
+    if centers.len() == settings.k {
+        return Ok(Step { centers, candidates: Vec::new() });
+    }
+    let drawn = std::mem::take(&mut picks[chosen]);
+    let Some(rows) = drawn.into_iter().map(|p| p.map(|p| p.row)).collect::<Option<Vec<_>>>().filter(|r| !r.is_empty())
+    else {
+        if centers.is_empty() {
+            wasmpipe_sdk::fail!("no usable rows to cluster");
+        }
+        wasmpipe_sdk::fail!("k = {} but the data has only {} distinct usable rows", settings.k, centers.len());
+    };
+    if centers.is_empty() || settings.trials == 1 {
+        wasmpipe_sdk::debug!("k-means++ center {} of {}: {:?}", centers.len() + 1, settings.k, rows[0]);
+        centers.extend(rows.into_iter().take(1));
+        return Ok(Step { centers, candidates: Vec::new() });
+    }
+    Ok(Step { centers, candidates: rows })
+}
+
 struct KMeans;
 
 impl Estimator for KMeans {
@@ -370,79 +666,59 @@ impl Estimator for KMeans {
     type Model = Model;
 
     fn begin(_task: &Task, carry: Option<Carry>) -> Result<State> {
-        let (config, k) = config()?;
+        let Settings { config, k, n_init, .. } = settings()?;
         Ok(match (carry, config.centroids) {
-            (Some(Carry::Lloyd { initial, centroids }), _) => lloyd(initial, centroids),
-            (Some(Carry::Seeding(centers)), _) => State::Seed { centers, best: None },
-            (None, Some(centroids)) => lloyd(centroids.clone(), centroids),
-            (None, None) if config.init.as_deref() == Some(KMEANS_PP) => {
-                State::Seed { centers: Vec::new(), best: None }
-            }
+            (Some(Carry::Lloyd(runs)), _) => lloyd(runs),
+            (Some(Carry::Seeding(runs)), _) => State::Seed(runs.into_iter().map(Seeding::new).collect()),
+            (None, Some(centroids)) => lloyd(vec![start(centroids)]),
+            (None, None) if config.init.as_deref() == Some(KMEANS_PP) => State::Seed(
+                (0..n_init).map(|_| Seeding::new(Step { centers: Vec::new(), candidates: Vec::new() })).collect(),
+            ),
             (None, None) => State::First { k, rows: Vec::new() },
         })
     }
 
     fn update(state: &mut State, batch: &Batch) -> Result<()> {
-        let (config, _) = config()?;
+        let settings = settings()?;
+        let features = &settings.config.features;
         match state {
             State::First { k, rows } => {
                 if rows.len() >= *k {
                     return Ok(());
                 }
                 // Copy this batch's features in, until k distinct rows are found.
-                let batch = usable(batch, &config.features)?;
-                let values =
-                    columns(&batch, &config.features)?.iter().map(|c| c.read_f64()).collect::<Result<Vec<_>>>()?;
+                let batch = usable(batch, features)?;
+                let values = columns(&batch, features)?.iter().map(|c| c.read_f64()).collect::<Result<Vec<_>>>()?;
                 let n = batch.num_rows() as usize;
                 add_distinct(rows, (0..n).map(|i| values.iter().map(|col| col[i]).collect()), *k);
             }
-            State::Seed { centers, best } => {
-                let batch = usable(batch, &config.features)?;
-                let n = batch.num_rows() as usize;
-                if n == 0 {
-                    return Ok(());
-                }
-                let x = columns(&batch, &config.features)?;
-                let seed = step_seed(config.seed.unwrap_or(0), centers.len());
-                // The hash of the features rounded to f32, so that last-bit differences
-                // upstream (a scaler's statistics merged in another order) draw the same.
-                let rounded = x.iter().map(|c| c.cast(&DataType::Float32)).collect::<Result<Vec<_>>>()?;
-                let hash = wasmpipe_sdk::hash_rows(&rounded.iter().collect::<Vec<_>>(), seed)?;
-                let u = hash.mul_scalar(2f64.powi(-64))?.read_f64()?;
-                // Pass 0 draws uniformly; later ones by D(x)^2.
-                let weights = if centers.is_empty() { None } else { Some(nearest(&x, centers)?.0.read_f64()?) };
-                let Some((clock, tied)) = earliest(&u, weights.as_deref()) else {
-                    return Ok(());
-                };
-                // Copy in the earliest row's features (more than one only on a tie).
-                let mut mask = vec![false; n];
-                tied.iter().for_each(|&i| mask[i] = true);
-                let chosen = batch.filter_rows(&mask)?;
-                let values =
-                    columns(&chosen, &config.features)?.iter().map(|c| c.read_f64()).collect::<Result<Vec<_>>>()?;
-                for i in 0..tied.len() {
-                    let row = values.iter().map(|col| col[i]).collect();
-                    *best = earlier(best.take(), Some(Pick { clock, row }));
+            State::Seed(seedings) => {
+                let batch = usable(batch, features)?;
+                if batch.num_rows() > 0 {
+                    seed_batch(seedings, &batch, &columns(&batch, features)?, &settings)?;
                 }
             }
-            State::Lloyd { centroids, rows, sizes, sums, inertia, .. } => {
-                let batch = usable(batch, &config.features)?;
+            State::Lloyd { runs, sums, rows } => {
+                let batch = usable(batch, features)?;
                 if batch.num_rows() == 0 {
                     return Ok(());
                 }
                 *rows += batch.num_rows();
-                let x = columns(&batch, &config.features)?;
-                let (best, index) = nearest(&x, centroids)?;
-                *inertia += best.summarize()?.sum;
-                for (j, (size, sum)) in sizes.iter_mut().zip(sums.iter_mut()).enumerate() {
-                    let mine = index.compare(Compare::Eq, j as f64)?;
-                    let n = mine.summarize()?.sum as u64;
-                    if n == 0 {
-                        continue;
-                    }
-                    *size += n;
-                    for (s, xf) in sum.iter_mut().zip(&x) {
-                        *s += xf.dot(&mine)?;
+                let x = columns(&batch, features)?;
+                for (run, sums) in runs.iter().zip(sums.iter_mut()) {
+                    let Some(Sums { sizes, sums, inertia }) = sums else { continue };
+                    let (best, index) = nearest(&x, &run.centroids)?;
+                    *inertia += best.summarize()?.sum;
+                    for (j, (size, sum)) in sizes.iter_mut().zip(sums.iter_mut()).enumerate() {
+                        let mine = index.compare(Compare::Eq, j as f64)?;
+                        let n = mine.summarize()?.sum as u64;
+                        if n == 0 {
+                            continue;
+                        }
+                        *size += n;
+                        for (s, xf) in sum.iter_mut().zip(&x) {
+                            *s += xf.dot(&mine)?;
+                        }
                     }
                 }
             }
@@ -456,75 +732,109 @@ impl Estimator for KMeans {
                 add_distinct(&mut rows, more, k);
                 State::First { k, rows }
             }
-            (State::Seed { centers, best }, State::Seed { best: other, .. }) => {
-                State::Seed { centers, best: earlier(best, other) }
-            }
-            (
-                State::Lloyd { initial, centroids, rows, mut sizes, mut sums, inertia },
-                State::Lloyd { rows: r, sizes: z, sums: s, inertia: i, .. },
-            ) => {
-                sizes.iter_mut().zip(z).for_each(|(a, b)| *a += b);
-                for (a, b) in sums.iter_mut().zip(s) {
-                    a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+            (State::Seed(mut left), State::Seed(right)) => {
+                for (a, b) in left.iter_mut().zip(right) {
+                    a.potentials.iter_mut().zip(b.potentials).for_each(|(a, b)| *a += b);
+                    for (mine, theirs) in a.picks.iter_mut().zip(b.picks) {
+                        mine.resize(mine.len().max(theirs.len()), None);
+                        for (pick, other) in mine.iter_mut().zip(theirs) {
+                            *pick = earlier(pick.take(), other);
+                        }
+                    }
                 }
-                State::Lloyd { initial, centroids, rows: rows + r, sizes, sums, inertia: inertia + i }
+                State::Seed(left)
+            }
+            (State::Lloyd { runs, mut sums, rows }, State::Lloyd { sums: more, rows: r, .. }) => {
+                for (a, b) in sums.iter_mut().zip(more) {
+                    if let (Some(a), Some(b)) = (a, b) {
+                        a.sizes.iter_mut().zip(b.sizes).for_each(|(a, b)| *a += b);
+                        for (a, b) in a.sums.iter_mut().zip(b.sums) {
+                            a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                        }
+                        a.inertia += b.inertia;
+                    }
+                }
+                State::Lloyd { runs, sums, rows: rows + r }
             }
             _ => wasmpipe_sdk::fail!("cannot merge states of different passes"),
         })
     }
 
     fn finalize(state: State, pass: u32) -> Result<Outcome<Model, Carry>> {
-        let (config, k) = config()?;
+        let settings = settings()?;
         match state {
             State::First { k, rows } => {
                 if rows.len() < k {
                     wasmpipe_sdk::fail!("k = {k} but the data has only {} distinct usable rows", rows.len());
                 }
-                Ok(Outcome::NextPass(Carry::Lloyd { initial: rows.clone(), centroids: rows }))
+                Ok(Outcome::NextPass(Carry::Lloyd(vec![start(rows)])))
             }
-            State::Seed { mut centers, best } => {
-                let Some(pick) = best else {
-                    if centers.is_empty() {
-                        wasmpipe_sdk::fail!("no usable rows to cluster");
-                    }
-                    wasmpipe_sdk::fail!("k = {k} but the data has only {} distinct usable rows", centers.len());
-                };
-                wasmpipe_sdk::debug!("k-means++ center {} of {k}: {:?}", centers.len() + 1, pick.row);
-                centers.push(pick.row);
-                Ok(Outcome::NextPass(if centers.len() < k {
-                    Carry::Seeding(centers)
-                } else {
-                    Carry::Lloyd { initial: centers.clone(), centroids: centers }
-                }))
+            State::Seed(seedings) => {
+                let next = seedings.into_iter().map(|s| next_seeding(s, &settings)).collect::<Result<Vec<_>>>()?;
+                // Every initialization takes the same steps, so all are seeded at once.
+                if next.iter().all(|step| step.centers.len() == settings.k) {
+                    return Ok(Outcome::NextPass(Carry::Lloyd(
+                        next.into_iter().map(|step| start(step.centers)).collect(),
+                    )));
+                }
+                Ok(Outcome::NextPass(Carry::Seeding(next)))
             }
-            State::Lloyd { initial, centroids, rows, sizes, sums, inertia } => {
+            State::Lloyd { runs, sums, rows } => {
                 if rows == 0 {
                     wasmpipe_sdk::fail!("no usable rows to cluster");
                 }
-                let empty = sizes.iter().filter(|&&n| n == 0).count();
-                if empty > 0 {
-                    wasmpipe_sdk::warn!("pass {pass}: {empty} centroid(s) have no rows and stay where they are");
+                let last = pass + 1 >= settings.config.max_iter;
+                let several = runs.len() > 1;
+                let mut next = Vec::with_capacity(runs.len());
+                for (i, (run, sums)) in runs.into_iter().zip(sums).enumerate() {
+                    let Some(Sums { sizes, sums, inertia }) = sums else {
+                        next.push(run);
+                        continue;
+                    };
+                    let empty = sizes.iter().filter(|&&n| n == 0).count();
+                    let which = if several { format!(", initialization {i}") } else { String::new() };
+                    if empty > 0 {
+                        wasmpipe_sdk::warn!(
+                            "pass {pass}{which}: {empty} centroid(s) have no rows and stay where they are"
+                        );
+                    }
+                    let (moved, shift) = move_centroids(&run.centroids, &sums, &sizes);
+                    wasmpipe_sdk::debug!("pass {pass}{which}: inertia {inertia}, largest move {shift}");
+                    let converged = shift <= settings.config.tol;
+                    let finished = (converged || last).then_some(Finished { inertia, sizes, converged });
+                    next.push(Lloyd { initial: run.initial, centroids: moved, finished });
                 }
-                let (next, shift) = move_centroids(&centroids, &sums, &sizes);
-                wasmpipe_sdk::debug!("pass {pass}: inertia {inertia}, largest move {shift}");
-                let converged = shift <= config.tol;
-                if !converged && pass + 1 < config.max_iter {
-                    return Ok(Outcome::NextPass(Carry::Lloyd { initial, centroids: next }));
+                if next.iter().any(|run| run.finished.is_none()) {
+                    return Ok(Outcome::NextPass(Carry::Lloyd(next)));
                 }
+                let inertias: Vec<f64> =
+                    next.iter().map(|r| r.finished.as_ref().map_or(f64::NAN, |f| f.inertia)).collect();
+                let best = least(&inertias);
+                let Lloyd { initial, centroids, finished } = next.swap_remove(best);
+                let Finished { inertia, sizes, converged } = finished.expect("every initialization has finished");
                 if converged {
-                    wasmpipe_sdk::info!("converged in {} passes on {rows} rows, inertia {inertia:.6}", pass + 1);
+                    wasmpipe_sdk::info!("converged within {} passes on {rows} rows, inertia {inertia:.6}", pass + 1);
                 } else {
-                    wasmpipe_sdk::warn!("stopped after max_iter = {} passes; the last move was {shift}", pass + 1);
+                    wasmpipe_sdk::warn!("stopped after max_iter = {} passes without converging", pass + 1);
+                }
+                if several {
+                    wasmpipe_sdk::info!("kept initialization {best} of {}: inertias {inertias:?}", inertias.len());
                 }
                 let model = Model {
-                    features: config.features,
-                    centroids: next,
+                    features: settings.config.features,
+                    centroids,
                     initial_centroids: initial,
                     inertia,
                     sizes,
                     rows,
                     passes: pass + 1,
                     converged,
+                    n_init: inertias.len(),
+                    inertias: if several {
+                        inertias.iter().map(|&i| i.is_finite().then_some(i)).collect()
+                    } else {
+                        Vec::new()
+                    },
                 };
                 wasmpipe_sdk::report(
                     &Report {
@@ -533,6 +843,7 @@ impl Estimator for KMeans {
                         sizes: &model.sizes,
                         passes: model.passes,
                         converged,
+                        inertias: &model.inertias,
                     },
                     None,
                 )?;
@@ -673,6 +984,31 @@ mod tests {
         distinct.sort_unstable();
         distinct.dedup();
         assert_eq!(distinct.len(), seeds.len());
+    }
+
+    #[test]
+    fn the_first_trial_of_the_first_initialization_draws_as_plain_k_means_plus_plus() {
+        for seed in [0, 7, u64::MAX] {
+            for step in 0..5 {
+                assert_eq!(draw_seed(seed, 0, step, 0), step_seed(seed, step));
+            }
+        }
+        let lanes: Vec<u64> = (0..3)
+            .flat_map(|run| (0..4).flat_map(move |trial| (0..3).map(move |step| draw_seed(1, run, step, trial))))
+            .collect();
+        let mut distinct = lanes.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), lanes.len(), "every initialization, trial and step draws afresh");
+    }
+
+    #[test]
+    fn the_least_potential_wins_and_the_first_of_equal_ones() {
+        assert_eq!(least(&[3.0, 1.0, 2.0, 1.0]), 1);
+        assert_eq!(least(&[5.0]), 0);
+        assert_eq!(least(&[2.0, 2.0]), 0);
+        assert_eq!(least(&[f64::NAN, 1.0]), 1, "NaN never wins");
+        assert_eq!(least(&[f64::NAN, f64::NAN]), 0);
     }
 
     #[test]
