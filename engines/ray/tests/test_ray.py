@@ -6,6 +6,7 @@ time."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,14 +59,41 @@ def finish(p: subprocess.Popen[str], lines: list[str], t: threading.Thread) -> s
     return out
 
 
+def records(s3: S3, store: str) -> list[dict]:
+    """The run records kept under `store`, newest first."""
+    out, _ = run_ok(s3, "runs", "--json", "--store", store)
+    return json.loads(out)
+
+
+def stage_said(stage: dict) -> dict:
+    """What a stage's record says that must not depend on the engine (the
+    bytes read do: a local run's later passes read from its cache)."""
+    said = {k: v for k, v in stage.items() if k not in ("seconds", "output", "committed_by", "tasks", "bytes_read")}
+    return {**said, "tasks": len(stage["tasks"])}
+
+
 def test_the_demos_on_ray_equal_local_runs(cluster: Cluster, s3: S3, prefix: str) -> None:
     for demo in ["diabetes", "breast_cancer"]:
         manifest = f"examples/{demo}/wasmpipe.toml"
         store = s3.url(f"{prefix}-{demo}")
-        local, local_out = local_run(s3, manifest, store)
+        local_out, _ = run_ok(s3, "run", manifest, "-q", "-p", "2", "--store", store)
+        [local_record] = records(s3, store)
+        local = snapshot(s3, f"{prefix}-{demo}")
         out, err = run_ok(s3, *ray_args(cluster, manifest, store))
         assert "on Ray" in out, out
         assert metrics(out) == metrics(local_out), f"{demo}:\n{out}\n{err}"
+        # The run record and report, as a local run keeps them.
+        [record] = records(s3, store)
+        assert (record["engine"], record["status"]) == ("ray", "succeeded"), record
+        assert [s["name"] for s in record["stages"]] == [s["name"] for s in local_record["stages"]], record
+        for ours, theirs in zip(record["stages"], local_record["stages"]):
+            ours, theirs = stage_said(ours), stage_said(theirs)
+            differ = {k: (ours.get(k), theirs.get(k)) for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)}
+            assert not differ, f"{demo}, stage {ours['name']}: (Ray, local) {differ}"
+        assert all(t["started_ms"] >= 0 for s in record["stages"] for t in s["tasks"])
+        assert any(line.startswith("run report: ") and record["run_id"] in line for line in err.splitlines()), err
+        page = s3.client().get_object(Bucket=s3.bucket, Key=f"{prefix}-{demo}/_runs/{record['run_id']}/report.html")
+        assert record["run_id"] in page["Body"].read().decode(), "the report names the run"
         assert_same(local, snapshot(s3, f"{prefix}-{demo}"), f"{demo} on Ray")
 
 
@@ -166,6 +194,11 @@ def test_a_deterministic_failure_is_tried_once(cluster: Cluster, s3: S3, prefix:
     out, err = p.communicate(timeout=300)
     assert p.returncode == 65, f"{out}\n{err}"
     assert "failed on purpose" in err and "1 attempt" in err and "deterministic" in err, err
+    # The failed run is recorded: its stage failed, and why.
+    [record] = records(s3, s3.url(prefix))
+    assert (record["engine"], record["status"]) == ("ray", "failed"), record
+    assert "failed on purpose" in record["error"], record
+    assert [(s["name"], s["status"]) for s in record["stages"]] == [("h", "failed")], record
 
 
 def test_a_driver_killed_mid_run_resumes_where_it_stopped(cluster: Cluster, s3: S3, prefix: str) -> None:

@@ -1,5 +1,6 @@
 """The wasmpipe task contract, from Python: the `wasmpipe` binary's `plan`,
-`prepare`, `task` and `commit` commands (see docs/commit-protocol.md)."""
+`prepare`, `task`, `commit` and `record` commands (see
+docs/commit-protocol.md)."""
 
 from __future__ import annotations
 
@@ -76,21 +77,22 @@ class Wasmpipe:
     store: str
     env: dict[str, str] = field(default_factory=dict)
 
-    def _run(self, command: str, args: list[str]) -> str:
+    def _run(self, command: str, args: list[str], stdin: str | None = None) -> str:
         """Run a command; a transient failure (exit 75) is retried with
         backoff, as every command of the contract may be repeated."""
         for attempt in range(1, 5):
             try:
-                return self._run_once(command, args)
+                return self._run_once(command, args, stdin)
             except ContractError as e:
                 if e.code != EXIT_TRANSIENT or attempt == 4:
                     raise
                 time.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _run_once(self, command: str, args: list[str]) -> str:
+    def _run_once(self, command: str, args: list[str], stdin: str | None = None) -> str:
         proc = subprocess.run(
             [self.binary, command, *args],
+            input=stdin,
             capture_output=True,
             text=True,
             env=self.env or None,
@@ -127,3 +129,8 @@ class Wasmpipe:
         out = self._run("commit", ["--plan", plan, "--stage", stage, "--store", self.store, "--run-id", run_id])
         return json.loads(out.strip().splitlines()[-1])
 
+    def record(self, plan: str, log: dict) -> dict:
+        """Keep the run's record and HTML report in the store, from what the
+        driver saw (`log`, as docs/run-record.md describes): where they are."""
+        out = self._run("record", ["--plan", plan, "--store", self.store], stdin=json.dumps(log))
+        return json.loads(out.strip().splitlines()[-1])

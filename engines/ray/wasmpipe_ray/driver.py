@@ -30,6 +30,8 @@ MAX_ATTEMPTS = 4
 RAY_MAX_RETRIES = 3
 #: How often a long round reports its progress (seconds).
 PROGRESS_EVERY_S = 5.0
+#: Most warnings a run record keeps (as a local run's).
+MAX_WARNINGS = 200
 
 
 class StageFailed(Exception):
@@ -129,15 +131,58 @@ class Driver:
     straggler_floor_s: float = 5.0
     capacity: int = 1
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+    #: When the run started, milliseconds since the Unix epoch.
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    #: The stages committed so far, with their tasks' outcomes (the run log).
+    committed: list[dict[str, Any]] = field(default_factory=list)
+    #: The outcomes of the stage running now, round by round.
+    running: list[dict[str, Any]] = field(default_factory=list)
+    #: Warnings and errors the tasks logged.
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     def run(self) -> list[StageSummary]:
+        """Run every stage in order; the run's record and report are kept in
+        the store however it ends."""
         summaries = []
-        for stage in self.plan["stages"]:
-            summaries.append(self.run_stage(stage["name"]))
+        error = None
+        try:
+            for stage in self.plan["stages"]:
+                summaries.append(self.run_stage(stage["name"]))
+        except BaseException as e:
+            error = str(e) or type(e).__name__
+            raise
+        finally:
+            self.keep_record(error)
         return summaries
+
+    def keep_record(self, error: str | None) -> None:
+        """`wasmpipe record`: the run record and HTML report, as a local run
+        writes them. A store that cannot take them does not fail a run
+        that did its work."""
+        log = {
+            "run_id": self.run_id,
+            "engine": "ray",
+            "started_ms": self.started_ms,
+            "stages": self.committed,
+            "running": self.running,
+            "warnings": self.warnings,
+            "error": error,
+        }
+        try:
+            kept = self.wasmpipe.record(self.plan_url, log)
+        except ContractError as e:
+            self.log(f"the run record was not written: {e.message}")
+            return
+        except Exception as e:  # noqa: BLE001 (the run's own outcome stands)
+            self.log(f"the run record was not written: {type(e).__name__}: {e}")
+            return
+        self.log(f"run record: {kept.get('record')}")
+        if kept.get("report"):
+            self.log(f"run report: {kept['report']}")
 
     def run_stage(self, name: str) -> StageSummary:
         started = time.monotonic()
+        self.running = []
         tasks = self.wasmpipe.prepare(self.plan_url, name)
         summary = StageSummary(name=name, kind=tasks.kind, output=tasks.output)
         if not tasks.committed:
@@ -160,6 +205,8 @@ class Driver:
         summary.report = committed.get("report")
         summary.result = committed.get("result")
         summary.seconds = time.monotonic() - started
+        self.committed.append({"name": name, "seconds": summary.seconds, "outcomes": self.running})
+        self.running = []
         return summary
 
     def rounds(self, tasks: StageTasks, summary: StageSummary) -> list[dict[str, Any]]:
@@ -257,6 +304,7 @@ class Driver:
                     continue
                 for other in running:
                     ray.cancel(other, force=True)
+                self.running += [results[key] for key in work if key in results]
                 raise StageFailed(stage, attempt.key[0], attempts[attempt.key], code, message)
             if time.monotonic() >= progress_at:
                 progress_at = time.monotonic() + PROGRESS_EVERY_S
@@ -287,7 +335,9 @@ class Driver:
             + (f", {stats.backups} backed up" if stats.backups else "")
             + f" in {time.monotonic() - started:.2f}s"
         )
-        return [results[key] for key in work]
+        done = [results[key] for key in work]
+        self.running += done
+        return done
 
     def forward_logs(self, logs: str) -> None:
         for line in logs.splitlines():
@@ -296,6 +346,8 @@ class Driver:
                 if doc.get("level") in ("info", "warn", "error"):
                     tag = "" if doc["level"] == "info" else f"{doc['level']} "
                     self.log(f"[{doc['label']}] {tag}{doc['message']}")
+                if doc.get("level") in ("warn", "error") and len(self.warnings) < MAX_WARNINGS:
+                    self.warnings.append({"level": doc["level"], "label": doc["label"], "message": doc["message"]})
             except (ValueError, KeyError, AttributeError):
                 if line.strip():
                     self.log(line)

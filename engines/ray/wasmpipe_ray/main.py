@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import time
 from urllib.parse import urlsplit
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         help="... once it ran at least this many seconds (WASMPIPE_RAY_STRAGGLER_FLOOR)",
     )
     args = parser.parse_args(argv)
+    # Stopped (a pod evicted, `timeout`): end as an interrupted run, so the
+    # driver still keeps the run's record.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.monotonic()
     try:
         run_id, summaries = run_pipeline(

@@ -42,6 +42,7 @@ enum Command {
     Prepare(PrepareArgs),
     Task(TaskArgs),
     Commit(CommitArgs),
+    Record(RecordArgs),
     Render(render::RenderArgs),
     Build(BuildArgs),
     Deploy(DeployArgs),
@@ -288,9 +289,27 @@ struct CommitArgs {
     /// The store (default: the one the plan is kept in).
     #[arg(long, env = "WASMPIPE_STORE")]
     store: Option<String>,
-    /// The run id to record (default: a new one).
+    /// The run id to record (default: a new one): 1 to 128 ASCII letters,
+    /// digits, `-`, `_` and `.`, not starting with `.` (it names the run's
+    /// directory under `_runs/`).
     #[arg(long)]
     run_id: Option<String>,
+}
+
+/// Keep the record and the HTML report of a run another engine drove (the
+/// Ray driver calls it when its run ends): reads the run's log as JSON on
+/// stdin (its id, engine, start, the stages committed with their tasks'
+/// outcomes, the failed stage's tasks, warnings, the error; see
+/// docs/run-record.md) and writes `<store>/_runs/<run id>/run.json` and
+/// `report.html`, as `wasmpipe run` does. Prints where, as JSON.
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// The plan's URL or path.
+    #[arg(long)]
+    plan: String,
+    /// The store (default: the one the plan is kept in).
+    #[arg(long, env = "WASMPIPE_STORE")]
+    store: Option<String>,
 }
 
 /// Build a stage crate into a component (prints its path, size and hash).
@@ -369,6 +388,7 @@ fn main() -> ExitCode {
         Command::Prepare(args) => prepare(args),
         Command::Task(args) => task(args),
         Command::Commit(args) => commit(args),
+        Command::Record(args) => record(args),
         Command::Render(args) => render_jobs(args),
         Command::Build(args) => build(args),
         Command::Deploy(args) => deploy(args),
@@ -870,6 +890,29 @@ fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
                 "committed_before": report.committed_before,
             });
             println!("{record}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(contract_failure(e)),
+    }
+}
+
+fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
+    let plan = absolute_location(&args.plan)?;
+    let log: wasmpipe_executor::RunLog = serde_json::from_reader(std::io::stdin().lock())
+        .context("reading the run log (JSON on stdin; docs/run-record.md says what it holds)")?;
+    let executor = task_executor(&plan, args.store.as_deref(), LogFormat::Text)?;
+    match executor.record_run(&plan, log) {
+        Ok((store, record)) => {
+            let kept = wasmpipe_executor::record::location(&store, &record.run_id);
+            // The page is for people: the record stands without it.
+            let report = match io()?.block_on(wasmpipe_report::write(&Storage::new("."), &store, &record)) {
+                Ok(at) => Some(at.url().to_string()),
+                Err(e) => {
+                    tracing::warn!("the run report was not written: {e}");
+                    None
+                }
+            };
+            println!("{}", serde_json::json!({ "record": kept.url(), "report": report }));
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Ok(contract_failure(e)),

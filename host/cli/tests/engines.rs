@@ -581,3 +581,173 @@ fn kubernetes_jobs_rendered_step_by_step_and_run_as_their_pods_would_equal_a_loc
         assert_same(&local, &snapshot_dir(&root.join("data")), &format!("{demo} as Kubernetes Jobs"));
     }
 }
+
+/// Drive `stages` of the plan at `url` through `prepare`, `task` and
+/// `commit` (with `run_id`), as an engine elsewhere does; each stage's
+/// entry of the run log `wasmpipe record` reads.
+fn drive_by_hand(url: &str, store: &Path, run_id: &str, stages: &[String]) -> Vec<serde_json::Value> {
+    let mut logs = Vec::new();
+    for stage in stages {
+        let started = Instant::now();
+        let (tasks, _) = ok(wasmpipe().args(["prepare", "--plan", url, "--stage", stage]).output().unwrap());
+        let tasks: serde_json::Value = serde_json::from_str(tasks.trim()).unwrap();
+        let count = |key: &str| tasks[key].as_u64().unwrap();
+        let task = |task: &str, pass: u64| {
+            let mut cmd = wasmpipe();
+            cmd.args(["task", "--plan", url, "--stage", stage, "--task", task, "--pass", &pass.to_string(), "--store"]);
+            outcome(cmd.arg(store).output().unwrap())
+        };
+        let mut outcomes = Vec::new();
+        if tasks["committed"] != true && count("fit_tasks") > 0 {
+            for pass in 0..count("max_passes") {
+                outcomes.extend((0..count("fit_tasks")).map(|i| task(&format!("fit:{i}"), pass)));
+                for (level, groups) in tasks["combine_levels"].as_array().unwrap().iter().enumerate() {
+                    outcomes.extend(
+                        (0..groups.as_u64().unwrap()).map(|g| task(&format!("combine:{}:{g}", level + 1), pass)),
+                    );
+                }
+                let merged = task("merge", pass);
+                let done = merged["fit"]["step"] == "done";
+                outcomes.push(merged);
+                if done {
+                    break;
+                }
+            }
+        }
+        if tasks["committed"] != true {
+            outcomes.extend((0..count("transform_tasks")).map(|i| task(&format!("transform:{i}"), 0)));
+        }
+        let mut commit = wasmpipe();
+        commit.args(["commit", "--plan", url, "--stage", stage, "--run-id", run_id, "--store"]);
+        ok(commit.arg(store).output().unwrap());
+        logs.push(serde_json::json!({"name": stage, "seconds": started.elapsed().as_secs_f64(), "outcomes": outcomes}));
+    }
+    logs
+}
+
+/// `wasmpipe record` with `log` on stdin.
+fn record(url: &str, store: &Path, log: &serde_json::Value) -> Output {
+    use std::io::Write;
+    let mut child = wasmpipe()
+        .args(["record", "--plan", url, "--store"])
+        .arg(store)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(log.to_string().as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The run records kept under `store`, newest first.
+fn records(store: &Path) -> Vec<serde_json::Value> {
+    let (json, _) = ok(wasmpipe().args(["runs", "--json", "--store"]).arg(store).output().unwrap());
+    serde_json::from_str(&json).unwrap()
+}
+
+/// What a stage's record says that must not depend on the engine (the
+/// bytes read do: a local run's later passes read from its cache).
+fn stage_said(stage: &serde_json::Value) -> serde_json::Value {
+    let mut said = stage.clone();
+    let fields = said.as_object_mut().unwrap();
+    for varying in ["seconds", "output", "committed_by", "bytes_read"] {
+        fields.remove(varying);
+    }
+    let tasks = fields.remove("tasks").unwrap();
+    fields.insert("tasks".into(), serde_json::json!(tasks.as_array().unwrap().len()));
+    said
+}
+
+#[test]
+fn a_run_another_engine_drove_is_recorded_as_a_local_run_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = "examples/diabetes/wasmpipe.toml";
+    let local_store = dir.path().join("local");
+    run(manifest, &local_store, "local");
+    let local = records(&local_store).remove(0);
+    let stages: Vec<String> =
+        local["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+
+    // Every stage through the task contract, then the record of it.
+    let store = dir.path().join("store");
+    let (url, _) = ok(wasmpipe().args(["plan", manifest, "--publish"]).arg(&store).output().unwrap());
+    let url = url.trim();
+    let started_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let logs = drive_by_hand(url, &store, "1800000000-outside", &stages);
+    let log = serde_json::json!({"run_id": "1800000000-outside", "engine": "outside", "started_ms": started_ms, "stages": logs});
+    let (said, _) = ok(record(url, &store, &log));
+    let said: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
+    let kept = records(&store);
+    assert_eq!(kept.len(), 1, "one record");
+    let outside = &kept[0];
+    assert_eq!((outside["run_id"].as_str(), outside["engine"].as_str()), (Some("1800000000-outside"), Some("outside")));
+    assert_eq!((outside["status"].as_str(), &outside["plan_sha256"]), (Some("succeeded"), &local["plan_sha256"]));
+    for (ours, theirs) in outside["stages"].as_array().unwrap().iter().zip(local["stages"].as_array().unwrap()) {
+        assert_eq!(stage_said(ours), stage_said(theirs), "the stage's record");
+    }
+    let page = said["report"].as_str().unwrap().strip_prefix("file://").unwrap().to_string();
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("1800000000-outside") && html.contains("r2"), "the report names the run and its metrics");
+
+    // A run that failed in its last stage: that stage is the failed one.
+    let mut failed = log.clone();
+    failed["run_id"] = "1800000001-outside".into();
+    failed["stages"].as_array_mut().unwrap().pop();
+    failed["error"] = "stage \"evaluate\", task transform:0 failed: on purpose".into();
+    ok(record(url, &store, &failed));
+    let kept = records(&store);
+    let failed = kept.iter().find(|r| r["run_id"] == "1800000001-outside").unwrap();
+    assert_eq!(failed["status"], "failed");
+    assert!(failed["error"].as_str().unwrap().contains("on purpose"), "{failed}");
+    let last = failed["stages"].as_array().unwrap().last().unwrap();
+    assert_eq!(
+        (&last["name"], &last["status"]),
+        (&serde_json::json!(stages.last().unwrap()), &serde_json::json!("failed"))
+    );
+
+    // Logs that cannot be a run of this plan: refused, the records as they were.
+    let refused = |bad: serde_json::Value, why: &str| {
+        let out = record(url, &store, &bad);
+        assert_eq!(out.status.code(), Some(65), "{why}: {:?}", text(&out));
+        assert!(text(&out).0.contains(why), "{why}: {:?}", text(&out));
+    };
+    let mut reversed = log.clone();
+    reversed["run_id"] = "1800000002-outside".into();
+    reversed["stages"].as_array_mut().unwrap().reverse();
+    refused(reversed, "not the plan's first stages in its order");
+    let mut short = log.clone();
+    short["run_id"] = "1800000003-outside".into();
+    short["stages"].as_array_mut().unwrap().pop();
+    refused(short, "the log says the run succeeded");
+    let mut stray = log.clone();
+    stray["run_id"] = "1800000004-outside".into();
+    let moved = stray["stages"][1]["outcomes"][0].clone();
+    stray["stages"][0]["outcomes"].as_array_mut().unwrap().push(moved);
+    refused(stray, "is listed under stage");
+    let mut taken = log.clone();
+    taken["run_id"] = local["run_id"].clone();
+    let out = record(url, &store, &taken);
+    assert!(out.status.success(), "another store's run id is free here: {:?}", text(&out));
+    taken["engine"] = "other".into();
+    refused(taken, "is recorded already, by the outside engine");
+    assert_eq!(records(&store).len(), 3, "refused logs keep nothing");
+
+    // A log that calls a stage committed when nothing is: refused, nothing kept.
+    let empty = dir.path().join("empty");
+    let (url, _) = ok(wasmpipe().args(["plan", manifest, "--publish"]).arg(&empty).output().unwrap());
+    let out = record(url.trim(), &empty, &log);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(65), "{stdout}\n{stderr}");
+    assert!(stdout.contains("holds no commit of this plan"), "{stdout}");
+    assert!(records(&empty).is_empty(), "no record kept");
+    // A run id that is not one directory name: refused.
+    let mut climbing = log.clone();
+    climbing["run_id"] = "../../outside".into();
+    let out = record(url.trim(), &empty, &climbing);
+    assert_eq!(out.status.code(), Some(65), "{:?}", text(&out));
+    assert!(text(&out).0.contains("is not a run id"), "{:?}", text(&out));
+    // A malformed log names what it expected.
+    let out = record(url.trim(), &empty, &serde_json::json!({"run_id": "x"}));
+    assert!(!out.status.success() && text(&out).1.contains("run log"), "{}", text(&out).1);
+}

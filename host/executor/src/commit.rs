@@ -19,11 +19,9 @@ pub(crate) struct Committed {
     pub model_bytes: Option<Arc<[u8]>>,
     /// The report the stage published, as JSON.
     pub report: Option<String>,
-    /// Rows the last fit pass folded (an aggregator's rows in).
+    /// Rows the last fit pass folded (an aggregator's rows in); 0 for a
+    /// commit read back.
     pub fit_rows: u64,
-    /// True when an identical run had committed it already: the record is
-    /// that run's.
-    pub before: bool,
 }
 
 fn not_ready(stage: &PreparedStage, what: String) -> RunError {
@@ -32,6 +30,18 @@ fn not_ready(stage: &PreparedStage, what: String) -> RunError {
         task: "commit".into(),
         cause: Box::new(TaskFailure::NotReady(what)),
         others: 0,
+    }
+}
+
+/// The commit of `stage`'s output that a run of this plan made (the same
+/// output identity), with its files; nothing is written.
+pub(crate) fn identical(stage: &PreparedStage) -> Result<Option<Committed>, StorageError> {
+    match stage.exec.io.block_on(commit::read(&stage.output))? {
+        Some(record) if record.identity == stage.output_identity => {
+            let (model_bytes, report) = committed_files(stage, &record)?;
+            Ok(Some(Committed { record, model_bytes, report, fit_rows: 0 }))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -44,13 +54,10 @@ pub(crate) fn commit_stage(stage: &PreparedStage, run_id: &str, seen: Option<See
     let storage_err = |source: StorageError| RunError::Storage { stage: stage.stage.name.clone(), source };
     // An identical run committed it (its clean-up took the task records):
     // that commit is this one's. Committing twice is harmless.
-    if let Some(record) = io.block_on(commit::read(&stage.output)).map_err(storage_err)?
-        && record.identity == stage.output_identity
-    {
+    if let Some(committed) = identical(stage).map_err(storage_err)? {
         // Finish the clean-up, in case that run died before it.
-        io.block_on(commit::remove_unreferenced(&stage.output, &record)).map_err(storage_err)?;
-        let (model_bytes, report) = committed_files(stage, &record).map_err(storage_err)?;
-        return Ok(Committed { record, model_bytes, report, fit_rows: 0, before: true });
+        io.block_on(commit::remove_unreferenced(&stage.output, &committed.record)).map_err(storage_err)?;
+        return Ok(committed);
     }
     let fits = stage.fits();
     let (mut model, mut report_files, mut report, mut fit_rows) = (None, None, None, 0);
@@ -124,7 +131,7 @@ pub(crate) fn commit_stage(stage: &PreparedStage, run_id: &str, seen: Option<See
     // there.
     register_model(stage, &record, model_bytes.as_deref(), report.as_deref()).map_err(storage_err)?;
     io.block_on(commit::write(&stage.output, &record, seen)).map_err(storage_err)?;
-    Ok(Committed { record, model_bytes, report, fit_rows, before: false })
+    Ok(Committed { record, model_bytes, report, fit_rows })
 }
 
 /// Put the model that `record` commits in the registry under the store,

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use wasmpipe_runtime::{Level, LogRecord, StageComponent};
 use wasmpipe_storage::{Storage, commit};
 
-use crate::commit::{commit_stage, committed_files, register_model};
+use crate::commit::{Committed, commit_stage, committed_files, register_model};
 use crate::plan::LockedPipeline;
 use crate::stage::{PreparedStage, prepare};
 use crate::task::{self, FitStep, TaskKind, TaskOutcome};
@@ -253,29 +253,6 @@ fn run_stage(
     let io = &stage.exec.io;
     let name = &stage.stage.name;
     let storage_err = |source| RunError::Storage { stage: name.clone(), source };
-    let mut report = StageReport {
-        name: name.clone(),
-        kind: stage.stage.kind,
-        component: stage.component.hash().to_string(),
-        component_bytes: stage.component.size(),
-        tasks: 0,
-        tasks_skipped: 0,
-        passes: 0,
-        rows_in: 0,
-        rows_out: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        wall: Duration::ZERO,
-        output: stage.output.url().to_string(),
-        model: None,
-        model_bytes: None,
-        report: None,
-        applied_model: stage.applied.as_ref().map(|m| m.sha256.clone()),
-        rows_quarantined: 0,
-        committed_before: None,
-        outcomes: Vec::new(),
-    };
-
     // The output as the run found it: committed by an identical run, it is
     // done; otherwise the new commit must replace exactly what was seen.
     let previous = io.block_on(commit::read_versioned(&stage.output)).map_err(storage_err)?;
@@ -287,16 +264,8 @@ fn run_stage(
         let (model_bytes, published) = committed_files(stage, record).map_err(storage_err)?;
         // A model committed before the registry existed enters it now.
         register_model(stage, record, model_bytes.as_deref(), published.as_deref()).map_err(storage_err)?;
-        report.passes = record.model.as_ref().map_or(0, |m| m.passes);
-        report.rows_out = record.rows;
-        report.rows_quarantined = record.quarantine.iter().map(|p| p.rows).sum();
-        report.model = record.model.clone();
-        report.model_bytes = model_bytes;
-        report.report = published;
-        report.applied_model = record.applied_model.clone().or(report.applied_model);
-        report.committed_before = Some(record.run_id.clone());
-        report.wall = started.elapsed();
-        return Ok(report);
+        let committed = Committed { record: record.clone(), model_bytes, report: published, fit_rows: 0 };
+        return Ok(StageReport::of_commit(stage, committed, run_id, Vec::new(), started.elapsed()));
     }
     io.block_on(commit::check_writable(&stage.output, previous.as_ref().map(|(r, _)| r), &stage.plan.pipeline, name))
         .map_err(storage_err)?;
@@ -313,7 +282,6 @@ fn run_stage(
                 outcomes.extend(engine.run_tasks(stage, &round)?);
             }
             let merged = engine.run_tasks(stage, &[(TaskKind::Merge, pass)])?;
-            report.passes = pass + 1;
             let done = merged.iter().any(|o| matches!(o.fit, Some(FitStep::Done { .. })));
             outcomes.extend(merged);
             if done {
@@ -321,26 +289,13 @@ fn run_stage(
             }
         }
     }
-    let mut transformed = 0;
     if stage.transforms() {
         let round: Vec<(TaskKind, u32)> = (0..stage.partitions.len()).map(|i| (TaskKind::Transform(i), 0)).collect();
-        let done = engine.run_tasks(stage, &round)?;
-        transformed = done.iter().map(|o| o.rows_in).sum();
-        outcomes.extend(done);
+        outcomes.extend(engine.run_tasks(stage, &round)?);
     }
-
     let committed = commit_stage(stage, run_id, Some(seen))?;
-    report.tasks = outcomes.len();
-    report.tasks_skipped = outcomes.iter().filter(|o| o.resumed).count();
-    report.rows_in = if stage.transforms() { transformed } else { committed.fit_rows };
-    report.bytes_read = outcomes.iter().map(|o| o.bytes_read).sum();
-    report.bytes_written = outcomes.iter().map(|o| o.bytes_written).sum();
-    report.rows_out = committed.record.rows;
-    report.rows_quarantined = committed.record.quarantine.iter().map(|p| p.rows).sum();
-    report.model = committed.record.model.clone();
-    report.model_bytes = committed.model_bytes;
-    report.report = committed.report;
-    report.wall = started.elapsed();
-    report.outcomes = std::mem::take(outcomes);
+    let mut report = StageReport::of_commit(stage, committed, run_id, std::mem::take(outcomes), started.elapsed());
+    // Its tasks ran: an identical run that committed first made the same bytes.
+    report.committed_before = None;
     Ok(report)
 }

@@ -52,7 +52,7 @@ pub use error::{EXIT_DETERMINISTIC, EXIT_INTERNAL, EXIT_OK, EXIT_TRANSIENT, RunE
 pub use plan::{
     ComponentRef, InputRef, Limits, LockedPipeline, LockedStage, ModelRef, OutputRef, PLAN_FORMAT, PLANS_DIR,
 };
-pub use record::{LogLine, RUN_FORMAT, RUNS_DIR, RunRecord, StageRecord, TaskEntry};
+pub use record::{LogLine, RUN_FORMAT, RUNS_DIR, RunLog, RunRecord, StageLog, StageRecord, TaskEntry};
 pub use task::{FitStep, MERGE_FAN_IN, StageTasks, TASK_FORMAT, TaskKind, TaskOutcome, TaskSpec, WrittenObject};
 pub use wasmpipe_storage::deployments::DeployedPipeline;
 pub use wasmpipe_storage::registry::{CARD_FORMAT, Evaluation, ModelCard};
@@ -209,6 +209,49 @@ pub struct StageReport {
     pub committed_before: Option<String>,
     /// What each of its tasks did, round by round.
     pub outcomes: Vec<TaskOutcome>,
+}
+
+impl StageReport {
+    /// What `stage` did, from its commit and the tasks that led to it
+    /// (none when an identical run had committed it) in run `run_id`.
+    pub(crate) fn of_commit(
+        stage: &stage::PreparedStage,
+        committed: commit::Committed,
+        run_id: &str,
+        outcomes: Vec<TaskOutcome>,
+        wall: Duration,
+    ) -> StageReport {
+        let record = committed.record;
+        // Rows in: what the transform tasks read, else what the last fit pass did.
+        let rows_in = if stage.transforms() && !outcomes.is_empty() {
+            let transformed = outcomes.iter().filter(|o| matches!(o.task, TaskKind::Transform(_)));
+            transformed.fold(0u64, |n, o| n.saturating_add(o.rows_in))
+        } else {
+            outcomes.iter().rev().find(|o| o.task == TaskKind::Merge).map_or(committed.fit_rows, |o| o.rows_in)
+        };
+        StageReport {
+            name: stage.stage.name.clone(),
+            kind: stage.stage.kind,
+            component: stage.component.hash().to_string(),
+            component_bytes: stage.component.size(),
+            tasks: outcomes.len(),
+            tasks_skipped: outcomes.iter().filter(|o| o.resumed).count(),
+            passes: record.model.as_ref().map_or(0, |m| m.passes),
+            rows_in,
+            rows_out: record.rows,
+            bytes_read: outcomes.iter().fold(0u64, |n, o| n.saturating_add(o.bytes_read)),
+            bytes_written: outcomes.iter().fold(0u64, |n, o| n.saturating_add(o.bytes_written)),
+            wall,
+            output: stage.output.url().to_string(),
+            model: record.model.clone(),
+            model_bytes: committed.model_bytes,
+            report: committed.report,
+            applied_model: record.applied_model.clone().or_else(|| stage.applied.as_ref().map(|m| m.sha256.clone())),
+            rows_quarantined: record.quarantine.iter().map(|p| p.rows).sum(),
+            committed_before: (record.run_id != run_id).then(|| record.run_id.clone()),
+            outcomes,
+        }
+    }
 }
 
 /// What a run did.
@@ -391,8 +434,8 @@ impl Executor {
             EngineKind::Process { .. } => "process",
         };
         let run = (run_id.as_str(), engine, self.config.store.as_str());
-        let record =
-            record::of_run(run, plan, started_at, (&so_far.stages, &so_far.running), warnings, result.as_ref().err());
+        let error = result.as_ref().err().map(ToString::to_string);
+        let record = record::of_run(run, plan, started_at, (&so_far.stages, &so_far.running), warnings, error);
         // The record is for the operator: a store that cannot take it does
         // not fail a run that did its work.
         match storage.resolve(&self.config.store) {
@@ -529,31 +572,97 @@ impl Executor {
         let storage = Storage::new(".");
         let prepared = stage::prepare(self, &storage, &plan, locked, self.load_component(locked)?)?;
         let run_id = run_id.map_or_else(new_run_id, str::to_string);
+        record::check_run_id(&run_id).map_err(|reason| RunError::Plan { url: plan_url.to_string(), reason })?;
         // (A stage an identical run committed is reported as it is.)
         let committed = commit::commit_stage(&prepared, &run_id, None)?;
-        Ok(StageReport {
-            name: locked.name.clone(),
-            kind: locked.kind,
-            component: locked.component.sha256.clone(),
-            component_bytes: locked.component.bytes as usize,
-            tasks: 0,
-            tasks_skipped: 0,
-            passes: committed.record.model.as_ref().map_or(0, |m| m.passes),
-            rows_in: committed.fit_rows,
-            rows_out: committed.record.rows,
-            bytes_read: 0,
-            bytes_written: 0,
-            wall: started.elapsed(),
-            output: prepared.output.url().to_string(),
-            model: committed.record.model.clone(),
-            model_bytes: committed.model_bytes,
-            report: committed.report,
-            applied_model: committed.record.applied_model.clone(),
-            rows_quarantined: committed.record.quarantine.iter().map(|p| p.rows).sum(),
-            committed_before: committed.before.then(|| committed.record.run_id.clone()),
-            outcomes: Vec::new(),
-        })
+        Ok(StageReport::of_commit(&prepared, committed, &run_id, Vec::new(), started.elapsed()))
     }
+
+    /// Keep the record of a run an outside engine drove (the Ray driver,
+    /// through `wasmpipe record`), as a local run keeps its own: each stage
+    /// `log` says was committed, read back from its commit, with the tasks
+    /// the engine ran for it; then the stage that failed, with its tasks,
+    /// and the error. Nothing but the record is written. Returns where it
+    /// is kept, and the record.
+    pub fn record_run(&self, plan_url: &str, log: RunLog) -> Result<(Location, RunRecord), RunError> {
+        let plan = self.load_plan(plan_url)?;
+        let refuse = |reason: String| RunError::Plan { url: plan_url.to_string(), reason };
+        check_log(&plan, &log).map_err(refuse)?;
+        let storage = Storage::new(".");
+        let unkept = |source| RunError::Storage { stage: "(the run record)".into(), source };
+        let store = storage.resolve(&self.config.store).map_err(unkept)?;
+        // A record is the run's own: another engine's or plan's is not replaced.
+        if let Some(kept) = self.io.block_on(record::find_exact(&store, &log.run_id)).map_err(unkept)?
+            && (kept.engine != log.engine || kept.plan_sha256 != plan.hash())
+        {
+            return Err(refuse(format!(
+                "run {} is recorded already, by the {} engine for plan {}; a run id names one run\n  hint: give this run its own id",
+                log.run_id, kept.engine, kept.plan_sha256
+            )));
+        }
+        let mut stages = Vec::new();
+        for logged in log.stages {
+            let locked = plan.stage(&logged.name)?;
+            let prepared = stage::prepare(self, &storage, &plan, locked, self.load_component(locked)?)?;
+            let storage_err = |source| RunError::Storage { stage: logged.name.clone(), source };
+            let Some(committed) = commit::identical(&prepared).map_err(storage_err)? else {
+                return Err(refuse(format!(
+                    "the run log says stage \"{}\" was committed, but its output {} holds no commit of this plan\n  hint: `wasmpipe commit` the stage first, or leave it out of the log",
+                    logged.name,
+                    prepared.output.url()
+                )));
+            };
+            let wall = Duration::from_secs_f64(logged.seconds);
+            stages.push(StageReport::of_commit(&prepared, committed, &log.run_id, logged.outcomes, wall));
+        }
+        let started = std::time::UNIX_EPOCH + Duration::from_millis(log.started_ms);
+        let run = (log.run_id.as_str(), log.engine.as_str(), self.config.store.as_str());
+        let warnings = log.warnings.into_iter().take(record::MAX_WARNINGS).collect();
+        let record = record::of_run(run, &plan, started, (&stages, &log.running), warnings, log.error);
+        self.io.block_on(record::write(&store, &record)).map_err(unkept)?;
+        Ok((store, record))
+    }
+}
+
+/// Why `log` cannot be the log of a run of `plan`: its stages must be the
+/// plan's first ones, in order (all of them when it did not fail), each
+/// task outcome its own stage's, and its numbers what a run can have.
+fn check_log(plan: &LockedPipeline, log: &RunLog) -> Result<(), String> {
+    record::check_run_id(&log.run_id)?;
+    if log.engine.is_empty()
+        || log.engine.len() > 32
+        || !log.engine.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(format!("engine {:?}: name the engine in 1 to 32 ASCII letters, digits and '-'", log.engine));
+    }
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
+    if u128::from(log.started_ms) > now_ms + 24 * 3_600_000 {
+        return Err(format!("started_ms {} is in the future; give milliseconds since the Unix epoch", log.started_ms));
+    }
+    let planned: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
+    let logged: Vec<&str> = log.stages.iter().map(|s| s.name.as_str()).collect();
+    if !planned.starts_with(&logged) {
+        return Err(format!(
+            "the log's stages {logged:?} are not the plan's first stages in its order ({planned:?}); a run commits its stages in the plan's order"
+        ));
+    }
+    if log.error.is_none() && logged.len() < planned.len() {
+        return Err(format!(
+            "the log says the run succeeded, but stage \"{}\" is not among its stages\n  hint: give `error` when the run failed",
+            planned[logged.len()]
+        ));
+    }
+    let failed = planned.get(logged.len()).copied().unwrap_or_default();
+    let tasks = log.stages.iter().flat_map(|s| s.outcomes.iter().map(move |o| (s.name.as_str(), o)));
+    for (stage, outcome) in tasks.chain(log.running.iter().map(|o| (failed, o))) {
+        if outcome.stage != stage {
+            return Err(format!("a task outcome of stage \"{}\" is listed under stage \"{stage}\"", outcome.stage));
+        }
+    }
+    if let Some(s) = log.stages.iter().find(|s| !(s.seconds.is_finite() && (0.0..1e9).contains(&s.seconds))) {
+        return Err(format!("stage \"{}\": seconds {} is not a wall time", s.name, s.seconds));
+    }
+    Ok(())
 }
 
 fn new_run_id() -> String {

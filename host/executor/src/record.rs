@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use wasmpipe_storage::{Location, StorageError};
 
-use crate::{LockedPipeline, RunError, StageReport, TaskKind, TaskOutcome};
+use crate::{LockedPipeline, StageReport, TaskKind, TaskOutcome};
 
 /// The version of [`RunRecord`]'s layout.
 pub const RUN_FORMAT: u32 = 1;
@@ -129,6 +129,45 @@ pub struct TaskEntry {
     pub outcome: String,
 }
 
+/// What an outside engine (the Ray driver) saw of a run it drove, for
+/// `wasmpipe record` to keep as the run's record
+/// ([`crate::Executor::record_run`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunLog {
+    /// The run's id, as the engine gave it to `wasmpipe commit`.
+    pub run_id: String,
+    /// The engine, e.g. `ray`.
+    pub engine: String,
+    /// When the run started, milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// The stages committed, in the plan's order.
+    pub stages: Vec<StageLog>,
+    /// What the tasks of the stage that failed did (the stage after the
+    /// last committed one).
+    #[serde(default)]
+    pub running: Vec<TaskOutcome>,
+    /// Warnings and errors the stages logged.
+    #[serde(default)]
+    pub warnings: Vec<LogLine>,
+    /// Why the run failed.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One committed stage of a [`RunLog`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageLog {
+    /// The stage.
+    pub name: String,
+    /// Its wall time, seconds.
+    pub seconds: f64,
+    /// What `wasmpipe task` printed for each of its tasks, round by round.
+    #[serde(default)]
+    pub outcomes: Vec<TaskOutcome>,
+}
+
 /// A warning or error a stage logged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogLine {
@@ -218,7 +257,7 @@ pub(crate) fn of_run(
     started: SystemTime,
     stages: (&[StageReport], &[TaskOutcome]),
     warnings: Vec<LogLine>,
-    error: Option<&RunError>,
+    error: Option<String>,
 ) -> RunRecord {
     let (stages, running) = stages;
     let (run_id, engine, store) = run;
@@ -262,8 +301,21 @@ pub(crate) fn of_run(
         status: if error.is_some() { "failed" } else { "succeeded" }.into(),
         stages: records,
         warnings,
-        error: error.map(|e| e.to_string()),
+        error,
     }
+}
+
+/// Why `run_id` cannot name a run: a run id names a directory of the
+/// store and is written into commits, so it is 1 to 128 ASCII letters,
+/// digits, `-`, `_` and `.`, not starting with `.`.
+pub fn check_run_id(run_id: &str) -> Result<(), String> {
+    let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if run_id.is_empty() || run_id.len() > 128 || run_id.starts_with('.') || !run_id.chars().all(fine) {
+        return Err(format!(
+            "{run_id:?} is not a run id: use 1 to 128 ASCII letters, digits, '-', '_' and '.', not starting with '.'"
+        ));
+    }
+    Ok(())
 }
 
 /// Where the record of run `run_id` is kept below the store `store`.
@@ -300,16 +352,39 @@ pub async fn list(store: &Location) -> Result<Vec<RunRecord>, StorageError> {
     Ok(runs)
 }
 
+/// The record of run `run_id` itself, if one is kept.
+pub async fn find_exact(store: &Location, run_id: &str) -> Result<Option<RunRecord>, StorageError> {
+    let at = location(store, run_id);
+    match at.get_opt().await? {
+        Some((bytes, _)) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StorageError::CorruptCommit {
+            url: at.url().into(),
+            reason: format!("not a run record: {e}"),
+        }),
+        None => Ok(None),
+    }
+}
+
 /// The record of run `run_id` (or of the one run whose id starts with it).
 pub async fn find(store: &Location, run_id: &str) -> Result<Option<RunRecord>, StorageError> {
-    if let Some((bytes, _)) = location(store, run_id).get_opt().await? {
-        let record = serde_json::from_slice(&bytes).map_err(|e| StorageError::CorruptCommit {
-            url: location(store, run_id).url().into(),
-            reason: format!("not a run record: {e}"),
-        })?;
+    if let Some(record) = find_exact(store, run_id).await? {
         return Ok(Some(record));
     }
     let mut matching: Vec<RunRecord> =
         list(store).await?.into_iter().filter(|r| r.run_id.starts_with(run_id)).collect();
     Ok(if matching.len() == 1 { matching.pop() } else { None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_run_id;
+
+    #[test]
+    fn run_ids_name_one_directory() {
+        for fine in ["1764000000-1a2b3c4d", "nightly.2026-12-02", "a_b"] {
+            assert_eq!(check_run_id(fine), Ok(()), "{fine}");
+        }
+        for bad in ["", ".", "..", "../x", "a/b", "a b", "é", &"x".repeat(129)] {
+            assert!(check_run_id(bad).is_err(), "{bad:?}");
+        }
+    }
 }
