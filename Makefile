@@ -13,11 +13,12 @@ demo: stages
 	$(WASMPIPE) run examples/wine/wasmpipe.toml
 
 ## Everything CI checks: formatting, lints, and the whole test suite
-## (host workspace, then the stage SDK and stages' unit tests natively,
-## then the Ray engine on a loopback cluster).
+## (host workspace, then the stage SDKs' and stages' unit tests natively,
+## Rust and Python, then the Ray engine on a loopback cluster).
 test: test-deps stages lint
 	$(CARGO) test --release --workspace
 	cd stages && $(CARGO) test --workspace
+	.tools/venv/bin/python -m pytest -q stages/sdk-python/tests
 	$(MAKE) wheel
 	.tools/venv/bin/python -m pytest -q engines/ray/tests
 

@@ -7,16 +7,35 @@ use std::path::Path;
 
 use wasmpipe_tests::repo;
 
-/// The stage crates: every crate under `stages/` that builds a component.
+/// The stages: every crate under `stages/` that builds a component, and
+/// every Python stage (a `pyproject.toml` with `[tool.wasmpipe]`).
 fn stage_crates(stages: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(stages)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| std::fs::read_to_string(p.join("Cargo.toml")).is_ok_and(|t| t.contains("cdylib")))
+        .filter(|p| {
+            std::fs::read_to_string(p.join("Cargo.toml")).is_ok_and(|t| t.contains("cdylib"))
+                || std::fs::read_to_string(p.join("pyproject.toml")).is_ok_and(|t| t.contains("[tool.wasmpipe]"))
+        })
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     names.sort();
     names
+}
+
+/// The documentation of the stage in `dir`: its crate's, or its Python
+/// module's docstring (`app.py`).
+fn stage_doc(dir: &Path) -> String {
+    let app = dir.join("app.py");
+    if !app.is_file() {
+        return crate_doc(&dir.join("src/lib.rs"));
+    }
+    let text = std::fs::read_to_string(&app).unwrap();
+    let doc = text
+        .strip_prefix("\"\"\"")
+        .and_then(|rest| rest.split_once("\"\"\"").map(|(doc, _)| doc.trim().to_string()))
+        .unwrap_or_else(|| panic!("{} has no module docstring", app.display()));
+    format!("{doc}\n\nWritten in Python (`stages/sdk-python`); `wasmpipe build` builds it with componentize-py.")
 }
 
 /// The leading `//!` comment of a Rust file, as Markdown.
@@ -54,7 +73,7 @@ fn render(stages: &Path) -> String {
         out.push_str(&format!("- [`{name}`](#{name})\n"));
     }
     for name in &names {
-        out.push_str(&format!("\n## {name}\n\n{}\n", crate_doc(&stages.join(name).join("src/lib.rs"))));
+        out.push_str(&format!("\n## {name}\n\n{}\n", stage_doc(&stages.join(name))));
     }
     out
 }

@@ -312,7 +312,9 @@ struct RecordArgs {
     store: Option<String>,
 }
 
-/// Build a stage crate into a component (prints its path, size and hash).
+/// Build a stage crate, or a Python stage (a `pyproject.toml` with
+/// `[tool.wasmpipe]`, or an `app.py`), into a component (prints its path,
+/// size and hash).
 #[derive(clap::Args)]
 struct BuildArgs {
     /// Directory of the stage crate.
@@ -442,9 +444,18 @@ fn error_text(err: &anyhow::Error) -> String {
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    let toolchain = wasmpipe_toolchain::detect()?;
-    eprintln!("building {} with {toolchain}", args.crate_dir.display());
-    let built = wasmpipe_toolchain::build(&args.crate_dir, &toolchain, wasmpipe_toolchain::Progress::Show)?;
+    use wasmpipe_toolchain::{Progress, python};
+    let built = match python::stage(&args.crate_dir)? {
+        Some(stage) => {
+            eprintln!("building the Python {} {} with componentize-py", stage.kind, args.crate_dir.display());
+            python::build(&args.crate_dir, &stage, Progress::Show)?
+        }
+        None => {
+            let toolchain = wasmpipe_toolchain::detect()?;
+            eprintln!("building {} with {toolchain}", args.crate_dir.display());
+            wasmpipe_toolchain::build(&args.crate_dir, &toolchain, Progress::Show)?
+        }
+    };
     println!("{}", built.path.display());
     println!("size   {} bytes", built.size);
     println!("sha256 {}", built.sha256);

@@ -710,6 +710,13 @@ pub(crate) fn component_bytes(
         ComponentSource::Wasm(p) => local(p)?,
         ComponentSource::Crate(dir) => {
             let dir = local(dir)?;
+            let build_err = |source| RunError::Build { stage: stage.into(), source };
+            if let Some(python) = wasmpipe_toolchain::python::stage(&dir).map_err(build_err)? {
+                tracing::info!(stage, "building the Python stage {} (componentize-py)", dir.display());
+                let built = wasmpipe_toolchain::python::build(&dir, &python, wasmpipe_toolchain::Progress::OnFailure)
+                    .map_err(build_err)?;
+                return read_component(stage, built.path);
+            }
             let tc = match toolchain {
                 Some(tc) => tc.clone(),
                 None => {

@@ -100,12 +100,14 @@ impl Runtime {
         let n = config.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(n)
-            // A component from wit-component holds the stage module plus a
-            // few small shim modules; 8 core instances and 4 tables each is
-            // ample.
-            .total_core_instances(n * 8)
+            // A Rust stage from wit-component holds the stage module plus a
+            // few small shim modules; a Python stage from componentize-py
+            // links about a dozen core modules (libc, libpython, the
+            // bindings, shims) around one memory. 32 core instances and 16
+            // tables each leave room for both.
+            .total_core_instances(n * 32)
             .total_memories(n * 2)
-            .total_tables(n * 4)
+            .total_tables(n * 16)
             .max_memory_size(config.max_memory_bytes as usize)
             // Instances come and go per task; keep their pages resident
             // rather than unmapping and faulting them back in.

@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 mod fresh;
+pub mod python;
 
 /// How stage crates get compiled on this machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +64,7 @@ pub enum ToolchainError {
     },
     /// The directory is not a stage crate.
     #[error(
-        "{path}: not a stage crate (no Cargo.toml)\n  hint: give the directory of a crate that depends on wasmpipe-sdk, or a .wasm file"
+        "{path}: not a stage crate (no Cargo.toml) nor a Python stage (no pyproject.toml with [tool.wasmpipe], no app.py)\n  hint: give the directory of a crate that depends on wasmpipe-sdk, of a Python stage, or a .wasm file"
     )]
     NotACrate {
         /// The directory.
@@ -85,6 +86,16 @@ pub enum ToolchainError {
         /// cargo's exit status.
         status: std::process::ExitStatus,
         /// cargo's diagnostics, when they were kept rather than shown live.
+        messages: String,
+    },
+    /// componentize-py failed on a Python stage.
+    #[error("building the Python stage {path} failed (componentize-py exited with {status})\n{messages}")]
+    Python {
+        /// The stage's directory.
+        path: PathBuf,
+        /// componentize-py's exit status.
+        status: std::process::ExitStatus,
+        /// What it said.
         messages: String,
     },
     /// cargo succeeded but produced no `.wasm` (not a cdylib?).
@@ -133,7 +144,7 @@ fn rustup_targets() -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }

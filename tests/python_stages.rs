@@ -1,0 +1,163 @@
+//! Stages written in Python (`stages/sdk-python`, built by componentize-py
+//! when a manifest names their directory): `stages/text_features` gives
+//! the same counts at any partitioning, and a hostile Python stage gets no
+//! files or environment, is stopped at its deadline and its memory cap,
+//! fails its task with its traceback in the stage log, and has a misspelt
+//! configuration key refused before any data moves; the host keeps running.
+
+use std::path::Path;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Int64Type;
+use wasmpipe_executor::{RunError, TaskFailure};
+use wasmpipe_runtime::CallError;
+use wasmpipe_tests::*;
+
+/// Texts with spaces, tabs, repeated and non-ASCII words, and some empty
+/// (null after ingest), as CSV with an `id`.
+fn texts(dir: &Path) -> (std::path::PathBuf, Vec<Option<String>>) {
+    let texts: Vec<Option<String>> = (0..40)
+        .map(|i| match i % 7 {
+            3 => None,
+            k => Some(format!("word{i}  café\t{}naïve {}", "ab ".repeat(k), if i % 2 == 0 { "Café" } else { "end" })),
+        })
+        .collect();
+    let mut csv = String::from("id,review\n");
+    for (i, t) in texts.iter().enumerate() {
+        csv.push_str(&format!("{i},{}\n", t.as_deref().map_or(String::new(), |t| format!("\"{t}\""))));
+    }
+    let path = dir.join("reviews.csv");
+    std::fs::write(&path, csv).unwrap();
+    (path, texts)
+}
+
+#[test]
+fn text_features_counts_characters_and_tokens_at_any_partitioning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, texts) = texts(dir.path());
+    let stage = repo().join("stages/text_features");
+    for partitions in [1, 3, 8] {
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), partitions);
+        let text = format!(
+            "{}\n[stage.text]\ncomponent = {}\ninputs = [\"stage:ingest\"]\nlimits = {{ memory_mib = 256 }}\nconfig = {{ column = \"review\" }}\n",
+            ingest_head(&csv, texts.len(), partitions),
+            toml_path(&stage),
+        );
+        let report = run_text(&exec, &text, store.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(report.stages[1].tasks, partitions, "a task per partition");
+        let batches = read_committed(&store.path().join("ml/text"));
+        let column = |name: &str| -> Vec<Option<i64>> {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    let c = b.column_by_name(name).unwrap().as_primitive::<Int64Type>().clone();
+                    (0..c.len()).map(move |i| c.is_valid(i).then(|| c.value(i)))
+                })
+                .collect()
+        };
+        let want_chars: Vec<Option<i64>> = texts.iter().map(|t| t.as_ref().map(|t| t.chars().count() as i64)).collect();
+        let want_tokens: Vec<Option<i64>> =
+            texts.iter().map(|t| t.as_ref().map(|t| t.split_whitespace().count() as i64)).collect();
+        assert_eq!(column("review_chars"), want_chars, "{partitions} partitions: characters");
+        assert_eq!(column("review_tokens"), want_tokens, "{partitions} partitions: tokens");
+    }
+}
+
+/// A Python stage that attacks its host as its `mode` says.
+const HOSTILE: &str = r#"
+from dataclasses import dataclass
+import os
+
+import wasmpipe_sdk as wp
+
+
+@dataclass
+class Config:
+    mode: str
+
+
+class Hostile(wp.Transformer):
+    def open(self, task):
+        self.mode = wp.config(Config).mode
+
+    def transform(self, batch):
+        if self.mode == "raise":
+            raise ValueError("raised on purpose")
+        if self.mode == "file":
+            try:
+                secret = open("/etc/passwd").read()
+            except OSError as e:
+                wp.fail(f"no file: {type(e).__name__}")
+            wp.fail(f"read the runner's file: {secret[:20]!r}")
+        if self.mode == "env":
+            if os.environ.get("HOME") or os.environ.get("PATH"):
+                wp.fail(f"saw the runner's environment: {sorted(os.environ)}")
+            wp.fail(f"no environment: {len(os.environ)} variables")
+        if self.mode == "loop":
+            while True:
+                pass
+        if self.mode == "bomb":
+            hoard = []
+            while True:
+                hoard.append(bytearray(8 << 20))
+        return batch
+
+
+Transform = wp.export_transformer(Hostile)
+"#;
+
+#[test]
+fn a_python_stage_is_confined_and_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let stage = dir.path().join("hostile_py");
+    std::fs::create_dir_all(&stage).unwrap();
+    std::fs::write(stage.join("app.py"), HOSTILE).unwrap();
+    let csv = repo().join("examples/diabetes/diabetes.csv");
+    let store = tempfile::tempdir().unwrap();
+    let (exec, logs) = executor(store.path(), 2);
+    let run = |config: &str, limits: &str| {
+        let text = format!(
+            "version = 1\nname = \"py\"\n[stage.ingest]\ncomponent = {}\ninputs = [{}]\n\
+             [stage.h]\ncomponent = {}\ninputs = [\"stage:ingest\"]\nlimits = {{ {limits} }}\nconfig = {{ {config} }}\n",
+            toml_path(&component("passthrough")),
+            toml_path(&csv),
+            toml_path(&stage),
+        );
+        run_text(&exec, &text, store.path())
+    };
+    let failure = |err: RunError| -> (String, TaskFailure) {
+        let text = err.to_string();
+        match err {
+            RunError::Task { stage, cause, .. } if stage == "h" => (text, *cause),
+            other => panic!("expected stage h's task to fail, got: {other}"),
+        }
+    };
+    const ROOM: &str = "memory_mib = 256, timeout_s = 20";
+
+    let (text, _) = failure(run("mode = \"file\"", ROOM).unwrap_err());
+    assert!(text.contains("no file: "), "{text}");
+    let (text, _) = failure(run("mode = \"env\"", ROOM).unwrap_err());
+    assert!(text.contains("no environment: 0 variables"), "{text}");
+
+    logs.lock().unwrap().clear();
+    let (text, _) = failure(run("mode = \"raise\"", ROOM).unwrap_err());
+    let said: String = logs.lock().unwrap().iter().map(|(_, r)| format!("{}\n", r.message)).collect();
+    assert!(said.contains("Traceback") && said.contains("ValueError: raised on purpose"), "{text}\n{said}");
+
+    let (text, cause) = failure(run("mode = \"loop\"", "memory_mib = 256, timeout_s = 2").unwrap_err());
+    assert!(matches!(cause, TaskFailure::Stage(CallError::Deadline { limit_ms: 2000 })), "{text}");
+
+    let (text, cause) = failure(run("mode = \"bomb\"", "memory_mib = 96, timeout_s = 20").unwrap_err());
+    let capped = matches!(cause, TaskFailure::Stage(CallError::Memory { cap_mib: 96, .. }));
+    let said: String = logs.lock().unwrap().iter().map(|(_, r)| format!("{}\n", r.message)).collect();
+    assert!(capped || said.contains("MemoryError"), "the memory cap stops it: {text}\n{said}");
+
+    // A misspelt key: refused before any stage runs, ingest included.
+    let err = run("mod = \"raise\"", ROOM).unwrap_err();
+    assert!(matches!(&err, RunError::Config { .. }), "{err}");
+    assert!(err.to_string().contains("mod: unknown key (this stage takes: mode)"), "{err}");
+
+    // And the host still runs the stage.
+    run("mode = \"pass\"", ROOM).unwrap_or_else(|e| panic!("{e}"));
+}
