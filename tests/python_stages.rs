@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use arrow::array::{Array, AsArray};
-use arrow::datatypes::Int64Type;
+use arrow::datatypes::{Float64Type, Int64Type};
 use wasmpipe_executor::{RunError, TaskFailure};
 use wasmpipe_runtime::CallError;
 use wasmpipe_tests::*;
@@ -101,6 +101,18 @@ class Hostile(wp.Transformer):
             hoard = []
             while True:
                 hoard.append(bytearray(8 << 20))
+        if self.mode == "kernels":
+            x = batch["bmi"]
+            s = x.summarize()
+            z = x.standardize(s.mean, 2.0)
+            positive = x.compare(">", s.mean) & ~x.is_null()
+            picked = positive.choose(z, x * 0.0)
+            copied = wp.Column.from_floats([v * 2 for v in x.to_list()])
+            ratio = 1.0 / ((x - s.min) + 1.0)
+            ints = x.cast("int64").to_list()
+            wp.info(f"rows {s.count} mean {s.mean} ints {sum(ints)} distinct {x.distinct_count()}")
+            out = wp.Batch.from_columns({"bmi": x, "z": z, "picked": picked, "copied": copied, "ratio": ratio})
+            return out.filter(positive | ~positive).select(["bmi", "z", "picked", "copied", "ratio"])
         return batch
 
 
@@ -148,6 +160,7 @@ fn a_python_stage_is_confined_and_fails_cleanly() {
     let (text, cause) = failure(run("mode = \"loop\"", "memory_mib = 256, timeout_s = 2").unwrap_err());
     assert!(matches!(cause, TaskFailure::Stage(CallError::Deadline { limit_ms: 2000 })), "{text}");
 
+    logs.lock().unwrap().clear();
     let (text, cause) = failure(run("mode = \"bomb\"", "memory_mib = 96, timeout_s = 20").unwrap_err());
     let capped = matches!(cause, TaskFailure::Stage(CallError::Memory { cap_mib: 96, .. }));
     let said: String = logs.lock().unwrap().iter().map(|(_, r)| format!("{}\n", r.message)).collect();
@@ -158,6 +171,25 @@ fn a_python_stage_is_confined_and_fails_cleanly() {
     assert!(matches!(&err, RunError::Config { .. }), "{err}");
     assert!(err.to_string().contains("mod: unknown key (this stage takes: mode)"), "{err}");
 
-    // And the host still runs the stage.
+    // And the host still runs the stage; its kernels give what Rust computes.
     run("mode = \"pass\"", ROOM).unwrap_or_else(|e| panic!("{e}"));
+    run("mode = \"kernels\"", ROOM).unwrap_or_else(|e| panic!("{e}"));
+    let batches = read_committed(&store.path().join("py/h"));
+    let column = |name: &str| -> Vec<f64> {
+        batches
+            .iter()
+            .flat_map(|b| b.column_by_name(name).unwrap().as_primitive::<Float64Type>().values().to_vec())
+            .collect()
+    };
+    let bmi = column("bmi");
+    assert_eq!(bmi.len(), 442);
+    let mean = bmi.iter().sum::<f64>() / bmi.len() as f64;
+    let min = bmi.iter().copied().fold(f64::INFINITY, f64::min);
+    for (i, x) in bmi.iter().enumerate() {
+        let z = (x - mean) / 2.0;
+        assert!((column("z")[i] - z).abs() < 1e-12, "row {i}: z");
+        assert_eq!(column("picked")[i], if *x > mean { column("z")[i] } else { 0.0 }, "row {i}: picked");
+        assert_eq!(column("copied")[i], x * 2.0, "row {i}: copied");
+        assert!((column("ratio")[i] - 1.0 / (x - min + 1.0)).abs() < 1e-12, "row {i}: ratio");
+    }
 }

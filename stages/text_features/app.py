@@ -1,11 +1,11 @@
 """Text features (transformer, Python): the length in characters and the
-number of whitespace-separated tokens of a text column, appended as
+number of tokens (split on whitespace, as Python's `str.split()`) of a text column, appended as
 `<column>_chars` and `<column>_tokens` (int64; null where the text is).
 
 ```toml
 [stage.text.config]
 column = "review"
-lowercase_tokens = false     # default; count distinct tokens case-blind (with `distinct`)
+lowercase_tokens = false     # default; tell distinct tokens apart case-blind (casefold; with `distinct`)
 distinct = false             # default; count distinct tokens instead of all
 ```
 
@@ -39,7 +39,7 @@ def counts(texts: list[str | None], distinct: bool, lowercase: bool) -> tuple[li
             continue
         words = text.split()
         if distinct:
-            words = list({w.lower() if lowercase else w for w in words})
+            words = list({w.casefold() if lowercase else w for w in words})
         chars.append(len(text))
         tokens.append(len(words))
         valid.append(True)

@@ -712,7 +712,7 @@ pub(crate) fn component_bytes(
             let dir = local(dir)?;
             let build_err = |source| RunError::Build { stage: stage.into(), source };
             if let Some(python) = wasmpipe_toolchain::python::stage(&dir).map_err(build_err)? {
-                tracing::info!(stage, "building the Python stage {} (componentize-py)", dir.display());
+                tracing::debug!(stage, "the Python stage {} (componentize-py, unless built before)", dir.display());
                 let built = wasmpipe_toolchain::python::build(&dir, &python, wasmpipe_toolchain::Progress::OnFailure)
                     .map_err(build_err)?;
                 return read_component(stage, built.path);

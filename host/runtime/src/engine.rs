@@ -102,12 +102,13 @@ impl Runtime {
         pool.total_component_instances(n)
             // A Rust stage from wit-component holds the stage module plus a
             // few small shim modules; a Python stage from componentize-py
-            // links about a dozen core modules (libc, libpython, the
-            // bindings, shims) around one memory. 32 core instances and 16
-            // tables each leave room for both.
-            .total_core_instances(n * 32)
+            // links 14 core modules (libc, libpython, the bindings, shims)
+            // around one memory and 2 tables. 24 core instances and 4
+            // tables each leave room for both (a core instance slot is a
+            // count; tables are reserved address space, not memory).
+            .total_core_instances(n * 24)
             .total_memories(n * 2)
-            .total_tables(n * 16)
+            .total_tables(n * 4)
             .max_memory_size(config.max_memory_bytes as usize)
             // Instances come and go per task; keep their pages resident
             // rather than unmapping and faulting them back in.

@@ -1,19 +1,29 @@
 //! Python stages: a directory with a `pyproject.toml` whose
 //! `[tool.wasmpipe]` table names the stage's `kind` (and its `module`,
-//! default `app`), or with just an `app.py` (a transformer), built into a
-//! component by componentize-py against wasmpipe's WIT, with the Python
-//! SDK (`stages/sdk-python`, `wasmpipe_sdk`) on its path.
+//! default `app`), or with just an `app.py`, built into a component by
+//! componentize-py against wasmpipe's WIT, with the Python SDK
+//! (`wasmpipe_sdk`) on its path. Only transformers are supported so far.
 //!
-//! A build is keyed by the SHA-256 of what goes into it: the WIT (built
-//! into this binary), the kind and module, and every `.py` and
-//! `pyproject.toml` file of the stage and of the SDK. The component is kept
-//! as `target/wasmpipe/python-<key>.wasm` in the stage's directory, so an
-//! unchanged stage is not built again (componentize-py takes ~15 s).
+//! The build is hermetic: the stage's files (all of them, but `target/`,
+//! `__pycache__/` and hidden entries; symbolic links are not followed) and
+//! the SDK are copied into a temporary directory, and componentize-py
+//! builds from that copy, with no site-packages of its own (an empty
+//! `VIRTUAL_ENV`): a stage vendors what it imports. The build is keyed by
+//! the SHA-256 of that copy, the WIT and the SDK (both built into this
+//! binary), the kind, the module and componentize-py's version, and the
+//! component is kept as `target/wasmpipe/python-<key>.wasm` in the stage's
+//! directory (earlier builds there are removed), so an unchanged stage is
+//! not built again (componentize-py takes ~15 s).
 //!
-//! componentize-py is `$WASMPIPE_COMPONENTIZE_PY`, else `componentize-py`
-//! on `PATH`, else the one in this checkout's tool venv (`.tools/venv`,
-//! where `scripts/install-test-deps.sh` installs it). The SDK is
-//! `$WASMPIPE_SDK_PYTHON`, else this checkout's `stages/sdk-python`.
+//! componentize-py pre-initializes the stage: the module's top-level code
+//! runs at build time, on the copy, as `build.rs` runs for a Rust crate.
+//! Build only stages you trust as you would run their build scripts; the
+//! sandbox confines the component when it runs.
+//!
+//! componentize-py is `$WASMPIPE_COMPONENTIZE_PY`, else the one in this
+//! checkout's tool venv (`.tools/venv`, where `scripts/install-test-deps.sh`
+//! installs it), else `componentize-py` on `PATH`. The SDK is
+//! `$WASMPIPE_SDK_PYTHON` when set, else the one built into this binary.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,6 +31,9 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use crate::{Built, Progress, ToolchainError};
+
+/// The Python SDK this binary was built with.
+const SDK: &str = include_str!("../../../stages/sdk-python/wasmpipe_sdk/__init__.py");
 
 /// The contract, as this binary speaks it.
 const WIT: [(&str, &str); 3] = [
@@ -35,7 +48,7 @@ pub const COMPONENTIZE_PY: &str = "0.25.1";
 /// What a Python stage directory says of itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PythonStage {
-    /// The world: `transformer`, `estimator` or `aggregator`.
+    /// The world: `transformer` (the only kind Python stages have so far).
     pub kind: String,
     /// The module that defines the exported class.
     pub module: String,
@@ -47,168 +60,192 @@ pub fn stage(dir: &Path) -> Result<Option<PythonStage>, ToolchainError> {
     if dir.join("Cargo.toml").is_file() {
         return Ok(None);
     }
+    let app = || dir.join("app.py").is_file().then(|| PythonStage { kind: "transformer".into(), module: "app".into() });
     let pyproject = dir.join("pyproject.toml");
-    let invalid = |reason: String| ToolchainError::Componentize { path: pyproject.clone(), reason };
-    if pyproject.is_file() {
-        let text = std::fs::read_to_string(&pyproject)
-            .map_err(|source| ToolchainError::Io { path: pyproject.clone(), source })?;
-        let doc: toml::Table = text.parse().map_err(|e| invalid(format!("not TOML: {e}")))?;
-        let Some(table) = doc.get("tool").and_then(|t| t.get("wasmpipe")) else {
-            return Ok(dir
-                .join("app.py")
-                .is_file()
-                .then(|| PythonStage { kind: "transformer".into(), module: "app".into() }));
-        };
-        let field = |key: &str| table.get(key).and_then(|v| v.as_str()).map(str::to_string);
-        let kind = field("kind").ok_or_else(|| {
-            invalid("[tool.wasmpipe] needs `kind = \"transformer\"` (or \"estimator\", \"aggregator\")".into())
-        })?;
-        if !["transformer", "estimator", "aggregator"].contains(&kind.as_str()) {
-            return Err(invalid(format!(
-                "[tool.wasmpipe] kind = {kind:?}: one of \"transformer\", \"estimator\", \"aggregator\""
-            )));
-        }
-        let module = field("module").unwrap_or_else(|| "app".into());
-        if module.is_empty()
-            || !module.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        {
-            return Err(invalid(format!("[tool.wasmpipe] module = {module:?} is not a Python module name")));
-        }
-        return Ok(Some(PythonStage { kind, module }));
+    if !pyproject.is_file() {
+        return Ok(app());
     }
-    Ok(dir.join("app.py").is_file().then(|| PythonStage { kind: "transformer".into(), module: "app".into() }))
+    let invalid = |reason: String| ToolchainError::Componentize { path: pyproject.clone(), reason };
+    let text =
+        std::fs::read_to_string(&pyproject).map_err(|source| ToolchainError::Io { path: pyproject.clone(), source })?;
+    let doc: toml::Table = text.parse().map_err(|e| invalid(format!("not TOML: {e}")))?;
+    let Some(table) = doc.get("tool").and_then(|t| t.get("wasmpipe")) else {
+        return Ok(app());
+    };
+    let field = |key: &str| table.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let kind = field("kind").ok_or_else(|| invalid("[tool.wasmpipe] needs `kind = \"transformer\"`".into()))?;
+    if kind != "transformer" {
+        let why = if ["estimator", "aggregator"].contains(&kind.as_str()) {
+            "Python stages are transformers so far (estimators and aggregators are Rust only)"
+        } else {
+            "the kinds are \"transformer\", \"estimator\" and \"aggregator\""
+        };
+        return Err(invalid(format!("[tool.wasmpipe] kind = {kind:?}: {why}")));
+    }
+    let module = field("module").unwrap_or_else(|| "app".into());
+    let name_part = |p: &str| {
+        p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if !module.split('.').all(name_part) {
+        return Err(invalid(format!("[tool.wasmpipe] module = {module:?} is not a Python module name")));
+    }
+    Ok(Some(PythonStage { kind, module }))
 }
 
-/// This checkout (the SDK and the tool venv are found in it).
+/// This checkout (its tool venv holds componentize-py).
 fn checkout() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The Python SDK's directory.
-pub fn sdk_dir() -> PathBuf {
-    std::env::var_os("WASMPIPE_SDK_PYTHON").map_or_else(|| checkout().join("stages/sdk-python"), PathBuf::from)
 }
 
 fn componentize_py() -> Result<PathBuf, ToolchainError> {
     if let Some(p) = std::env::var_os("WASMPIPE_COMPONENTIZE_PY") {
         return Ok(PathBuf::from(p));
     }
-    if let Some(p) = crate::find_in_path("componentize-py") {
-        return Ok(p);
-    }
     let venv = checkout().join(".tools/venv/bin/componentize-py");
     if venv.is_file() {
         return Ok(venv);
     }
-    Err(ToolchainError::NotFound {
+    crate::find_in_path("componentize-py").ok_or_else(|| ToolchainError::NotFound {
         tried: format!(
-            "componentize-py, for Python stages: WASMPIPE_COMPONENTIZE_PY, PATH, {}; install it with `pip install componentize-py=={COMPONENTIZE_PY}`",
+            "componentize-py, for Python stages: WASMPIPE_COMPONENTIZE_PY, {}, PATH; install it with `pip install componentize-py=={COMPONENTIZE_PY}`",
             venv.display()
         ),
     })
 }
 
-/// The `.py` and `pyproject.toml` files below `dir` (not in hidden
-/// directories, `target`, `__pycache__` or `build`), sorted.
-fn sources(dir: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for entry in entries.flatten() {
-            let path = entry.path();
+/// The files below `dir` that make the stage, relative to it, sorted: all
+/// but `target/`, `__pycache__/` and hidden entries; symbolic links are
+/// not followed.
+fn sources(dir: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), ToolchainError> {
+        let at = root.join(rel);
+        let entries = std::fs::read_dir(&at).map_err(|source| ToolchainError::Io { path: at.clone(), source })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| ToolchainError::Io { path: at.clone(), source })?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if path.is_dir() {
-                if !(name.starts_with('.') || ["target", "__pycache__", "build"].contains(&name.as_str())) {
-                    walk(&path, out);
-                }
-            } else if name.ends_with(".py") || name == "pyproject.toml" {
-                out.push(path);
+            let kind = entry.file_type().map_err(|source| ToolchainError::Io { path: entry.path(), source })?;
+            if name.starts_with('.') || (kind.is_dir() && (name == "target" || name == "__pycache__")) {
+                continue;
+            }
+            if kind.is_dir() {
+                walk(root, &rel.join(&name), out)?;
+            } else if kind.is_file() {
+                out.push(rel.join(&name));
             }
         }
+        Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, &mut out);
+    walk(dir, Path::new(""), &mut out)?;
     out.sort();
-    out
+    Ok(out)
 }
 
-/// The build's key: what goes into the component.
-fn key(dir: &Path, sdk: &Path, stage: &PythonStage) -> Result<String, ToolchainError> {
-    let mut h = Sha256::new();
-    for (name, text) in WIT {
-        h.update(format!("wit {name} {}\n", text.len()));
-        h.update(text);
-    }
-    h.update(format!("kind {} module {} componentize-py {COMPONENTIZE_PY}\n", stage.kind, stage.module));
-    for (root, tag) in [(dir, "stage"), (sdk, "sdk")] {
-        for file in sources(root) {
-            let bytes = std::fs::read(&file).map_err(|source| ToolchainError::Io { path: file.clone(), source })?;
-            let rel = file.strip_prefix(root).unwrap_or(&file);
-            h.update(format!("{tag} {} {}\n", rel.display(), bytes.len()));
-            h.update(&bytes);
+/// Copy the stage's files into `to`, hashing them into `h`.
+fn copy_sources(dir: &Path, to: &Path, h: &mut Sha256) -> Result<(), ToolchainError> {
+    for rel in sources(dir)? {
+        let from = dir.join(&rel);
+        let bytes = std::fs::read(&from).map_err(|source| ToolchainError::Io { path: from.clone(), source })?;
+        h.update(format!("stage {} {}\n", rel.display(), bytes.len()));
+        h.update(&bytes);
+        let dest = to.join(&rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| ToolchainError::Io { path: parent.to_owned(), source })?;
         }
+        std::fs::write(&dest, &bytes).map_err(|source| ToolchainError::Io { path: dest.clone(), source })?;
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(())
+}
+
+/// The SDK's text: `$WASMPIPE_SDK_PYTHON`'s, else this binary's.
+fn sdk_text() -> Result<String, ToolchainError> {
+    match std::env::var_os("WASMPIPE_SDK_PYTHON") {
+        Some(dir) => {
+            let file = PathBuf::from(dir).join("wasmpipe_sdk/__init__.py");
+            std::fs::read_to_string(&file).map_err(|source| ToolchainError::Io { path: file, source })
+        }
+        None => Ok(SDK.to_string()),
+    }
 }
 
 /// The component of the Python stage in `dir`: the one built before from
 /// the same sources, else a new build.
 pub fn build(dir: &Path, stage: &PythonStage, progress: Progress) -> Result<Built, ToolchainError> {
-    let sdk = sdk_dir();
-    if !sdk.join("wasmpipe_sdk/__init__.py").is_file() {
-        return Err(ToolchainError::NotFound {
-            tried: format!(
-                "the Python SDK at {} (wasmpipe_sdk); set WASMPIPE_SDK_PYTHON to its directory",
-                sdk.display()
-            ),
-        });
-    }
-    let key = key(dir, &sdk, stage)?;
-    let out_dir = dir.join("target/wasmpipe");
-    let out = out_dir.join(format!("python-{}.wasm", &key[..16]));
-    if let Ok(bytes) = std::fs::read(&out) {
-        return Ok(Built { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), path: out });
-    }
+    let program = componentize_py()?;
+    let spawn = |source| ToolchainError::Spawn { program: program.display().to_string(), source };
+    let version = Command::new(&program).arg("--version").output().map_err(spawn)?;
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ToolchainError::Io { path, source }
     };
+    let out_dir = dir.join("target/wasmpipe");
     std::fs::create_dir_all(&out_dir).map_err(io(&out_dir))?;
-    // The WIT this binary speaks, beside the build.
-    let wit = out_dir.join(format!("wit-{}", &key[..16]));
-    std::fs::create_dir_all(&wit).map_err(io(&wit))?;
+    // What componentize-py sees: copies, hashed as they are copied.
+    let work = tempfile::Builder::new().prefix(".build-").tempdir_in(&out_dir).map_err(io(&out_dir))?;
+    let (stage_copy, sdk_copy, wit, venv) =
+        (work.path().join("stage"), work.path().join("sdk"), work.path().join("wit"), work.path().join("venv"));
+    let mut h = Sha256::new();
+    h.update(format!("kind {} module {} {version}\n", stage.kind, stage.module));
+    for (name, text) in WIT {
+        h.update(format!("wit {name} {}\n", text.len()));
+        h.update(text);
+    }
+    let sdk = sdk_text()?;
+    h.update(format!("sdk {}\n", sdk.len()));
+    h.update(&sdk);
+    copy_sources(dir, &stage_copy, &mut h)?;
+    let key = hex::encode(h.finalize());
+    let name = format!("python-{}.wasm", &key[..16]);
+    let out = out_dir.join(&name);
+    if let Ok(bytes) = std::fs::read(&out) {
+        return Ok(Built { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), path: out });
+    }
+    for d in [&wit, &sdk_copy.join("wasmpipe_sdk"), &venv.join("lib")] {
+        std::fs::create_dir_all(d).map_err(io(d))?;
+    }
     for (name, text) in WIT {
         std::fs::write(wit.join(name), text).map_err(io(&wit.join(name)))?;
     }
-    let partial = out_dir.join(format!(".python-{}.wasm.partial", &key[..16]));
-    let program = componentize_py()?;
+    std::fs::write(sdk_copy.join("wasmpipe_sdk/__init__.py"), &sdk).map_err(io(&sdk_copy))?;
+    let partial = work.path().join("component.wasm");
     let mut cmd = Command::new(&program);
     cmd.arg("-d")
         .arg(&wit)
         .args(["-w", &stage.kind, "componentize", "-p"])
-        .arg(dir)
+        .arg(&stage_copy)
         .arg("-p")
-        .arg(&sdk)
+        .arg(&sdk_copy)
         .arg(&stage.module)
         .arg("-o")
         .arg(&partial)
+        // No site-packages but the copies: the build depends on nothing else.
+        .env("VIRTUAL_ENV", &venv)
+        .env_remove("PYTHONPATH")
         .stdout(Stdio::piped())
         .stderr(match progress {
             Progress::Show => Stdio::inherit(),
             Progress::OnFailure => Stdio::piped(),
         });
-    let output =
-        cmd.output().map_err(|source| ToolchainError::Spawn { program: program.display().to_string(), source })?;
-    let _ = std::fs::remove_dir_all(&wit);
+    let output = cmd.output().map_err(spawn)?;
     if !output.status.success() {
-        let _ = std::fs::remove_file(&partial);
-        let messages = [String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)].join("\n");
+        let said = [String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)].join("\n");
         return Err(ToolchainError::Python {
             path: dir.to_owned(),
             status: output.status,
-            messages: messages.trim().to_string(),
+            messages: said.trim().into(),
         });
     }
+    // A build of the same sources that finished first made the same component.
     std::fs::rename(&partial, &out).map_err(io(&out))?;
+    // Earlier builds of this stage are out of date.
+    for entry in std::fs::read_dir(&out_dir).into_iter().flatten().flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with("python-") && file.ends_with(".wasm") && file != name {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     let bytes = std::fs::read(&out).map_err(io(&out))?;
     Ok(Built { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), path: out })
 }
@@ -220,38 +257,45 @@ mod tests {
     #[test]
     fn a_directory_says_which_stage_it_is() {
         let dir = tempfile::tempdir().unwrap();
+        let write = |text: &str| std::fs::write(dir.path().join("pyproject.toml"), text).unwrap();
         assert_eq!(stage(dir.path()).unwrap(), None, "empty: not a Python stage");
         std::fs::write(dir.path().join("app.py"), "").unwrap();
         let app = PythonStage { kind: "transformer".into(), module: "app".into() };
         assert_eq!(stage(dir.path()).unwrap(), Some(app.clone()), "an app.py: a transformer");
-        std::fs::write(
-            dir.path().join("pyproject.toml"),
-            "[tool.wasmpipe]\nkind = \"aggregator\"\nmodule = \"stage.main\"\n",
-        )
-        .unwrap();
-        let agg = PythonStage { kind: "aggregator".into(), module: "stage.main".into() };
-        assert_eq!(stage(dir.path()).unwrap(), Some(agg));
-        std::fs::write(dir.path().join("pyproject.toml"), "[tool.wasmpipe]\nkind = \"mapper\"\n").unwrap();
-        assert!(stage(dir.path()).unwrap_err().to_string().contains("one of"));
-        std::fs::write(dir.path().join("pyproject.toml"), "[project]\nname = \"x\"\n").unwrap();
+        write("[tool.wasmpipe]\nkind = \"transformer\"\nmodule = \"stage.main\"\n");
+        let main = PythonStage { kind: "transformer".into(), module: "stage.main".into() };
+        assert_eq!(stage(dir.path()).unwrap(), Some(main));
+        write("[tool.wasmpipe]\nkind = \"aggregator\"\n");
+        assert!(stage(dir.path()).unwrap_err().to_string().contains("transformers so far"));
+        write("[tool.wasmpipe]\nkind = \"mapper\"\n");
+        assert!(stage(dir.path()).unwrap_err().to_string().contains("the kinds are"));
+        write("[tool.wasmpipe]\nkind = \"transformer\"\nmodule = \"9lives\"\n");
+        assert!(stage(dir.path()).unwrap_err().to_string().contains("not a Python module name"));
+        write("[project]\nname = \"x\"\n");
         assert_eq!(stage(dir.path()).unwrap(), Some(app), "no [tool.wasmpipe] but an app.py");
         std::fs::write(dir.path().join("Cargo.toml"), "").unwrap();
         assert_eq!(stage(dir.path()).unwrap(), None, "a Rust crate");
     }
 
     #[test]
-    fn the_key_follows_the_sources_and_nothing_else() {
-        let (dir, sdk) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let s = PythonStage { kind: "transformer".into(), module: "app".into() };
-        std::fs::write(dir.path().join("app.py"), "x = 1\n").unwrap();
-        let first = key(dir.path(), sdk.path(), &s).unwrap();
-        std::fs::create_dir_all(dir.path().join("__pycache__")).unwrap();
-        std::fs::write(dir.path().join("__pycache__/app.cpython-311.pyc"), "junk").unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "junk").unwrap();
-        assert_eq!(key(dir.path(), sdk.path(), &s).unwrap(), first, "caches and other files do not count");
-        std::fs::write(sdk.path().join("helpers.py"), "y = 2\n").unwrap();
-        assert_ne!(key(dir.path(), sdk.path(), &s).unwrap(), first, "the SDK counts");
-        let agg = PythonStage { kind: "aggregator".into(), ..s.clone() };
-        assert_ne!(key(dir.path(), sdk.path(), &agg).unwrap(), key(dir.path(), sdk.path(), &s).unwrap());
+    fn the_sources_are_the_stages_files_but_caches_and_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        for file in
+            ["app.py", "data/vocab.txt", "build/lib.py", "__pycache__/app.pyc", "target/wasmpipe/x.wasm", ".git/HEAD"]
+        {
+            let path = dir.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "x").unwrap();
+        }
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+        let found: Vec<String> = sources(dir.path()).unwrap().iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(found, ["app.py", "build/lib.py", "data/vocab.txt"]);
+        let (mut a, mut b) = (Sha256::new(), Sha256::new());
+        let copy = tempfile::tempdir().unwrap();
+        copy_sources(dir.path(), copy.path(), &mut a).unwrap();
+        assert_eq!(std::fs::read_to_string(copy.path().join("data/vocab.txt")).unwrap(), "x");
+        std::fs::write(dir.path().join("data/vocab.txt"), "y").unwrap();
+        copy_sources(dir.path(), copy.path(), &mut b).unwrap();
+        assert_ne!(a.finalize(), b.finalize(), "a data file the stage reads is part of it");
     }
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+import collections.abc
 from typing import Optional
 
 import pytest
@@ -75,3 +76,25 @@ def test_text_features_counts_characters_and_tokens() -> None:
     _, distinct, _ = app.counts(["a A a b"], distinct=True, lowercase=True)
     assert distinct == [2]
     assert app.Transform is app.TextFeatures, "outside a component the stage class is exported as it is"
+
+
+@dataclass
+class Modern:
+    weights: "collections.abc.Sequence[float]"
+    cap: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.cap is not None and self.cap < 0:
+            raise ValueError("cap must be at least 0")
+
+
+def test_abc_generics_new_unions_and_post_init_checks_are_config_errors() -> None:
+    assert wp.parse_config(Modern, '{"weights": [1, 2.5], "cap": 3}') == Modern(weights=[1.0, 2.5], cap=3)
+    assert wp.parse_config(Modern, '{"weights": []}').cap is None
+    for doc, said in [
+        ('{"weights": "abc"}', "weights: expected a list"),
+        ('{"weights": [1], "cap": "x"}', "cap: expected int | None"),
+        ('{"weights": [1], "cap": -1}', "cap must be at least 0"),
+    ]:
+        with pytest.raises(wp.ConfigError, match=said.replace("|", r"\|")):
+            wp.parse_config(Modern, doc)

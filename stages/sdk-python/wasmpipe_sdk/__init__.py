@@ -30,8 +30,11 @@ A transformer::
 
     Transform = wp.export_transformer(Clip)
 
-componentize-py creates the exported class anew for every call, so the
-stage's own object lives here, in this module, from `open` to `close`.
+The stage's own object (`Clip()` above) is made by `open` and kept here,
+in this module, until `close`: one component instance runs one task.
+componentize-py runs the module's top-level code once, at build time, and
+snapshots it; the component has no files when it runs, so import
+everything at the top of the module.
 
 Errors: `wp.fail(...)` fails the task with a message (a `stage-failed`
 error), `wp.ConfigError` (raised by `config`) is an `invalid-config`
@@ -41,8 +44,10 @@ stage log.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import json
+import types as pytypes
 import typing
 from typing import Any, Iterable, Mapping, Optional, Sequence, TypeVar, Union
 
@@ -58,7 +63,10 @@ __all__ = [
     "error",
     "export_transformer",
     "fail",
+    "gram",
+    "hash_rows",
     "info",
+    "matvec",
     "parse_config",
     "quarantine",
     "report",
@@ -98,7 +106,7 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
     if hint is Any:
         return value
-    if origin is Union:
+    if origin is Union or origin is pytypes.UnionType:
         if value is None and type(None) in args:
             return None
         for arm in (a for a in args if a is not type(None)):
@@ -107,12 +115,12 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{key}: expected {hint}, got {value!r}")
-    if origin in (list, Sequence, typing.List) or hint is list:
+    if origin in (list, collections.abc.Sequence) or hint is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         inner = args[0] if args else Any
         return [_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
-    if origin in (dict, Mapping, typing.Dict) or hint is dict:
+    if origin in (dict, collections.abc.Mapping) or hint is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table, got {value!r}")
         return value
@@ -152,7 +160,10 @@ def _build(cls: type[T], doc: Mapping[str, Any], prefix: str = "") -> T:
             values[name] = _check_type(prefix + name, doc[name], hints.get(name, Any))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name}: missing (this stage needs it)")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:  # a field without init, a __post_init__ check
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
 
 
 def parse_config(cls: Optional[type[T]], text: str) -> Any:
@@ -206,7 +217,8 @@ def quarantine(rows: Batch, reasons: Column) -> None:
 
 def report(doc: Any, table: Optional[Batch] = None) -> None:
     """Publish the stage's report (JSON-serializable), with an optional
-    table of rows."""
+    table of rows. The host takes reports from a fitting stage's
+    `finalize`, which Python stages do not have yet."""
     host, _, _ = _wit()
     host.report(json.dumps(doc), None if table is None else table.raw)
 
@@ -305,6 +317,12 @@ class Column:
 
     def __truediv__(self, other: Union[Column, float]) -> Column:
         return self._arith("DIV", other)
+
+    def __rsub__(self, other: float) -> Column:
+        return (-self) + other
+
+    def __rtruediv__(self, other: float) -> Column:
+        return (self * 0.0 + other) / self
 
     __radd__ = __add__
     __rmul__ = __mul__
@@ -538,7 +556,9 @@ def export_transformer(cls: type[Transformer]) -> type:
     it `Transform` in the stage's module): each task gets one `cls()`."""
     try:
         from wit_world import exports  # type: ignore[import-not-found]
-    except ImportError:  # under CPython, outside a component: nothing to export
+    except ModuleNotFoundError as e:  # under CPython, outside a component: nothing to export
+        if e.name not in ("wit_world", "wit_world.exports"):
+            raise
         return cls
 
     held: dict[str, Transformer] = {}
@@ -551,8 +571,11 @@ def export_transformer(cls: type[Transformer]) -> type:
     class Transform(exports.Transform):  # type: ignore[misc]
         def open(self, task: Any, model: Optional[bytes]) -> None:
             t = Task(task.pipeline, task.stage, task.partition, task.partitions, task.pass_)
-            held["stage"] = cls()
-            _guard(lambda: held["stage"].open(t))
+            def start() -> None:
+                held["stage"] = cls()
+                held["stage"].open(t)
+
+            _guard(start)
 
         def transform(self, input: Any) -> Any:
             out = _guard(lambda: stage().transform(Batch(input)))
