@@ -3,14 +3,16 @@ CARGO ?= cargo
 WASMPIPE := target/release/wasmpipe
 STAGES := passthrough clean scaler linreg evaluate hostile baseline logreg kmeans classify_eval split minmax imputer hasher bucketizer poly onehot validate
 
-.PHONY: demo test toolchain host stages test-deps lint bench clean test-aarch64 fuzz wheel
+.PHONY: demo test toolchain python-toolchain host stages test-deps lint bench clean test-aarch64 fuzz wheel
 
 ## Run the demo pipelines on the local filesystem: diabetes regression,
-## breast-cancer binary and wine multi-class classification.
-demo: stages
+## breast-cancer binary and wine multi-class classification, and iris,
+## which mixes Rust stages and a Python one (stages/scaler_py).
+demo: stages python-toolchain
 	$(WASMPIPE) run examples/diabetes/wasmpipe.toml
 	$(WASMPIPE) run examples/breast_cancer/wasmpipe.toml
 	$(WASMPIPE) run examples/wine/wasmpipe.toml
+	$(WASMPIPE) run examples/iris/wasmpipe.toml
 
 ## Everything CI checks: formatting, lints, and the whole test suite
 ## (host workspace, then the stage SDKs' and stages' unit tests natively,
@@ -24,6 +26,10 @@ test: test-deps stages lint
 
 toolchain:
 	scripts/install-wasm-toolchain.sh
+
+## componentize-py, which builds Python stages, in .tools/venv.
+python-toolchain:
+	scripts/install-componentize-py.sh
 
 ## The `wasmpipe` binary as a Python wheel (maturin, `bindings = "bin"`),
 ## in target/wheels: what a Ray node or a node image installs.
@@ -49,12 +55,14 @@ lint:
 ## Criterion benches (stage, pipeline), storage throughput on Garage
 ## (installed by test-deps) against the local filesystem, text ingest
 ## against Arrow's decoders, then logistic regression at scale against
-## scikit-learn, then the Ray engine against the local engine.
+## scikit-learn, then Python stages against Rust ones, then the Ray engine
+## against the local engine.
 bench: stages test-deps
 	$(CARGO) bench -p wasmpipe-benches --bench stage --bench pipeline
 	$(CARGO) bench -p wasmpipe-benches --bench storage
 	$(CARGO) bench -p wasmpipe-benches --bench ingest
 	$(CARGO) bench -p wasmpipe-benches --bench scale
+	$(CARGO) bench -p wasmpipe-benches --bench python
 	.tools/venv/bin/python benches/ray_engine.py
 	.tools/venv/bin/python benches/peers.py
 	.tools/venv/bin/python benches/memory.py

@@ -17,56 +17,17 @@
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arrow::array::{Array, ArrayRef, Float64Array};
 use arrow::record_batch::RecordBatch;
 use criterion::{Criterion, Throughput};
 use wasmpipe_runtime::kernels::{moments, simd};
-use wasmpipe_runtime::{FitOutcome, Runtime, RuntimeConfig, StageComponent};
+use wasmpipe_runtime::{Runtime, RuntimeConfig};
 
 mod common;
 mod results;
-use common::{limits, setup, stage, task};
-
-const COLUMNS: usize = 10;
-/// Rows per batch handed to a stage: large enough that per-call overhead
-/// is amortized, as a pipeline would configure for numeric work.
-const BATCH: usize = 65_536;
-
-fn rows() -> usize {
-    std::env::var("WASMPIPE_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000)
-}
-
-fn names() -> Vec<String> {
-    (0..COLUMNS).map(|c| format!("x{c}")).collect()
-}
-
-/// Batches of x0..x9 and a target that depends on them linearly, plus noise.
-fn data(rows: usize) -> Vec<RecordBatch> {
-    let mut seed = 42u64;
-    let mut next = move || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (seed >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let mut batches = Vec::new();
-    let mut start = 0;
-    while start < rows {
-        let n = BATCH.min(rows - start);
-        let cols: Vec<Vec<f64>> = (0..COLUMNS).map(|c| (0..n).map(|_| next() * (c + 1) as f64).collect()).collect();
-        let y: Vec<f64> =
-            (0..n).map(|i| cols.iter().enumerate().map(|(j, c)| c[i] * j as f64).sum::<f64>() + next()).collect();
-        let mut fields: Vec<(String, ArrayRef)> = cols
-            .into_iter()
-            .enumerate()
-            .map(|(c, v)| (format!("x{c}"), Arc::new(Float64Array::from(v)) as ArrayRef))
-            .collect();
-        fields.push(("target".into(), Arc::new(Float64Array::from(y))));
-        batches.push(RecordBatch::try_from_iter(fields).unwrap());
-        start += n;
-    }
-    batches
-}
+use common::{BATCH, COLUMNS, data, limits, median, names, rows, setup, stage, task, wasm_fit, wasm_fit_transform};
 
 fn f64s(batch: &RecordBatch, i: usize) -> &[f64] {
     batch.column(i).as_any().downcast_ref::<Float64Array>().unwrap().values()
@@ -124,42 +85,6 @@ fn linreg_native(batches: &[RecordBatch]) -> Vec<f64> {
     }
     xtx.extend(xty);
     xtx
-}
-
-/// (b)/(c) Fit a wasm estimator over every batch; returns the model bytes.
-fn wasm_fit(rt: &Runtime, stage: &StageComponent, config: &str, batches: &[RecordBatch]) -> Vec<u8> {
-    let mut inst = rt.instantiate(stage, &limits(512), setup(config)).unwrap();
-    inst.fit_open(&task(), None).unwrap();
-    for b in batches {
-        inst.fit_batch(b.clone()).unwrap();
-    }
-    let state = inst.fit_close().unwrap();
-    let mut fin = rt.instantiate(stage, &limits(512), setup(config)).unwrap();
-    match fin.finalize(&state, 0).unwrap() {
-        FitOutcome::Done(model) => model,
-        FitOutcome::NextPass(_) => panic!("single-pass estimator asked for another pass"),
-    }
-}
-
-/// (b)/(c) Fit, then transform every batch with the model.
-fn wasm_fit_transform(rt: &Runtime, stage: &StageComponent, config: &str, batches: &[RecordBatch]) -> Vec<RecordBatch> {
-    let model = wasm_fit(rt, stage, config, batches);
-    let mut inst = rt.instantiate(stage, &limits(512), setup(config)).unwrap();
-    inst.open(&task(), Some(&model)).unwrap();
-    batches.iter().map(|b| inst.transform(b.clone()).unwrap().unwrap()).collect()
-}
-
-/// Median wall time of `runs` calls.
-fn median(runs: usize, mut f: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[runs / 2]
 }
 
 /// A plain single-core read of `a`: eight integer lanes, nothing else.

@@ -26,9 +26,7 @@ if ! "$VENV/bin/python" -c 'import ray, pytest, yaml, kubernetes_validate, wasmp
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e engines/ray
 fi
 # Python stages: componentize-py builds them (the release the SDK targets).
-if [ "$("$VENV/bin/componentize-py" --version 2>/dev/null)" != "componentize-py 0.25.1" ]; then
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'componentize-py==0.25.1'
-fi
+scripts/install-componentize-py.sh >/dev/null
 
 # Chromium, headless, opens the HTML run reports in host/cli/tests/report.rs.
 if ! command -v chromium >/dev/null && [ -z "${WASMPIPE_CHROMIUM:-}" ]; then

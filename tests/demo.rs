@@ -318,7 +318,8 @@ fn applying_a_model_that_is_not_there_is_a_clear_error() {
     assert!(err.contains("stage \"copy\"") && err.contains("must be an estimator"), "{err}");
 }
 
-/// The classification demos (`examples/breast_cancer`, `examples/wine`):
+/// The classification demos (`examples/breast_cancer`, `examples/wine`,
+/// `examples/iris`):
 /// held-out metrics from a model fitted on the stratified train split.
 fn classification_demo(name: &str) -> (serde_json::Value, wasmpipe_executor::RunReport) {
     let dir = repo().join("examples").join(name);
@@ -349,6 +350,20 @@ fn the_wine_demo_classifies_three_cultivars() {
     assert_eq!(metrics["classes"], serde_json::json!([0, 1, 2]));
     assert!(metrics["accuracy"].as_f64().unwrap() > 0.9, "{metrics}");
     assert!(metrics["log_loss"].as_f64().unwrap() < 0.3, "{metrics}");
+}
+
+#[test]
+fn the_iris_demo_mixes_rust_and_python_stages() {
+    let (metrics, report) = classification_demo("iris");
+    let rows = |s: &str| report.stages.iter().find(|r| r.name == s).unwrap().rows_out;
+    assert_eq!(rows("train") + rows("test"), 150);
+    assert_eq!(rows("scale"), rows("train"), "the Python scaler applied its model to every training row");
+    assert_eq!(metrics["classes"], serde_json::json!([0, 1, 2]));
+    assert!(metrics["accuracy"].as_f64().unwrap() > 0.9, "{metrics}");
+    // The scaler is the Python component (it carries CPython: megabytes).
+    let scale = report.stages.iter().find(|r| r.name == "scale").unwrap();
+    assert!(scale.component_bytes > 10 << 20, "{} bytes", scale.component_bytes);
+    assert_eq!(scale.passes, 1);
 }
 
 #[test]

@@ -193,3 +193,137 @@ fn a_python_stage_is_confined_and_fails_cleanly() {
         assert!((column("ratio")[i] - 1.0 / (x - min + 1.0)).abs() < 1e-12, "row {i}: ratio");
     }
 }
+
+/// An iterative Python estimator: pass 0 learns the mean, pass 1 (handed
+/// the mean as its carry) the mean absolute deviation around it; the model
+/// maps x to (x - mean) / mad.
+const TWO_PASS: &str = r#"
+from dataclasses import dataclass
+
+import wasmpipe_sdk as wp
+
+
+@dataclass
+class Config:
+    column: str
+
+
+class Mad(wp.Estimator):
+    def begin(self, task, carry):
+        return {"column": wp.config(Config).column, "mean": carry, "n": 0, "sum": 0.0}
+
+    def update(self, state, batch):
+        x = batch[state["column"]]
+        if state["mean"] is not None:
+            x = (x - state["mean"]).abs()
+        s = x.summarize()
+        state["n"] += s.count
+        state["sum"] += s.sum
+
+    def merge(self, left, right):
+        return {**left, "n": left["n"] + right["n"], "sum": left["sum"] + right["sum"]}
+
+    def finalize(self, state, pass_):
+        if pass_ == 0:
+            return wp.NextPass(state["sum"] / state["n"])
+        return wp.Done({"column": state["column"], "mean": state["mean"], "mad": state["sum"] / state["n"], "passes": pass_ + 1})
+
+    def apply(self, model, batch):
+        c = model["column"]
+        return batch.with_column(c, batch[c].standardize(model["mean"], model["mad"]))
+
+
+Fit, Transform = wp.export_estimator(Mad)
+"#;
+
+#[test]
+fn python_estimators_fit_in_parallel_and_merge_as_rust_ones_do() {
+    let dir = tempfile::tempdir().unwrap();
+    // Wide values, nulls, NaN and a constant column.
+    let mut csv = String::from("id,a,b,c\n");
+    for i in 0..300u64 {
+        let a = ((i * 7919) % 1000) as f64 * 0.37 + 1e6;
+        let b = match i % 11 {
+            4 => String::new(),
+            7 => "NaN".into(),
+            _ => format!("{}", (i as f64).sin() * 1e-3),
+        };
+        csv.push_str(&format!("{i},{a},{b},5\n"));
+    }
+    let data = dir.path().join("data.csv");
+    std::fs::write(&data, csv).unwrap();
+    let mad = dir.path().join("mad_py");
+    std::fs::create_dir_all(&mad).unwrap();
+    std::fs::write(mad.join("app.py"), TWO_PASS).unwrap();
+    std::fs::write(mad.join("pyproject.toml"), "[tool.wasmpipe]\nkind = \"estimator\"\n").unwrap();
+
+    let column = |batches: &[arrow::record_batch::RecordBatch], name: &str| -> Vec<Option<f64>> {
+        batches
+            .iter()
+            .flat_map(|b| {
+                let c = b.column_by_name(name).unwrap().as_primitive::<Float64Type>().clone();
+                (0..c.len()).map(move |i| c.is_valid(i).then(|| c.value(i)))
+            })
+            .collect()
+    };
+    let schema = "schema = { id = \"int64\", a = \"float64\", b = \"float64\", c = \"float64\" }";
+    let mut first: Option<Vec<Option<f64>>> = None;
+    for partitions in [1, 3, 8] {
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), partitions);
+        let stage = |name: &str, component: &Path, config: &str| {
+            format!(
+                "[stage.{name}]\ncomponent = {}\ninputs = [\"stage:ingest\"]\nlimits = {{ memory_mib = 256 }}\nconfig = {{ {config} }}\n",
+                toml_path(component)
+            )
+        };
+        let columns = "columns = [\"a\", \"b\", \"c\"]";
+        let text = format!(
+            "{}{schema}\n{}{}{}",
+            ingest_head(&data, 300, partitions),
+            stage("rust", &component("scaler"), columns),
+            stage("py", &repo().join("stages/scaler_py"), columns),
+            stage("mad", &mad, "column = \"a\""),
+        );
+        let report = run_text(&exec, &text, store.path()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            report.stages[2].tasks,
+            2 * partitions + 1,
+            "{partitions}: fit and transform tasks per partition, and a merge"
+        );
+        let (rust, py) = (read_committed(&store.path().join("ml/rust")), read_committed(&store.path().join("ml/py")));
+        for name in ["a", "b", "c"] {
+            let (r, p) = (column(&rust, name), column(&py, name));
+            assert_eq!(r.len(), 300);
+            for (i, (r, p)) in r.iter().zip(&p).enumerate() {
+                match (r, p) {
+                    (Some(r), Some(p)) if r.is_nan() => assert!(p.is_nan(), "{partitions}: {name}[{i}]"),
+                    (Some(r), Some(p)) => assert!((r - p).abs() <= 1e-12, "{partitions}: {name}[{i}]: {r} vs {p}"),
+                    (r, p) => assert_eq!(r.is_none(), p.is_none(), "{partitions}: {name}[{i}] null"),
+                }
+            }
+        }
+        assert!(column(&py, "c").iter().all(|c| *c == Some(0.0)), "a constant column scales by 1");
+        // Partitioning changes only the rounding of the merged moments
+        // (a is near 1e6, its standard deviation near 100).
+        let scaled = column(&py, "a");
+        match &first {
+            None => first = Some(scaled),
+            Some(one) => {
+                for (x, y) in one.iter().zip(&scaled) {
+                    let (x, y) = (x.unwrap(), y.unwrap());
+                    assert!((x - y).abs() <= 1e-9, "{partitions} partitions against 1: {x} vs {y}");
+                }
+            }
+        }
+        // The iterative one: two passes, its carry handed to every partition.
+        let a: Vec<f64> = column(&read_committed(&store.path().join("ml/ingest")), "a").into_iter().flatten().collect();
+        let mean = a.iter().sum::<f64>() / a.len() as f64;
+        let mad_value = a.iter().map(|x| (x - mean).abs()).sum::<f64>() / a.len() as f64;
+        let fitted = column(&read_committed(&store.path().join("ml/mad")), "a");
+        for (x, z) in a.iter().zip(&fitted) {
+            assert!((z.unwrap() - (x - mean) / mad_value).abs() < 1e-9, "{partitions}: mad");
+        }
+        assert_eq!(report.stages[3].passes, 2, "{partitions}: passes");
+    }
+}

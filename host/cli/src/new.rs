@@ -1,6 +1,7 @@
-//! `wasmpipe new`: a stage crate to start from, one per kind, that builds
-//! with `wasmpipe build`, passes its unit test with `cargo test`, and runs
-//! with the sample pipeline it comes with.
+//! `wasmpipe new`: a stage to start from, one per kind, in Rust (a crate)
+//! or Python (`--python`), that builds with `wasmpipe build`, passes its
+//! unit test natively (`cargo test`, `python -m pytest`), and runs with the
+//! sample pipeline it comes with.
 
 use std::path::{Path, PathBuf};
 
@@ -20,10 +21,15 @@ pub struct NewArgs {
     /// Where to make it (the crate goes in DIR/NAME).
     #[arg(long, default_value = ".")]
     dir: PathBuf,
-    /// The stage SDK (`stages/sdk` of a wasmpipe checkout); default: the
-    /// checkout this wasmpipe was built from.
+    /// The Rust stage SDK (`stages/sdk` of a wasmpipe checkout); default:
+    /// the checkout this wasmpipe was built from.
     #[arg(long, env = "WASMPIPE_SDK")]
     sdk: Option<PathBuf>,
+    /// A stage in Python (built by componentize-py) instead of a Rust
+    /// crate. It gets a copy of the Python SDK this wasmpipe builds with,
+    /// in `.wasmpipe/sdk`, for its unit tests; no checkout is needed.
+    #[arg(long)]
+    python: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -50,6 +56,24 @@ impl Kind {
         }
     }
 
+    /// The Python stage's module and its unit tests.
+    fn python(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Transformer => (
+                include_str!("../templates/python/transformer.py"),
+                include_str!("../templates/python/test_transformer.py"),
+            ),
+            Kind::Estimator => (
+                include_str!("../templates/python/estimator.py"),
+                include_str!("../templates/python/test_estimator.py"),
+            ),
+            Kind::Aggregator => (
+                include_str!("../templates/python/aggregator.py"),
+                include_str!("../templates/python/test_aggregator.py"),
+            ),
+        }
+    }
+
     /// The sample pipeline's `config` table.
     fn config(self) -> &'static str {
         match self {
@@ -65,6 +89,11 @@ fn built_from() -> Option<PathBuf> {
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../stages/sdk");
     sdk.join("Cargo.toml").is_file().then(|| sdk.canonicalize().unwrap_or(sdk))
 }
+
+/// Where a Python stage keeps its copy of the SDK, for its unit tests
+/// (hidden: not part of what a build hashes).
+const PYTHON_SDK: &str = ".wasmpipe/sdk";
+const PYTHON_SDK_INIT: &str = ".wasmpipe/sdk/wasmpipe_sdk/__init__.py";
 
 /// Names Cargo or rustc refuse for a library crate (Rust's keywords, the
 /// standard crates, `test`), and the SDK's own.
@@ -152,24 +181,29 @@ fn toml_string(text: &str) -> String {
 }
 
 pub fn new(args: NewArgs) -> anyhow::Result<()> {
-    let NewArgs { kind, name, dir, sdk } = args;
+    let NewArgs { kind, name, dir, sdk, python } = args;
     anyhow::ensure!(
         valid_name(&name),
         "{name:?} is not a stage name\n  hint: use letters, digits, `_` and `-`, starting with a letter, not a Rust keyword or a standard crate's name (e.g. `clip_outliers`)"
     );
-    let sdk = match sdk.or_else(built_from) {
-        Some(sdk) => sdk,
-        None => anyhow::bail!(
-            "the stage SDK is not where this wasmpipe was built ({})\n  hint: pass --sdk (or set WASMPIPE_SDK) to the `stages/sdk` directory of a wasmpipe checkout",
-            env!("CARGO_MANIFEST_DIR")
-        ),
+    let sdk = if python {
+        // The build's own SDK, copied in.
+        PathBuf::from(PYTHON_SDK)
+    } else {
+        let sdk = match sdk.or_else(built_from) {
+            Some(sdk) => sdk,
+            None => anyhow::bail!(
+                "the stage SDK is not where this wasmpipe was built ({})\n  hint: pass --sdk (or set WASMPIPE_SDK) to the `stages/sdk` directory of a wasmpipe checkout",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+        };
+        anyhow::ensure!(
+            sdk.join("Cargo.toml").is_file(),
+            "{} is not the stage SDK (it has no Cargo.toml)\n  hint: --sdk names the `stages/sdk` directory of a wasmpipe checkout",
+            sdk.display()
+        );
+        sdk.canonicalize().with_context(|| format!("cannot resolve {}", sdk.display()))?
     };
-    anyhow::ensure!(
-        sdk.join("Cargo.toml").is_file(),
-        "{} is not the stage SDK (it has no Cargo.toml)\n  hint: --sdk names the `stages/sdk` directory of a wasmpipe checkout",
-        sdk.display()
-    );
-    let sdk = sdk.canonicalize().with_context(|| format!("cannot resolve {}", sdk.display()))?;
     let root = dir.join(&name);
     anyhow::ensure!(!root.exists(), "{} already exists\n  hint: choose another name or --dir", root.display());
 
@@ -182,14 +216,28 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
             .replace("{{sdk}}", sdk_text)
             .replace("{{config}}", kind.config())
     };
-    let files: [(&str, String); 6] = [
-        ("Cargo.toml", fill(include_str!("../templates/Cargo.toml.in"))),
-        ("src/lib.rs", fill(kind.source())),
+    let common = [
         ("wasmpipe.toml", fill(include_str!("../templates/wasmpipe.toml.in"))),
-        ("README.md", fill(include_str!("../templates/README.md.in"))),
         ("data/sample.csv", include_str!("../templates/sample.csv").to_string()),
-        (".gitignore", "/target\n/wasmpipe-data\n".to_string()),
     ];
+    let own: Vec<(&str, String)> = if python {
+        let (module, test) = kind.python();
+        vec![
+            ("pyproject.toml", fill(include_str!("../templates/python/pyproject.toml.in"))),
+            ("app.py", fill(module)),
+            ("test_app.py", fill(test)),
+            ("README.md", fill(include_str!("../templates/python/README.md.in"))),
+            (PYTHON_SDK_INIT, wasmpipe_toolchain::python::sdk_text()?),
+        ]
+    } else {
+        vec![
+            ("Cargo.toml", fill(include_str!("../templates/Cargo.toml.in"))),
+            ("src/lib.rs", fill(kind.source())),
+            ("README.md", fill(include_str!("../templates/README.md.in"))),
+        ]
+    };
+    let ignore = if python { "/target\n/wasmpipe-data\n__pycache__/\n" } else { "/target\n/wasmpipe-data\n" };
+    let files = common.into_iter().chain(own).chain([(".gitignore", ignore.to_string())]);
     // Written to a temporary directory beside it, then moved into place:
     // no half-made crate is left when a write fails.
     let parent = if dir.as_os_str().is_empty() { Path::new(".") } else { dir.as_path() };
@@ -198,19 +246,24 @@ pub fn new(args: NewArgs) -> anyhow::Result<()> {
         .prefix(&format!(".{name}-"))
         .tempdir_in(parent)
         .with_context(|| format!("cannot write in {}", parent.display()))?;
-    for (path, text) in &files {
+    for (path, text) in files {
         let at = staging.path().join(path);
         if let Some(d) = at.parent() {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
-        std::fs::write(&at, text).with_context(|| format!("cannot write {}", at.display()))?;
+        std::fs::write(&at, &text).with_context(|| format!("cannot write {}", at.display()))?;
     }
     std::fs::rename(staging.path(), &root).with_context(|| format!("cannot create {}", root.display()))?;
     let _ = staging.keep();
-    println!("created the {} stage {name} in {}", kind.name(), root.display());
+    let language = if python { "Python " } else { "" };
+    println!("created the {language}{} stage {name} in {}", kind.name(), root.display());
     println!("  cd {}", root.display());
     println!("  wasmpipe build .             # the component");
-    println!("  cargo test                   # the unit test");
+    if python {
+        println!("  python -m pytest             # the unit tests");
+    } else {
+        println!("  cargo test                   # the unit test");
+    }
     println!("  wasmpipe run wasmpipe.toml   # the sample pipeline");
     Ok(())
 }

@@ -66,6 +66,15 @@ pub fn show(args: ShowArgs, io: &tokio::runtime::Runtime) -> anyhow::Result<()> 
         _ => None,
     };
 
+    // The stage's report, when it published one.
+    let mut report: Option<serde_json::Value> = None;
+    if let Some(files) = listing.commit.as_ref().and_then(|r| r.report.as_ref())
+        && let Some((bytes, _)) = io.block_on(at.child(&files.json).get_opt())?
+    {
+        let url = at.child(&files.json).url().to_string();
+        report = Some(serde_json::from_slice(&bytes).with_context(|| format!("{url}: not JSON"))?);
+    }
+
     if args.json {
         let mut head_json = Vec::new();
         for batch in &head {
@@ -89,6 +98,7 @@ pub fn show(args: ShowArgs, io: &tokio::runtime::Runtime) -> anyhow::Result<()> 
             })).collect::<Vec<_>>()),
             "commit": listing.commit,
             "quarantine": quarantine.as_ref().map(|(n, reasons)| serde_json::json!({"rows": n, "reasons": reasons})),
+            "report": report,
             "head": head_json,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -122,15 +132,10 @@ pub fn show(args: ShowArgs, io: &tokio::runtime::Runtime) -> anyhow::Result<()> 
             println!("  applied model sha256:{m}");
         }
     }
-    if let Some(files) = listing.commit.as_ref().and_then(|r| r.report.as_ref()) {
-        let report = io.block_on(at.child(&files.json).get_opt())?;
-        if let Some((bytes, _)) = report {
-            let doc: serde_json::Value =
-                serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", at.child(&files.json).url()))?;
-            println!("report:");
-            for line in serde_json::to_string_pretty(&crate::short_report(&doc))?.lines() {
-                println!("  {line}");
-            }
+    if let Some(doc) = &report {
+        println!("report:");
+        for line in serde_json::to_string_pretty(&crate::short_report(doc))?.lines() {
+            println!("  {line}");
         }
     }
     if let Some((n, reasons)) = &quarantine {

@@ -399,6 +399,77 @@ fn wasmpipe_new_scaffolds_each_kind_of_stage_that_builds_tests_and_runs() {
 }
 
 #[test]
+fn wasmpipe_new_python_scaffolds_each_kind_that_builds_tests_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = [
+        ("transformer", "clip", "clipping 'x' into [0.0, 1.0]"),
+        ("estimator", "center", "means: ["),
+        ("aggregator", "summary", "y: 40 rows, mean"),
+    ];
+    for (kind, name, logged) in expected {
+        let out = wasmpipe().args(["new", "--python", kind, name, "--dir"]).arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let root = dir.path().join(name);
+        for file in ["pyproject.toml", "app.py", "test_app.py", "wasmpipe.toml", "README.md", "data/sample.csv"] {
+            assert!(root.join(file).is_file(), "{kind}: no {file}");
+        }
+        // The sample pipeline builds the stage (componentize-py) and runs it.
+        let store = dir.path().join(format!("store-{name}"));
+        let out =
+            wasmpipe().args(["run", "-v", "wasmpipe.toml", "--store"]).arg(&store).current_dir(&root).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{kind}: {stdout}\n{stderr}");
+        assert!(stderr.contains(logged) || stdout.contains(logged), "{kind}: no {logged:?} in\n{stdout}\n{stderr}");
+        assert!(store.join(name).join(name).join("_wasmpipe_commit.json").is_file(), "{kind}: nothing committed");
+        // Its unit tests pass natively, under CPython, with the checkout's SDK.
+        let test = Command::new(repo().join(".tools/venv/bin/python"))
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&test.stdout);
+        assert!(test.status.success() && said.contains(" passed"), "{kind}: pytest failed:\n{said}");
+    }
+    let show = |name: &str| -> serde_json::Value {
+        let out = wasmpipe()
+            .arg("show")
+            .arg(dir.path().join(format!("store-{name}/{name}/{name}")))
+            .args(["--json", "--rows", "40"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let values = |doc: &serde_json::Value, c: &str| -> Vec<f64> {
+        doc["head"].as_array().unwrap().iter().map(|r| r[c].as_f64().unwrap()).collect()
+    };
+    let xs = values(&show("clip"), "x");
+    assert_eq!(xs.len(), 40);
+    assert!(xs.iter().all(|x| (0.0..=1.0).contains(x)) && xs.contains(&0.0) && xs.contains(&1.0), "{xs:?}");
+    let mean = values(&show("center"), "y").iter().sum::<f64>() / 40.0;
+    assert!(mean.abs() < 1e-12, "centred y has mean {mean}");
+    let summary = show("summary");
+    assert_eq!(summary["report"]["rows"], 40, "{summary}");
+    assert!(summary["report"]["min"].as_f64().unwrap() <= summary["report"]["mean"].as_f64().unwrap());
+
+    // The unit tests import the copy of the SDK the build uses; running the
+    // sample pipeline in the stage's directory (its default store is
+    // there) leaves the build as it was.
+    let clip = dir.path().join("clip");
+    let sdk = std::fs::read_to_string(clip.join(".wasmpipe/sdk/wasmpipe_sdk/__init__.py")).unwrap();
+    assert_eq!(sdk, std::fs::read_to_string(repo().join("stages/sdk-python/wasmpipe_sdk/__init__.py")).unwrap());
+    let built = || {
+        let out = wasmpipe().args(["build", "."]).current_dir(&clip).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let before = built();
+    let out = wasmpipe().args(["run", "-q", "wasmpipe.toml"]).current_dir(&clip).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(clip.join("wasmpipe-data/clip/clip/_wasmpipe_commit.json").is_file());
+    assert_eq!(built(), before, "the run's outputs are not part of the stage");
+}
+
+#[test]
 fn a_config_a_stage_rejects_fails_check_and_run_before_any_data_moves() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("data.csv"), "a,b\n1,2\n3,4\n").unwrap();

@@ -2,12 +2,14 @@
 //! `[tool.wasmpipe]` table names the stage's `kind` (and its `module`,
 //! default `app`), or with just an `app.py`, built into a component by
 //! componentize-py against wasmpipe's WIT, with the Python SDK
-//! (`wasmpipe_sdk`) on its path. Only transformers are supported so far.
+//! (`wasmpipe_sdk`) on its path. The kinds are Rust's: `transformer`,
+//! `estimator` and `aggregator` (an `app.py` alone is a transformer).
 //!
 //! The build is hermetic: the stage's files (all of them, but `target/`,
-//! `__pycache__/` and hidden entries; symbolic links are not followed) and
-//! the SDK are copied into a temporary directory, and componentize-py
-//! builds from that copy, with no site-packages of its own (an empty
+//! `__pycache__/`, `wasmpipe-data/` and hidden entries; symbolic links are
+//! not followed) are
+//! read and hashed, and on a miss they and the SDK are written into a
+//! temporary directory, and componentize-py builds from that copy, with no site-packages of its own (an empty
 //! `VIRTUAL_ENV`): a stage vendors what it imports. The build is keyed by
 //! the SHA-256 of that copy, the WIT and the SDK (both built into this
 //! binary), the kind, the module and componentize-py's version, and the
@@ -48,7 +50,7 @@ pub const COMPONENTIZE_PY: &str = "0.25.1";
 /// What a Python stage directory says of itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PythonStage {
-    /// The world: `transformer` (the only kind Python stages have so far).
+    /// The world: `transformer`, `estimator` or `aggregator`.
     pub kind: String,
     /// The module that defines the exported class.
     pub module: String,
@@ -73,13 +75,11 @@ pub fn stage(dir: &Path) -> Result<Option<PythonStage>, ToolchainError> {
         return Ok(app());
     };
     let field = |key: &str| table.get(key).and_then(|v| v.as_str()).map(str::to_string);
-    let kind = field("kind").ok_or_else(|| invalid("[tool.wasmpipe] needs `kind = \"transformer\"`".into()))?;
-    if kind != "transformer" {
-        let why = if ["estimator", "aggregator"].contains(&kind.as_str()) {
-            "Python stages are transformers so far (estimators and aggregators are Rust only)"
-        } else {
-            "the kinds are \"transformer\", \"estimator\" and \"aggregator\""
-        };
+    let kind = field("kind").ok_or_else(|| {
+        invalid("[tool.wasmpipe] needs `kind`: \"transformer\", \"estimator\" or \"aggregator\"".into())
+    })?;
+    if !["transformer", "estimator", "aggregator"].contains(&kind.as_str()) {
+        let why = "the kinds are \"transformer\", \"estimator\" and \"aggregator\"";
         return Err(invalid(format!("[tool.wasmpipe] kind = {kind:?}: {why}")));
     }
     let module = field("module").unwrap_or_else(|| "app".into());
@@ -114,9 +114,14 @@ fn componentize_py() -> Result<PathBuf, ToolchainError> {
     })
 }
 
+/// Directories that are never part of a stage: build outputs, Python's
+/// caches, and the default store of a pipeline run in the stage's own
+/// directory (`wasmpipe new`'s sample pipeline writes there).
+const SKIPPED: [&str; 3] = ["target", "__pycache__", "wasmpipe-data"];
+
 /// The files below `dir` that make the stage, relative to it, sorted: all
-/// but `target/`, `__pycache__/` and hidden entries; symbolic links are
-/// not followed.
+/// but [`SKIPPED`] directories and hidden entries; symbolic links are not
+/// followed.
 fn sources(dir: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
     fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), ToolchainError> {
         let at = root.join(rel);
@@ -125,7 +130,7 @@ fn sources(dir: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
             let entry = entry.map_err(|source| ToolchainError::Io { path: at.clone(), source })?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let kind = entry.file_type().map_err(|source| ToolchainError::Io { path: entry.path(), source })?;
-            if name.starts_with('.') || (kind.is_dir() && (name == "target" || name == "__pycache__")) {
+            if name.starts_with('.') || (kind.is_dir() && SKIPPED.contains(&name.as_str())) {
                 continue;
             }
             if kind.is_dir() {
@@ -142,24 +147,35 @@ fn sources(dir: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
     Ok(out)
 }
 
-/// Copy the stage's files into `to`, hashing them into `h`.
-fn copy_sources(dir: &Path, to: &Path, h: &mut Sha256) -> Result<(), ToolchainError> {
+/// The stage's files, read once and hashed into `h`: what is hashed is
+/// what a build copies.
+fn read_sources(dir: &Path, h: &mut Sha256) -> Result<Vec<(PathBuf, Vec<u8>)>, ToolchainError> {
+    let mut files = Vec::new();
     for rel in sources(dir)? {
         let from = dir.join(&rel);
         let bytes = std::fs::read(&from).map_err(|source| ToolchainError::Io { path: from.clone(), source })?;
         h.update(format!("stage {} {}\n", rel.display(), bytes.len()));
         h.update(&bytes);
-        let dest = to.join(&rel);
+        files.push((rel, bytes));
+    }
+    Ok(files)
+}
+
+/// Write `files` below `to`.
+fn write_sources(files: &[(PathBuf, Vec<u8>)], to: &Path) -> Result<(), ToolchainError> {
+    for (rel, bytes) in files {
+        let dest = to.join(rel);
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|source| ToolchainError::Io { path: parent.to_owned(), source })?;
         }
-        std::fs::write(&dest, &bytes).map_err(|source| ToolchainError::Io { path: dest.clone(), source })?;
+        std::fs::write(&dest, bytes).map_err(|source| ToolchainError::Io { path: dest.clone(), source })?;
     }
     Ok(())
 }
 
-/// The SDK's text: `$WASMPIPE_SDK_PYTHON`'s, else this binary's.
-fn sdk_text() -> Result<String, ToolchainError> {
+/// The SDK's text (`wasmpipe_sdk/__init__.py`) that builds use:
+/// `$WASMPIPE_SDK_PYTHON`'s, else this binary's.
+pub fn sdk_text() -> Result<String, ToolchainError> {
     match std::env::var_os("WASMPIPE_SDK_PYTHON") {
         Some(dir) => {
             let file = PathBuf::from(dir).join("wasmpipe_sdk/__init__.py");
@@ -180,12 +196,6 @@ pub fn build(dir: &Path, stage: &PythonStage, progress: Progress) -> Result<Buil
         let path = path.to_path_buf();
         move |source| ToolchainError::Io { path, source }
     };
-    let out_dir = dir.join("target/wasmpipe");
-    std::fs::create_dir_all(&out_dir).map_err(io(&out_dir))?;
-    // What componentize-py sees: copies, hashed as they are copied.
-    let work = tempfile::Builder::new().prefix(".build-").tempdir_in(&out_dir).map_err(io(&out_dir))?;
-    let (stage_copy, sdk_copy, wit, venv) =
-        (work.path().join("stage"), work.path().join("sdk"), work.path().join("wit"), work.path().join("venv"));
     let mut h = Sha256::new();
     h.update(format!("kind {} module {} {version}\n", stage.kind, stage.module));
     for (name, text) in WIT {
@@ -195,13 +205,20 @@ pub fn build(dir: &Path, stage: &PythonStage, progress: Progress) -> Result<Buil
     let sdk = sdk_text()?;
     h.update(format!("sdk {}\n", sdk.len()));
     h.update(&sdk);
-    copy_sources(dir, &stage_copy, &mut h)?;
+    let files = read_sources(dir, &mut h)?;
     let key = hex::encode(h.finalize());
+    let out_dir = dir.join("target/wasmpipe");
     let name = format!("python-{}.wasm", &key[..16]);
     let out = out_dir.join(&name);
     if let Ok(bytes) = std::fs::read(&out) {
         return Ok(Built { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)), path: out });
     }
+    // What componentize-py sees: copies of what was hashed.
+    std::fs::create_dir_all(&out_dir).map_err(io(&out_dir))?;
+    let work = tempfile::Builder::new().prefix(".build-").tempdir_in(&out_dir).map_err(io(&out_dir))?;
+    let (stage_copy, sdk_copy, wit, venv) =
+        (work.path().join("stage"), work.path().join("sdk"), work.path().join("wit"), work.path().join("venv"));
+    write_sources(&files, &stage_copy)?;
     for d in [&wit, &sdk_copy.join("wasmpipe_sdk"), &venv.join("lib")] {
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
@@ -266,7 +283,8 @@ mod tests {
         let main = PythonStage { kind: "transformer".into(), module: "stage.main".into() };
         assert_eq!(stage(dir.path()).unwrap(), Some(main));
         write("[tool.wasmpipe]\nkind = \"aggregator\"\n");
-        assert!(stage(dir.path()).unwrap_err().to_string().contains("transformers so far"));
+        let aggregator = PythonStage { kind: "aggregator".into(), module: "app".into() };
+        assert_eq!(stage(dir.path()).unwrap(), Some(aggregator));
         write("[tool.wasmpipe]\nkind = \"mapper\"\n");
         assert!(stage(dir.path()).unwrap_err().to_string().contains("the kinds are"));
         write("[tool.wasmpipe]\nkind = \"transformer\"\nmodule = \"9lives\"\n");
@@ -280,9 +298,15 @@ mod tests {
     #[test]
     fn the_sources_are_the_stages_files_but_caches_and_outputs() {
         let dir = tempfile::tempdir().unwrap();
-        for file in
-            ["app.py", "data/vocab.txt", "build/lib.py", "__pycache__/app.pyc", "target/wasmpipe/x.wasm", ".git/HEAD"]
-        {
+        for file in [
+            "app.py",
+            "data/vocab.txt",
+            "build/lib.py",
+            "__pycache__/app.pyc",
+            "target/wasmpipe/x.wasm",
+            ".git/HEAD",
+            "wasmpipe-data/s/s/part-0.parquet",
+        ] {
             let path = dir.path().join(file);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, "x").unwrap();
@@ -292,10 +316,10 @@ mod tests {
         assert_eq!(found, ["app.py", "build/lib.py", "data/vocab.txt"]);
         let (mut a, mut b) = (Sha256::new(), Sha256::new());
         let copy = tempfile::tempdir().unwrap();
-        copy_sources(dir.path(), copy.path(), &mut a).unwrap();
+        write_sources(&read_sources(dir.path(), &mut a).unwrap(), copy.path()).unwrap();
         assert_eq!(std::fs::read_to_string(copy.path().join("data/vocab.txt")).unwrap(), "x");
         std::fs::write(dir.path().join("data/vocab.txt"), "y").unwrap();
-        copy_sources(dir.path(), copy.path(), &mut b).unwrap();
+        read_sources(dir.path(), &mut b).unwrap();
         assert_ne!(a.finalize(), b.finalize(), "a data file the stage reads is part of it");
     }
 }

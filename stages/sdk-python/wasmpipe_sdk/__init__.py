@@ -36,6 +36,11 @@ componentize-py runs the module's top-level code once, at build time, and
 snapshots it; the component has no files when it runs, so import
 everything at the top of the module.
 
+An estimator learns a model from every partition, then applies it
+(`Estimator`, exported with `export_estimator`); an aggregator folds its
+input into one result (`Estimator` with no `apply`, exported with
+`export_aggregator`). See `Estimator`.
+
 Errors: `wp.fail(...)` fails the task with a message (a `stage-failed`
 error), `wp.ConfigError` (raised by `config`) is an `invalid-config`
 error; any other exception traps the call, and its traceback reaches the
@@ -47,6 +52,8 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import json
+import math
+import pickle
 import types as pytypes
 import typing
 from typing import Any, Iterable, Mapping, Optional, Sequence, TypeVar, Union
@@ -55,18 +62,24 @@ __all__ = [
     "Batch",
     "Column",
     "ConfigError",
+    "Done",
+    "Estimator",
+    "NextPass",
     "StageError",
     "Task",
     "Transformer",
     "config",
     "debug",
     "error",
+    "export_aggregator",
+    "export_estimator",
     "export_transformer",
     "fail",
     "gram",
     "hash_rows",
     "info",
     "matvec",
+    "metrics_table",
     "parse_config",
     "quarantine",
     "report",
@@ -90,6 +103,11 @@ class StageError(Exception):
 
 class ConfigError(StageError):
     """The stage's configuration is wrong: the message names the key."""
+
+
+class _BadInput(StageError):
+    """Bytes the host handed over (a state, carry or model) are not what
+    this stage writes: an `invalid-argument` error, as in Rust."""
 
 
 def fail(message: str) -> typing.NoReturn:
@@ -217,10 +235,45 @@ def quarantine(rows: Batch, reasons: Column) -> None:
 
 def report(doc: Any, table: Optional[Batch] = None) -> None:
     """Publish the stage's report (JSON-serializable), with an optional
-    table of rows. The host takes reports from a fitting stage's
-    `finalize`, which Python stages do not have yet."""
+    table of rows (`metrics_table` makes the usual one). The host takes
+    a report from an estimator's or aggregator's `finalize` only, when it
+    returns `Done`; a later call replaces an earlier one."""
     host, _, _ = _wit()
-    host.report(json.dumps(doc), None if table is None else table.raw)
+    host.report(_report_json(doc), None if table is None else table.raw)
+
+
+def _report_json(doc: Any) -> str:
+    """A report as JSON, written as the Rust SDK writes one: a dataclass
+    as a dict, NaN and infinities as null."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            v = dataclasses.asdict(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    try:
+        return json.dumps(plain(doc), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise StageError(f"cannot encode the report as JSON: {e}") from None
+
+
+def metrics_table(rows: Iterable[tuple[str, Optional[str], float]]) -> Batch:
+    """A table for `report`: one row per `(metric, class, value)`, with
+    `class` None for metrics of the whole data set (a label, written as
+    text: 0 becomes "0"); the shape every
+    evaluation stage reports in, so runs compare in one query."""
+    rows = list(rows)
+    return Batch.from_columns({
+        "metric": Column.from_strings([r[0] for r in rows]),
+        "class": Column.from_strings([None if r[1] is None else str(r[1]) for r in rows]),
+        "value": Column.from_floats([float(r[2]) for r in rows]),
+    })  # fmt: skip
 
 
 # Data ----------------------------------------------------------------------
@@ -240,14 +293,26 @@ def _type_name(dt: Any) -> str:
     return type(dt).__name__.removeprefix("DataType_").lower()
 
 
-class Column:
-    """A column held by the host. Methods run as host kernels and return
-    new columns; `to_list` copies the values in."""
+class _Handle:
+    """Host data, by handle: valid only in the instance that holds it."""
 
     __slots__ = ("raw",)
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a {type(self).__name__} is a handle to data held by the host, valid only in this call's "
+            "instance; keep values or summaries in the state (e.g. summarize(), to_list())"
+        )
+
+
+class Column(_Handle):
+    """A column held by the host. Methods run as host kernels and return
+    new columns; `to_list` copies the values in."""
+
+    __slots__ = ()
 
     # Construction (copies out, in bulk).
     @staticmethod
@@ -444,13 +509,10 @@ def gram(features: Iterable[Column], target: Column, intercept: bool = True) -> 
     return k.gram([c.raw for c in features], target.raw, intercept)
 
 
-class Batch:
+class Batch(_Handle):
     """A batch of rows held by the host."""
 
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
+    __slots__ = ()
 
     @staticmethod
     def from_columns(columns: Mapping[str, Column]) -> Batch:
@@ -530,11 +592,81 @@ class Transformer:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Done:
+    """`finalize`'s answer when fitting is done: the model (an
+    estimator's, applied by `apply`) or an aggregator's result."""
+
+    model: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class NextPass:
+    """`finalize`'s answer when another pass over the data is needed:
+    every partition's next `begin` receives `carry` (current weights...)."""
+
+    carry: Any
+
+
+class Estimator:
+    """Learns from every partition in parallel, in the style of Spark ML's
+    Estimator (and the Rust SDK's): each partition's batches fold into a
+    partial state (`begin`, then `update` for each batch), states merge
+    pairwise (`merge`, associative), and the merged state finalizes into
+    `Done(model)` or, for iterative fits, `NextPass(carry)`, which starts
+    another pass with `carry` handed to every partition's `begin`.
+
+    An estimator (`export_estimator`) then applies its model to every
+    partition with `apply`; an aggregator (`export_aggregator`) writes no
+    rows: its model is the stage's result, and its `finalize` may publish
+    a `report`.
+
+    States and carries may be any picklable Python values (NaN and
+    infinities included); a model is JSON (dicts, lists, numbers, strings,
+    or a dataclass, written as a dict; NaN is refused), as Rust stages'
+    models are, so the model registry and the run report can read it.
+
+    Each call may run in a fresh component instance: keep what one call
+    needs in the state, not on `self` (`begin` and `update` share one
+    object per partition; `merge`, `finalize` and `apply` get their own).
+    """
+
+    def begin(self, task: Task, carry: Any) -> Any:
+        """The empty state of one partition in pass `task.pass_`; `carry`
+        is None in pass 0, then the previous `NextPass`'s. Read the
+        configuration here, so a bad one fails before any data moves."""
+        raise NotImplementedError("an Estimator defines begin(task, carry)")
+
+    def update(self, state: Any, batch: Batch) -> Any:
+        """Fold one batch into `state`; return the new state (or None when
+        `state` was changed in place)."""
+        raise NotImplementedError("an Estimator defines update(state, batch)")
+
+    def merge(self, left: Any, right: Any) -> Any:
+        """Combine two partial states of the same pass (associative)."""
+        raise NotImplementedError("an Estimator defines merge(left, right)")
+
+    def finalize(self, state: Any, pass_: int) -> Union[Done, NextPass]:
+        """`Done(model)` or `NextPass(carry)` from the fully merged state."""
+        raise NotImplementedError("an Estimator defines finalize(state, pass_)")
+
+    def prepare(self, task: Task, model: Any) -> Any:
+        """Start applying the model to a partition: what `apply` receives
+        as its model (by default the model as decoded from JSON)."""
+        return model
+
+    def apply(self, model: Any, batch: Batch) -> Optional[Batch]:
+        """Map one batch with the fitted model (estimators only)."""
+        raise NotImplementedError("an estimator defines apply(model, batch)")
+
+
 def _error(e: BaseException) -> Any:
     """The WIT error for a StageError (None for other exceptions)."""
     _, _, types = _wit()
     if isinstance(e, ConfigError):
         return types.Error_InvalidConfig(str(e))
+    if isinstance(e, _BadInput):
+        return types.Error_InvalidArgument(str(e))
     if isinstance(e, StageError):
         return types.Error_StageFailed(str(e))
     return None
@@ -551,14 +683,189 @@ def _guard(call: Any) -> Any:
         raise Err(_error(e)) from None
 
 
+def _task(info: Any) -> Task:
+    return Task(info.pipeline, info.stage, info.partition, info.partitions, info.pass_)
+
+
+def encode_model(model: Any) -> bytes:
+    """A model as the bytes the host keeps: JSON (a dataclass as a dict)."""
+    if dataclasses.is_dataclass(model) and not isinstance(model, type):
+        model = dataclasses.asdict(model)
+
+    def keys(v: Any, at: str) -> None:
+        if isinstance(v, dict):
+            for k, x in v.items():
+                if not isinstance(k, str):
+                    raise StageError(
+                        f"cannot encode the model as JSON: key {k!r} at {at or 'the top'} is not a string "
+                        "(JSON would turn it into one); use str keys or a list"
+                    )
+                keys(x, f"{at}.{k}")
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                keys(x, f"{at}[{i}]")
+
+    keys(model, "")
+    try:
+        return json.dumps(model, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as e:
+        raise StageError(f"cannot encode the model as JSON: {e}") from None
+
+
+def decode_model(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise _BadInput(f"cannot decode the model: {e}") from None
+
+
+def _encode_state(state: Any) -> bytes:
+    try:
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:  # pickling raises several types
+        raise StageError(f"cannot encode the partial state ({type(state).__name__}): {e}") from None
+
+
+def _decode_state(data: bytes, what: str) -> Any:
+    try:
+        return pickle.loads(data)
+    except Exception as e:
+        raise _BadInput(f"cannot decode the {what}: {e}") from None
+
+
+class _Fitting:
+    """The `fit` interface over an Estimator class, with the partition's
+    object and state kept between calls (one instance runs one task). Pure
+    Python: the SDK's tests drive it under CPython."""
+
+    def __init__(self, cls: type[Estimator]) -> None:
+        self.cls = cls
+        self.stage: Optional[Estimator] = None
+        self.state: Any = None
+        self.model: Any = None
+
+    def fit_open(self, task: Task, carry: Optional[bytes]) -> None:
+        self.stage, self.state = None, None
+        stage = self.cls()
+        self.state = stage.begin(task, None if carry is None else _decode_state(carry, "carry"))
+        self.stage = stage
+
+    def fit_batch(self, batch: Batch) -> None:
+        if self.stage is None:
+            fail("fit_batch called before fit_open")
+        updated = self.stage.update(self.state, batch)
+        if updated is not None:
+            self.state = updated
+
+    def fit_close(self) -> bytes:
+        if self.stage is None:
+            fail("fit_close called before fit_open")
+        data = _encode_state(self.state)
+        self.stage, self.state = None, None
+        return data
+
+    def merge(self, left: bytes, right: bytes) -> bytes:
+        merged = self.cls().merge(_decode_state(left, "left state"), _decode_state(right, "right state"))
+        return _encode_state(merged)
+
+    def finalize(self, state: bytes, pass_: int) -> tuple[str, bytes]:
+        """("done", model bytes) or ("next", carry bytes)."""
+        out = self.cls().finalize(_decode_state(state, "merged state"), pass_)
+        if isinstance(out, Done):
+            return "done", encode_model(out.model)
+        if isinstance(out, NextPass):
+            return "next", _encode_state(out.carry)
+        fail(f"finalize returned {type(out).__name__}: it returns wp.Done(model) or wp.NextPass(carry)")
+
+    def open(self, task: Task, model: Optional[bytes]) -> None:
+        self.stage, self.model = None, None
+        if model is None:
+            raise _BadInput("this estimator's transform needs its fitted model, and the host passed none")
+        stage = self.cls()
+        self.model = stage.prepare(task, decode_model(model))
+        self.stage = stage
+
+    def transform(self, batch: Batch) -> Optional[Batch]:
+        if self.stage is None:
+            fail("transform called before open")
+        return self.stage.apply(self.model, batch)
+
+    def close(self) -> None:
+        self.stage, self.model = None, None
+
+
+def _exports() -> Any:
+    """componentize-py's export protocols, or None under CPython (outside
+    a component there is nothing to export)."""
+    try:
+        from wit_world import exports  # type: ignore[import-not-found]
+    except ModuleNotFoundError as e:
+        if e.name not in ("wit_world", "wit_world.exports"):
+            raise
+        return None
+    return exports
+
+
+def _fit_export(exports: Any, fitting: _Fitting) -> type:
+    from wit_world.exports import fit  # type: ignore[import-not-found]
+
+    class Fit(exports.Fit):  # type: ignore[misc]
+        def fit_open(self, task: Any, carry: Optional[bytes]) -> None:
+            _guard(lambda: fitting.fit_open(_task(task), carry))
+
+        def fit_batch(self, input: Any) -> None:
+            _guard(lambda: fitting.fit_batch(Batch(input)))
+
+        def fit_close(self) -> bytes:
+            return _guard(fitting.fit_close)
+
+        def merge(self, left: bytes, right: bytes) -> bytes:
+            return _guard(lambda: fitting.merge(left, right))
+
+        def finalize(self, state: bytes, pass_: int) -> Any:
+            which, data = _guard(lambda: fitting.finalize(state, pass_))
+            return fit.FitOutcome_Done(data) if which == "done" else fit.FitOutcome_NextPass(data)
+
+    return Fit
+
+
+def export_estimator(cls: type[Estimator]) -> tuple[type, type]:
+    """The classes componentize-py exports for the `estimator` world:
+    bind them as `Fit, Transform = wp.export_estimator(MyEstimator)`."""
+    exports = _exports()
+    if exports is None:
+        return cls, cls
+    fitting = _Fitting(cls)
+
+    class Transform(exports.Transform):  # type: ignore[misc]
+        def open(self, task: Any, model: Optional[bytes]) -> None:
+            _guard(lambda: fitting.open(_task(task), model))
+
+        def transform(self, input: Any) -> Any:
+            out = _guard(lambda: fitting.transform(Batch(input)))
+            return None if out is None else out.raw
+
+        def close(self) -> Any:
+            fitting.close()
+            return None
+
+    return _fit_export(exports, fitting), Transform
+
+
+def export_aggregator(cls: type[Estimator]) -> type:
+    """The class componentize-py exports for the `aggregator` world: bind
+    it as `Fit = wp.export_aggregator(MyAggregator)`."""
+    exports = _exports()
+    if exports is None:
+        return cls
+    return _fit_export(exports, _Fitting(cls))
+
+
 def export_transformer(cls: type[Transformer]) -> type:
     """The class componentize-py exports for the `transformer` world (name
     it `Transform` in the stage's module): each task gets one `cls()`."""
-    try:
-        from wit_world import exports  # type: ignore[import-not-found]
-    except ModuleNotFoundError as e:  # under CPython, outside a component: nothing to export
-        if e.name not in ("wit_world", "wit_world.exports"):
-            raise
+    exports = _exports()
+    if exports is None:
         return cls
 
     held: dict[str, Transformer] = {}
@@ -570,10 +877,9 @@ def export_transformer(cls: type[Transformer]) -> type:
 
     class Transform(exports.Transform):  # type: ignore[misc]
         def open(self, task: Any, model: Optional[bytes]) -> None:
-            t = Task(task.pipeline, task.stage, task.partition, task.partitions, task.pass_)
             def start() -> None:
                 held["stage"] = cls()
-                held["stage"].open(t)
+                held["stage"].open(_task(task))
 
             _guard(start)
 
