@@ -30,6 +30,14 @@ fn rss() -> u64 {
     pages * 4096
 }
 
+/// Minor page faults of this process so far.
+fn minor_faults() -> i64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_minflt
+}
+
 /// p50 and p90 of `n` runs of `f`.
 fn percentiles(n: usize, mut f: impl FnMut()) -> (Duration, Duration) {
     let mut times: Vec<Duration> = (0..n)
@@ -102,8 +110,14 @@ fn main() {
         let _warm = start(s, true);
         let (p50, p90) = percentiles(200, || drop(start(s, false)));
         lines.push(format!("task instantiate {name} = p50 {}, p90 {}", ms(p50), ms(p90)));
+        let faults = minor_faults();
         let (p50, p90) = percentiles(200, || drop(start(s, true)));
-        lines.push(format!("task instantiate + fit_open {name} = p50 {}, p90 {}", ms(p50), ms(p90)));
+        let faults = (minor_faults() - faults) as f64 / 200.0;
+        lines.push(format!(
+            "task instantiate + fit_open {name} = p50 {}, p90 {}, {faults:.0} page faults",
+            ms(p50),
+            ms(p90)
+        ));
     }
     for (name, s) in [("rust", &rust), ("python", &python)] {
         let before = rss();

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import gc
 import json
 import math
 import pickle
@@ -796,13 +797,21 @@ class _Fitting:
 
 def _exports() -> Any:
     """componentize-py's export protocols, or None under CPython (outside
-    a component there is nothing to export)."""
+    a component there is nothing to export).
+
+    Inside a component this runs at build time, where componentize-py
+    snapshots the interpreter after the stage's module is imported; every
+    task starts from that snapshot. The objects alive then are moved out of
+    the garbage collector's sight (`gc.freeze`, as before a fork): without
+    it, each task's first collection walks the whole snapshot's heap."""
     try:
         from wit_world import exports  # type: ignore[import-not-found]
     except ModuleNotFoundError as e:
         if e.name not in ("wit_world", "wit_world.exports"):
             raise
         return None
+    gc.collect()
+    gc.freeze()
     return exports
 
 
