@@ -156,6 +156,9 @@ fn a_python_stage_is_confined_and_fails_cleanly() {
     let (text, _) = failure(run("mode = \"raise\"", ROOM).unwrap_err());
     let said: String = logs.lock().unwrap().iter().map(|(_, r)| format!("{}\n", r.message)).collect();
     assert!(said.contains("Traceback") && said.contains("ValueError: raised on purpose"), "{text}\n{said}");
+    // The failure itself names the exception and where it was raised.
+    assert!(text.contains("ValueError: raised on purpose (at ") && text.contains("app.py:"), "{text}");
+    assert!(!text.contains("wasm backtrace"), "{text}");
 
     let (text, cause) = failure(run("mode = \"loop\"", "memory_mib = 256, timeout_s = 2").unwrap_err());
     assert!(matches!(cause, TaskFailure::Stage(CallError::Deadline { limit_ms: 2000 })), "{text}");

@@ -159,10 +159,16 @@ const RESERVED: &[&str] = &[
     "wasmpipe_sdk",
 ];
 
-fn valid_name(name: &str) -> bool {
+/// A stage name: letters, digits, `_` and `-`, starting with a letter (a
+/// Python stage's name is only that: its module is `app`).
+fn valid_chars(name: &str) -> bool {
     name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && !RESERVED.contains(&name.replace('-', "_").as_str())
+}
+
+/// A Rust stage's name: also a crate name Cargo and rustc accept.
+fn valid_name(name: &str) -> bool {
+    valid_chars(name) && !RESERVED.contains(&name.replace('-', "_").as_str())
 }
 
 /// `text` as a TOML basic string, quotes included.
@@ -183,7 +189,7 @@ fn toml_string(text: &str) -> String {
 pub fn new(args: NewArgs) -> anyhow::Result<()> {
     let NewArgs { kind, name, dir, sdk, python } = args;
     anyhow::ensure!(
-        valid_name(&name),
+        if python { valid_chars(&name) } else { valid_name(&name) },
         "{name:?} is not a stage name\n  hint: use letters, digits, `_` and `-`, starting with a letter, not a Rust keyword or a standard crate's name (e.g. `clip_outliers`)"
     );
     let sdk = if python {

@@ -164,17 +164,20 @@ fn check_one_schema(stage: &PreparedStage, schemas: &[Option<Vec<String>>]) -> R
     let Some((other, found)) = written.find(|(_, s)| s != &expected) else {
         return Ok(());
     };
-    let only = |a: &[String], b: &[String]| {
-        let differing: Vec<&str> = a.iter().filter(|f| !b.contains(f)).map(String::as_str).collect();
-        if differing.is_empty() { "the same columns in another order".to_string() } else { differing.join(", ") }
+    let only = |a: &[String], b: &[String]| -> Vec<String> { a.iter().filter(|f| !b.contains(f)).cloned().collect() };
+    let (first_only, other_only) = (only(expected, found), only(found, expected));
+    let say = |mine: &[String], them: usize| match (mine.is_empty(), first_only.is_empty() && other_only.is_empty()) {
+        (_, true) => "the same columns in another order".to_string(),
+        (true, false) => format!("no column partition {them} lacks"),
+        (false, false) => mine.join(", "),
     };
     Err(RunError::SchemaMismatch {
         stage: stage.stage.name.clone(),
         output: stage.output.url().into(),
         first,
-        first_fields: only(expected, found),
+        first_fields: say(&first_only, other),
         other,
-        other_fields: only(found, expected),
+        other_fields: say(&other_only, first),
     })
 }
 

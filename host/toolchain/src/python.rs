@@ -5,9 +5,10 @@
 //! (`wasmpipe_sdk`) on its path. The kinds are Rust's: `transformer`,
 //! `estimator` and `aggregator` (an `app.py` alone is a transformer).
 //!
-//! The build is hermetic: the stage's files (all of them, but `target/`,
-//! `__pycache__/`, `wasmpipe-data/` and hidden entries; symbolic links are
-//! not followed) are
+//! The build is hermetic: the stage's files (its `.py` modules, but tests
+//! and those in `target/`, `__pycache__/`, `tests/`, `wasmpipe-data/` and
+//! hidden entries, and what `include` in `[tool.wasmpipe]` names, e.g.
+//! data its top-level code reads; symbolic links are not followed) are
 //! read and hashed, and on a miss they and the SDK are written into a
 //! temporary directory, and componentize-py builds from that copy, with no site-packages of its own (an empty
 //! `VIRTUAL_ENV`): a stage vendors what it imports. The build is keyed by
@@ -54,6 +55,21 @@ pub struct PythonStage {
     pub kind: String,
     /// The module that defines the exported class.
     pub module: String,
+    /// Files or directories beyond the `.py` files that are part of the
+    /// stage (data its top-level code reads at build time), relative.
+    pub include: Vec<String>,
+}
+
+/// What `[tool.wasmpipe]` may say.
+const KEYS: [&str; 3] = ["kind", "module", "include"];
+
+/// What a module of `kind` binds for componentize-py.
+fn exports(kind: &str) -> &'static str {
+    match kind {
+        "estimator" => "`Fit, Transform = wp.export_estimator(MyEstimator)`",
+        "aggregator" => "`Fit = wp.export_aggregator(MyAggregator)`",
+        _ => "`Transform = wp.export_transformer(MyTransformer)`",
+    }
 }
 
 /// The Python stage in `dir`, if it is one: `Ok(None)` for a directory
@@ -62,7 +78,13 @@ pub fn stage(dir: &Path) -> Result<Option<PythonStage>, ToolchainError> {
     if dir.join("Cargo.toml").is_file() {
         return Ok(None);
     }
-    let app = || dir.join("app.py").is_file().then(|| PythonStage { kind: "transformer".into(), module: "app".into() });
+    let app = || {
+        dir.join("app.py").is_file().then(|| PythonStage {
+            kind: "transformer".into(),
+            module: "app".into(),
+            include: Vec::new(),
+        })
+    };
     let pyproject = dir.join("pyproject.toml");
     if !pyproject.is_file() {
         return Ok(app());
@@ -74,6 +96,9 @@ pub fn stage(dir: &Path) -> Result<Option<PythonStage>, ToolchainError> {
     let Some(table) = doc.get("tool").and_then(|t| t.get("wasmpipe")) else {
         return Ok(app());
     };
+    if let Some(unknown) = table.as_table().and_then(|t| t.keys().find(|k| !KEYS.contains(&k.as_str()))) {
+        return Err(invalid(format!("[tool.wasmpipe] {unknown}: unknown key (the keys are {})", KEYS.join(", "))));
+    }
     let field = |key: &str| table.get(key).and_then(|v| v.as_str()).map(str::to_string);
     let kind = field("kind").ok_or_else(|| {
         invalid("[tool.wasmpipe] needs `kind`: \"transformer\", \"estimator\" or \"aggregator\"".into())
@@ -90,7 +115,32 @@ pub fn stage(dir: &Path) -> Result<Option<PythonStage>, ToolchainError> {
     if !module.split('.').all(name_part) {
         return Err(invalid(format!("[tool.wasmpipe] module = {module:?} is not a Python module name")));
     }
-    Ok(Some(PythonStage { kind, module }))
+    let file = module.replace('.', "/");
+    if !dir.join(format!("{file}.py")).is_file() && !dir.join(&file).join("__init__.py").is_file() {
+        return Err(invalid(format!(
+            "[tool.wasmpipe] module = {module:?}: there is no {file}.py (or {file}/__init__.py) in {}",
+            dir.display()
+        )));
+    }
+    let include = match table.get("include") {
+        None => Vec::new(),
+        Some(v) => {
+            let paths: Option<Vec<String>> =
+                v.as_array().and_then(|a| a.iter().map(|p| p.as_str().map(str::to_string)).collect());
+            let paths = paths.ok_or_else(|| invalid("[tool.wasmpipe] include: a list of paths".into()))?;
+            for p in &paths {
+                let path = Path::new(p);
+                if path.is_absolute() || path.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+                    return Err(invalid(format!("[tool.wasmpipe] include: {p:?} is not a path inside the stage")));
+                }
+                if !dir.join(path).exists() {
+                    return Err(invalid(format!("[tool.wasmpipe] include: {p:?} is not in {}", dir.display())));
+                }
+            }
+            paths
+        }
+    };
+    Ok(Some(PythonStage { kind, module, include }))
 }
 
 /// This checkout (its tool venv holds componentize-py).
@@ -115,43 +165,60 @@ fn componentize_py() -> Result<PathBuf, ToolchainError> {
 }
 
 /// Directories that are never part of a stage: build outputs, Python's
-/// caches, and the default store of a pipeline run in the stage's own
-/// directory (`wasmpipe new`'s sample pipeline writes there).
-const SKIPPED: [&str; 3] = ["target", "__pycache__", "wasmpipe-data"];
+/// caches, tests, and the default store of a pipeline run in the stage's
+/// own directory (`wasmpipe new`'s sample pipeline writes there).
+const SKIPPED: [&str; 4] = ["target", "__pycache__", "wasmpipe-data", "tests"];
 
-/// The files below `dir` that make the stage, relative to it, sorted: all
-/// but [`SKIPPED`] directories and hidden entries; symbolic links are not
-/// followed.
-fn sources(dir: &Path) -> Result<Vec<PathBuf>, ToolchainError> {
-    fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), ToolchainError> {
+/// Whether a file is one of the stage's modules: a `.py` file that is not
+/// a test (`test_*.py`, `*_test.py`, `conftest.py`).
+fn is_module(name: &str) -> bool {
+    name.ends_with(".py") && !name.starts_with("test_") && !name.ends_with("_test.py") && name != "conftest.py"
+}
+
+/// The files that make the stage, relative to `dir`, sorted: its modules
+/// (below `dir`, but in [`SKIPPED`] directories and hidden entries), and
+/// every file `include` names or holds. Symbolic links are not followed.
+/// Manifests, sample data and tests are not part of it: changing them
+/// does not rebuild the stage.
+fn sources(dir: &Path, include: &[String]) -> Result<Vec<PathBuf>, ToolchainError> {
+    fn walk(root: &Path, rel: &Path, all: bool, out: &mut Vec<PathBuf>) -> Result<(), ToolchainError> {
         let at = root.join(rel);
         let entries = std::fs::read_dir(&at).map_err(|source| ToolchainError::Io { path: at.clone(), source })?;
         for entry in entries {
             let entry = entry.map_err(|source| ToolchainError::Io { path: at.clone(), source })?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let kind = entry.file_type().map_err(|source| ToolchainError::Io { path: entry.path(), source })?;
-            if name.starts_with('.') || (kind.is_dir() && SKIPPED.contains(&name.as_str())) {
+            if name.starts_with('.') || (!all && kind.is_dir() && SKIPPED.contains(&name.as_str())) {
                 continue;
             }
             if kind.is_dir() {
-                walk(root, &rel.join(&name), out)?;
-            } else if kind.is_file() {
+                walk(root, &rel.join(&name), all, out)?;
+            } else if kind.is_file() && (all || is_module(&name)) {
                 out.push(rel.join(&name));
             }
         }
         Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, Path::new(""), &mut out)?;
+    walk(dir, Path::new(""), false, &mut out)?;
+    for p in include {
+        let rel = PathBuf::from(p);
+        if dir.join(&rel).is_dir() {
+            walk(dir, &rel, true, &mut out)?;
+        } else if dir.join(&rel).is_file() {
+            out.push(rel);
+        }
+    }
     out.sort();
+    out.dedup();
     Ok(out)
 }
 
 /// The stage's files, read once and hashed into `h`: what is hashed is
 /// what a build copies.
-fn read_sources(dir: &Path, h: &mut Sha256) -> Result<Vec<(PathBuf, Vec<u8>)>, ToolchainError> {
+fn read_sources(dir: &Path, include: &[String], h: &mut Sha256) -> Result<Vec<(PathBuf, Vec<u8>)>, ToolchainError> {
     let mut files = Vec::new();
-    for rel in sources(dir)? {
+    for rel in sources(dir, include)? {
         let from = dir.join(&rel);
         let bytes = std::fs::read(&from).map_err(|source| ToolchainError::Io { path: from.clone(), source })?;
         h.update(format!("stage {} {}\n", rel.display(), bytes.len()));
@@ -205,7 +272,7 @@ pub fn build(dir: &Path, stage: &PythonStage, progress: Progress) -> Result<Buil
     let sdk = sdk_text()?;
     h.update(format!("sdk {}\n", sdk.len()));
     h.update(&sdk);
-    let files = read_sources(dir, &mut h)?;
+    let files = read_sources(dir, &stage.include, &mut h)?;
     let key = hex::encode(h.finalize());
     let out_dir = dir.join("target/wasmpipe");
     let name = format!("python-{}.wasm", &key[..16]);
@@ -239,6 +306,8 @@ pub fn build(dir: &Path, stage: &PythonStage, progress: Progress) -> Result<Buil
         .arg(&partial)
         // No site-packages but the copies: the build depends on nothing else.
         .env("VIRTUAL_ENV", &venv)
+        // A Python error is the message; componentize-py's own stack is not.
+        .env("RUST_BACKTRACE", "0")
         .env_remove("PYTHONPATH")
         .stdout(Stdio::piped())
         .stderr(match progress {
@@ -247,7 +316,18 @@ pub fn build(dir: &Path, stage: &PythonStage, progress: Progress) -> Result<Buil
         });
     let output = cmd.output().map_err(spawn)?;
     if !output.status.success() {
-        let said = [String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)].join("\n");
+        let mut said = [String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)].join("\n");
+        if ["has no attribute 'Transform'", "has no attribute 'Fit'", "cannot import name"]
+            .iter()
+            .any(|m| said.contains(m))
+        {
+            said.push_str(&format!(
+                "\n  hint: kind = {:?} (pyproject.toml) needs module {:?} to bind {}",
+                stage.kind,
+                stage.module,
+                exports(&stage.kind)
+            ));
+        }
         return Err(ToolchainError::Python {
             path: dir.to_owned(),
             status: output.status,
@@ -277,13 +357,20 @@ mod tests {
         let write = |text: &str| std::fs::write(dir.path().join("pyproject.toml"), text).unwrap();
         assert_eq!(stage(dir.path()).unwrap(), None, "empty: not a Python stage");
         std::fs::write(dir.path().join("app.py"), "").unwrap();
-        let app = PythonStage { kind: "transformer".into(), module: "app".into() };
+        let app = PythonStage { kind: "transformer".into(), module: "app".into(), include: vec![] };
         assert_eq!(stage(dir.path()).unwrap(), Some(app.clone()), "an app.py: a transformer");
         write("[tool.wasmpipe]\nkind = \"transformer\"\nmodule = \"stage.main\"\n");
-        let main = PythonStage { kind: "transformer".into(), module: "stage.main".into() };
+        assert!(stage(dir.path()).unwrap_err().to_string().contains("there is no stage/main.py"));
+        std::fs::create_dir_all(dir.path().join("stage")).unwrap();
+        std::fs::write(dir.path().join("stage/main.py"), "").unwrap();
+        let main = PythonStage { kind: "transformer".into(), module: "stage.main".into(), include: vec![] };
         assert_eq!(stage(dir.path()).unwrap(), Some(main));
+        write("[tool.wasmpipe]\nkind = \"transformer\"\nmodul = \"app\"\n");
+        assert!(stage(dir.path()).unwrap_err().to_string().contains("modul: unknown key"));
+        write("[tool.wasmpipe]\nkind = \"transformer\"\ninclude = [\"../etc\"]\n");
+        assert!(stage(dir.path()).unwrap_err().to_string().contains("not a path inside the stage"));
         write("[tool.wasmpipe]\nkind = \"aggregator\"\n");
-        let aggregator = PythonStage { kind: "aggregator".into(), module: "app".into() };
+        let aggregator = PythonStage { kind: "aggregator".into(), module: "app".into(), include: vec![] };
         assert_eq!(stage(dir.path()).unwrap(), Some(aggregator));
         write("[tool.wasmpipe]\nkind = \"mapper\"\n");
         assert!(stage(dir.path()).unwrap_err().to_string().contains("the kinds are"));
@@ -296,12 +383,16 @@ mod tests {
     }
 
     #[test]
-    fn the_sources_are_the_stages_files_but_caches_and_outputs() {
+    fn the_sources_are_the_modules_and_what_include_names() {
         let dir = tempfile::tempdir().unwrap();
         for file in [
             "app.py",
+            "lib/util.py",
             "data/vocab.txt",
-            "build/lib.py",
+            "data/sample.csv",
+            "wasmpipe.toml",
+            "test_app.py",
+            "tests/test_more.py",
             "__pycache__/app.pyc",
             "target/wasmpipe/x.wasm",
             ".git/HEAD",
@@ -312,14 +403,21 @@ mod tests {
             std::fs::write(path, "x").unwrap();
         }
         std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
-        let found: Vec<String> = sources(dir.path()).unwrap().iter().map(|p| p.display().to_string()).collect();
-        assert_eq!(found, ["app.py", "build/lib.py", "data/vocab.txt"]);
+        let found = |include: &[&str]| -> Vec<String> {
+            let include: Vec<String> = include.iter().map(|s| s.to_string()).collect();
+            sources(dir.path(), &include).unwrap().iter().map(|p| p.display().to_string()).collect()
+        };
+        assert_eq!(found(&[]), ["app.py", "lib/util.py"], "manifests, data and tests are not the stage");
+        assert_eq!(found(&["data/vocab.txt"]), ["app.py", "data/vocab.txt", "lib/util.py"]);
+        assert_eq!(found(&["data"]), ["app.py", "data/sample.csv", "data/vocab.txt", "lib/util.py"]);
+        let include = vec!["data/vocab.txt".to_string()];
         let (mut a, mut b) = (Sha256::new(), Sha256::new());
         let copy = tempfile::tempdir().unwrap();
-        write_sources(&read_sources(dir.path(), &mut a).unwrap(), copy.path()).unwrap();
+        write_sources(&read_sources(dir.path(), &include, &mut a).unwrap(), copy.path()).unwrap();
         assert_eq!(std::fs::read_to_string(copy.path().join("data/vocab.txt")).unwrap(), "x");
         std::fs::write(dir.path().join("data/vocab.txt"), "y").unwrap();
-        read_sources(dir.path(), &mut b).unwrap();
-        assert_ne!(a.finalize(), b.finalize(), "a data file the stage reads is part of it");
+        std::fs::write(dir.path().join("wasmpipe.toml"), "y").unwrap();
+        read_sources(dir.path(), &include, &mut b).unwrap();
+        assert_ne!(a.finalize(), b.finalize(), "an included data file is part of it");
     }
 }

@@ -125,8 +125,8 @@ class Sums(wp.Estimator):
             return wp.NextPass(state["total"] / state["n"])
         return wp.Done({"mean": state["mean"], "var": state["m2"] / state["n"]})
 
-    def apply(self, model: dict, batch: list[float]) -> list[float]:
-        return [x - model["mean"] for x in batch.raw]
+    def apply(self, model: dict, batch: "wp.Batch") -> "wp.Batch":
+        return wp.Batch([x - model["mean"] for x in batch.raw])
 
 
 def fit(fitting: "wp._Fitting", partitions: list[list[list[float]]]) -> bytes:
@@ -157,7 +157,7 @@ def test_an_estimator_fits_over_partitions_and_passes_then_applies_its_model() -
     assert fit(wp._Fitting(Sums), [[[1.0, 2.0, 3.0, 4.0, 10.0]]]) == model, "the same at one partition"
     apply = wp._Fitting(Sums)
     apply.open(wp.Task("t", "s", 0, 1, 0), model)
-    assert apply.transform(wp.Batch([4.0, 5.0])) == [0.0, 1.0]
+    assert apply.transform(wp.Batch([4.0, 5.0])).raw == [0.0, 1.0]
     with pytest.raises(wp.StageError, match="needs its fitted model"):
         apply.open(wp.Task("t", "s", 0, 1, 0), None)
 
@@ -238,3 +238,17 @@ def test_a_failed_open_leaves_no_earlier_state_behind() -> None:
         f.fit_open(wp.Task("t", "s", 0, 1, 1), b"corrupt")
     with pytest.raises(wp.StageError, match="fit_batch called before fit_open"):
         f.fit_batch(wp.Batch([3.0]))
+
+
+def test_a_method_returning_something_else_than_a_batch_is_named() -> None:
+    class Lists(Sums):
+        def apply(self, model: dict, batch: "wp.Batch") -> list:  # type: ignore[override]
+            return [1.0]
+
+    f = wp._Fitting(Lists)
+    f.open(wp.Task("t", "s", 0, 1, 0), b'{"mean": 1.0}')
+    with pytest.raises(wp.StageError, match="apply returned list: it returns a wp.Batch"):
+        f.transform(wp.Batch([1.0]))
+    with pytest.raises(wp.StageError, match="cannot encode the carry of NextPass"):
+        wp._encode_state({"c": wp.Column(1)}, "carry of NextPass")
+    assert json.loads(wp.encode_model({"inner": [Inner(lo=1.0)]})) == {"inner": [{"lo": 1.0}]}

@@ -43,8 +43,8 @@ input into one result (`Estimator` with no `apply`, exported with
 
 Errors: `wp.fail(...)` fails the task with a message (a `stage-failed`
 error), `wp.ConfigError` (raised by `config`) is an `invalid-config`
-error; any other exception traps the call, and its traceback reaches the
-stage log.
+error; any other exception fails the task with its type, message and
+line, and its traceback in the stage log.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ import gc
 import json
 import math
 import pickle
+import traceback
 import types as pytypes
 import typing
 from typing import Any, Iterable, Mapping, Optional, Sequence, TypeVar, Union
@@ -309,32 +310,60 @@ class _Handle:
         )
 
 
+_FROM = {"f64": "floats", "i64": "ints", "bool": "bools"}
+_KIND_TEXT = {"f64": "a float", "i64": "a 64-bit integer", "bool": "a bool"}
+
+
+def _fits(kind: str, v: Any) -> bool:
+    if kind == "f64":
+        return isinstance(v, (int, float))
+    if kind == "i64":
+        return isinstance(v, int) and -(2**63) <= v < 2**63
+    return isinstance(v, bool)
+
+
 class Column(_Handle):
     """A column held by the host. Methods run as host kernels and return
     new columns; `to_list` copies the values in."""
 
     __slots__ = ()
 
-    # Construction (copies out, in bulk).
+    # Construction (copies out, in bulk). None is null, as `to_list` gives it.
     @staticmethod
-    def from_floats(values: Sequence[float], validity: Optional[Sequence[bool]] = None) -> Column:
+    def _build(kind: str, values: Sequence[Any], validity: Optional[Sequence[bool]], null: Any) -> Column:
         _, _, types = _wit()
-        return Column(types.Column.from_f64(list(values), None if validity is None else list(validity)))
+        values = list(values)
+        if validity is None and any(v is None for v in values):
+            validity = [v is not None for v in values]
+            values = [null if v is None else v for v in values]
+        elif validity is not None:
+            values = [null if v is None else v for v in values]
+        try:
+            return Column(getattr(types.Column, "from_" + kind)(values, None if validity is None else list(validity)))
+        except (TypeError, OverflowError, ValueError) as e:
+            bad = next((v for v in values if not _fits(kind, v)), None)
+            raise StageError(f"Column.from_{_FROM[kind]}: {bad!r} is not {_KIND_TEXT[kind]} ({e})") from None
 
     @staticmethod
-    def from_ints(values: Sequence[int], validity: Optional[Sequence[bool]] = None) -> Column:
-        _, _, types = _wit()
-        return Column(types.Column.from_i64(list(values), None if validity is None else list(validity)))
+    def from_floats(values: Sequence[Optional[float]], validity: Optional[Sequence[bool]] = None) -> Column:
+        return Column._build("f64", values, validity, 0.0)
 
     @staticmethod
-    def from_bools(values: Sequence[bool], validity: Optional[Sequence[bool]] = None) -> Column:
-        _, _, types = _wit()
-        return Column(types.Column.from_bool(list(values), None if validity is None else list(validity)))
+    def from_ints(values: Sequence[Optional[int]], validity: Optional[Sequence[bool]] = None) -> Column:
+        return Column._build("i64", values, validity, 0)
+
+    @staticmethod
+    def from_bools(values: Sequence[Optional[bool]], validity: Optional[Sequence[bool]] = None) -> Column:
+        return Column._build("bool", values, validity, False)
 
     @staticmethod
     def from_strings(values: Sequence[Optional[str]]) -> Column:
         _, _, types = _wit()
-        return Column(types.Column.from_utf8(list(values)))
+        values = list(values)
+        bad = next((v for v in values if v is not None and not isinstance(v, str)), None)
+        if bad is not None:
+            raise StageError(f"Column.from_strings: {bad!r} is not a string (or None)")
+        return Column(types.Column.from_utf8(values))
 
     # Metadata (copies nothing).
     def __len__(self) -> int:
@@ -674,14 +703,30 @@ def _error(e: BaseException) -> Any:
 
 
 def _guard(call: Any) -> Any:
-    """Run `call`, turning a StageError into the WIT error it stands for;
-    other exceptions (and the host's own errors) pass as they are."""
+    """Run `call`, turning a StageError into the WIT error it stands for
+    and any other exception into a `stage-failed` error that names it,
+    its traceback in the stage log; the host's own errors pass as they
+    are."""
     from componentize_py_types import Err  # type: ignore[import-not-found]
 
     try:
         return call()
+    except Err:
+        raise
     except StageError as e:
         raise Err(_error(e)) from None
+    except Exception as e:
+        _log("ERROR", traceback.format_exc().rstrip())
+        _, _, types = _wit()
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        said = f"{type(e).__name__}: {e} (at {where.filename}:{where.lineno}, in {where.name}; the traceback is in the stage log)"
+        raise Err(types.Error_StageFailed(said)) from None
+
+
+def _batch_or_none(out: Any, method: str) -> Optional[Batch]:
+    if out is None or isinstance(out, Batch):
+        return out
+    fail(f"{method} returned {type(out).__name__}: it returns a wp.Batch (or None, for no rows)")
 
 
 def _task(info: Any) -> Task:
@@ -690,8 +735,16 @@ def _task(info: Any) -> Task:
 
 def encode_model(model: Any) -> bytes:
     """A model as the bytes the host keeps: JSON (a dataclass as a dict)."""
-    if dataclasses.is_dataclass(model) and not isinstance(model, type):
-        model = dataclasses.asdict(model)
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return plain(dataclasses.asdict(v))
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    model = plain(model)
 
     def keys(v: Any, at: str) -> None:
         if isinstance(v, dict):
@@ -720,11 +773,11 @@ def decode_model(data: bytes) -> Any:
         raise _BadInput(f"cannot decode the model: {e}") from None
 
 
-def _encode_state(state: Any) -> bytes:
+def _encode_state(state: Any, what: str = "partial state") -> bytes:
     try:
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as e:  # pickling raises several types
-        raise StageError(f"cannot encode the partial state ({type(state).__name__}): {e}") from None
+        raise StageError(f"cannot encode the {what} ({type(state).__name__}): {e}") from None
 
 
 def _decode_state(data: bytes, what: str) -> Any:
@@ -775,7 +828,7 @@ class _Fitting:
         if isinstance(out, Done):
             return "done", encode_model(out.model)
         if isinstance(out, NextPass):
-            return "next", _encode_state(out.carry)
+            return "next", _encode_state(out.carry, "carry of NextPass")
         fail(f"finalize returned {type(out).__name__}: it returns wp.Done(model) or wp.NextPass(carry)")
 
     def open(self, task: Task, model: Optional[bytes]) -> None:
@@ -789,7 +842,7 @@ class _Fitting:
     def transform(self, batch: Batch) -> Optional[Batch]:
         if self.stage is None:
             fail("transform called before open")
-        return self.stage.apply(self.model, batch)
+        return _batch_or_none(self.stage.apply(self.model, batch), "apply")
 
     def close(self) -> None:
         self.stage, self.model = None, None
@@ -893,11 +946,11 @@ def export_transformer(cls: type[Transformer]) -> type:
             _guard(start)
 
         def transform(self, input: Any) -> Any:
-            out = _guard(lambda: stage().transform(Batch(input)))
+            out = _guard(lambda: _batch_or_none(stage().transform(Batch(input)), "transform"))
             return None if out is None else out.raw
 
         def close(self) -> Any:
-            out = _guard(lambda: stage().close())
+            out = _guard(lambda: _batch_or_none(stage().close(), "close"))
             held.clear()
             return None if out is None else out.raw
 
