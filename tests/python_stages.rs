@@ -1,7 +1,7 @@
 //! Stages written in Python (`stages/sdk-python`, built by componentize-py
 //! when a manifest names their directory): `stages/text_features` gives
 //! the same counts at any partitioning, and a hostile Python stage gets no
-//! files or environment, is stopped at its deadline and its memory cap,
+//! files, environment, sockets or real clock, is stopped at its deadline and its memory cap,
 //! fails its task with its traceback in the stage log, and has a misspelt
 //! configuration key refused before any data moves; the host keeps running.
 
@@ -68,8 +68,14 @@ fn text_features_counts_characters_and_tokens_at_any_partitioning() {
 const HOSTILE: &str = r#"
 from dataclasses import dataclass
 import os
+import time
 
 import wasmpipe_sdk as wp
+
+try:
+    import socket
+except ImportError:
+    socket = None
 
 
 @dataclass
@@ -94,6 +100,18 @@ class Hostile(wp.Transformer):
             if os.environ.get("HOME") or os.environ.get("PATH"):
                 wp.fail(f"saw the runner's environment: {sorted(os.environ)}")
             wp.fail(f"no environment: {len(os.environ)} variables")
+        if self.mode == "socket":
+            if socket is None:
+                wp.fail("no socket module")
+            try:
+                socket.create_connection(("127.0.0.1", 22), timeout=1)
+            except Exception as e:
+                wp.fail(f"no socket: {type(e).__name__}")
+            wp.fail("connected to the runner's port 22")
+        if self.mode == "clock":
+            wall, mono = time.time(), time.monotonic()
+            sum(range(2_000_000))
+            wp.fail(f"clock: wall moved {time.time() - wall}, monotonic moved {time.monotonic() - mono}, wall {wall}")
         if self.mode == "loop":
             while True:
                 pass
@@ -151,6 +169,12 @@ fn a_python_stage_is_confined_and_fails_cleanly() {
     assert!(text.contains("no file: "), "{text}");
     let (text, _) = failure(run("mode = \"env\"", ROOM).unwrap_err());
     assert!(text.contains("no environment: 0 variables"), "{text}");
+    let (text, _) = failure(run("mode = \"socket\"", ROOM).unwrap_err());
+    assert!(text.contains("no socket"), "{text}");
+    // The wall clock is frozen, and the monotonic clock is the stage's own:
+    // it moves only when the stage waits, not while it computes.
+    let (text, _) = failure(run("mode = \"clock\"", ROOM).unwrap_err());
+    assert!(text.contains("clock: wall moved 0.0, monotonic moved 0.0"), "{text}");
 
     logs.lock().unwrap().clear();
     let (text, _) = failure(run("mode = \"raise\"", ROOM).unwrap_err());
