@@ -252,3 +252,19 @@ def test_a_method_returning_something_else_than_a_batch_is_named() -> None:
     with pytest.raises(wp.StageError, match="cannot encode the carry of NextPass"):
         wp._encode_state({"c": wp.Column(1)}, "carry of NextPass")
     assert json.loads(wp.encode_model({"inner": [Inner(lo=1.0)]})) == {"inner": [{"lo": 1.0}]}
+
+
+def test_an_aggregators_undefined_metric_is_null_an_estimators_nan_an_error() -> None:
+    class Undefined(Sums):
+        def finalize(self, state: dict, pass_: int) -> "wp.Done":
+            return wp.Done({"precision": float("nan"), "rows": state["n"]})
+
+    for aggregator, expected in [(True, {"precision": None, "rows": 0}), (False, None)]:
+        f = wp._Fitting(Undefined, aggregator=aggregator)
+        f.fit_open(wp.Task("t", "s", 0, 1, 0), None)
+        state = f.fit_close()
+        if expected is None:
+            with pytest.raises(wp.StageError, match="cannot encode the model as JSON"):
+                f.finalize(state, 0)
+        else:
+            assert json.loads(f.finalize(state, 0)[1]) == expected

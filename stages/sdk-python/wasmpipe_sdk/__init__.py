@@ -653,7 +653,8 @@ class Estimator:
 
     States and carries may be any picklable Python values (NaN and
     infinities included); a model is JSON (dicts, lists, numbers, strings,
-    or a dataclass, written as a dict; NaN is refused), as Rust stages'
+    or a dataclass, written as a dict; NaN is refused in an estimator's
+    model and written as null in an aggregator's result), as Rust stages'
     models are, so the model registry and the run report can read it.
 
     Each call may run in a fresh component instance: keep what one call
@@ -733,8 +734,12 @@ def _task(info: Any) -> Task:
     return Task(info.pipeline, info.stage, info.partition, info.partitions, info.pass_)
 
 
-def encode_model(model: Any) -> bytes:
-    """A model as the bytes the host keeps: JSON (a dataclass as a dict)."""
+def encode_model(model: Any, nan_as_null: bool = False) -> bytes:
+    """A model as the bytes the host keeps: JSON (a dataclass as a dict).
+    NaN and infinities are refused in a model, and written as null in an
+    aggregator's result (`nan_as_null`), as in its report: a metric can be
+    undefined."""
+
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
             return plain(dataclasses.asdict(v))
@@ -742,6 +747,8 @@ def encode_model(model: Any) -> bytes:
             return {k: plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
+        if nan_as_null and isinstance(v, float) and not math.isfinite(v):
+            return None
         return v
 
     model = plain(model)
@@ -792,8 +799,9 @@ class _Fitting:
     object and state kept between calls (one instance runs one task). Pure
     Python: the SDK's tests drive it under CPython."""
 
-    def __init__(self, cls: type[Estimator]) -> None:
+    def __init__(self, cls: type[Estimator], aggregator: bool = False) -> None:
         self.cls = cls
+        self.aggregator = aggregator
         self.stage: Optional[Estimator] = None
         self.state: Any = None
         self.model: Any = None
@@ -826,7 +834,7 @@ class _Fitting:
         """("done", model bytes) or ("next", carry bytes)."""
         out = self.cls().finalize(_decode_state(state, "merged state"), pass_)
         if isinstance(out, Done):
-            return "done", encode_model(out.model)
+            return "done", encode_model(out.model, nan_as_null=self.aggregator)
         if isinstance(out, NextPass):
             return "next", _encode_state(out.carry, "carry of NextPass")
         fail(f"finalize returned {type(out).__name__}: it returns wp.Done(model) or wp.NextPass(carry)")
@@ -920,7 +928,7 @@ def export_aggregator(cls: type[Estimator]) -> type:
     exports = _exports()
     if exports is None:
         return cls
-    return _fit_export(exports, _Fitting(cls))
+    return _fit_export(exports, _Fitting(cls, aggregator=True))
 
 
 def export_transformer(cls: type[Transformer]) -> type:
