@@ -113,8 +113,8 @@ pub fn wasm_fit_transform(
     batches.iter().map(|b| inst.transform(b.clone()).unwrap().unwrap()).collect()
 }
 
-/// Median wall time of `runs` calls.
-pub fn median(runs: usize, mut f: impl FnMut()) -> Duration {
+/// The wall times of `runs` calls, shortest first.
+pub fn sorted_times(runs: usize, mut f: impl FnMut()) -> Vec<Duration> {
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
             let t = Instant::now();
@@ -123,5 +123,10 @@ pub fn median(runs: usize, mut f: impl FnMut()) -> Duration {
         })
         .collect();
     times.sort();
-    times[runs / 2]
+    times
+}
+
+/// Median wall time of `runs` calls.
+pub fn median(runs: usize, f: impl FnMut()) -> Duration {
+    sorted_times(runs, f)[runs / 2]
 }

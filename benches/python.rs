@@ -21,7 +21,9 @@ use wasmpipe_runtime::{Runtime, RuntimeConfig, StageComponent};
 
 mod common;
 mod results;
-use common::{COLUMNS, data, limits, median, names, rows, setup, stage, stage_at, task, wasm_fit_transform};
+use common::{
+    COLUMNS, data, limits, median, names, rows, setup, sorted_times, stage, stage_at, task, wasm_fit_transform,
+};
 
 /// Resident set size of this process, in bytes.
 fn rss() -> u64 {
@@ -39,15 +41,8 @@ fn minor_faults() -> i64 {
 }
 
 /// p50 and p90 of `n` runs of `f`.
-fn percentiles(n: usize, mut f: impl FnMut()) -> (Duration, Duration) {
-    let mut times: Vec<Duration> = (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
+fn percentiles(n: usize, f: impl FnMut()) -> (Duration, Duration) {
+    let times = sorted_times(n, f);
     (times[n / 2], times[n * 9 / 10])
 }
 
