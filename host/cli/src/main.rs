@@ -452,7 +452,9 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let toolchain = wasmpipe_toolchain::detect()?;
-            eprintln!("building {} with {toolchain}", args.crate_dir.display());
+            if args.crate_dir.join("Cargo.toml").is_file() {
+                eprintln!("building {} with {toolchain}", args.crate_dir.display());
+            }
             wasmpipe_toolchain::build(&args.crate_dir, &toolchain, Progress::Show)?
         }
     };

@@ -97,6 +97,11 @@ impl Display {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match event {
             Progress::Stage { stage, .. } => {
+                if s.stage.is_empty() {
+                    // Lines count from the first stage, not from building
+                    // and compiling the stages before it.
+                    s.last_line = Instant::now();
+                }
                 s.stage = stage.clone();
                 (s.what, s.tasks, s.done, s.running, s.rows, s.bytes) = ("starting".into(), 0, 0, 0, 0, 0);
                 s.stage_started = Instant::now();

@@ -286,7 +286,7 @@ pub fn build(dir: &Path, stage: &PythonStage, progress: Progress) -> Result<Buil
     let (stage_copy, sdk_copy, wit, venv) =
         (work.path().join("stage"), work.path().join("sdk"), work.path().join("wit"), work.path().join("venv"));
     write_sources(&files, &stage_copy)?;
-    for d in [&wit, &sdk_copy.join("wasmpipe_sdk"), &venv.join("lib")] {
+    for d in [&wit, &sdk_copy.join("wasmpipe_sdk"), &venv.join("lib/site-packages")] {
         std::fs::create_dir_all(d).map_err(io(d))?;
     }
     for (name, text) in WIT {
@@ -304,7 +304,8 @@ pub fn build(dir: &Path, stage: &PythonStage, progress: Progress) -> Result<Buil
         .arg(&stage.module)
         .arg("-o")
         .arg(&partial)
-        // No site-packages but the copies: the build depends on nothing else.
+        // No site-packages but the copies (and an empty one, found where
+        // componentize-py looks): the build depends on nothing else.
         .env("VIRTUAL_ENV", &venv)
         // A Python error is the message; componentize-py's own stack is not.
         .env("RUST_BACKTRACE", "0")
