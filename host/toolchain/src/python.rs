@@ -10,7 +10,8 @@
 //! hidden entries, and what `include` in `[tool.wasmpipe]` names, e.g.
 //! data its top-level code reads; symbolic links are not followed) are
 //! read and hashed, and on a miss they and the SDK are written into a
-//! temporary directory, and componentize-py builds from that copy, with no site-packages of its own (an empty
+//! temporary directory, and componentize-py builds from that copy, with
+//! no site-packages of its own (an empty
 //! `VIRTUAL_ENV`): a stage vendors what it imports. The build is keyed by
 //! the SHA-256 of that copy, the WIT and the SDK (both built into this
 //! binary), the kind, the module and componentize-py's version, and the
