@@ -406,30 +406,47 @@ fn wasmpipe_new_python_scaffolds_each_kind_that_builds_tests_and_runs() {
         ("estimator", "center", "means: ["),
         ("aggregator", "summary", "y: 40 rows, mean"),
     ];
-    for (kind, name, logged) in expected {
-        let out = wasmpipe().args(["new", "--python", kind, name, "--dir"]).arg(dir.path()).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let root = dir.path().join(name);
-        for file in ["pyproject.toml", "app.py", "test_app.py", "wasmpipe.toml", "README.md", "data/sample.csv"] {
-            assert!(root.join(file).is_file(), "{kind}: no {file}");
+    // The three kinds build (componentize-py, then Cranelift) side by side.
+    std::thread::scope(|scope| {
+        for (kind, name, logged) in expected {
+            let dir = dir.path();
+            scope.spawn(move || {
+                let out = wasmpipe().args(["new", "--python", kind, name, "--dir"]).arg(dir).output().unwrap();
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let root = dir.join(name);
+                for file in ["pyproject.toml", "app.py", "test_app.py", "wasmpipe.toml", "README.md", "data/sample.csv"]
+                {
+                    assert!(root.join(file).is_file(), "{kind}: no {file}");
+                }
+                // The sample pipeline builds the stage (componentize-py) and runs it.
+                let store = dir.join(format!("store-{name}"));
+                let out = wasmpipe()
+                    .args(["run", "-v", "wasmpipe.toml", "--store"])
+                    .arg(&store)
+                    .current_dir(&root)
+                    .output()
+                    .unwrap();
+                let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                assert!(out.status.success(), "{kind}: {stdout}\n{stderr}");
+                assert!(
+                    stderr.contains(logged) || stdout.contains(logged),
+                    "{kind}: no {logged:?} in\n{stdout}\n{stderr}"
+                );
+                assert!(
+                    store.join(name).join(name).join("_wasmpipe_commit.json").is_file(),
+                    "{kind}: nothing committed"
+                );
+                // Its unit tests pass natively, under CPython, with the checkout's SDK.
+                let test = Command::new(repo().join(".tools/venv/bin/python"))
+                    .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+                    .current_dir(&root)
+                    .output()
+                    .unwrap();
+                let said = String::from_utf8_lossy(&test.stdout);
+                assert!(test.status.success() && said.contains(" passed"), "{kind}: pytest failed:\n{said}");
+            });
         }
-        // The sample pipeline builds the stage (componentize-py) and runs it.
-        let store = dir.path().join(format!("store-{name}"));
-        let out =
-            wasmpipe().args(["run", "-v", "wasmpipe.toml", "--store"]).arg(&store).current_dir(&root).output().unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "{kind}: {stdout}\n{stderr}");
-        assert!(stderr.contains(logged) || stdout.contains(logged), "{kind}: no {logged:?} in\n{stdout}\n{stderr}");
-        assert!(store.join(name).join(name).join("_wasmpipe_commit.json").is_file(), "{kind}: nothing committed");
-        // Its unit tests pass natively, under CPython, with the checkout's SDK.
-        let test = Command::new(repo().join(".tools/venv/bin/python"))
-            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
-            .current_dir(&root)
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&test.stdout);
-        assert!(test.status.success() && said.contains(" passed"), "{kind}: pytest failed:\n{said}");
-    }
+    });
     let show = |name: &str| -> serde_json::Value {
         let out = wasmpipe()
             .arg("show")

@@ -180,14 +180,15 @@ fn runs_killed_at_random_points_then_rerun_give_exactly_a_clean_runs_output() {
     ok(run(&format!("{root}/warm")).output().unwrap());
     let window = started.elapsed();
 
-    // 24 times: start a run, kill it (SIGKILL) at a pseudo-random point of
+    // KILLS times: start a run, kill it (SIGKILL) at a pseudo-random point of
     // that window, check that every output is either not committed or
     // committed whole, then rerun it to the end and check that the result
     // is exactly the clean run's, with nothing else left in the store.
     let metric = |s: &str| s.lines().filter(|l| l.contains(" = ")).map(String::from).collect::<Vec<_>>();
     let mut seed: u64 = 0x05EE_D0FC_10CC;
     let (mut mid_run, mut resumed) = (0, 0);
-    for kill in 0..24 {
+    const KILLS: usize = 16;
+    for kill in 0..KILLS {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let delay = window.mul_f64(0.02 + 0.96 * ((seed >> 11) as f64 / (1u64 << 53) as f64));
         let store = format!("{root}/killed-{kill}");
@@ -238,7 +239,9 @@ fn runs_killed_at_random_points_then_rerun_give_exactly_a_clean_runs_output() {
             "kill {kill}: {left:#?}"
         );
     }
-    eprintln!("window {window:?}; 24 kills: {mid_run} before the run finished, {resumed} reruns built on earlier work");
-    assert!(mid_run >= 12, "most kills land mid-run ({mid_run} of 24)");
+    eprintln!(
+        "window {window:?}; {KILLS} kills: {mid_run} before the run finished, {resumed} reruns built on earlier work"
+    );
+    assert!(mid_run >= KILLS / 2, "most kills land mid-run ({mid_run} of {KILLS})");
     assert!(resumed >= 1, "some reruns resumed from what a killed run committed");
 }
