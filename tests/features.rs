@@ -493,3 +493,72 @@ fn onehot_meets_unseen_categories_as_scikit_learn_does() {
     let message = r["error"].as_str().unwrap_or_else(|| panic!("scikit-learn raises too: {r}"));
     assert!(message.contains("unknown categories") && message.contains("virginica"), "{message}");
 }
+
+#[test]
+fn column_selectors_resolve_against_the_input_and_equal_the_lists_they_stand_for() {
+    let csv = data("breast_cancer.csv");
+    let (header, _) = csv_lines(&csv);
+    let means: Vec<&str> = header.iter().map(String::as_str).filter(|c| c.starts_with("mean_")).collect();
+    for partitions in [1, 3] {
+        // A glob, and a type with an exclusion, each against its list.
+        for (selector, listed) in [
+            ("{ glob = \"mean_*\" }".to_string(), means.clone()),
+            (
+                "{ type = \"numeric\", exclude = [\"target\"] }".to_string(),
+                header.iter().map(String::as_str).filter(|c| *c != "target").collect(),
+            ),
+            ("{ regex = \"^worst_(radius|area)$\", type = \"float\" }".to_string(), vec!["worst_radius", "worst_area"]),
+        ] {
+            let selected = run(&csv, partitions, "scaler", &format!("columns = {selector}"));
+            let spelt = run(&csv, partitions, "scaler", &format!("columns = {}", strings(&listed)));
+            assert_eq!(selected.model(), spelt.model(), "{selector}");
+            assert_eq!(selected.rows, spelt.rows, "{selector}");
+            let (a, b) = (commit_record(&selected.out_dir()), commit_record(&spelt.out_dir()));
+            assert_eq!(a["selected"]["columns"], json!(listed), "{selector}: the commit records what it selected");
+            assert!(b.get("selected").is_none(), "a list is no selector");
+            // The stage received exactly the list: the same configuration.
+            assert_eq!(a["config"], b["config"], "{selector}");
+            let stage = selected.report.stages.iter().find(|s| s.name == "feat").unwrap();
+            assert_eq!(stage.selected["columns"], listed);
+        }
+    }
+}
+
+#[test]
+fn a_column_selector_that_cannot_be_resolved_fails_its_stage_and_a_malformed_one_fails_first() {
+    let csv = data("iris.csv");
+    let rows = csv_lines(&csv).1.len();
+    let try_run = |config: &str| {
+        let text = manifest(&csv, 2, "scaler", config);
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), 2);
+        let err = run_text(&exec, &text, store.path()).expect_err(config).to_string();
+        let ingested = store.path().join("ml/ingest/_wasmpipe_commit.json").is_file();
+        assert!(!store.path().join("ml/feat/_wasmpipe_commit.json").exists(), "{config}: committed");
+        (err, ingested)
+    };
+    assert!(rows > 0);
+    // Malformed: refused with the plan, before ingest runs.
+    for (config, says) in [
+        ("columns = { glob = \"[sepal\" }", "stage \"feat\": invalid config: `columns`: glob \"[sepal\""),
+        ("columns = { type = \"numbers\" }", "no column type \"numbers\" (the types: numeric"),
+        ("columns = { glob = \"*\", exlude = [\"target\"] }", "a column selector takes no key `exlude`"),
+        // The rest of a configuration with a selector is still checked
+        // before any data moves.
+        ("columns = { glob = \"petal_*\" }\nclip = 3", "stage \"feat\": invalid config"),
+    ] {
+        let (err, ingested) = try_run(config);
+        assert!(err.contains(says), "{config}: {err}");
+        assert!(!ingested, "{config}: ingest ran before the selector was refused");
+    }
+    // Well formed, but not for this input: the stage fails before its first
+    // task, naming what the input has.
+    for (config, says) in [
+        ("columns = { glob = \"pixel_*\" }", "`columns` selects no column of the input (its columns: sepal_length "),
+        ("columns = { type = \"numeric\", exclude = [\"tagret\"] }", "excludes column \"tagret\", which the input"),
+    ] {
+        let (err, ingested) = try_run(config);
+        assert!(err.contains(says) && err.contains("stage \"feat\"") && err.contains("hint:"), "{config}: {err}");
+        assert!(ingested, "{config}");
+    }
+}

@@ -44,6 +44,7 @@ fn record(parts: Vec<commit::Part>, run_id: &str) -> CommitRecord {
         identity: format!("identity of {run_id}"),
         component: "c".into(),
         config: "k".into(),
+        selected: Default::default(),
         inputs: vec![],
         rows: parts.iter().map(|p| p.rows).sum(),
         parts,

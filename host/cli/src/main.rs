@@ -367,6 +367,25 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Commands that only print end quietly, as other Unix tools do, when
+    // whatever reads their output stops (`wasmpipe show URL | head`).
+    // Commands that write to a store are left to finish what they do.
+    #[cfg(unix)]
+    if matches!(
+        cli.command,
+        Command::Show(_)
+            | Command::Runs(_)
+            | Command::Deployments(_)
+            | Command::Models(_)
+            | Command::Completions(_)
+            | Command::Man(_)
+            | Command::Plan(_)
+    ) {
+        // SAFETY: at start-up, before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let log_format = match &cli.command {
         Command::Run(args) => args.log_format,
         Command::Task(args) => args.log_format,

@@ -122,6 +122,9 @@ pub fn show(args: ShowArgs, io: &tokio::runtime::Runtime) -> anyhow::Result<()> 
             crate::utc(record.committed_at)
         );
         println!("  component sha256:{}  config sha256:{}", record.component, record.config);
+        for (key, columns) in &record.selected {
+            println!("  config {key} selected {} column(s): {}", columns.len(), columns.join(", "));
+        }
         for input in &record.inputs {
             println!("  input {input}");
         }

@@ -313,6 +313,26 @@ fn wasmpipe_show_prints_schema_rows_lineage_quarantine_and_the_first_rows() {
     let out = wasmpipe().arg("show").arg(demo.path().join("diabetes/evaluate")).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("report:") && text.contains("\"r2\": 0.5177"), "{text}");
+    // The column selector of the demo's fit, resolved and recorded.
+    let out = wasmpipe().arg("show").arg(demo.path().join("diabetes/fit")).args(["--rows", "0"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("config features selected 10 column(s): age, sex, bmi, bp, s1, s2, s3, s4, s5, s6\n"),
+        "{text}"
+    );
+    // Whatever reads `show` may stop reading (`| head`): it ends quietly.
+    let mut child = wasmpipe()
+        .arg("show")
+        .arg(demo.path().join("diabetes/fit"))
+        .args(["--rows", "400"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
 
     let out = wasmpipe().arg("show").arg(store.join("t/nothing")).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

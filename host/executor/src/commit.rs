@@ -117,7 +117,8 @@ pub(crate) fn commit_stage(stage: &PreparedStage, run_id: &str, seen: Option<See
         run_id: run_id.into(),
         identity: stage.output_identity.clone(),
         component: stage.component.hash().into(),
-        config: content_sha256(stage.stage.config.as_bytes()),
+        config: content_sha256(stage.config.as_bytes()),
+        selected: stage.selected.clone(),
         inputs: stage.lineage.clone(),
         rows: parts.iter().map(|p| p.rows).sum(),
         parts,
@@ -146,7 +147,7 @@ pub(crate) fn register_model(
     let (StageKind::Estimator, Some(model), Some(bytes)) = (stage.stage.kind, &record.model, bytes) else {
         return Ok(());
     };
-    let card = ModelCard::new(record, model, stage.output.url(), &stage.stage.config, report);
+    let card = ModelCard::new(record, model, stage.output.url(), &stage.config, report);
     let root = registry::root(stage.storage, &stage.exec.config.store)?;
     if stage.exec.io.block_on(registry::register(&root, bytes, &card))? {
         tracing::debug!(stage = %stage.stage.name, "registered model {}", model.sha256);

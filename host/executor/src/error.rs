@@ -103,6 +103,17 @@ pub enum RunError {
         /// Its fields.
         other_fields: String,
     },
+    /// A column selector of a stage's configuration selects nothing, or
+    /// excludes a column, that the stage's input does not have.
+    #[error(
+        "stage {stage:?}: {reason}\n  hint: fix the column selector in [stage.{stage}.config]; `wasmpipe show` lists an output's columns"
+    )]
+    Columns {
+        /// The stage.
+        stage: String,
+        /// Why.
+        reason: String,
+    },
     /// A stage's `model` cannot be applied.
     #[error("stage {stage:?}: {reason}")]
     Model {

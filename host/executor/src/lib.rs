@@ -34,6 +34,7 @@ mod error;
 mod plan;
 pub mod record;
 mod registry;
+mod select;
 mod stage;
 mod task;
 
@@ -207,6 +208,11 @@ pub struct StageReport {
     /// Set when the output was already committed by an identical earlier
     /// run (that run's id), so the stage did not run at all.
     pub committed_before: Option<String>,
+    /// SHA-256 of the configuration its instances received (column
+    /// selectors resolved), as its commit records it.
+    pub config_sha256: String,
+    /// What each column selector of its configuration selected, by key.
+    pub selected: std::collections::BTreeMap<String, Vec<String>>,
     /// What each of its tasks did, round by round.
     pub outcomes: Vec<TaskOutcome>,
 }
@@ -249,6 +255,8 @@ impl StageReport {
             applied_model: record.applied_model.clone().or_else(|| stage.applied.as_ref().map(|m| m.sha256.clone())),
             rows_quarantined: record.quarantine.iter().map(|p| p.rows).sum(),
             committed_before: (record.run_id != run_id).then(|| record.run_id.clone()),
+            config_sha256: record.config.clone(),
+            selected: record.selected.clone(),
             outcomes,
         }
     }

@@ -451,8 +451,17 @@ impl Executor {
                 continue;
             }
             let limits = InstanceLimits { cpu: stage.limits.cpu().min(CHECK_CPU), ..stage.limits.instance() };
+            // Column selectors resolve when the stage runs, against what it
+            // reads; the rest of the configuration is checked now.
+            let config = match crate::select::stand_in(&stage.config) {
+                Ok(config) => config,
+                Err(why) => {
+                    rejected.push((stage.name.clone(), why));
+                    continue;
+                }
+            };
             let setup = InstanceSetup {
-                config_json: stage.config.as_str().into(),
+                config_json: config.into(),
                 label: format!("{}[check]", stage.name),
                 sink: None,
                 seed: Sha256::digest(format!("check {}", stage.name).as_bytes()).into(),
@@ -550,6 +559,7 @@ impl Executor {
         };
         check_models(&plan)?;
         check_rows(&plan)?;
+        check_selectors(&plan)?;
         Ok((plan, components))
     }
 
@@ -620,6 +630,17 @@ impl Executor {
 
 /// A stage applying a model must be an estimator, and a `stage:` model
 /// must be one this pipeline's estimator fits.
+/// Refuse a malformed column selector (a bad pattern, an unknown type or
+/// key) in any stage's configuration, every such stage named.
+fn check_selectors(plan: &LockedPipeline) -> Result<(), RunError> {
+    let rejected: Vec<(String, String)> = plan
+        .stages
+        .iter()
+        .filter_map(|s| crate::select::check(&s.config).err().map(|why| (s.name.clone(), why)))
+        .collect();
+    if rejected.is_empty() { Ok(()) } else { Err(RunError::Config { rejected }) }
+}
+
 fn check_models(plan: &LockedPipeline) -> Result<(), RunError> {
     for stage in &plan.stages {
         let Some(model) = &stage.model else { continue };

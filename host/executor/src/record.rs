@@ -2,6 +2,7 @@
 //! `<store>/_runs/<run id>/run.json` after every run, a failed one
 //! included. Versioned (`format`); documented in docs/run-record.md.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -65,9 +66,13 @@ pub struct StageRecord {
     pub committed_by: Option<String>,
     /// SHA-256 of its component.
     pub component: String,
-    /// SHA-256 of its configuration (the JSON document the stage receives).
+    /// SHA-256 of its configuration (the JSON document the stage receives,
+    /// column selectors resolved).
     #[serde(default)]
     pub config_sha256: String,
+    /// What each column selector of its configuration selected, by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selected: BTreeMap<String, Vec<String>>,
     /// What it read: `stage:NAME` for an earlier stage's output, else the
     /// location's URL.
     #[serde(default)]
@@ -209,7 +214,8 @@ impl StageRecord {
             status: if r.committed_before.is_some() { "committed_before" } else { "ran" }.into(),
             committed_by: r.committed_before.clone(),
             component: r.component.clone(),
-            config_sha256: planned.map(|s| config_sha256(&s.config)).unwrap_or_default(),
+            config_sha256: r.config_sha256.clone(),
+            selected: r.selected.clone(),
             inputs: planned.map(|s| inputs(&s.inputs)).unwrap_or_default(),
             passes: r.passes,
             rows_in: r.rows_in,
@@ -273,6 +279,7 @@ pub(crate) fn of_run(
             committed_by: None,
             component: failed.component.sha256.clone(),
             config_sha256: config_sha256(&failed.config),
+            selected: BTreeMap::new(),
             inputs: inputs(&failed.inputs),
             passes: 0,
             rows_in: 0,

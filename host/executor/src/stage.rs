@@ -3,6 +3,7 @@
 //! every task process prepare a stage the same way, from the plan and what
 //! the store holds, so they agree on every task's identity.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +20,7 @@ use wasmpipe_storage::{Storage, StorageError};
 use crate::authority::verify_deployed_input;
 use crate::cache::PartitionCache;
 use crate::plan::{InputRef, LockedPipeline, LockedStage, ModelRef};
+use crate::select;
 use crate::{Executor, RunError, TaskFailure};
 use wasmpipe_storage::registry;
 
@@ -64,6 +66,11 @@ pub(crate) struct PreparedStage<'a> {
     /// an empty input).
     pub fit_groups: Vec<Range<usize>>,
     pub output: OutputLayout,
+    /// The configuration its instances receive: the plan's, its column
+    /// selectors resolved against what the stage reads (see `select`).
+    pub config: String,
+    /// What each of those selectors selected, by key.
+    pub selected: BTreeMap<String, Vec<String>>,
     /// Hash of what determines every task's output besides its partition.
     pub identity: String,
     /// Hash of everything the output depends on: the stage, every
@@ -145,12 +152,20 @@ pub(crate) fn prepare<'a>(
         ))));
     }
     let partitions = exec.io.block_on(read::partitions(&files)).map_err(storage_err)?;
+    let schema = stage.schema.as_ref().map(declared_schema);
+    let columns_err = |reason| RunError::Columns { stage: stage.name.clone(), reason };
+    let resolved = if select::check(&stage.config).map_err(columns_err)? {
+        let read = input_schema(exec, stage, &partitions, schema.clone()).map_err(storage_err)?;
+        select::resolve(&stage.config, read.as_deref()).map_err(columns_err)?
+    } else {
+        select::Resolved { config: stage.config.clone(), selected: BTreeMap::new() }
+    };
 
     let batch_rows = (stage.limits.batch_rows as u64).to_le_bytes();
     let row_group_rows = (stage.limits.row_group_rows as u64).to_le_bytes();
     let shape = format!("{:?} {:?}", stage.columns, stage.schema);
     let mut parts: Vec<&[u8]> =
-        vec![component.hash().as_bytes(), stage.config.as_bytes(), &batch_rows, &row_group_rows, shape.as_bytes()];
+        vec![component.hash().as_bytes(), resolved.config.as_bytes(), &batch_rows, &row_group_rows, shape.as_bytes()];
     // (Only then: the identities of stages that write rows, the default,
     // are what they were before `emit_rows`.)
     if !stage.emit_rows {
@@ -173,13 +188,15 @@ pub(crate) fn prepare<'a>(
         plan,
         stage,
         component,
-        schema: stage.schema.as_ref().map(declared_schema),
+        schema,
         fit_groups: fit_groups(
             &partitions.iter().map(|p| p.bytes).collect::<Vec<_>>(),
             stage.limits.fit_task_mib << 20,
         ),
         partitions,
         output,
+        config: resolved.config,
+        selected: resolved.selected,
         identity,
         output_identity,
         lineage,
@@ -192,6 +209,37 @@ pub(crate) fn prepare<'a>(
         prepared.cache = PartitionCache::new(Some(exec.cache.clone()));
     }
     Ok(prepared)
+}
+
+/// The schema `stage` reads from `partitions` (after its `columns`
+/// projection), for resolving its column selectors: a Parquet file's
+/// footer, a text input's `declared` schema, or the one inferred from the
+/// head of its first file; none for an input with no files.
+fn input_schema(
+    exec: &Executor,
+    stage: &LockedStage,
+    partitions: &[Partition],
+    declared: Option<SchemaRef>,
+) -> Result<Option<SchemaRef>, StorageError> {
+    let Some(first) = partitions.first() else { return Ok(None) };
+    let schema = match first.schema().or(declared) {
+        Some(schema) => schema,
+        None => exec.io.block_on(async {
+            let mut stream = read::open(first, None, 1024, None).await?;
+            while let Some(chunk) = stream.next().await {
+                if let Chunk::Rows(batch) = chunk? {
+                    return Ok(batch.schema());
+                }
+            }
+            Ok(Arc::new(Schema::empty()))
+        })?,
+    };
+    Ok(Some(match &stage.columns {
+        Some(columns) => Arc::new(Schema::new(
+            schema.fields().iter().filter(|f| columns.contains(f.name())).cloned().collect::<Vec<_>>(),
+        )),
+        None => schema,
+    }))
 }
 
 /// Where a partition is, for people: `URL row group N`, or the file's URL.
@@ -414,7 +462,7 @@ impl PreparedStage<'_> {
     pub fn instantiate(&self, label: String, task_id: &str) -> Result<StageInstance, CallError> {
         let limits = self.stage.limits.instance();
         let setup = InstanceSetup {
-            config_json: self.stage.config.as_str().into(),
+            config_json: self.config.as_str().into(),
             label,
             sink: Some(self.exec.log.clone()),
             seed: Sha256::digest(task_id.as_bytes()).into(),

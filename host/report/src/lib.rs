@@ -486,7 +486,12 @@ fn lineage(stages: &[(&StageRecord, &StageDetails)]) -> Markup {
                         tr id={ "stage-" (s.name) } {
                             td { (s.name) }
                             td { code title=(s.component) { (short(&s.component)) } }
-                            td { code title=(s.config_sha256) { (short(&s.config_sha256)) } }
+                            td {
+                                code title=(s.config_sha256) { (short(&s.config_sha256)) }
+                                @for (key, columns) in &s.selected {
+                                    div.selected title=(columns.join(", ")) { (key) ": " (columns.len()) " columns selected" }
+                                }
+                            }
                             td {
                                 @match &d.commit {
                                     Some(c) => { @for i in &c.inputs { div { code { (i) } } } }

@@ -31,7 +31,7 @@
 //! * A stage refuses to write into a prefix that holds objects no wasmpipe
 //!   record names and no commit: that is someone else's data.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -102,8 +102,11 @@ pub struct CommitRecord {
     pub identity: String,
     /// SHA-256 of the stage component.
     pub component: String,
-    /// SHA-256 of the stage's config JSON.
+    /// SHA-256 of the stage's config JSON, its column selectors resolved.
     pub config: String,
+    /// What each column selector of the stage's config selected, by key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selected: BTreeMap<String, Vec<String>>,
     /// The inputs read: URL and, for committed upstream outputs, their
     /// commit's identity.
     pub inputs: Vec<String>,

@@ -149,6 +149,12 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// The Arrow schema of a Parquet partition, from its file's footer
+    /// (none for a text file, whose schema is declared or inferred).
+    pub fn schema(&self) -> Option<SchemaRef> {
+        self.metadata.as_ref().map(|m| m.schema().clone())
+    }
+
     /// A stable description of what the partition covers, for task identity.
     pub fn identity(&self) -> String {
         let f = &self.file;
