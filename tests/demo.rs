@@ -334,12 +334,15 @@ fn classification_demo(name: &str) -> (serde_json::Value, wasmpipe_executor::Run
 fn the_breast_cancer_demo_classifies_held_out_rows() {
     let (metrics, report) = classification_demo("breast_cancer");
     let rows = |s: &str| report.stages.iter().find(|r| r.name == s).unwrap().rows_out;
-    assert_eq!(rows("train") + rows("test"), 569);
-    assert_eq!(metrics["rows"], rows("test"));
+    // One split stage, read as its two named outputs: every row on one side.
+    assert_eq!(rows("split"), 569);
+    let (train, test) = (rows("scale"), rows("scale_test"));
+    assert_eq!(train + test, 569);
+    assert_eq!(metrics["rows"], test);
     // Stratified: the test split keeps the classes' proportions (212 / 357).
     let support: Vec<u64> = metrics["support"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    assert_eq!(support.iter().sum::<u64>(), rows("test"));
-    assert!((support[0] as f64 / rows("test") as f64 - 212.0 / 569.0).abs() < 0.01, "{support:?}");
+    assert_eq!(support.iter().sum::<u64>(), test);
+    assert!((support[0] as f64 / test as f64 - 212.0 / 569.0).abs() < 0.01, "{support:?}");
     assert!(metrics["accuracy"].as_f64().unwrap() > 0.95, "{metrics}");
     assert!(metrics["roc_auc"].as_f64().unwrap() > 0.98, "{metrics}");
 }
@@ -356,8 +359,8 @@ fn the_wine_demo_classifies_three_cultivars() {
 fn the_iris_demo_mixes_rust_and_python_stages() {
     let (metrics, report) = classification_demo("iris");
     let rows = |s: &str| report.stages.iter().find(|r| r.name == s).unwrap().rows_out;
-    assert_eq!(rows("train") + rows("test"), 150);
-    assert_eq!(rows("scale"), rows("train"), "the Python scaler applied its model to every training row");
+    assert_eq!(rows("split"), 150);
+    assert_eq!(rows("scale") + rows("scale_test"), 150, "the Python scaler applied its model to every row");
     assert_eq!(metrics["classes"], serde_json::json!([0, 1, 2]));
     assert!(metrics["accuracy"].as_f64().unwrap() > 0.9, "{metrics}");
     // The scaler is the Python component (it carries CPython: megabytes).

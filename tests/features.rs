@@ -290,6 +290,81 @@ fn split_is_deterministic_stratified_and_keeps_branches_disjoint() {
 }
 
 #[test]
+fn named_outputs_route_every_row_of_one_split_to_exactly_one_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = with_ids(&data("breast_cancer.csv"), dir.path());
+    let rows = csv_lines(&csv).1.len();
+    let split =
+        "config = { fractions = { train = 0.6, validation = 0.2, test = 0.2 }, key = \"id\", stratify = \"target\" }";
+    let pipeline = |outputs: &str, readers: &[&str]| {
+        let mut text = format!(
+            "{}\n[stage.split]\ncomponent = {}\ninputs = [\"stage:ingest\"]\n{outputs}\nroute = \"split\"\n{split}\n",
+            ingest_head(&csv, rows, 3),
+            toml_path(&component("split")),
+        );
+        for (i, input) in readers.iter().enumerate() {
+            text += &format!(
+                "\n[stage.read{i}]\ncomponent = {}\ninputs = [\"{input}\"]\n",
+                toml_path(&component("passthrough"))
+            );
+        }
+        text
+    };
+    let readers = ["stage:split.train", "stage:split.validation", "stage:split.test", "stage:split"];
+    let text = pipeline("outputs = [\"train\", \"validation\", \"test\"]", &readers);
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let report = run_text(&exec, &text, store.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let ids = |batches: Vec<RecordBatch>| -> Vec<i64> {
+        batches
+            .iter()
+            .flat_map(|b| b.column_by_name("id").unwrap().as_primitive::<Int64Type>().values().to_vec())
+            .collect()
+    };
+    // `stage:split` reads every row, with the `split` column that routes it.
+    let all = read_committed(&store.path().join("ml/read3"));
+    let mut sides: Vec<(i64, String)> = Vec::new();
+    for b in &all {
+        let (id, side) =
+            (b.column_by_name("id").unwrap().as_primitive::<Int64Type>(), b.column_by_name("split").unwrap());
+        let side = side.as_string::<i32>();
+        sides.extend((0..b.num_rows()).map(|i| (id.value(i), side.value(i).to_string())));
+    }
+    assert_eq!(sides.len(), rows);
+    for (i, output) in ["train", "validation", "test"].iter().enumerate() {
+        let dir = store.path().join(format!("ml/read{i}"));
+        let got = read_committed(&dir);
+        assert!(got.iter().all(|b| b.column_by_name("split").is_none()), "{output}: the routing column is dropped");
+        // Exactly the rows the split column sends there, in order.
+        let want: Vec<i64> = sides.iter().filter(|(_, s)| s == output).map(|(id, _)| *id).collect();
+        assert!(!want.is_empty());
+        assert_eq!(ids(got), want, "{output}");
+        let commit = commit_record(&dir);
+        let input = commit["inputs"][0].as_str().unwrap();
+        assert!(
+            input.contains("/ml/split@") && input.ends_with(&format!("#{output}")),
+            "lineage names the output: {input}"
+        );
+        let stage = report.stages.iter().find(|s| s.name == format!("read{i}")).unwrap();
+        assert_eq!(stage.rows_out as usize, want.len());
+    }
+
+    // A row routed to an output the stage does not name fails the split,
+    // and nothing downstream runs.
+    let text = pipeline("outputs = [\"train\", \"test\"]", &["stage:split.train"]);
+    let err = run_text(&exec, &text, store.path()).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "stage \"split\" routes a row to output \"validation\", which is not one of its outputs (train, test)"
+        ),
+        "{err}"
+    );
+    // (The same store: the split committed above is not this one.)
+    let commit = commit_record(&store.path().join("ml/split"));
+    assert_eq!(commit["run_id"].as_str(), Some(report.run_id.as_str()), "the earlier commit stays");
+}
+
+#[test]
 fn hasher_is_deterministic_in_range_and_consistent_across_partitions() {
     // iris with its species named (strings) and an int column to hash.
     let dir = tempfile::tempdir().unwrap();
@@ -502,12 +577,15 @@ fn column_selectors_resolve_against_the_input_and_equal_the_lists_they_stand_for
     for partitions in [1, 3] {
         // A glob, and a type with an exclusion, each against its list.
         for (selector, listed) in [
-            ("{ glob = \"mean_*\" }".to_string(), means.clone()),
+            ("{ select = \"all\", glob = \"mean_*\" }".to_string(), means.clone()),
             (
-                "{ type = \"numeric\", exclude = [\"target\"] }".to_string(),
+                "{ select = \"numeric\", exclude = [\"target\"] }".to_string(),
                 header.iter().map(String::as_str).filter(|c| *c != "target").collect(),
             ),
-            ("{ regex = \"^worst_(radius|area)$\", type = \"float\" }".to_string(), vec!["worst_radius", "worst_area"]),
+            (
+                "{ select = \"float\", regex = \"^worst_(radius|area)$\" }".to_string(),
+                vec!["worst_radius", "worst_area"],
+            ),
         ] {
             let selected = run(&csv, partitions, "scaler", &format!("columns = {selector}"));
             let spelt = run(&csv, partitions, "scaler", &format!("columns = {}", strings(&listed)));
@@ -527,9 +605,8 @@ fn column_selectors_resolve_against_the_input_and_equal_the_lists_they_stand_for
 #[test]
 fn a_column_selector_that_cannot_be_resolved_fails_its_stage_and_a_malformed_one_fails_first() {
     let csv = data("iris.csv");
-    let rows = csv_lines(&csv).1.len();
-    let try_run = |config: &str| {
-        let text = manifest(&csv, 2, "scaler", config);
+    let try_run = |stage: &str, config: &str| {
+        let text = manifest(&csv, 2, stage, config);
         let store = tempfile::tempdir().unwrap();
         let (exec, _) = executor(store.path(), 2);
         let err = run_text(&exec, &text, store.path()).expect_err(config).to_string();
@@ -537,28 +614,93 @@ fn a_column_selector_that_cannot_be_resolved_fails_its_stage_and_a_malformed_one
         assert!(!store.path().join("ml/feat/_wasmpipe_commit.json").exists(), "{config}: committed");
         (err, ingested)
     };
-    assert!(rows > 0);
     // Malformed: refused with the plan, before ingest runs.
     for (config, says) in [
-        ("columns = { glob = \"[sepal\" }", "stage \"feat\": invalid config: `columns`: glob \"[sepal\""),
-        ("columns = { type = \"numbers\" }", "no column type \"numbers\" (the types: numeric"),
-        ("columns = { glob = \"*\", exlude = [\"target\"] }", "a column selector takes no key `exlude`"),
-        // The rest of a configuration with a selector is still checked
-        // before any data moves.
-        ("columns = { glob = \"petal_*\" }\nclip = 3", "stage \"feat\": invalid config"),
+        ("columns = { select = \"all\", glob = \"[sepal\" }", "stage \"feat\": `columns`: glob \"[sepal\""),
+        ("columns = { select = \"numbers\" }", "`select = \"numbers\"`: no such type of column (the types: all,"),
+        ("columns = { select = \"all\", exlude = [\"target\"] }", "a column selector takes no key `exlude`"),
     ] {
-        let (err, ingested) = try_run(config);
-        assert!(err.contains(says), "{config}: {err}");
+        let (err, ingested) = try_run("scaler", config);
+        assert!(err.contains(says) && err.contains("hint: fix the column selector"), "{config}: {err}");
         assert!(!ingested, "{config}: ingest ran before the selector was refused");
     }
-    // Well formed, but not for this input: the stage fails before its first
-    // task, naming what the input has.
-    for (config, says) in [
-        ("columns = { glob = \"pixel_*\" }", "`columns` selects no column of the input (its columns: sepal_length "),
-        ("columns = { type = \"numeric\", exclude = [\"tagret\"] }", "excludes column \"tagret\", which the input"),
+    // Well formed, but not for this input, or a config the stage rejects
+    // once its columns are known: the stage fails before its first task.
+    for (stage, config, says) in [
+        (
+            "scaler",
+            "columns = { select = \"all\", glob = \"pixel_*\" }",
+            "`columns` selects no column of the input (its columns: sepal_length ",
+        ),
+        (
+            "scaler",
+            "columns = { select = \"numeric\", exclude = [\"tagret\"] }",
+            "excludes column \"tagret\", which the input",
+        ),
+        (
+            "scaler",
+            "columns = { select = \"numeric\", exclude = [\"target\"] }\nclip = 3",
+            "invalid config: unknown field `clip`",
+        ),
+        (
+            "kmeans",
+            "features = { select = \"float\" }\nk = 2\ncentroids = [[1.0, 2.0], [3.0, 4.0]]",
+            "invalid config: centroids: [1.0, 2.0] is not 4 finite numbers",
+        ),
     ] {
-        let (err, ingested) = try_run(config);
+        let (err, ingested) = try_run(stage, config);
         assert!(err.contains(says) && err.contains("stage \"feat\"") && err.contains("hint:"), "{config}: {err}");
         assert!(ingested, "{config}");
     }
+    // Counted against the columns it selects, not a stand-in: the same
+    // kmeans config with 4 coordinates per centroid runs.
+    let run = run(
+        &csv,
+        2,
+        "kmeans",
+        "features = { select = \"float\" }\nk = 2\ncentroids = [[5.0, 3.4, 1.5, 0.2], [6.5, 3.0, 5.5, 2.0]]",
+    );
+    assert_eq!(run.report.stages.last().unwrap().selected["features"].len(), 4);
+}
+
+#[test]
+fn a_column_selector_reads_the_schema_the_stage_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = data("iris.csv");
+    // After the stage's projection, in the projection's order.
+    let text = format!(
+        "{}\n[stage.feat]\ncomponent = {}\ninputs = [\"stage:ingest\"]\ncolumns = [\"target\", \"petal_width\", \"sepal_length\"]\nconfig = {{ columns = {{ select = \"numeric\", exclude = [\"target\"] }} }}\n",
+        ingest_head(&csv, 150, 2),
+        toml_path(&component("scaler")),
+    );
+    let (exec, _) = executor(dir.path(), 2);
+    let report = run_text(&exec, &text, dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(report.stages[1].selected["columns"], ["petal_width", "sepal_length"]);
+
+    // A CSV read directly: its header and inferred types; one with no
+    // rows has no schema to select from.
+    let empty = dir.path().join("empty.csv");
+    std::fs::write(&empty, "a,b,target\n").unwrap();
+    let one = dir.path().join("one.csv");
+    std::fs::write(&one, "a,b,target\n1.5,x,0\n2.5,y,1\n").unwrap();
+    let direct = |input: &Path| {
+        format!(
+            "version = 1\nname = \"d\"\n[stage.feat]\ncomponent = {}\ninputs = [{}]\nconfig = {{ columns = {{ select = \"numeric\", exclude = [\"target\"] }} }}\n",
+            toml_path(&component("scaler")),
+            toml_path(input)
+        )
+    };
+    let store = tempfile::tempdir().unwrap();
+    let report = run_text(&exec, &direct(&one), store.path()).unwrap();
+    assert_eq!(report.stages[0].selected["columns"], ["a"]);
+    let err = run_text(&exec, &direct(&empty), store.path()).unwrap_err().to_string();
+    assert!(err.contains("`columns` selects columns of an input that has no rows"), "{err}");
+    // Several text files each infer their own types: a declared schema
+    // is asked for.
+    let many = dir.path().join("many");
+    std::fs::create_dir(&many).unwrap();
+    std::fs::copy(&one, many.join("1.csv")).unwrap();
+    std::fs::copy(&one, many.join("2.csv")).unwrap();
+    let err = run_text(&exec, &direct(&many), store.path()).unwrap_err().to_string();
+    assert!(err.contains("a text input of 2 files") && err.contains("declare the input's `schema`"), "{err}");
 }

@@ -705,15 +705,17 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             executor.check(&manifest, &storage, Some(&base_dir))?
         }
     };
-    let applying = plan.stages.iter().filter(|s| s.model.is_some()).count();
+    let at_start = plan.checked_at_start().count();
     println!(
         "pipeline {:?} (plan {}): {} stages resolve, their inputs and outputs are allowed, and every stage accepts its configuration{}",
         plan.pipeline,
         &plan.hash()[..12],
         plan.stages.len(),
-        match applying {
+        match at_start {
             0 => String::new(),
-            n => format!(" ({n} that apply a fitted model are checked when they run)"),
+            n => format!(
+                " ({n} that apply a fitted model or select their columns by pattern or type are checked when they start)"
+            ),
         }
     );
     Ok(ExitCode::SUCCESS)
@@ -775,14 +777,7 @@ fn print_plan(plan: &LockedPipeline) {
         "limits",
     ]);
     for s in &plan.stages {
-        let reads: Vec<String> = s
-            .inputs
-            .iter()
-            .map(|i| match i {
-                wasmpipe_executor::InputRef::Stage { stage } => format!("stage:{stage}"),
-                wasmpipe_executor::InputRef::Location { url } => url.clone(),
-            })
-            .collect();
+        let reads: Vec<String> = s.inputs.iter().map(ToString::to_string).collect();
         let model = match &s.model {
             None => "-".to_string(),
             Some(wasmpipe_executor::ModelRef::Stage { stage }) => format!("stage:{stage}"),

@@ -122,7 +122,7 @@ type Committed = Vec<(String, u64, u64)>;
 fn committed(storage: &Storage, store: &str) -> Vec<(String, Option<Committed>)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let stages = ["ingest", "validate", "clean", "scale", "fit", "evaluate"];
-    let held_out = ["train", "test", "fit_train", "predict_test", "evaluate_test"];
+    let held_out = ["split", "fit_train", "predict_test", "evaluate_test"];
     stages
         .iter()
         .chain(&held_out)

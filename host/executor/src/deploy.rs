@@ -73,7 +73,7 @@ impl Executor {
             let mut inputs = Vec::new();
             for input in &stage.inputs {
                 inputs.push(toml::Value::String(match input {
-                    Input::Stage(up) => format!("stage:{up}"),
+                    up @ Input::Stage { .. } => up.to_string(),
                     Input::Location(l) if is_remote(l) => l.clone(),
                     Input::Location(l) => {
                         let path = match l.strip_prefix("file://") {

@@ -228,6 +228,15 @@ pub(crate) fn drive(
     for (locked, component) in plan.stages.iter().zip(components) {
         let started = Instant::now();
         let stage = prepare(exec, storage, plan, locked, component)?;
+        // Its column selectors resolved, its configuration is checked now,
+        // before its first task.
+        if !stage.selected.is_empty()
+            && locked.model.is_none()
+            && let Err(why) = exec.check_config(plan, locked, &stage.component, &stage.config)
+        {
+            let selected = stage.selected.iter().map(|(k, c)| format!("{k} = {c:?}")).collect::<Vec<_>>().join("; ");
+            return Err(RunError::ConfigAtStart { stage: locked.name.clone(), why, selected });
+        }
         exec.progress(|| Progress::Stage { stage: locked.name.clone(), partitions: stage.partitions.len() });
         let report = run_stage(&stage, engine, run_id, started, &mut so_far.running)?;
         exec.progress(|| Progress::StageDone {

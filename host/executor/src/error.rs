@@ -103,8 +103,21 @@ pub enum RunError {
         /// Its fields.
         other_fields: String,
     },
-    /// A column selector of a stage's configuration selects nothing, or
-    /// excludes a column, that the stage's input does not have.
+    /// A stage whose column selectors have just resolved rejects its
+    /// configuration (checked when it started, before its first task).
+    #[error(
+        "stage {stage:?}: invalid config: {why}\n  (checked when the stage started, its column selectors resolved: {selected})\n  hint: fix [stage.{stage}.config] in the manifest"
+    )]
+    ConfigAtStart {
+        /// The stage.
+        stage: String,
+        /// What it said.
+        why: String,
+        /// What each selector selected, for people.
+        selected: String,
+    },
+    /// A column selector of a stage's configuration is malformed, selects
+    /// nothing, or excludes a column the stage's input does not have.
     #[error(
         "stage {stage:?}: {reason}\n  hint: fix the column selector in [stage.{stage}.config]; `wasmpipe show` lists an output's columns"
     )]
@@ -224,6 +237,12 @@ pub enum TaskFailure {
     /// only this task fails.
     #[error("internal error: {0}\n  hint: this is a wasmpipe bug; please report it with the input that caused it")]
     Internal(String),
+    /// A stage with named outputs wrote a row that its route column sends
+    /// to none of them.
+    #[error(
+        "{0}\n  hint: every row a stage with `outputs` writes needs its `route` column set to one of those outputs"
+    )]
+    Route(String),
     /// An iterative estimator asked for a pass beyond `max_passes`.
     #[error(
         "did not finish fitting within {passes} passes\n  hint: raise `max_passes` in the stage's [limits], or check the estimator's convergence test"
@@ -268,7 +287,7 @@ impl TaskFailure {
     /// `docs/commit-protocol.md`).
     pub fn exit_code(&self) -> u8 {
         match self {
-            TaskFailure::Stage(_) | TaskFailure::TooManyPasses { .. } => EXIT_DETERMINISTIC,
+            TaskFailure::Stage(_) | TaskFailure::TooManyPasses { .. } | TaskFailure::Route(_) => EXIT_DETERMINISTIC,
             TaskFailure::Storage(e) => storage_exit_code(e),
             TaskFailure::WallClock { .. } => EXIT_TRANSIENT,
             TaskFailure::Internal(_) | TaskFailure::NoSuchTask(_) | TaskFailure::NotReady(_) => EXIT_INTERNAL,

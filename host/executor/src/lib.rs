@@ -51,7 +51,7 @@ pub use deploy::Deployment;
 pub use engine::EngineKind;
 pub use error::{EXIT_DETERMINISTIC, EXIT_INTERNAL, EXIT_OK, EXIT_TRANSIENT, RunError, TaskFailure};
 pub use plan::{
-    ComponentRef, InputRef, Limits, LockedPipeline, LockedStage, ModelRef, OutputRef, PLAN_FORMAT, PLANS_DIR,
+    ComponentRef, InputRef, Limits, LockedPipeline, LockedStage, ModelRef, OutputRef, Outputs, PLAN_FORMAT, PLANS_DIR,
 };
 pub use record::{LogLine, RUN_FORMAT, RUNS_DIR, RunLog, RunRecord, StageLog, StageRecord, TaskEntry};
 pub use task::{FitStep, MERGE_FAN_IN, StageTasks, TASK_FORMAT, TaskKind, TaskOutcome, TaskSpec, WrittenObject};

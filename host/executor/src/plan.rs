@@ -80,8 +80,22 @@ pub struct LockedStage {
     /// transform tasks, no rows committed.
     #[serde(default = "yes", skip_serializing_if = "is_yes")]
     pub emit_rows: bool,
+    /// Its named outputs, and the column that routes each row to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<Outputs>,
     /// Where it writes.
     pub output: OutputRef,
+}
+
+/// A stage's named outputs: each row of its output belongs to the one its
+/// `route` column names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outputs {
+    /// Their names.
+    pub names: Vec<String>,
+    /// The routing column.
+    pub route: String,
 }
 
 fn yes() -> bool {
@@ -190,12 +204,26 @@ pub enum InputRef {
     Stage {
         /// Its name.
         stage: String,
+        /// One of its named outputs, or (none) all its rows.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
     },
     /// A file or prefix.
     Location {
         /// Its URL.
         url: String,
     },
+}
+
+impl std::fmt::Display for InputRef {
+    /// As a manifest writes it: `stage:NAME`, `stage:NAME.OUTPUT`, or the URL.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputRef::Stage { stage, output: None } => write!(f, "stage:{stage}"),
+            InputRef::Stage { stage, output: Some(output) } => write!(f, "stage:{stage}.{output}"),
+            InputRef::Location { url } => f.write_str(url),
+        }
+    }
 }
 
 /// Where a stage writes.
@@ -320,6 +348,14 @@ impl LockedPipeline {
         Ok(())
     }
 
+    /// The stages whose configuration is checked when they start rather
+    /// than with the plan: those that apply a fitted model (it does not
+    /// exist yet) and those with column selectors (they resolve against
+    /// what the stage reads).
+    pub fn checked_at_start(&self) -> impl Iterator<Item = &LockedStage> {
+        self.stages.iter().filter(|s| s.model.is_some() || crate::select::check(&s.config).unwrap_or(true))
+    }
+
     /// The stage named `name`.
     pub fn stage(&self, name: &str) -> Result<&LockedStage, RunError> {
         self.stages.iter().find(|s| s.name == name).ok_or_else(|| RunError::Plan {
@@ -334,7 +370,7 @@ impl LockedPipeline {
     /// The stages `stage` reads from: its inputs' and its model's.
     pub fn upstream<'a>(&'a self, stage: &'a LockedStage) -> impl Iterator<Item = &'a str> + 'a {
         let inputs = stage.inputs.iter().filter_map(|i| match i {
-            InputRef::Stage { stage } => Some(stage.as_str()),
+            InputRef::Stage { stage, .. } => Some(stage.as_str()),
             InputRef::Location { .. } => None,
         });
         let model = stage.model.iter().filter_map(|m| match m {
@@ -444,45 +480,52 @@ impl Executor {
     /// when it runs. Any other failure of that call is left to the tasks,
     /// which report it with their data.
     pub fn check_configs(&self, plan: &LockedPipeline, components: &[StageComponent]) -> Result<(), RunError> {
-        use wasmpipe_runtime::{CallError, InstanceLimits, InstanceSetup, TaskInfo};
         let mut rejected = Vec::new();
         for (stage, component) in plan.stages.iter().zip(components) {
-            if stage.model.is_some() {
+            // A stage whose configuration has column selectors is checked
+            // when it starts, once they resolve against what it reads.
+            if plan.checked_at_start().any(|s| s.name == stage.name) {
                 continue;
             }
-            let limits = InstanceLimits { cpu: stage.limits.cpu().min(CHECK_CPU), ..stage.limits.instance() };
-            // Column selectors resolve when the stage runs, against what it
-            // reads; the rest of the configuration is checked now.
-            let config = match crate::select::stand_in(&stage.config) {
-                Ok(config) => config,
-                Err(why) => {
-                    rejected.push((stage.name.clone(), why));
-                    continue;
-                }
-            };
-            let setup = InstanceSetup {
-                config_json: config.into(),
-                label: format!("{}[check]", stage.name),
-                sink: None,
-                seed: Sha256::digest(format!("check {}", stage.name).as_bytes()).into(),
-            };
-            let info = TaskInfo {
-                pipeline: plan.pipeline.clone(),
-                stage: stage.name.clone(),
-                partition: 0,
-                partitions: 1,
-                pass: 0,
-            };
-            let opened =
-                self.runtime.instantiate(component, &limits, setup).and_then(|mut instance| match stage.kind {
-                    StageKind::Transformer => instance.open(&info, None),
-                    StageKind::Estimator | StageKind::Aggregator => instance.fit_open(&info, None),
-                });
-            if let Err(CallError::Config(why)) = opened {
+            if let Err(why) = self.check_config(plan, stage, component, &stage.config) {
                 rejected.push((stage.name.clone(), why));
             }
         }
         if rejected.is_empty() { Ok(()) } else { Err(RunError::Config { rejected }) }
+    }
+
+    /// Open `stage` (loaded as `component`) with `config` and no data, as
+    /// its first task would: why it rejects that configuration, if it does.
+    pub(crate) fn check_config(
+        &self,
+        plan: &LockedPipeline,
+        stage: &LockedStage,
+        component: &StageComponent,
+        config: &str,
+    ) -> Result<(), String> {
+        use wasmpipe_runtime::{CallError, InstanceLimits, InstanceSetup, TaskInfo};
+        let limits = InstanceLimits { cpu: stage.limits.cpu().min(CHECK_CPU), ..stage.limits.instance() };
+        let setup = InstanceSetup {
+            config_json: config.into(),
+            label: format!("{}[check]", stage.name),
+            sink: None,
+            seed: Sha256::digest(format!("check {}", stage.name).as_bytes()).into(),
+        };
+        let info = TaskInfo {
+            pipeline: plan.pipeline.clone(),
+            stage: stage.name.clone(),
+            partition: 0,
+            partitions: 1,
+            pass: 0,
+        };
+        let opened = self.runtime.instantiate(component, &limits, setup).and_then(|mut instance| match stage.kind {
+            StageKind::Transformer => instance.open(&info, None),
+            StageKind::Estimator | StageKind::Aggregator => instance.fit_open(&info, None),
+        });
+        match opened {
+            Err(CallError::Config(why)) => Err(why),
+            _ => Ok(()),
+        }
     }
 
     /// [`Executor::resolve`], also returning the loaded components.
@@ -505,7 +548,9 @@ impl Executor {
                 .inputs
                 .iter()
                 .map(|input| match input {
-                    Input::Stage(up) => Ok(InputRef::Stage { stage: up.clone() }),
+                    Input::Stage { stage: up, output } => {
+                        Ok(InputRef::Stage { stage: up.clone(), output: output.clone() })
+                    }
                     Input::Location(l) => Ok(InputRef::Location { url: storage.resolve(l)?.url().to_string() }),
                 })
                 .collect::<Result<_, StorageError>>()
@@ -543,6 +588,7 @@ impl Executor {
                 schema: spec.schema.clone(),
                 model,
                 emit_rows: spec.emit_rows,
+                outputs: spec.route.as_ref().map(|route| Outputs { names: spec.outputs.clone(), route: route.clone() }),
                 output,
             });
             components.push(component);
@@ -631,14 +677,13 @@ impl Executor {
 /// A stage applying a model must be an estimator, and a `stage:` model
 /// must be one this pipeline's estimator fits.
 /// Refuse a malformed column selector (a bad pattern, an unknown type or
-/// key) in any stage's configuration, every such stage named.
+/// key) in any stage's configuration.
 fn check_selectors(plan: &LockedPipeline) -> Result<(), RunError> {
-    let rejected: Vec<(String, String)> = plan
-        .stages
-        .iter()
-        .filter_map(|s| crate::select::check(&s.config).err().map(|why| (s.name.clone(), why)))
-        .collect();
-    if rejected.is_empty() { Ok(()) } else { Err(RunError::Config { rejected }) }
+    for stage in &plan.stages {
+        crate::select::check(&stage.config)
+            .map_err(|reason| RunError::Columns { stage: stage.name.clone(), reason })?;
+    }
+    Ok(())
 }
 
 fn check_models(plan: &LockedPipeline) -> Result<(), RunError> {
@@ -685,7 +730,7 @@ fn check_rows(plan: &LockedPipeline) -> Result<(), RunError> {
             )));
         }
         for reader in &plan.stages {
-            if reader.inputs.iter().any(|i| matches!(i, InputRef::Stage { stage: up } if up == &stage.name)) {
+            if reader.inputs.iter().any(|i| matches!(i, InputRef::Stage { stage: up, .. } if up == &stage.name)) {
                 return Err(invalid(format!(
                     "`emit_rows = false`, so it writes no rows, but stage {:?} reads them (`inputs = [\"stage:{}\"]`)\n  hint: remove `emit_rows = false`, or have {:?} read what {:?} reads and apply the model with `model = \"stage:{}\"`",
                     reader.name, stage.name, reader.name, stage.name, stage.name

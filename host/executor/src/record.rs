@@ -240,13 +240,7 @@ fn config_sha256(config: &str) -> String {
 
 /// A stage's inputs as the record names them.
 fn inputs(inputs: &[crate::InputRef]) -> Vec<String> {
-    inputs
-        .iter()
-        .map(|i| match i {
-            crate::InputRef::Stage { stage } => format!("stage:{stage}"),
-            crate::InputRef::Location { url } => url.clone(),
-        })
-        .collect()
+    inputs.iter().map(ToString::to_string).collect()
 }
 
 /// RFC 3339 (UTC, milliseconds).

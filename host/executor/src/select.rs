@@ -4,24 +4,26 @@
 //! takes column lists (Rust or Python, ours or yours) gets them alike.
 //!
 //! A selector is a table in place of a list, at the top level of a stage's
-//! `config`, with at least one of `glob`, `regex` and `type` (each a
-//! string); `exclude` (a list of column names) takes columns out:
+//! `config`, marked by its `select` key, which names a type of column;
+//! `glob` and `regex` narrow it by name, and `exclude` (a list of column
+//! names) takes columns out:
 //!
 //! ```toml
-//! features = { type = "numeric", exclude = ["target"] }
-//! columns = { glob = "mean_*" }
-//! columns = { regex = "^(mean|worst)_", type = "float" }
+//! features = { select = "numeric", exclude = ["target"] }
+//! columns = { select = "all", glob = "mean_*" }
+//! columns = { select = "float", regex = "^(mean|worst)_" }
 //! ```
 //!
-//! A column is selected when it matches every filter given; columns keep
-//! the input's order. The stage receives the list, never the selector.
-//! Selectors are checked when the plan is resolved (a bad pattern, an
-//! unknown type or key fails before any data moves) and resolved when the
-//! stage is prepared, against the schema of what it reads (after its
-//! `columns` projection), the same way by the driver and by every task
-//! process; the commit records what each selected (`selected`). One that
-//! selects nothing, or excludes a column the input does not have, fails
-//! the stage before its first task.
+//! A column is selected when it passes every filter given; columns keep
+//! the order in which the stage reads them. The stage receives the list,
+//! never the selector. Selectors are checked when the plan is resolved (a
+//! bad pattern, an unknown type or key fails before any data moves) and
+//! resolved when the stage is prepared, against the schema of what it
+//! reads (after its `columns` projection), the same way by the driver and
+//! by every task process; the commit records what each selected
+//! (`selected`). One that selects nothing, excludes a column the input
+//! does not have, or meets an input with no rows, fails the stage before
+//! its first task.
 
 use std::collections::BTreeMap;
 
@@ -30,11 +32,11 @@ use globset::{Glob, GlobMatcher};
 use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
 
-/// The types a selector's `type` names.
-const TYPES: &[&str] = &["numeric", "integer", "float", "boolean", "utf8", "string", "timestamp", "any"];
+/// The types a selector's `select` names.
+const TYPES: &[&str] = &["all", "numeric", "integer", "float", "boolean", "utf8", "string", "timestamp"];
 
 /// The keys a selector takes.
-const KEYS: &[&str] = &["glob", "regex", "type", "exclude"];
+const KEYS: &[&str] = &["select", "glob", "regex", "exclude"];
 
 /// The most memory a selector's regular expression may compile to.
 const REGEX_BYTES: usize = 1 << 20;
@@ -50,12 +52,10 @@ struct Selector {
 
 impl Selector {
     /// Whether `value` is written as a selector: an object with a string
-    /// `glob`, `regex` or `type` (so a table of per-column settings keyed
-    /// by a column that happens to be called `type` is not one).
+    /// `select` (so a table of per-column settings keyed by a column that
+    /// happens to be called `select` is not one).
     fn is_one(value: &Value) -> bool {
-        value
-            .as_object()
-            .is_some_and(|o| ["glob", "regex", "type"].iter().any(|k| o.get(*k).is_some_and(Value::is_string)))
+        value.as_object().is_some_and(|o| o.get("select").is_some_and(Value::is_string))
     }
 
     fn parse(key: &str, object: &Map<String, Value>) -> Result<Selector, String> {
@@ -76,11 +76,11 @@ impl Selector {
         let regex = text("regex")?
             .map(|r| RegexBuilder::new(r).size_limit(REGEX_BYTES).build().map_err(|e| bad(format!("regex {r:?}: {e}"))))
             .transpose()?;
-        let kind = text("type")?.map(str::to_string);
+        let kind = text("select")?.map(str::to_string);
         if let Some(k) = &kind
             && !TYPES.contains(&k.as_str())
         {
-            return Err(bad(format!("no column type {k:?} (the types: {})", TYPES.join(", "))));
+            return Err(bad(format!("`select = {k:?}`: no such type of column (the types: {})", TYPES.join(", "))));
         }
         let exclude = match object.get("exclude") {
             None => Vec::new(),
@@ -97,13 +97,15 @@ impl Selector {
 
     fn has_type(&self, data_type: &DataType) -> bool {
         match self.kind.as_deref() {
-            None | Some("any") => true,
+            None | Some("all") => true,
             Some("numeric") => data_type.is_numeric(),
             Some("integer") => data_type.is_integer(),
             Some("float") => data_type.is_floating(),
             Some("boolean") => *data_type == DataType::Boolean,
             Some("utf8" | "string") => matches!(data_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View),
-            Some("timestamp") => data_type.is_temporal(),
+            Some("timestamp") => {
+                matches!(data_type, DataType::Timestamp(..) | DataType::Date32 | DataType::Date64)
+            }
             Some(_) => false,
         }
     }
@@ -129,7 +131,7 @@ impl Selector {
             })
             .map(|f| f.name().clone())
             .collect();
-        if selected.is_empty() && !names.is_empty() {
+        if selected.is_empty() {
             let types: Vec<String> =
                 schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect();
             return Err(format!("`{key}` selects no column of the input (its columns: {})", types.join(", ")));
@@ -166,9 +168,9 @@ pub(crate) struct Resolved {
 }
 
 /// Replace every selector of `config_json` by the columns it selects from
-/// `schema` (`None`: an input with no files, against which every selector
-/// selects nothing). A configuration without selectors is returned as it
-/// is, byte for byte.
+/// `schema` (`None`: an input with no rows, against which no selector
+/// resolves). A configuration without selectors is returned as it is,
+/// byte for byte.
 pub(crate) fn resolve(config_json: &str, schema: Option<&Schema>) -> Result<Resolved, String> {
     let mut config: Value = serde_json::from_str(config_json).map_err(|e| format!("not a JSON document ({e})"))?;
     let found = selectors(&config)?;
@@ -179,23 +181,16 @@ pub(crate) fn resolve(config_json: &str, schema: Option<&Schema>) -> Result<Reso
     for (key, selector) in found {
         let columns = match schema {
             Some(schema) => selector.select(&key, schema)?,
-            None => Vec::new(),
+            None => {
+                return Err(format!(
+                    "`{key}` selects columns of an input that has no rows, and so no schema to select from"
+                ));
+            }
         };
         config[key.as_str()] = Value::from(columns.clone());
         selected.insert(key, columns);
     }
     Ok(Resolved { config: config.to_string(), selected })
-}
-
-/// `config_json` with every selector replaced by a one-column list of a
-/// name no input has, for checking the rest of a configuration before the
-/// schema a selector resolves against exists.
-pub(crate) fn stand_in(config_json: &str) -> Result<String, String> {
-    let mut config: Value = serde_json::from_str(config_json).map_err(|e| format!("not a JSON document ({e})"))?;
-    for (key, _) in selectors(&config)? {
-        config[key.as_str()] = Value::from(vec![format!("<columns {key} selects>")]);
-    }
-    Ok(config.to_string())
 }
 
 #[cfg(test)]
@@ -219,54 +214,64 @@ mod tests {
     }
 
     #[test]
-    fn selectors_pick_columns_by_glob_regex_and_type_in_schema_order() {
+    fn selectors_pick_columns_by_type_glob_and_regex_in_schema_order() {
         let one = |config: &str, key: &str| selected(config).unwrap().remove(key).unwrap();
-        assert_eq!(one(r#"{"c": {"glob": "mean_*"}}"#, "c"), ["mean_radius", "mean_texture"]);
-        assert_eq!(one(r#"{"c": {"regex": "radius$"}}"#, "c"), ["mean_radius", "worst_radius"]);
+        assert_eq!(one(r#"{"c": {"select": "all", "glob": "mean_*"}}"#, "c"), ["mean_radius", "mean_texture"]);
+        assert_eq!(one(r#"{"c": {"select": "all", "regex": "radius$"}}"#, "c"), ["mean_radius", "worst_radius"]);
         assert_eq!(
-            one(r#"{"f": {"type": "numeric", "exclude": ["target"]}}"#, "f"),
+            one(r#"{"f": {"select": "numeric", "exclude": ["target"]}}"#, "f"),
             ["mean_radius", "mean_texture", "worst_radius", "count"]
         );
         assert_eq!(
-            one(r#"{"f": {"type": "float", "regex": "^(worst|mean)_r"}}"#, "f"),
+            one(r#"{"f": {"select": "float", "regex": "^(worst|mean)_r"}}"#, "f"),
             ["mean_radius", "worst_radius"]
         );
-        assert_eq!(one(r#"{"f": {"type": "integer"}}"#, "f"), ["count", "target"]);
-        assert_eq!(one(r#"{"f": {"type": "utf8"}}"#, "f"), ["city"]);
-        assert_eq!(one(r#"{"f": {"type": "any", "exclude": ["city", "target"]}}"#, "f").len(), 4);
+        assert_eq!(one(r#"{"f": {"select": "integer"}}"#, "f"), ["count", "target"]);
+        assert_eq!(one(r#"{"f": {"select": "utf8"}}"#, "f"), ["city"]);
+        assert_eq!(one(r#"{"f": {"select": "all", "exclude": ["city", "target"]}}"#, "f").len(), 4);
     }
 
     #[test]
     fn the_stage_receives_lists_and_a_config_without_selectors_is_untouched() {
-        let config = r#"{"features":{"type":"numeric","exclude":["target"]},"target":"target","c":1.0}"#;
+        let config = r#"{"features":{"select":"numeric","exclude":["target"]},"target":"target","c":1.0}"#;
         let resolved = resolve(config, Some(&schema())).unwrap();
         let doc: Value = serde_json::from_str(&resolved.config).unwrap();
         assert_eq!(doc["features"], serde_json::json!(["mean_radius", "mean_texture", "worst_radius", "count"]));
         assert_eq!(doc["target"], "target");
-        // A per-column table keyed by a column called `type` is no selector.
-        for plain in [r#"{"ranges":{"type":{"min":0}},"x":[1, 2]}"#, r#"[1,2]"#, r#"{"columns":["a"]}"#] {
+        // Only `select` marks a selector: a stage's own tables with `type`,
+        // `glob` or `regex` keys, or per-column tables keyed by a column
+        // called `select`, reach the stage as written.
+        for plain in [
+            r#"{"loss":{"type":"float","delta":1.35},"x":[1, 2]}"#,
+            r#"{"paths":{"glob":"*.csv"}}"#,
+            r#"{"ranges":{"select":{"min":0}}}"#,
+            r#"[1,2]"#,
+            r#"{"columns":["a"]}"#,
+        ] {
             assert_eq!(resolve(plain, Some(&schema())).unwrap().config, plain);
             assert!(!check(plain).unwrap());
         }
-        // Against an input with no files, a selector selects nothing.
-        assert_eq!(resolve(config, None).unwrap().selected["features"], Vec::<String>::new());
+        // Against an input with no rows, a selector does not resolve.
+        assert!(resolve(config, None).unwrap_err().contains("`features` selects columns of an input that has no rows"));
     }
 
     #[test]
     fn malformed_and_empty_selectors_are_refused_with_what_to_fix() {
         let refused = |config: &str| check(config).and_then(|_| selected(config).map(|_| ())).unwrap_err();
-        assert!(refused(r#"{"c": {"glob": "[a"}}"#).contains("`c`: glob \"[a\""));
-        assert!(refused(r#"{"c": {"regex": "("}}"#).contains("`c`: regex \"(\""));
-        assert!(refused(r#"{"c": {"type": "numbers"}}"#).contains("no column type \"numbers\" (the types: numeric"));
-        assert!(refused(r#"{"c": {"glob": "*", "exlude": ["a"]}}"#).contains("takes no key `exlude`"));
-        assert!(refused(r#"{"c": {"glob": "*", "exclude": "a"}}"#).contains("`exclude` must be a list"));
-        assert!(refused(r#"{"c": {"glob": "*", "exclude": ["tagret"]}}"#).contains("excludes column \"tagret\""));
-        assert!(refused(r#"{"c": {"glob": "pixel_*"}}"#).contains("`c` selects no column of the input"));
+        assert!(refused(r#"{"c": {"select": "all", "glob": "[a"}}"#).contains("`c`: glob \"[a\""));
+        assert!(refused(r#"{"c": {"select": "all", "regex": "("}}"#).contains("`c`: regex \"(\""));
+        assert!(
+            refused(r#"{"c": {"select": "numbers"}}"#)
+                .contains("`select = \"numbers\"`: no such type of column (the types: all, numeric")
+        );
+        assert!(refused(r#"{"c": {"select": "all", "exlude": ["a"]}}"#).contains("takes no key `exlude`"));
+        assert!(refused(r#"{"c": {"select": "all", "exclude": "a"}}"#).contains("`exclude` must be a list"));
+        assert!(refused(r#"{"c": {"select": "all", "exclude": ["tagret"]}}"#).contains("excludes column \"tagret\""));
+        assert!(
+            refused(r#"{"c": {"select": "all", "glob": "pixel_*"}}"#).contains("`c` selects no column of the input")
+        );
         // A pattern too big to compile is refused, not compiled.
-        let huge = format!(r#"{{"c": {{"regex": "{}"}}}}"#, "(a|b|c|d){1000}".repeat(20));
+        let huge = format!(r#"{{"c": {{"select": "all", "regex": "{}"}}}}"#, "(a|b|c|d){1000}".repeat(20));
         assert!(refused(&huge).contains("`c`: regex"));
-        // The stand-in keeps the rest of the configuration for its check.
-        let doc: Value = serde_json::from_str(&stand_in(r#"{"f": {"type": "numeric"}, "k": 2}"#).unwrap()).unwrap();
-        assert_eq!(doc, serde_json::json!({"f": ["<columns f selects>"], "k": 2}));
     }
 }

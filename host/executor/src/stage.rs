@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
@@ -62,6 +63,8 @@ pub(crate) struct PreparedStage<'a> {
     /// The declared schema of text inputs.
     pub schema: Option<SchemaRef>,
     pub partitions: Vec<Partition>,
+    /// For each partition of a named output it reads, the route to it.
+    pub routes: Vec<Option<Route>>,
     /// The partitions each fit task folds, in order (one empty range for
     /// an empty input).
     pub fit_groups: Vec<Range<usize>>,
@@ -119,11 +122,31 @@ pub(crate) fn prepare<'a>(
         ManifestFormat::Jsonl => Format::Jsonl,
     });
     let mut files: Vec<InputFile> = Vec::new();
+    // Per input: how many files, and for a named output the route to it.
+    let mut groups: Vec<(usize, Option<Route>)> = Vec::new();
     let mut lineage = Vec::new();
     for input in &stage.inputs {
-        let (url, upstream) = match input {
-            InputRef::Stage { stage: up } => (plan.stage(up)?.output.url(store), Some(up)),
-            InputRef::Location { url } => (url.clone(), None),
+        let (url, upstream, route) = match input {
+            InputRef::Stage { stage: up, output } => {
+                let upstream = plan.stage(up)?;
+                let route = match (output, &upstream.outputs) {
+                    (None, _) => None,
+                    (Some(output), Some(outputs)) if outputs.names.contains(output) => {
+                        Some(Route { column: outputs.route.clone(), output: output.clone() })
+                    }
+                    (Some(_), _) => {
+                        return Err(RunError::Plan {
+                            url: plan.pipeline.clone(),
+                            reason: format!(
+                                "stage {:?} reads `{input}`, which stage {up:?} does not write",
+                                stage.name
+                            ),
+                        });
+                    }
+                };
+                (upstream.output.url(store), Some(up), route)
+            }
+            InputRef::Location { url } => (url.clone(), None, None),
         };
         let location = storage.resolve(&url).map_err(storage_err)?;
         let listing = exec.io.block_on(read::list(&location, format)).map_err(storage_err)?;
@@ -131,7 +154,10 @@ pub(crate) fn prepare<'a>(
             exec.io.block_on(verify_deployed_input(plan.root.as_deref(), &file.location)).map_err(storage_err)?;
         }
         match (&listing.commit, upstream) {
-            (Some(c), _) => lineage.push(format!("{}@{}", location.url(), c.identity)),
+            (Some(c), _) => lineage.push(match &route {
+                Some(r) => format!("{}@{}#{}", location.url(), c.identity, r.output),
+                None => format!("{}@{}", location.url(), c.identity),
+            }),
             (None, Some(up)) => {
                 return Err(storage_err(StorageError::CorruptCommit {
                     url: location.url().into(),
@@ -140,6 +166,7 @@ pub(crate) fn prepare<'a>(
             }
             (None, None) => lineage.push(location.url().to_string()),
         }
+        groups.push((listing.files.len(), route));
         files.extend(listing.files);
     }
     if stage.schema.is_some()
@@ -151,11 +178,11 @@ pub(crate) fn prepare<'a>(
             f.location.url()
         ))));
     }
-    let partitions = exec.io.block_on(read::partitions(&files)).map_err(storage_err)?;
+    let (partitions, routes) = partition(exec, stage, &files, groups).map_err(storage_err)?;
     let schema = stage.schema.as_ref().map(declared_schema);
     let columns_err = |reason| RunError::Columns { stage: stage.name.clone(), reason };
     let resolved = if select::check(&stage.config).map_err(columns_err)? {
-        let read = input_schema(exec, stage, &partitions, schema.clone()).map_err(storage_err)?;
+        let read = input_schema(exec, stage, &partitions, &routes, schema.clone())?;
         select::resolve(&stage.config, read.as_deref()).map_err(columns_err)?
     } else {
         select::Resolved { config: stage.config.clone(), selected: BTreeMap::new() }
@@ -171,6 +198,11 @@ pub(crate) fn prepare<'a>(
     if !stage.emit_rows {
         parts.push(b"fit only");
     }
+    // (Named outputs: its rows are checked against them as they are written.)
+    let routed = stage.outputs.as_ref().map(|o| format!("outputs {:?} routed by {:?}", o.names, o.route));
+    if let Some(routed) = &routed {
+        parts.push(routed.as_bytes());
+    }
     let identity = sha256_hex(&parts);
     let applied = match &stage.model {
         Some(source) => Some(applied_model(exec, storage, plan, stage, source, &mut lineage)?),
@@ -178,7 +210,7 @@ pub(crate) fn prepare<'a>(
     };
     let output_identity = {
         let mut parts: Vec<String> = vec![identity.clone()];
-        parts.extend(partitions.iter().map(Partition::identity));
+        parts.extend(partitions.iter().zip(&routes).map(|(p, route)| partition_id(p, route.as_ref())));
         parts.extend(applied.iter().map(|m| m.sha256.clone()));
         sha256_hex(&parts.iter().map(String::as_bytes).collect::<Vec<_>>())
     };
@@ -194,6 +226,7 @@ pub(crate) fn prepare<'a>(
             stage.limits.fit_task_mib << 20,
         ),
         partitions,
+        routes,
         output,
         config: resolved.config,
         selected: resolved.selected,
@@ -211,35 +244,135 @@ pub(crate) fn prepare<'a>(
     Ok(prepared)
 }
 
+/// The rows of an upstream output that make one of its named outputs:
+/// those whose `column` is `output`.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub column: String,
+    pub output: String,
+}
+
+impl Route {
+    /// The rows of `batch` on this route, without the routing column.
+    pub fn rows(&self, batch: RecordBatch) -> Result<RecordBatch, String> {
+        let mut batch = batch;
+        let index = batch
+            .schema()
+            .index_of(&self.column)
+            .map_err(|_| format!("its input has no column {:?} to read output {:?} by", self.column, self.output))?;
+        let values = arrow::compute::cast(batch.column(index), &DataType::Utf8).map_err(|e| e.to_string())?;
+        let wanted = arrow::array::StringArray::new_scalar(self.output.as_str());
+        let mask = arrow::compute::kernels::cmp::eq(&values, &wanted).map_err(|e| e.to_string())?;
+        batch.remove_column(index);
+        arrow::compute::filter_record_batch(&batch, &mask).map_err(|e| e.to_string())
+    }
+}
+
+/// What `p` covers, for task identity: the rows of one named output of
+/// it when it is read by `route`.
+fn partition_id(p: &Partition, route: Option<&Route>) -> String {
+    match route {
+        Some(r) => format!("{}#{}={}", p.identity(), r.column, r.output),
+        None => p.identity(),
+    }
+}
+
+/// Split the files of each input group (`(files, route)`, in order) into
+/// partitions, each with the route its input reads by; a routed Parquet
+/// input must have the routing column.
+fn partition(
+    exec: &Executor,
+    stage: &LockedStage,
+    files: &[InputFile],
+    groups: Vec<(usize, Option<Route>)>,
+) -> Result<(Vec<Partition>, Vec<Option<Route>>), StorageError> {
+    let (mut partitions, mut routes) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    for (count, route) in groups {
+        let parts = exec.io.block_on(read::partitions(&files[start..start + count]))?;
+        start += count;
+        if let Some(r) = &route
+            && let Some(p) = parts.first()
+            && let Some(schema) = p.schema()
+            && schema.index_of(&r.column).is_err()
+        {
+            return Err(StorageError::Text {
+                url: p.file.location.url().into(),
+                reason: format!(
+                    "stage {:?} reads its output {:?}, but it has no column {:?} to route rows by",
+                    stage.name, r.output, r.column
+                ),
+            });
+        }
+        routes.extend(std::iter::repeat_n(route, parts.len()));
+        partitions.extend(parts);
+    }
+    Ok((partitions, routes))
+}
+
 /// The schema `stage` reads from `partitions` (after its `columns`
-/// projection), for resolving its column selectors: a Parquet file's
-/// footer, a text input's `declared` schema, or the one inferred from the
-/// head of its first file; none for an input with no files.
+/// projection, in its order), for resolving its column selectors: its
+/// Parquet files' footers, which must agree; a text input's `declared`
+/// schema, or the one inferred from its file (one file: each file of a
+/// text input infers its own types); none for an input with no rows.
 fn input_schema(
     exec: &Executor,
     stage: &LockedStage,
     partitions: &[Partition],
+    routes: &[Option<Route>],
     declared: Option<SchemaRef>,
-) -> Result<Option<SchemaRef>, StorageError> {
+) -> Result<Option<SchemaRef>, RunError> {
+    let storage_err = |source| RunError::Storage { stage: stage.name.clone(), source };
+    let columns_err = |reason| RunError::Columns { stage: stage.name.clone(), reason };
+    // What the stage sees of a partition's schema: without the routing
+    // column of a named output, projected.
+    let seen = |schema: &Schema, route: Option<&Route>| -> Schema {
+        let fields: Vec<Arc<Field>> = match &stage.columns {
+            Some(columns) => {
+                columns.iter().filter_map(|c| schema.field_with_name(c).ok()).cloned().map(Arc::new).collect()
+            }
+            None => schema.fields().iter().cloned().collect(),
+        };
+        Schema::new(fields.into_iter().filter(|f| route.is_none_or(|r| &r.column != f.name())).collect::<Vec<_>>())
+    };
     let Some(first) = partitions.first() else { return Ok(None) };
-    let schema = match first.schema().or(declared) {
-        Some(schema) => schema,
-        None => exec.io.block_on(async {
+    let route = |i: usize| routes.get(i).and_then(Option::as_ref);
+    if let Some(schema) = first.schema() {
+        let want = seen(&schema, route(0));
+        for (i, p) in partitions.iter().enumerate().skip(1) {
+            let other = p.schema().map(|s| seen(&s, route(i)));
+            if other.as_ref().is_some_and(|o| o.fields() != want.fields()) || other.is_none() {
+                return Err(columns_err(format!(
+                    "its column selectors need one schema, but its input files disagree: {} and {}",
+                    first.file.location.url(),
+                    p.file.location.url()
+                )));
+            }
+        }
+        return Ok(Some(Arc::new(want)));
+    }
+    if let Some(schema) = declared {
+        return Ok(Some(Arc::new(seen(&schema, None))));
+    }
+    if partitions.len() > 1 {
+        return Err(columns_err(format!(
+            "its column selectors read the columns of a text input of {} files, each of which infers its own types\n  hint: declare the input's `schema`, or ingest the files into Parquet in a stage of their own",
+            partitions.len()
+        )));
+    }
+    let inferred = exec
+        .io
+        .block_on(async {
             let mut stream = read::open(first, None, 1024, None).await?;
             while let Some(chunk) = stream.next().await {
                 if let Chunk::Rows(batch) = chunk? {
-                    return Ok(batch.schema());
+                    return Ok(Some(batch.schema()));
                 }
             }
-            Ok(Arc::new(Schema::empty()))
-        })?,
-    };
-    Ok(Some(match &stage.columns {
-        Some(columns) => Arc::new(Schema::new(
-            schema.fields().iter().filter(|f| columns.contains(f.name())).cloned().collect::<Vec<_>>(),
-        )),
-        None => schema,
-    }))
+            Ok(None)
+        })
+        .map_err(storage_err)?;
+    Ok(inferred.map(|schema| Arc::new(seen(&schema, None))))
 }
 
 /// Where a partition is, for people: `URL row group N`, or the file's URL.
@@ -362,6 +495,12 @@ impl PreparedStage<'_> {
         }
     }
 
+    /// What partition `index` covers, for task identity: its identity, and
+    /// the named output it reads, if one.
+    fn partition_id(&self, index: usize) -> String {
+        partition_id(&self.partitions[index], self.routes.get(index).and_then(Option::as_ref))
+    }
+
     /// The identity of the state fit pass `pass` starts from (`carry`).
     pub fn carry_id(carry: Option<&[u8]>) -> String {
         sha256_hex(&[carry.unwrap_or_default()])
@@ -371,7 +510,7 @@ impl PreparedStage<'_> {
     /// what it folds is the partitions of its group.
     pub fn fit_id(&self, group: usize, pass: u32, carry_id: &str) -> String {
         let members = self.fit_groups.get(group).cloned().unwrap_or_default();
-        let parts: String = self.partitions[members].iter().map(|p| p.identity() + "\n").collect();
+        let parts: String = members.map(|i| self.partition_id(i) + "\n").collect();
         let salt = format!("fit pass {pass} carry {carry_id}");
         sha256_hex(&[self.identity.as_bytes(), parts.as_bytes(), salt.as_bytes()])
     }
@@ -392,7 +531,7 @@ impl PreparedStage<'_> {
     /// partition), given what else determines its output (`salt`).
     pub fn task_id(&self, index: usize, salt: &str) -> String {
         let part = match self.partitions.get(index) {
-            Some(p) => p.identity(),
+            Some(_) => self.partition_id(index),
             None if index == usize::MAX => self.output_identity.clone(),
             None => String::new(),
         };
@@ -538,13 +677,27 @@ impl PreparedStage<'_> {
             }
             return Ok(Read { rows, bytes: 0 });
         }
-        let columns = self.stage.columns.as_deref();
-        let mut stream =
-            self.block(deadline, read::open(part, columns, self.stage.limits.batch_rows, self.schema.clone()))?;
+        let route = self.routes.get(index).and_then(Option::as_ref);
+        // A named output reads its routing column too, then drops it.
+        let columns: Option<Vec<String>> = self.stage.columns.clone().map(|mut columns| {
+            if let Some(r) = route
+                && !columns.contains(&r.column)
+            {
+                columns.push(r.column.clone());
+            }
+            columns
+        });
+        let mut stream = self
+            .block(deadline, read::open(part, columns.as_deref(), self.stage.limits.batch_rows, self.schema.clone()))?;
         let mut keeping = if keep { self.cache.keeping() } else { None };
         let mut rows = 0;
         while let Some(chunk) = self.block(deadline, async { Ok::<_, StorageError>(stream.next().await) })? {
-            let chunk = chunk?;
+            let chunk = match (chunk?, route) {
+                (Chunk::Rows(batch), Some(route)) => Chunk::Rows(route.rows(batch).map_err(|reason| {
+                    TaskFailure::Storage(StorageError::Text { url: part.file.location.url().into(), reason })
+                })?),
+                (chunk, _) => chunk,
+            };
             rows += rows_of(&chunk);
             keeping = keeping.and_then(|k| k.add(&chunk));
             each(chunk)?;

@@ -16,6 +16,7 @@
 use std::str::FromStr;
 use std::time::Instant;
 
+use arrow::array::AsArray;
 use arrow::compute::BatchCoalescer;
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
@@ -662,6 +663,7 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
                 let out = inst.transform(batch)?;
                 set_aside(&mut inst, &mut rejected)?;
                 if let Some(out) = out {
+                    check_routes(stage, &out)?;
                     stage.block(&deadline, writer.write(&out))?;
                 }
             }
@@ -672,6 +674,7 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
     let out = inst.close()?;
     set_aside(&mut inst, &mut rejected)?;
     if let Some(out) = out {
+        check_routes(stage, &out)?;
         stage.block(&deadline, writer.write(&out))?;
     }
     let schema =
@@ -689,6 +692,31 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
     let record = TaskRecord::Transform { part, quarantine, rows_in, schema };
     write_record(stage, &deadline, &task_id, &record, &[])?;
     Ok(outcome)
+}
+
+/// A stage with named outputs routes every row it writes to one of them:
+/// its route column names one on every row.
+fn check_routes(stage: &PreparedStage, batch: &RecordBatch) -> Result<(), TaskFailure> {
+    let Some(outputs) = &stage.stage.outputs else { return Ok(()) };
+    let name = &stage.stage.name;
+    let Some(column) = batch.column_by_name(&outputs.route) else {
+        return Err(TaskFailure::Route(format!(
+            "stage {name:?} has named outputs routed by column {:?}, but writes no such column",
+            outputs.route
+        )));
+    };
+    let values = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).map_err(|e| {
+        TaskFailure::Route(format!("stage {name:?}: its route column {:?} is not text ({e})", outputs.route))
+    })?;
+    let stray = values.as_string::<i32>().iter().find(|v| v.is_none_or(|v| !outputs.names.iter().any(|n| n == v)));
+    match stray {
+        None => Ok(()),
+        Some(value) => Err(TaskFailure::Route(format!(
+            "stage {name:?} routes a row to {}, which is not one of its outputs ({})",
+            value.map_or("no output (a null)".into(), |v| format!("output {v:?}")),
+            outputs.names.join(", ")
+        ))),
+    }
 }
 
 /// The record of a transform task an earlier attempt completed, if its

@@ -143,8 +143,9 @@ pub struct Stage {
     /// are relative to the manifest.
     pub component: ComponentSource,
     /// What the stage reads: object-store URLs or paths (a file, or a
-    /// directory/prefix of files), or `stage:NAME` for an upstream stage's
-    /// committed output.
+    /// directory/prefix of files), `stage:NAME` for an upstream stage's
+    /// committed output, or `stage:NAME.OUTPUT` for one of its named
+    /// outputs.
     pub inputs: Vec<Input>,
     /// Where the stage writes: a URL or path. Default:
     /// `<store>/<pipeline>/<stage>`.
@@ -171,6 +172,16 @@ pub struct Stage {
     /// Default `true`.
     #[serde(default = "emits_rows")]
     pub emit_rows: bool,
+    /// Named outputs: the stage writes one output, and each of its rows
+    /// belongs to the output its `route` column names. A stage reads one
+    /// of them as `stage:NAME.OUTPUT` (those rows, without the `route`
+    /// column); `stage:NAME` still reads every row. All of them come from
+    /// the same tasks and the same commit, so (for `split`) the sides of a
+    /// split cannot disagree.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    /// The column whose value names each row's output (with `outputs`).
+    pub route: Option<String>,
     /// Overrides of `[defaults]`.
     #[serde(default)]
     pub limits: Settings,
@@ -226,17 +237,36 @@ impl<'de> Deserialize<'de> for ComponentSource {
 /// One input of a stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
-    /// The committed output of the named upstream stage.
-    Stage(String),
+    /// The committed output of the named upstream stage (`stage:NAME`),
+    /// or one of its named outputs (`stage:NAME.OUTPUT`).
+    Stage {
+        /// The upstream stage.
+        stage: String,
+        /// Its named output, if one.
+        output: Option<String>,
+    },
     /// An object-store URL or a local path.
     Location(String),
+}
+
+impl std::fmt::Display for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Stage { stage, output: None } => write!(f, "stage:{stage}"),
+            Input::Stage { stage, output: Some(output) } => write!(f, "stage:{stage}.{output}"),
+            Input::Location(l) => f.write_str(l),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Input {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         match s.strip_prefix("stage:") {
-            Some(name) => Ok(Input::Stage(name.to_string())),
+            Some(name) => Ok(match name.split_once('.') {
+                Some((stage, output)) => Input::Stage { stage: stage.into(), output: Some(output.into()) },
+                None => Input::Stage { stage: name.into(), output: None },
+            }),
             None if s.is_empty() => Err(serde::de::Error::custom("an input is empty")),
             None => Ok(Input::Location(s)),
         }
@@ -488,6 +518,22 @@ impl Manifest {
             {
                 return invalid(format!("stage {name:?} selects no columns: remove `columns` or list some"));
             }
+            check_outputs(name, stage)?;
+            for input in &stage.inputs {
+                let Input::Stage { stage: up, output: Some(output) } = input else { continue };
+                let Some(upstream) = self.stages.get(up) else { continue };
+                if !upstream.outputs.contains(output) {
+                    return invalid(match upstream.outputs.len() {
+                        0 => format!(
+                            "stage {name:?} reads `{input}`, but stage {up:?} has no named outputs\n  hint: read `stage:{up}`, or give stage {up:?} `outputs = [...]` and `route = \"COLUMN\"`"
+                        ),
+                        _ => format!(
+                            "stage {name:?} reads `{input}`, but stage {up:?} has no output {output:?} (its outputs: {})",
+                            upstream.outputs.join(", ")
+                        ),
+                    });
+                }
+            }
             check_settings(&format!("[stage.{name}.limits]"), &stage.limits)?;
         }
         self.check_acyclic()?;
@@ -531,7 +577,7 @@ impl Manifest {
     /// (Its inputs' and its model's.)
     pub fn upstream<'a>(&'a self, stage: &'a Stage) -> impl Iterator<Item = &'a str> + 'a {
         let inputs = stage.inputs.iter().filter_map(|i| match i {
-            Input::Stage(s) => Some(s.as_str()),
+            Input::Stage { stage, .. } => Some(stage.as_str()),
             Input::Location(_) => None,
         });
         let model = stage.model.iter().filter_map(|m| match m {
@@ -540,6 +586,42 @@ impl Manifest {
         });
         inputs.chain(model)
     }
+}
+
+/// A stage's named outputs: names, each once, with the column that routes
+/// rows to them; not on a stage that writes no rows.
+fn check_outputs(name: &str, stage: &Stage) -> Result<(), ManifestError> {
+    let invalid = |m: String| Err(ManifestError::Invalid(m));
+    match (&stage.route, stage.outputs.is_empty()) {
+        (None, true) => return Ok(()),
+        (Some(_), true) => {
+            return invalid(format!(
+                "stage {name:?} sets `route` but no `outputs`\n  hint: name the outputs its route column routes rows to, e.g. outputs = [\"train\", \"test\"]"
+            ));
+        }
+        (None, false) => {
+            return invalid(format!(
+                "stage {name:?} names `outputs` but no `route`, the column that says which output each row belongs to\n  hint: e.g. route = \"split\" for the split stage"
+            ));
+        }
+        (Some(route), false) if route.is_empty() => return invalid(format!("stage {name:?}: `route` is empty")),
+        (Some(_), false) => {}
+    }
+    let mut seen = BTreeSet::new();
+    for output in &stage.outputs {
+        if !valid_name(output) {
+            return invalid(format!("stage {name:?}: output name {output:?} must be letters, digits, '-' or '_'"));
+        }
+        if !seen.insert(output) {
+            return invalid(format!("stage {name:?} names output {output:?} twice"));
+        }
+    }
+    if !stage.emit_rows {
+        return invalid(format!(
+            "stage {name:?} has named outputs but `emit_rows = false`: it writes no rows to route"
+        ));
+    }
+    Ok(())
 }
 
 fn check_settings(place: &str, s: &Settings) -> Result<(), ManifestError> {

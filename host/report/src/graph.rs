@@ -40,10 +40,15 @@ pub fn svg(stages: &[StageRecord]) -> String {
         let mut from: Vec<(usize, Option<u64>)> = Vec::new();
         let single = stage.inputs.len() == 1;
         for input in &stage.inputs {
+            // `stage:NAME`, or `stage:NAME.OUTPUT` (one of its named outputs:
+            // some of its rows).
             let upstream =
-                input.strip_prefix("stage:").and_then(|name| stages[..i].iter().position(|s| s.name == name));
+                input.strip_prefix("stage:").map(|name| name.split_once('.').map_or((name, false), |(n, _)| (n, true)));
+            let upstream =
+                upstream.and_then(|(name, routed)| Some((stages[..i].iter().position(|s| s.name == name)?, routed)));
             match upstream {
-                Some(u) => from.push((stage_node[u], Some(stages[u].rows_out))),
+                Some((u, false)) => from.push((stage_node[u], Some(stages[u].rows_out))),
+                Some((u, true)) => from.push((stage_node[u], single.then_some(stage.rows_in))),
                 None => {
                     let name = input.trim_end_matches('/').rsplit('/').next().unwrap_or(input).to_string();
                     let row = place(0, &mut rows_in_column);

@@ -13,10 +13,21 @@
 //! keep = "train"      # optional: only the rows of this split (and no `split` column)
 //! ```
 //!
-//! A pipeline branches with two instances of the stage that differ only in
-//! `keep`: `train = split(keep = "train")` feeds the fit and
-//! `test = split(keep = "test")` the evaluation. Both compute the same
-//! assignment. Downstream stages can also filter on the `split` column.
+//! A pipeline branches on the `split` column with named outputs: one split
+//! stage, whose every row goes to the output its `split` column names, read
+//! as `stage:split.train` by the fit and `stage:split.test` by the
+//! evaluation. One pass from one seed: the sides cannot overlap.
+//!
+//! ```toml
+//! [stage.split]
+//! component = "stages/split"
+//! inputs = ["stage:clean"]
+//! outputs = ["train", "test"]   # every row goes to one, by its `split` column
+//! route = "split"
+//! config = { fractions = { train = 0.8, test = 0.2 }, seed = 7 }
+//! ```
+//!
+//! (`keep` still serves a pipeline that wants one side only.)
 //!
 //! # Math and guarantees
 //!
