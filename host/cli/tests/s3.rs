@@ -48,7 +48,7 @@ fn deploy_then_run_from_the_bucket_and_read_the_outputs_with_pyarrow() {
     let (stdout, _) = ok(wasmpipe(server).args(["deployments", &root]).output().unwrap());
     assert!(stdout.contains("diabetes") && stdout.contains("latest v1"), "{stdout}");
     let (pinned, _) = ok(wasmpipe(server).args(["deployments", &root, "diabetes@1"]).output().unwrap());
-    assert_eq!(pinned.matches("component = \"sha256:").count(), 11, "one per stage:\n{pinned}");
+    assert_eq!(pinned.matches("component = \"sha256:").count(), 10, "one per stage:\n{pinned}");
     assert!(pinned.contains("inputs = [\"inputs/"), "the CSV is pinned by content too:\n{pinned}");
 
     // Run it from the bucket, from a directory that holds nothing of it.
