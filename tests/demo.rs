@@ -437,3 +437,61 @@ fn every_run_leaves_a_run_record_a_failed_one_too() {
     let last = failed["stages"].as_array().unwrap().last().unwrap();
     assert_eq!((last["name"].as_str(), last["status"].as_str()), (Some("clean"), Some("failed")), "{failed}");
 }
+
+#[test]
+fn the_leakage_guard_warns_when_an_evaluation_may_score_training_rows() {
+    let warned = |text: &str| -> Vec<String> {
+        let store = tempfile::tempdir().unwrap();
+        let (exec, logs) = executor(store.path(), 2);
+        run_text(&exec, text, store.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let said: Vec<String> = logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(label, r)| label == "evaluate" && r.level == wasmpipe_runtime::Level::Warn)
+            .map(|(_, r)| r.message.clone())
+            .collect();
+        // The run record keeps what it said.
+        let runs = std::fs::read_dir(store.path().join("_runs")).unwrap().next().unwrap().unwrap().path();
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(runs.join("run.json")).unwrap()).unwrap();
+        let kept = record["warnings"].as_array().unwrap();
+        assert_eq!(kept.iter().filter(|w| w["label"] == "evaluate").count(), said.len(), "{record}");
+        said
+    };
+    // Two split stages, each keeping one side: they may overlap (with
+    // seeds 7 and 8 most test rows would be training rows), and the plan
+    // cannot tell.
+    let two_splits = held_out_text();
+    let said = warned(&two_splits);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains("stage \"evaluate\" scores the model of stage \"fit\" on rows that may overlap"),
+        "{said:?}"
+    );
+    assert!(said[0].contains("both come from \"ingest\", through different stages (test and train)"), "{said:?}");
+    assert!(said[0].contains("hint: split once, in one stage with named outputs"));
+
+    // One split, read as its two named outputs: held out, nothing to say.
+    let one_split = two_splits
+        .replacen("[stage.train]", "[stage.split]", 1)
+        .replacen(", keep = \"train\"", " ", 1)
+        .replacen("seed = 3 ", "seed = 3 }\noutputs = [\"train\", \"test\"]\nroute = \"split\"\n#", 1);
+    let one_split = cut_stage(&one_split, "test")
+        .replace("inputs = [\"stage:train\"]", "inputs = [\"stage:split.train\"]")
+        .replace("inputs = [\"stage:test\"]", "inputs = [\"stage:split.test\"]");
+    assert_eq!(warned(&one_split), Vec::<String>::new(), "{one_split}");
+
+    // Scoring the fitted rows themselves: in sample, said, unless marked.
+    let in_sample = one_split.replace("inputs = [\"stage:predict\"]", "inputs = [\"stage:fit\"]");
+    let said = warned(&in_sample);
+    assert!(said.len() == 1 && said[0].contains("on the rows it was fitted on (in sample)"), "{said:?}");
+    let marked = in_sample.replace("[stage.evaluate]\n", "[stage.evaluate]\nin_sample = true\n");
+    assert_eq!(warned(&marked), Vec::<String>::new());
+}
+
+/// `text` without the table `[stage.NAME]`.
+fn cut_stage(text: &str, name: &str) -> String {
+    let start = text.find(&format!("[stage.{name}]\n")).unwrap();
+    let end = text[start + 1..].find("\n[stage.").map_or(text.len(), |e| start + 2 + e);
+    format!("{}{}", &text[..start], &text[end..])
+}

@@ -706,6 +706,9 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let at_start = plan.checked_at_start().count();
+    for (_, message) in plan.leakage() {
+        eprintln!("warning: {message}");
+    }
     println!(
         "pipeline {:?} (plan {}): {} stages resolve, their inputs and outputs are allowed, and every stage accepts its configuration{}",
         plan.pipeline,

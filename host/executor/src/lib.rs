@@ -31,6 +31,7 @@ mod commit;
 mod deploy;
 mod engine;
 mod error;
+mod leakage;
 mod plan;
 pub mod record;
 mod registry;
@@ -434,6 +435,9 @@ impl Executor {
         let run_id = new_run_id();
         let started_at = std::time::SystemTime::now();
         self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for (stage, message) in plan.leakage() {
+            (self.log)(&stage, &wasmpipe_runtime::LogRecord { level: wasmpipe_runtime::Level::Warn, message });
+        }
         let mut so_far = engine::SoFar::default();
         let result = self.drive(plan, components, storage, &run_id, &mut so_far);
         let warnings = std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()));

@@ -83,6 +83,9 @@ pub struct LockedStage {
     /// Its named outputs, and the column that routes each row to one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Outputs>,
+    /// An evaluation that scores in sample on purpose (no leakage warning).
+    #[serde(default, skip_serializing_if = "is_no")]
+    pub in_sample: bool,
     /// Where it writes.
     pub output: OutputRef,
 }
@@ -96,6 +99,10 @@ pub struct Outputs {
     pub names: Vec<String>,
     /// The routing column.
     pub route: String,
+}
+
+fn is_no(b: &bool) -> bool {
+    !b
 }
 
 fn yes() -> bool {
@@ -356,6 +363,12 @@ impl LockedPipeline {
         self.stages.iter().filter(|s| s.model.is_some() || crate::select::check(&s.config).unwrap_or(true))
     }
 
+    /// The evaluations that may score a model on rows it was fitted on:
+    /// `(stage, what to tell its operator)` (see `leakage`).
+    pub fn leakage(&self) -> Vec<(String, String)> {
+        crate::leakage::warnings(self)
+    }
+
     /// The stage named `name`.
     pub fn stage(&self, name: &str) -> Result<&LockedStage, RunError> {
         self.stages.iter().find(|s| s.name == name).ok_or_else(|| RunError::Plan {
@@ -589,6 +602,7 @@ impl Executor {
                 model,
                 emit_rows: spec.emit_rows,
                 outputs: spec.route.as_ref().map(|route| Outputs { names: spec.outputs.clone(), route: route.clone() }),
+                in_sample: spec.in_sample,
                 output,
             });
             components.push(component);

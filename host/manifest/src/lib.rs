@@ -182,6 +182,10 @@ pub struct Stage {
     pub outputs: Vec<String>,
     /// The column whose value names each row's output (with `outputs`).
     pub route: Option<String>,
+    /// An evaluation that scores a model on the rows it was fitted on, on
+    /// purpose: the leakage guard does not warn about it.
+    #[serde(default)]
+    pub in_sample: bool,
     /// Overrides of `[defaults]`.
     #[serde(default)]
     pub limits: Settings,
