@@ -349,14 +349,34 @@ fn named_outputs_route_every_row_of_one_split_to_exactly_one_reader() {
         assert_eq!(stage.rows_out as usize, want.len());
     }
 
+    // The split's commit counts each part's rows per output.
+    let split = report.stages.iter().find(|s| s.name == "split").unwrap();
+    for output in ["train", "validation", "test"] {
+        let n = sides.iter().filter(|(_, s)| s == output).count() as u64;
+        assert_eq!(split.outputs[output], n, "{output}");
+    }
+
+    // A declared output no row goes to: its readers read nothing (no part
+    // holds its rows), and a column selector there has nothing to select.
+    let no_validation = text
+        .replace("validation = 0.2, test = 0.2", "test = 0.4")
+        .replace("[stage.read3]", "[stage.scaled]\ncomponent = SCALER\ninputs = [\"stage:split.validation\"]\nconfig = { columns = { select = \"float\" } }\n\n[stage.read3]")
+        .replace("SCALER", &toml_path(&component("scaler")));
+    let store2 = tempfile::tempdir().unwrap();
+    let (exec2, _) = executor(store2.path(), 2);
+    let err = run_text(&exec2, &no_validation, store2.path()).unwrap_err().to_string();
+    assert!(err.contains("stage \"scaled\": `columns` selects columns of an input that has no rows"), "{err}");
+    assert_eq!(commit_record(&store2.path().join("ml/read1"))["rows"], 0, "validation: no rows");
+    let parts = commit_record(&store2.path().join("ml/split"))["parts"].as_array().unwrap().clone();
+    assert!(parts.iter().all(|p| p["outputs"]["validation"] == 0 && p["outputs"]["train"].as_u64().unwrap() > 0));
+
     // A row routed to an output the stage does not name fails the split,
     // and nothing downstream runs.
     let text = pipeline("outputs = [\"train\", \"test\"]", &["stage:split.train"]);
     let err = run_text(&exec, &text, store.path()).unwrap_err().to_string();
     assert!(
-        err.contains(
-            "stage \"split\" routes a row to output \"validation\", which is not one of its outputs (train, test)"
-        ),
+        err.starts_with("stage \"split\", transform partition")
+            && err.contains("routes a row to output \"validation\", which is not one of its outputs (train, test)"),
         "{err}"
     );
     // (The same store: the split committed above is not this one.)
@@ -667,7 +687,7 @@ fn a_column_selector_that_cannot_be_resolved_fails_its_stage_and_a_malformed_one
 fn a_column_selector_reads_the_schema_the_stage_sees() {
     let dir = tempfile::tempdir().unwrap();
     let csv = data("iris.csv");
-    // After the stage's projection, in the projection's order.
+    // After the stage's projection, in the order the stage reads.
     let text = format!(
         "{}\n[stage.feat]\ncomponent = {}\ninputs = [\"stage:ingest\"]\ncolumns = [\"target\", \"petal_width\", \"sepal_length\"]\nconfig = {{ columns = {{ select = \"numeric\", exclude = [\"target\"] }} }}\n",
         ingest_head(&csv, 150, 2),
@@ -675,7 +695,8 @@ fn a_column_selector_reads_the_schema_the_stage_sees() {
     );
     let (exec, _) = executor(dir.path(), 2);
     let report = run_text(&exec, &text, dir.path()).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(report.stages[1].selected["columns"], ["petal_width", "sepal_length"]);
+    // (Parquet is read in the file's column order.)
+    assert_eq!(report.stages[1].selected["columns"], ["sepal_length", "petal_width"]);
 
     // A CSV read directly: its header and inferred types; one with no
     // rows has no schema to select from.

@@ -716,8 +716,9 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         plan.stages.len(),
         match at_start {
             0 => String::new(),
+            1 => " (1 stage that applies a fitted model or selects its columns by pattern or type is checked when it starts)".into(),
             n => format!(
-                " ({n} that apply a fitted model or select their columns by pattern or type are checked when they start)"
+                " ({n} stages that apply a fitted model or select their columns by pattern or type are checked when they start)"
             ),
         }
     );

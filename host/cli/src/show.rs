@@ -122,6 +122,11 @@ pub fn show(args: ShowArgs, io: &tokio::runtime::Runtime) -> anyhow::Result<()> 
             crate::utc(record.committed_at)
         );
         println!("  component sha256:{}  config sha256:{}", record.component, record.config);
+        let outputs = record.outputs();
+        if !outputs.is_empty() {
+            let each: Vec<String> = outputs.iter().map(|(o, n)| format!("{o} {n} rows")).collect();
+            println!("  named outputs: {} (read as stage:{}.OUTPUT)", each.join(", "), record.stage);
+        }
         for (key, columns) in &record.selected {
             println!("  config {key} selected {} column(s): {}", columns.len(), columns.join(", "));
         }

@@ -551,6 +551,6 @@ fn a_config_a_stage_rejects_fails_check_and_run_before_any_data_moves() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("8 stages resolve") && text.contains("every stage accepts its configuration"), "{text}");
-    assert!(text.contains("(4 that apply a fitted model or select their columns"), "{text}");
+    assert!(text.contains("(4 stages that apply a fitted model or select their columns"), "{text}");
     assert!(!repo().join("examples/breast_cancer/wasmpipe-data").exists());
 }

@@ -214,6 +214,8 @@ pub struct StageReport {
     pub config_sha256: String,
     /// What each column selector of its configuration selected, by key.
     pub selected: std::collections::BTreeMap<String, Vec<String>>,
+    /// Rows per named output, for a stage that has them.
+    pub outputs: std::collections::BTreeMap<String, u64>,
     /// What each of its tasks did, round by round.
     pub outcomes: Vec<TaskOutcome>,
 }
@@ -258,6 +260,7 @@ impl StageReport {
             committed_before: (record.run_id != run_id).then(|| record.run_id.clone()),
             config_sha256: record.config.clone(),
             selected: record.selected.clone(),
+            outputs: record.outputs(),
             outcomes,
         }
     }

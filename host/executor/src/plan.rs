@@ -732,6 +732,13 @@ fn check_models(plan: &LockedPipeline) -> Result<(), RunError> {
 /// `emit_rows = false` is for an estimator that fits, and a stage that
 /// only fits writes no rows for another stage to read.
 fn check_rows(plan: &LockedPipeline) -> Result<(), RunError> {
+    // Named outputs route rows: an aggregator writes none.
+    if let Some(stage) = plan.stages.iter().find(|s| s.outputs.is_some() && s.kind == StageKind::Aggregator) {
+        return Err(RunError::Manifest(wasmpipe_manifest::ManifestError::Invalid(format!(
+            "stage {:?} has named outputs, but it is an aggregator, which writes a result, not rows to route\n  hint: remove `outputs` and `route`",
+            stage.name
+        ))));
+    }
     for stage in plan.stages.iter().filter(|s| !s.emit_rows) {
         let invalid = |reason: String| {
             RunError::Manifest(wasmpipe_manifest::ManifestError::Invalid(format!("stage {:?}: {reason}", stage.name)))

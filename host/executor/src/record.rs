@@ -73,6 +73,9 @@ pub struct StageRecord {
     /// What each column selector of its configuration selected, by key.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub selected: BTreeMap<String, Vec<String>>,
+    /// Rows per named output, for a stage that has them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, u64>,
     /// What it read: `stage:NAME` for an earlier stage's output, else the
     /// location's URL.
     #[serde(default)]
@@ -216,6 +219,7 @@ impl StageRecord {
             component: r.component.clone(),
             config_sha256: r.config_sha256.clone(),
             selected: r.selected.clone(),
+            outputs: r.outputs.clone(),
             inputs: planned.map(|s| inputs(&s.inputs)).unwrap_or_default(),
             passes: r.passes,
             rows_in: r.rows_in,
@@ -274,6 +278,7 @@ pub(crate) fn of_run(
             component: failed.component.sha256.clone(),
             config_sha256: config_sha256(&failed.config),
             selected: BTreeMap::new(),
+            outputs: BTreeMap::new(),
             inputs: inputs(&failed.inputs),
             passes: 0,
             rows_in: 0,

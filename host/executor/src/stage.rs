@@ -166,8 +166,19 @@ pub(crate) fn prepare<'a>(
             }
             (None, None) => lineage.push(location.url().to_string()),
         }
-        groups.push((listing.files.len(), route));
-        files.extend(listing.files);
+        let mut listed = listing.files;
+        // The parts that hold none of a named output's rows are not read.
+        if let (Some(r), Some(c)) = (&route, &listing.commit) {
+            let empty: Vec<String> = c
+                .parts
+                .iter()
+                .filter(|p| !p.outputs.is_empty() && p.outputs.get(&r.output).copied().unwrap_or(0) == 0)
+                .map(|p| format!("/{}", p.name))
+                .collect();
+            listed.retain(|f| !empty.iter().any(|name| f.location.url().ends_with(name.as_str())));
+        }
+        groups.push((listed.len(), route));
+        files.extend(listed);
     }
     if stage.schema.is_some()
         && let Some(f) = files.iter().find(|f| f.format == Format::Parquet)
@@ -324,18 +335,20 @@ fn input_schema(
 ) -> Result<Option<SchemaRef>, RunError> {
     let storage_err = |source| RunError::Storage { stage: stage.name.clone(), source };
     let columns_err = |reason| RunError::Columns { stage: stage.name.clone(), reason };
-    // What the stage sees of a partition's schema: without the routing
-    // column of a named output, projected.
+    let Some(first) = partitions.first() else { return Ok(None) };
+    // What the stage sees of a partition's schema: projected (a Parquet
+    // file's columns stay in the file's order, a text file's come in the
+    // projection's), without the routing column of a named output.
     let seen = |schema: &Schema, route: Option<&Route>| -> Schema {
         let fields: Vec<Arc<Field>> = match &stage.columns {
-            Some(columns) => {
+            Some(columns) if first.schema().is_none() => {
                 columns.iter().filter_map(|c| schema.field_with_name(c).ok()).cloned().map(Arc::new).collect()
             }
+            Some(columns) => schema.fields().iter().filter(|f| columns.contains(f.name())).cloned().collect(),
             None => schema.fields().iter().cloned().collect(),
         };
         Schema::new(fields.into_iter().filter(|f| route.is_none_or(|r| &r.column != f.name())).collect::<Vec<_>>())
     };
-    let Some(first) = partitions.first() else { return Ok(None) };
     let route = |i: usize| routes.get(i).and_then(Option::as_ref);
     if let Some(schema) = first.schema() {
         let want = seen(&schema, route(0));

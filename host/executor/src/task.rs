@@ -642,6 +642,8 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
     inst.open(&stage.task_info(index, 0), model.as_deref())?;
     let row_group_rows = stage.stage.limits.row_group_rows;
     let mut writer = PartWriter::new(&stage.output, name, task_id.clone(), row_group_rows);
+    // Rows per named output, for a stage that has them.
+    let mut routed = std::collections::BTreeMap::new();
     let mut rejected = PartWriter::new(&stage.output, quarantine_name, task_id.clone(), row_group_rows);
     let source = stage.source(index);
     // Rows the stage set aside during its last call: rendering and
@@ -663,7 +665,7 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
                 let out = inst.transform(batch)?;
                 set_aside(&mut inst, &mut rejected)?;
                 if let Some(out) = out {
-                    check_routes(stage, &out)?;
+                    check_routes(stage, &out, &mut routed)?;
                     stage.block(&deadline, writer.write(&out))?;
                 }
             }
@@ -674,12 +676,15 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
     let out = inst.close()?;
     set_aside(&mut inst, &mut rejected)?;
     if let Some(out) = out {
-        check_routes(stage, &out)?;
+        check_routes(stage, &out, &mut routed)?;
         stage.block(&deadline, writer.write(&out))?;
     }
     let schema =
         writer.schema().map(|s| s.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect());
-    let part = stage.block(&deadline, writer.finish())?;
+    let mut part = stage.block(&deadline, writer.finish())?;
+    if let Some(p) = &mut part {
+        p.outputs = routed;
+    }
     let quarantine = stage.block(&deadline, rejected.finish())?;
     for p in part.iter().chain(&quarantine) {
         outcome.wrote(p);
@@ -695,24 +700,39 @@ fn transform_task(stage: &PreparedStage, index: usize) -> Result<TaskOutcome, Ta
 }
 
 /// A stage with named outputs routes every row it writes to one of them:
-/// its route column names one on every row.
-fn check_routes(stage: &PreparedStage, batch: &RecordBatch) -> Result<(), TaskFailure> {
+/// its route column names one on every row. Counts them into `routed`.
+fn check_routes(
+    stage: &PreparedStage,
+    batch: &RecordBatch,
+    routed: &mut std::collections::BTreeMap<String, u64>,
+) -> Result<(), TaskFailure> {
     let Some(outputs) = &stage.stage.outputs else { return Ok(()) };
-    let name = &stage.stage.name;
     let Some(column) = batch.column_by_name(&outputs.route) else {
         return Err(TaskFailure::Route(format!(
-            "stage {name:?} has named outputs routed by column {:?}, but writes no such column",
+            "has named outputs routed by column {:?}, but writes no such column",
             outputs.route
         )));
     };
-    let values = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).map_err(|e| {
-        TaskFailure::Route(format!("stage {name:?}: its route column {:?} is not text ({e})", outputs.route))
-    })?;
-    let stray = values.as_string::<i32>().iter().find(|v| v.is_none_or(|v| !outputs.names.iter().any(|n| n == v)));
+    let values = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
+        .map_err(|e| TaskFailure::Route(format!("its route column {:?} is not text ({e})", outputs.route)))?;
+    let mut counts = vec![0u64; outputs.names.len()];
+    let stray =
+        values.as_string::<i32>().iter().find(|v| match v.and_then(|v| outputs.names.iter().position(|n| n == v)) {
+            Some(i) => {
+                counts[i] += 1;
+                false
+            }
+            None => true,
+        });
     match stray {
-        None => Ok(()),
+        None => {
+            for (name, n) in outputs.names.iter().zip(counts) {
+                *routed.entry(name.clone()).or_insert(0) += n;
+            }
+            Ok(())
+        }
         Some(value) => Err(TaskFailure::Route(format!(
-            "stage {name:?} routes a row to {}, which is not one of its outputs ({})",
+            "routes a row to {}, which is not one of its outputs ({})",
             value.map_or("no output (a null)".into(), |v| format!("output {v:?}")),
             outputs.names.join(", ")
         ))),

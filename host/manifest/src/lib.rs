@@ -319,6 +319,11 @@ impl<'de> Deserialize<'de> for ModelSource {
         let s = String::deserialize(d)?;
         let bad = |what: &str| serde::de::Error::custom(format!("`model = {s:?}`: {what}; {MODEL_FORMS}"));
         if let Some(name) = s.strip_prefix("stage:") {
+            if let Some((stage, _)) = name.split_once('.') {
+                return Err(bad(&format!(
+                    "a model comes from the stage that fits it, not from one of its outputs: `stage:{stage}`"
+                )));
+            }
             return Ok(ModelSource::Stage(name.to_string()));
         }
         if let Some(hex) = s.strip_prefix("sha256:") {

@@ -33,31 +33,36 @@ fn place(column: usize, rows_in_column: &mut Vec<usize>) -> usize {
 pub fn svg(stages: &[StageRecord]) -> String {
     let mut nodes: Vec<Node> = Vec::new();
     // (from node, to node, rows)
-    let mut edges: Vec<(usize, usize, Option<u64>)> = Vec::new();
+    // (from node, to node, rows, the named output it reads)
+    let mut edges: Vec<(usize, usize, Option<u64>, Option<String>)> = Vec::new();
     let mut stage_node: Vec<usize> = Vec::new();
     let mut rows_in_column: Vec<usize> = Vec::new();
     for (i, stage) in stages.iter().enumerate() {
-        let mut from: Vec<(usize, Option<u64>)> = Vec::new();
+        let mut from: Vec<(usize, Option<u64>, Option<String>)> = Vec::new();
         let single = stage.inputs.len() == 1;
         for input in &stage.inputs {
             // `stage:NAME`, or `stage:NAME.OUTPUT` (one of its named outputs:
             // some of its rows).
+            let upstream = input
+                .strip_prefix("stage:")
+                .map(|name| name.split_once('.').map_or((name, None), |(n, o)| (n, Some(o))));
             let upstream =
-                input.strip_prefix("stage:").map(|name| name.split_once('.').map_or((name, false), |(n, _)| (n, true)));
-            let upstream =
-                upstream.and_then(|(name, routed)| Some((stages[..i].iter().position(|s| s.name == name)?, routed)));
+                upstream.and_then(|(name, output)| Some((stages[..i].iter().position(|s| s.name == name)?, output)));
             match upstream {
-                Some((u, false)) => from.push((stage_node[u], Some(stages[u].rows_out))),
-                Some((u, true)) => from.push((stage_node[u], single.then_some(stage.rows_in))),
+                Some((u, None)) => from.push((stage_node[u], Some(stages[u].rows_out), None)),
+                Some((u, Some(output))) => {
+                    let rows = stages[u].outputs.get(output).copied().or(single.then_some(stage.rows_in));
+                    from.push((stage_node[u], rows, Some(output.to_string())));
+                }
                 None => {
                     let name = input.trim_end_matches('/').rsplit('/').next().unwrap_or(input).to_string();
                     let row = place(0, &mut rows_in_column);
                     nodes.push(Node { label: name, detail: "input".into(), column: 0, row, series: None });
-                    from.push((nodes.len() - 1, single.then_some(stage.rows_in)));
+                    from.push((nodes.len() - 1, single.then_some(stage.rows_in), None));
                 }
             }
         }
-        let column = from.iter().map(|(n, _)| nodes[*n].column + 1).max().unwrap_or(0);
+        let column = from.iter().map(|(n, ..)| nodes[*n].column + 1).max().unwrap_or(0);
         let row = place(column, &mut rows_in_column);
         let detail = match (stage.status.as_str(), stage.kind.as_str()) {
             ("failed", kind) => format!("{kind} · failed"),
@@ -68,7 +73,7 @@ pub fn svg(stages: &[StageRecord]) -> String {
         nodes.push(Node { label: stage.name.clone(), detail, column, row, series: Some(i) });
         let me = nodes.len() - 1;
         stage_node.push(me);
-        edges.extend(from.into_iter().map(|(n, rows)| (n, me, rows)));
+        edges.extend(from.into_iter().map(|(n, rows, output)| (n, me, rows, output)));
     }
     let columns = rows_in_column.len().max(1);
     let rows = rows_in_column.iter().copied().max().unwrap_or(1);
@@ -82,7 +87,8 @@ pub fn svg(stages: &[StageRecord]) -> String {
                     path d="M 0 0 L 10 5 L 0 10 z" fill="#777" {}
                 }
             }
-            @for &(a, b, rows) in &edges {
+            @for (a, b, rows, output) in &edges {
+                @let (a, b, rows) = (*a, *b, *rows);
                 @let ((ax, ay), (bx, by)) = (at(&nodes[a]), at(&nodes[b]));
                 @let (x1, y1, x2, y2) = (ax + BOX_W, ay + BOX_H / 2.0, bx, by + BOX_H / 2.0);
                 @let mid = (x1 + x2) / 2.0;
@@ -91,6 +97,9 @@ pub fn svg(stages: &[StageRecord]) -> String {
                         fill="none" stroke="#777" stroke-width="1.4" marker-end="url(#arrow)" {}
                     @if let Some(rows) = rows {
                         text x=(mid) y={ ((y1 + y2) / 2.0 - 5.0) } text-anchor="middle" class="edge-rows" { (super::count(rows)) }
+                    }
+                    @if let Some(output) = output {
+                        text x=(mid) y={ ((y1 + y2) / 2.0 - 17.0) } text-anchor="middle" class="edge-output" { (output) }
                     }
                 }
             }

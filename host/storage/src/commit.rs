@@ -61,6 +61,9 @@ pub struct Part {
     /// SHA-256 of its bytes, hex (absent in records of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// For a stage with named outputs: its rows per output.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, u64>,
 }
 
 /// The finalized bytes of a fit stage.
@@ -127,6 +130,18 @@ pub struct CommitRecord {
     pub rows: u64,
     /// Seconds since the Unix epoch when committed.
     pub committed_at: u64,
+}
+
+impl CommitRecord {
+    /// Rows per named output, over every part (empty for a stage without
+    /// named outputs).
+    pub fn outputs(&self) -> BTreeMap<String, u64> {
+        let mut total = BTreeMap::new();
+        for (output, rows) in self.parts.iter().flat_map(|p| &p.outputs) {
+            *total.entry(output.clone()).or_insert(0) += rows;
+        }
+        total
+    }
 }
 
 /// How report files' names start, within a stage's output prefix.

@@ -133,7 +133,14 @@ impl PartWriter {
             .map_err(|source| StorageError::Store { url: at.url().into(), source })?
             .size;
         let sha256 = hex::encode(std::mem::take(&mut *self.hash.lock().expect("no panics while held")).finalize());
-        Ok(Some(Part { name: self.name, rows: self.rows, bytes, task: self.task_id, sha256: Some(sha256) }))
+        Ok(Some(Part {
+            name: self.name,
+            rows: self.rows,
+            bytes,
+            task: self.task_id,
+            sha256: Some(sha256),
+            outputs: Default::default(),
+        }))
     }
 }
 

@@ -35,6 +35,17 @@ fn default_prediction() -> String {
     "prediction".into()
 }
 
+fn config() -> Result<Config> {
+    let config: Config = wasmpipe_sdk::config()?;
+    if config.features.contains(&config.target) {
+        return Err(wasmpipe_sdk::Error::InvalidConfig(format!(
+            "features: lists the target {:?}, which would predict itself (with a column selector: exclude = [{:?}])",
+            config.target, config.target
+        )));
+    }
+    Ok(config)
+}
+
 /// Partial normal equations over `[1, x_1 .. x_p]` (X^T X row-major).
 #[derive(Serialize, Deserialize)]
 struct State {
@@ -66,13 +77,13 @@ impl Estimator for LinReg {
     type Model = Model;
 
     fn begin(_task: &Task, _carry: Option<()>) -> Result<State> {
-        let config: Config = wasmpipe_sdk::config()?;
+        let config = config()?;
         let k = config.features.len() + 1;
         Ok(State { rows: 0, xtx: vec![0.0; k * k], xty: vec![0.0; k] })
     }
 
     fn update(state: &mut State, batch: &Batch) -> Result<()> {
-        let config: Config = wasmpipe_sdk::config()?;
+        let config = config()?;
         let x = columns(batch, &config.features)?;
         let y = batch.column(&config.target)?;
         // X^T X and X^T y computed natively in the host, over the rows
@@ -92,7 +103,7 @@ impl Estimator for LinReg {
     }
 
     fn finalize(mut state: State, _pass: u32) -> Result<Outcome<Model, ()>> {
-        let config: Config = wasmpipe_sdk::config()?;
+        let config = config()?;
         let k = state.xty.len();
         if (state.rows as usize) < k && config.alpha == 0.0 {
             wasmpipe_sdk::fail!(

@@ -132,6 +132,12 @@ fn config() -> Result<Config> {
     if config.features.is_empty() {
         return invalid("features: name at least one column".into());
     }
+    if config.features.contains(&config.target) {
+        return invalid(format!(
+            "features: lists the target {:?}, which would predict itself (with a column selector: exclude = [{:?}])",
+            config.target, config.target
+        ));
+    }
     if config.c <= 0.0 || !config.c.is_finite() {
         return invalid(format!("c: must be a positive number, got {}", config.c));
     }
