@@ -95,11 +95,18 @@ pub fn svg(stages: &[StageRecord]) -> String {
                 g.edge {
                     path d={ "M " (x1) " " (y1) " C " (mid) " " (y1) ", " (mid) " " (y2) ", " (x2) " " (y2) }
                         fill="none" stroke="#777" stroke-width="1.4" marker-end="url(#arrow)" {}
-                    @if let Some(rows) = rows {
-                        text x=(mid) y={ ((y1 + y2) / 2.0 - 5.0) } text-anchor="middle" class="edge-rows" { (super::count(rows)) }
-                    }
-                    @if let Some(output) = output {
-                        text x=(mid) y={ ((y1 + y2) / 2.0 - 17.0) } text-anchor="middle" class="edge-output" { (output) }
+                    @match (output, rows) {
+                        // A named output's edge says which: `train 456`.
+                        (Some(output), rows) => {
+                            text x=(mid) y={ ((y1 + y2) / 2.0 - 5.0) } text-anchor="middle" class="edge-rows" {
+                                tspan.edge-output { (output) }
+                                @if let Some(rows) = rows { " " (super::count(rows)) }
+                            }
+                        }
+                        (None, Some(rows)) => {
+                            text x=(mid) y={ ((y1 + y2) / 2.0 - 5.0) } text-anchor="middle" class="edge-rows" { (super::count(rows)) }
+                        }
+                        (None, None) => {}
                     }
                 }
             }
