@@ -101,6 +101,15 @@ pub struct Outputs {
     pub route: String,
 }
 
+impl LockedStage {
+    /// Whether its configuration is checked when it starts rather than
+    /// with the plan: it applies a fitted model (which does not exist yet),
+    /// or has column selectors (they resolve against what it reads).
+    pub fn checked_at_start(&self) -> bool {
+        self.model.is_some() || crate::select::check(&self.config).unwrap_or(true)
+    }
+}
+
 fn is_no(b: &bool) -> bool {
     !b
 }
@@ -356,11 +365,9 @@ impl LockedPipeline {
     }
 
     /// The stages whose configuration is checked when they start rather
-    /// than with the plan: those that apply a fitted model (it does not
-    /// exist yet) and those with column selectors (they resolve against
-    /// what the stage reads).
+    /// than with the plan (see [`LockedStage::checked_at_start`]).
     pub fn checked_at_start(&self) -> impl Iterator<Item = &LockedStage> {
-        self.stages.iter().filter(|s| s.model.is_some() || crate::select::check(&s.config).unwrap_or(true))
+        self.stages.iter().filter(|s| s.checked_at_start())
     }
 
     /// The evaluations that may score a model on rows it was fitted on:
@@ -488,16 +495,15 @@ impl Executor {
     /// stage's first `fit-open`): that is where a stage reads its
     /// configuration, so a misspelt key or a bad value fails the run here,
     /// every stage that rejects its configuration named, not after the
-    /// stages before it have run. A stage that applies a fitted model is
-    /// opened with that model, which does not exist yet, so it is checked
-    /// when it runs. Any other failure of that call is left to the tasks,
-    /// which report it with their data.
+    /// stages before it have run. A stage that applies a fitted model (which
+    /// does not exist yet) or has column selectors (which resolve against
+    /// what it reads) is checked when it starts instead
+    /// ([`LockedStage::checked_at_start`]). Any other failure of that call
+    /// is left to the tasks, which report it with their data.
     pub fn check_configs(&self, plan: &LockedPipeline, components: &[StageComponent]) -> Result<(), RunError> {
         let mut rejected = Vec::new();
         for (stage, component) in plan.stages.iter().zip(components) {
-            // A stage whose configuration has column selectors is checked
-            // when it starts, once they resolve against what it reads.
-            if plan.checked_at_start().any(|s| s.name == stage.name) {
+            if stage.checked_at_start() {
                 continue;
             }
             if let Err(why) = self.check_config(plan, stage, component, &stage.config) {
@@ -688,8 +694,6 @@ impl Executor {
     }
 }
 
-/// A stage applying a model must be an estimator, and a `stage:` model
-/// must be one this pipeline's estimator fits.
 /// Refuse a malformed column selector (a bad pattern, an unknown type or
 /// key) in any stage's configuration.
 fn check_selectors(plan: &LockedPipeline) -> Result<(), RunError> {
@@ -700,6 +704,8 @@ fn check_selectors(plan: &LockedPipeline) -> Result<(), RunError> {
     Ok(())
 }
 
+/// A stage applying a model must be an estimator, and a `stage:` model
+/// must be one this pipeline's estimator fits.
 fn check_models(plan: &LockedPipeline) -> Result<(), RunError> {
     for stage in &plan.stages {
         let Some(model) = &stage.model else { continue };
