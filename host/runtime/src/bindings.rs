@@ -1,13 +1,13 @@
 //! The one place host bindings are generated from `wit/`.
 //!
-//! Bindings are generated for the `estimator` world because it exports both
-//! stage interfaces; a component of another world is driven through the
-//! per-interface `GuestIndices` of just the interfaces it exports (see
-//! [`crate::instance`]). Imports are the same in every world.
+//! Bindings are generated for the `described-estimator` world because it
+//! exports every stage interface; a component of another world is driven
+//! through the per-interface `GuestIndices` of just the interfaces it
+//! exports (see [`crate::instance`]). Imports are the same in every world.
 
 wasmtime::component::bindgen!({
     path: "../../wit",
-    world: "estimator",
+    world: "described-estimator",
     with: {
         "wasmpipe:stage/types.column": crate::host::ColumnHandle,
         "wasmpipe:stage/types.batch": crate::host::BatchHandle,
@@ -15,6 +15,7 @@ wasmtime::component::bindgen!({
     // Resource-table failures (a dead handle) trap; ordinary failures are
     // returned to the guest as the WIT `error`.
     imports: { default: trappable },
+    additional_derives: [PartialEq],
 });
 
 pub use exports::wasmpipe::stage::fit::FitOutcome;
@@ -52,3 +53,6 @@ impl Level {
 pub const TRANSFORM_INTERFACE: &str = "wasmpipe:stage/transform@0.1.0";
 /// See [`TRANSFORM_INTERFACE`].
 pub const FIT_INTERFACE: &str = "wasmpipe:stage/fit@0.1.0";
+/// See [`TRANSFORM_INTERFACE`]; optional (an estimator that says what it
+/// writes before it runs).
+pub const DESCRIBE_INTERFACE: &str = "wasmpipe:stage/describe@0.1.0";

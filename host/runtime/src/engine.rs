@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::bindings::{Estimator, FIT_INTERFACE, TRANSFORM_INTERFACE};
+use crate::bindings::{DESCRIBE_INTERFACE, DescribedEstimator, FIT_INTERFACE, TRANSFORM_INTERFACE};
 use crate::error::RuntimeError;
 use crate::host::StageState;
 use crate::instance::StageComponent;
@@ -137,7 +137,7 @@ impl Runtime {
         let engine = Engine::new(&wasm).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
 
         let mut linker = Linker::new(&engine);
-        Estimator::add_to_linker::<_, HasSelf<StageState>>(&mut linker, |s| s)
+        DescribedEstimator::add_to_linker::<_, HasSelf<StageState>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         // Components built for wasm32-wasip2 import WASI; they get a context
         // that denies everything (see `instance::deny_all_wasi`).
@@ -179,6 +179,7 @@ impl Runtime {
             component.component_type().exports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let transform = exports.iter().any(|e| e == TRANSFORM_INTERFACE);
         let fit = exports.iter().any(|e| e == FIT_INTERFACE);
+        let describe = exports.iter().any(|e| e == DESCRIBE_INTERFACE);
         if !transform && !fit {
             return Err(RuntimeError::NotAStage { path: origin.to_owned(), exports: exports.join(", ") });
         }
@@ -186,7 +187,7 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| RuntimeError::Link { path: origin.to_owned(), reason: format!("{e:#}") })?;
-        StageComponent::new(pre, hash, component_bytes.len(), transform, fit, origin)
+        StageComponent::new(pre, hash, component_bytes.len(), [transform, fit, describe], origin)
     }
 
     fn compile_cached(&self, bytes: &[u8], hash: &str, origin: &Path) -> Result<Component, RuntimeError> {

@@ -77,6 +77,11 @@ pub enum CallError {
     /// error).
     #[error("invalid config: {0}\n  hint: fix the stage's [stage.NAME.config] table in the manifest")]
     Config(String),
+    /// The stage found a column it needs missing, or of a type it does not
+    /// take (its WIT `column-not-found` or `type-mismatch` error, most
+    /// often the host's own answer passed on).
+    #[error("{0}")]
+    Columns(String),
     /// The stage ran past its CPU deadline.
     #[error(
         "exceeded its CPU deadline of {limit_ms} ms and was stopped (its own code, the host's work for it and its waits all count)\n  hint: raise `timeout_s` in the stage's [limits]"

@@ -261,6 +261,30 @@ pub fn data_type(t: &ArrowType) -> DataType {
     }
 }
 
+/// Map a WIT data type to the Arrow type [`data_type`] maps to it (none for
+/// `other`, which names a type it cannot build).
+pub fn arrow_type(t: &DataType) -> Option<ArrowType> {
+    use arrow::datatypes::TimeUnit as U;
+    Some(match t {
+        DataType::Boolean => ArrowType::Boolean,
+        DataType::Int32 => ArrowType::Int32,
+        DataType::Int64 => ArrowType::Int64,
+        DataType::Float32 => ArrowType::Float32,
+        DataType::Float64 => ArrowType::Float64,
+        DataType::Utf8 => ArrowType::Utf8,
+        DataType::Timestamp(u) => ArrowType::Timestamp(
+            match u {
+                TimeUnit::Second => U::Second,
+                TimeUnit::Millisecond => U::Millisecond,
+                TimeUnit::Microsecond => U::Microsecond,
+                TimeUnit::Nanosecond => U::Nanosecond,
+            },
+            None,
+        ),
+        DataType::Other(_) => return None,
+    })
+}
+
 fn type_mismatch(expected: &str, actual: &ArrowType) -> WitError {
     WitError::TypeMismatch(format!("expected {expected}, found {actual}"))
 }

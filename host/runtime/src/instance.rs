@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::datatypes::{Field as ArrowField, Schema};
 use arrow::record_batch::RecordBatch;
 use rand::SeedableRng;
 use wasmtime::component::InstancePre;
@@ -13,12 +14,12 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
-use crate::bindings::exports::wasmpipe::stage::{fit, transform};
-use crate::bindings::{FitOutcome, Level, TaskInfo, WitError};
+use crate::bindings::exports::wasmpipe::stage::{describe, fit, transform};
+use crate::bindings::{Field, FitOutcome, Level, TaskInfo, WitError};
 use crate::budget::{HostBudget, HostLimit};
 use crate::engine::Runtime;
 use crate::error::{CallError, RuntimeError};
-use crate::host::{LogRecord, LogSink, MemoryCap, Phase, Quarantined, Report, StageState};
+use crate::host::{LogRecord, LogSink, MemoryCap, Phase, Quarantined, Report, StageState, arrow_type, data_type};
 
 /// What a stage component can do, read from its exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +49,7 @@ pub struct StageComponent {
     pre: InstancePre<StageState>,
     transform: Option<transform::GuestIndices>,
     fit: Option<fit::GuestIndices>,
+    describe: Option<describe::GuestIndices>,
     kind: StageKind,
     hash: String,
     size: usize,
@@ -70,19 +72,25 @@ impl StageComponent {
         pre: InstancePre<StageState>,
         hash: String,
         size: usize,
-        transform: bool,
-        fit: bool,
+        [transform, fit, describe]: [bool; 3],
         origin: &Path,
     ) -> Result<Self, RuntimeError> {
         let link = |e: wasmtime::Error| RuntimeError::Link { path: origin.to_owned(), reason: format!("{e:#}") };
         let transform = transform.then(|| transform::GuestIndices::new(&pre)).transpose().map_err(link)?;
         let fit = fit.then(|| fit::GuestIndices::new(&pre)).transpose().map_err(link)?;
+        let describe = describe.then(|| describe::GuestIndices::new(&pre)).transpose().map_err(link)?;
         let kind = match (transform.is_some(), fit.is_some()) {
             (true, true) => StageKind::Estimator,
             (true, false) => StageKind::Transformer,
             _ => StageKind::Aggregator,
         };
-        Ok(StageComponent { pre, transform, fit, kind, hash, size, origin: origin.to_owned() })
+        Ok(StageComponent { pre, transform, fit, describe, kind, hash, size, origin: origin.to_owned() })
+    }
+
+    /// Whether it says what it writes before its model exists (it exports
+    /// `describe`).
+    pub fn describes(&self) -> bool {
+        self.describe.is_some()
     }
 
     /// Transformer, estimator or aggregator.
@@ -175,6 +183,7 @@ pub struct StageInstance {
     store: Store<StageState>,
     transform: Option<transform::Guest>,
     fit: Option<fit::Guest>,
+    describe: Option<describe::Guest>,
     cpu_left: Duration,
     cpu_limit: Duration,
     memory_cap: u64,
@@ -239,6 +248,7 @@ impl Runtime {
             store,
             transform: None,
             fit: None,
+            describe: None,
             cpu_left: limits.cpu,
             cpu_limit: limits.cpu,
             memory_cap: cap,
@@ -255,6 +265,10 @@ impl Runtime {
             Some(idx) => Some(idx.load(&mut *store, &inst).map_err(|e| CallError::Trap { detail: format!("{e:#}") })?),
             None => None,
         };
+        instance.describe = match &stage.describe {
+            Some(idx) => Some(idx.load(&mut *store, &inst).map_err(|e| CallError::Trap { detail: format!("{e:#}") })?),
+            None => None,
+        };
         Ok(instance)
     }
 }
@@ -263,8 +277,8 @@ impl Runtime {
 fn stage_error(e: WitError) -> CallError {
     CallError::Stage(match e {
         WitError::InvalidConfig(m) => return CallError::Config(m),
-        WitError::ColumnNotFound(m) => format!("column not found: {m}"),
-        WitError::TypeMismatch(m) => format!("type mismatch: {m}"),
+        WitError::ColumnNotFound(m) => return CallError::Columns(format!("column not found: {m}")),
+        WitError::TypeMismatch(m) => return CallError::Columns(format!("type mismatch: {m}")),
         WitError::LengthMismatch(m) => format!("length mismatch: {m}"),
         WitError::InvalidArgument(m) => format!("invalid argument: {m}"),
         WitError::StageFailed(m) => m,
@@ -456,5 +470,30 @@ impl StageInstance {
         let outcome = self.guarded(|s| g.call_finalize(s, state, pass));
         self.store.data_mut().phase = Phase::Other;
         outcome?.map_err(stage_error)
+    }
+
+    /// `describe.output-schema`: the schema the stage writes for rows of
+    /// `input`, said before its model exists. `None` when it does not say:
+    /// it does not export `describe`, answers that it depends on the data,
+    /// or names a column of a type the host cannot make without data.
+    pub fn output_schema(&mut self, task: &TaskInfo, input: &Schema) -> Result<Option<Schema>, CallError> {
+        let Some(g) = self.describe.clone() else { return Ok(None) };
+        let fields: Vec<Field> = input
+            .fields()
+            .iter()
+            .map(|f| Field { name: f.name().clone(), data_type: data_type(f.data_type()), nullable: f.is_nullable() })
+            .collect();
+        let Some(said) = self.guarded(|s| g.call_output_schema(s, task, &fields))?.map_err(stage_error)? else {
+            return Ok(None);
+        };
+        // A column it passes on keeps its Arrow type (a time zone, a type
+        // the WIT names only as `other`); a new one is made from its type.
+        let field = |f: Field| -> Option<ArrowField> {
+            match input.field_with_name(&f.name) {
+                Ok(same) if data_type(same.data_type()) == f.data_type => Some(same.clone()),
+                _ => Some(ArrowField::new(&f.name, arrow_type(&f.data_type)?, f.nullable)),
+            }
+        };
+        Ok(said.into_iter().map(field).collect::<Option<Vec<_>>>().map(Schema::new))
     }
 }

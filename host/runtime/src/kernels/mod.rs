@@ -252,6 +252,21 @@ fn map_f64(values: &Float64Array, f: impl Fn(f64) -> f64) -> ArrayRef {
     Arc::new(values.unary::<_, arrow::datatypes::Float64Type>(f))
 }
 
+/// Whether `hash-rows` takes a column of type `t`: those [`hash_bytes`]
+/// reads, and `Null` (every row null).
+fn hashable(t: &ArrowType) -> bool {
+    matches!(
+        t,
+        ArrowType::Null
+            | ArrowType::Boolean
+            | ArrowType::Int32
+            | ArrowType::Int64
+            | ArrowType::Float32
+            | ArrowType::Float64
+            | ArrowType::Utf8
+    )
+}
+
 /// Append row `i` of `array` to `buf` for hashing: a tag byte (null or
 /// value) and the value's bytes.
 fn hash_bytes(array: &dyn Array, i: usize, buf: &mut Vec<u8>) -> KernelResult<()> {
@@ -851,6 +866,10 @@ impl kernels::Host for StageState {
         };
         if let Some(a) = arrays.iter().find(|a| a.len() != first.len()) {
             return Ok(Err(WitError::LengthMismatch(format!("{} rows against {}", a.len(), first.len()))));
+        }
+        // (Checked up front: a column of no rows is refused as one of many.)
+        if let Some(a) = arrays.iter().find(|a| !hashable(a.data_type())) {
+            return Ok(Err(WitError::TypeMismatch(format!("cannot hash a {} column", a.data_type()))));
         }
         self.budget.reserve(elementwise_bytes(first.len()))?;
         let mut hashes = Vec::with_capacity(first.len());
