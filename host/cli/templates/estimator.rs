@@ -12,10 +12,12 @@
 //! asks for another pass over the data, for iterative methods). The model
 //! is then applied to every partition (`Apply`). The sums and the
 //! subtraction run in the host (kernels): the values never enter the
-//! sandbox. Replace them with what your estimator does.
+//! sandbox. `output_schema` says, before the model exists, what the stage
+//! writes, so the stages after it are checked against their columns before
+//! any data moves. Replace them with what your estimator does.
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Apply, Batch, Estimator, Outcome, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, DataType, Estimator, Field, Outcome, Result, Schema, Task};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)] // a misspelt key is an error that names it
@@ -95,6 +97,14 @@ impl Apply for Model {
             batch = batch.with_column(name, &centered)?;
         }
         Ok(Some(batch))
+    }
+
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        let config: Config = wasmpipe_sdk::config()?;
+        // Each column must be there and hold numbers; it comes out as f64.
+        wasmpipe_sdk::numeric(input, &config.columns)?;
+        let f64s = |schema: Schema, name: &String| wasmpipe_sdk::with_field(&schema, name, DataType::Float64);
+        Ok(Some(config.columns.iter().fold(input.to_vec(), f64s)))
     }
 }
 

@@ -7,7 +7,7 @@
 //! `"hostcalls"` (calls: how many `num-rows` calls per batch).
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Column, Estimator, Outcome, Predictor, Result, Task};
+use wasmpipe_sdk::{Batch, Column, DataType, Estimator, Field, Outcome, Predictor, Result, Schema, Task};
 
 #[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -119,6 +119,12 @@ impl Predictor for Apply {
 
     fn open(_task: &Task, model: State) -> Result<Self> {
         Ok(Apply(model, wasmpipe_sdk::config()?))
+    }
+
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        let c: Config = wasmpipe_sdk::config()?;
+        wasmpipe_sdk::numeric(input, &c.columns)?;
+        Ok(Some(c.columns.iter().fold(input.to_vec(), |s, n| wasmpipe_sdk::with_field(&s, n, DataType::Float64))))
     }
 
     fn transform(&mut self, mut batch: Batch) -> Result<Option<Batch>> {

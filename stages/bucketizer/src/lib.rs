@@ -49,7 +49,7 @@
 
 use quantiles::{Extent, Pass, Search};
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Apply, Batch, Compare, DataType, Error, Estimator, Outcome, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, Compare, DataType, Error, Estimator, Field, Outcome, Result, Schema, Task};
 
 #[derive(Deserialize, Serialize, Clone, Copy, PartialEq, Debug)]
 #[serde(rename_all = "snake_case")]
@@ -252,6 +252,17 @@ impl Apply for Model {
             batch = batch.with_column(&format!("{name}_bucket"), &bucket.cast(&DataType::Int64)?)?;
         }
         Ok(Some(batch))
+    }
+
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        let config = config()?;
+        wasmpipe_sdk::numeric(input, &config.columns)?;
+        Ok(Some(
+            config
+                .columns
+                .iter()
+                .fold(input.to_vec(), |s, c| wasmpipe_sdk::with_field(&s, &format!("{c}_bucket"), DataType::Int64)),
+        ))
     }
 }
 

@@ -46,7 +46,7 @@
 
 use quantiles::{Pass, Search};
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Apply, Batch, Column, DataType, Error, Estimator, Outcome, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, Column, DataType, Error, Estimator, Field, Outcome, Result, Schema, Task};
 
 #[derive(Deserialize, Serialize, Clone, Copy, PartialEq, Debug)]
 #[serde(rename_all = "snake_case")]
@@ -317,6 +317,12 @@ impl Apply for Model {
             batch = batch.with_column(name, &nan.choose(&constant, &filled)?)?;
         }
         Ok(Some(batch))
+    }
+
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        let config = config()?;
+        wasmpipe_sdk::numeric(input, &config.columns)?;
+        Ok(Some(config.columns.iter().fold(input.to_vec(), |s, c| wasmpipe_sdk::with_field(&s, c, DataType::Float64))))
     }
 }
 

@@ -124,7 +124,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Apply, Batch, Column, Compare, DataType, Error, Estimator, Outcome, Result, Task, Unary};
+use wasmpipe_sdk::{
+    Apply, Batch, Column, Compare, DataType, Error, Estimator, Field, Outcome, Result, Schema, Task, Unary,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -861,6 +863,13 @@ impl Apply for Model {
         let cluster = index.cast(&DataType::Int64)?;
         let out = batch.with_column("cluster", &cluster)?;
         Ok(Some(out.with_column("distance", &best.map(Unary::Sqrt)?)?))
+    }
+
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        let settings = settings()?;
+        wasmpipe_sdk::numeric(input, &settings.config.features)?;
+        let out = wasmpipe_sdk::with_field(input, "cluster", DataType::Int64);
+        Ok(Some(wasmpipe_sdk::with_field(&out, "distance", DataType::Float64)))
     }
 }
 

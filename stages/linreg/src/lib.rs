@@ -18,7 +18,7 @@
 //! kernels (`gram`, `matvec`): no column values are copied into the sandbox.
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Apply, Batch, Column, Estimator, Outcome, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, Column, DataType, Estimator, Field, Outcome, Result, Schema, Task};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +148,12 @@ impl Apply for Model {
         let x = columns(&batch, &self.features)?;
         let yhat = wasmpipe_sdk::matvec(&x.iter().collect::<Vec<_>>(), &self.coefficients, self.intercept)?;
         Ok(Some(batch.with_column(&self.prediction, &yhat)?))
+    }
+
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        let config = config()?;
+        wasmpipe_sdk::numeric(input, &config.features)?;
+        Ok(Some(wasmpipe_sdk::with_field(input, &config.prediction, DataType::Float64)))
     }
 }
 

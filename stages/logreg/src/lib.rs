@@ -92,7 +92,9 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Apply, Batch, Column, Compare, DataType, Error, Estimator, Outcome, Result, Task, Unary};
+use wasmpipe_sdk::{
+    Apply, Batch, Column, Compare, DataType, Error, Estimator, Field, Outcome, Result, Schema, Task, Unary,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -706,6 +708,15 @@ impl Apply for Model {
             out = out.with_column(&format!("proba_{}", class.label()), p)?;
         }
         Ok(Some(out))
+    }
+
+    /// Its columns checked; what it writes is not said: a probability
+    /// column per class, and the classes are learnt.
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        let config = config()?;
+        wasmpipe_sdk::numeric(input, &config.features)?;
+        wasmpipe_sdk::field(input, &config.target)?;
+        Ok(None)
     }
 }
 

@@ -29,7 +29,7 @@
 //! `feature_range` and `clip`.
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Apply, Batch, Error, Estimator, Outcome, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, DataType, Error, Estimator, Field, Outcome, Result, Schema, Task};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -159,6 +159,12 @@ impl Apply for Model {
             batch = batch.with_column(name, &x)?;
         }
         Ok(Some(batch))
+    }
+
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        let config = config()?;
+        wasmpipe_sdk::numeric(input, &config.columns)?;
+        Ok(Some(config.columns.iter().fold(input.to_vec(), |s, c| wasmpipe_sdk::with_field(&s, c, DataType::Float64))))
     }
 }
 

@@ -12,7 +12,7 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Apply, Batch, Estimator, Outcome, Result, Task};
+use wasmpipe_sdk::{Apply, Batch, DataType, Estimator, Field, Outcome, Result, Schema, Task};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +120,12 @@ impl Apply for Model {
             batch = batch.with_column(name, &scaled)?;
         }
         Ok(Some(batch))
+    }
+
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        let config: Config = wasmpipe_sdk::config()?;
+        wasmpipe_sdk::numeric(input, &config.columns)?;
+        Ok(Some(config.columns.iter().fold(input.to_vec(), |s, c| wasmpipe_sdk::with_field(&s, c, DataType::Float64))))
     }
 }
 

@@ -77,7 +77,7 @@ use std::collections::BTreeMap;
 
 use quantiles::{Extent, Pass, Search};
 use serde::{Deserialize, Serialize};
-use wasmpipe_sdk::{Batch, Column, DataType, Error, Estimator, Outcome, Predictor, Result, Task};
+use wasmpipe_sdk::{Batch, Column, DataType, Error, Estimator, Field, Outcome, Predictor, Result, Schema, Task};
 
 const NAMES: [&str; 3] = ["train", "validation", "test"];
 
@@ -312,6 +312,17 @@ impl Predictor for Apply {
 
     fn open(_task: &Task, model: Model) -> Result<Self> {
         Ok(Apply { config: config()?.0, model })
+    }
+
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        let (config, _, _) = config()?;
+        for name in config.key.iter().chain(&config.stratify) {
+            wasmpipe_sdk::field(input, name)?;
+        }
+        Ok(Some(match config.keep {
+            Some(_) => input.to_vec(),
+            None => wasmpipe_sdk::with_field(input, "split", DataType::Utf8),
+        }))
     }
 
     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {

@@ -135,7 +135,7 @@ use std::rc::Rc;
 
 use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use wasmpipe_sdk::{Batch, Column, DataType, Error, Estimator, Outcome, Predictor, Result, Task};
+use wasmpipe_sdk::{Batch, Column, DataType, Error, Estimator, Field, Outcome, Predictor, Result, Schema, Task};
 
 /// The most examples a rule may keep: every partition's state carries up
 /// to this many per rule, and the report and messages list them.
@@ -1071,6 +1071,13 @@ impl Predictor for Apply {
             tests.push((rule, test));
         }
         Ok(Apply { tests })
+    }
+
+    /// Its rules checked (their columns are, with their data, when it
+    /// fits); the rows it passes on keep their schema.
+    fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        plan()?;
+        Ok(Some(input.to_vec()))
     }
 
     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {

@@ -501,6 +501,17 @@ pub trait Predictor: Sized + 'static {
     fn open(task: &Task, model: Self::Model) -> Result<Self>;
     /// Map one batch with the model.
     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>>;
+    /// The schema of the rows [`Predictor::transform`] writes for rows of
+    /// schema `input`, said before the model exists: the host checks the
+    /// stages after this one against it before any data moves. Read the
+    /// configuration with [`config`] and raise what a task would for such
+    /// input (a missing column: [`field`]; a column of a type it does not
+    /// take: [`numeric`]). `None`, the default, says it depends on the data
+    /// (a column per class found, say); the stages after it are then
+    /// checked against their columns when they read them.
+    fn output_schema(_task: &Task, _input: &[Field]) -> Result<Option<Schema>> {
+        Ok(None)
+    }
 }
 
 /// A model that applies itself to each batch: the [`Predictor`] of most
@@ -509,6 +520,10 @@ pub trait Predictor: Sized + 'static {
 pub trait Apply: DeserializeOwned + 'static {
     /// Map one batch with the model.
     fn apply(&self, batch: Batch) -> Result<Option<Batch>>;
+    /// [`Predictor::output_schema`].
+    fn output_schema(_task: &Task, _input: &[Field]) -> Result<Option<Schema>> {
+        Ok(None)
+    }
 }
 
 impl<M: Apply> Predictor for M {
@@ -521,6 +536,67 @@ impl<M: Apply> Predictor for M {
     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
         self.apply(batch)
     }
+
+    fn output_schema(task: &Task, input: &[Field]) -> Result<Option<Schema>> {
+        M::output_schema(task, input)
+    }
+}
+
+/// The field of `input` named `name`, or the `column-not-found` error a
+/// task would raise reading it.
+pub fn field<'a>(input: &'a [Field], name: &str) -> Result<&'a Field> {
+    input.iter().find(|f| f.name == name).ok_or_else(|| {
+        let names: Vec<&str> = input.iter().map(|f| f.name.as_str()).collect();
+        Error::ColumnNotFound(format!("{name:?} (the input has {})", names.join(", ")))
+    })
+}
+
+/// Check that each of `names` is a column of `input` that holds numbers
+/// (of any width, decimals included) or booleans (read as 0 and 1), as the
+/// numeric kernels take: the `column-not-found` or `type-mismatch` error a
+/// task would raise, if not.
+pub fn numeric(input: &[Field], names: &[String]) -> Result<()> {
+    for name in names {
+        match &field(input, name)?.data_type {
+            DataType::Boolean | DataType::Int32 | DataType::Int64 | DataType::Float32 | DataType::Float64 => {}
+            // Arrow's other numeric types, by name: Int8, UInt64, Float16,
+            // Decimal128(10, 2)...
+            DataType::Other(arrow) if ["Int", "UInt", "Float", "Decimal"].iter().any(|p| arrow.starts_with(p)) => {}
+            other => {
+                return Err(Error::TypeMismatch(format!(
+                    "column {name:?} is {}, but the stage takes numbers",
+                    type_name(other)
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A WIT data type's name, as people write it.
+fn type_name(t: &DataType) -> String {
+    match t {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int32 => "int32".into(),
+        DataType::Int64 => "int64".into(),
+        DataType::Float32 => "float32".into(),
+        DataType::Float64 => "float64".into(),
+        DataType::Utf8 => "utf8".into(),
+        DataType::Timestamp(_) => "a timestamp".into(),
+        DataType::Other(name) => name.clone(),
+    }
+}
+
+/// `input` with a column `name` of `data_type` in place of the column of
+/// that name, or after the others: the schema [`Batch::with_column`] makes.
+pub fn with_field(input: &[Field], name: &str, data_type: DataType) -> Schema {
+    let mut out = input.to_vec();
+    let field = Field { name: name.to_string(), data_type, nullable: true };
+    match out.iter_mut().find(|f| f.name == name) {
+        Some(f) => *f = field,
+        None => out.push(field),
+    }
+    out
 }
 
 thread_local! {
@@ -586,6 +662,12 @@ pub mod glue {
         let model: P::Model = decode(&model, "model")?;
         put_state(P::open(&task.into(), model)?);
         Ok(())
+    }
+
+    /// `describe.output-schema` for a [`Predictor`].
+    pub fn predictor_output_schema<P: Predictor>(task: TaskInfo, input: Schema) -> Result<Option<Schema>> {
+        install_panic_hook();
+        P::output_schema(&task.into(), &input)
     }
 
     /// `fit.fit-open`.

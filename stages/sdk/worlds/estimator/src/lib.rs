@@ -1,16 +1,17 @@
-//! Export glue for the `estimator` world. Stage authors use
+//! Export glue for the `described-estimator` world (an `estimator` that
+//! says what it writes before it runs). Stage authors use
 //! `wasmpipe_sdk::export_estimator!` instead of anything here.
 
 #![doc(hidden)]
 
-use wasmpipe_sdk_core::glue::{TaskInfo, predictor_open};
-use wasmpipe_sdk_core::{Batch, Estimator, Predictor, Result, take_state, with_state};
+use wasmpipe_sdk_core::glue::{TaskInfo, predictor_open, predictor_output_schema};
+use wasmpipe_sdk_core::{Batch, Estimator, Predictor, Result, Schema, take_state, with_state};
 
 /// Generated bindings of the world, sharing the core crate's imports.
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../../../wit",
-        world: "estimator",
+        world: "described-estimator",
         with: {
             "wasmpipe:stage/types@0.1.0": wasmpipe_sdk_core::bindings::imports::wasmpipe::stage::types,
             "wasmpipe:stage/host@0.1.0": wasmpipe_sdk_core::bindings::imports::wasmpipe::stage::host,
@@ -39,5 +40,13 @@ impl<E: Estimator, P: Predictor<Model = E::Model>> bindings::exports::wasmpipe::
     fn close() -> Result<Option<Batch>> {
         take_state::<P>()?;
         Ok(None)
+    }
+}
+
+impl<E: Estimator, P: Predictor<Model = E::Model>> bindings::exports::wasmpipe::stage::describe::Guest
+    for Adapter<E, P>
+{
+    fn output_schema(task: TaskInfo, input: Schema) -> Result<Option<Schema>> {
+        predictor_output_schema::<P>(task, input)
     }
 }
