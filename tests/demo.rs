@@ -424,18 +424,29 @@ fn every_run_leaves_a_run_record_a_failed_one_too() {
     let fit = stages.iter().find(|s| s["name"] == "fit").unwrap();
     assert_eq!(fit["model"], report.stages.iter().find(|s| s.name == "fit").unwrap().model.as_ref().unwrap().sha256);
 
-    // The same pipeline with a scaler asked for a column the data lacks.
-    let mut broken = manifest.clone();
-    let scale = broken.stages.get_mut("clean").expect("a clean stage");
-    scale.columns = Some(vec!["no_such_column".into()]);
-    let err = exec.run(&broken, &dir).expect_err("the clean stage cannot read its column").to_string();
+    // The same pipeline with a validation rule its data breaks: found when
+    // the stage has read its rows.
+    let text = std::fs::read_to_string(dir.join("wasmpipe.toml")).unwrap();
+    assert!(text.contains("check = \"row_count\", min = 400,"));
+    let broken =
+        Manifest::parse(&text.replace("check = \"row_count\", min = 400,", "check = \"row_count\", min = 4000,"))
+            .unwrap();
+    let err = exec.run(&broken, &dir).expect_err("the validate stage fails the run").to_string();
     let runs: Vec<_> = std::fs::read_dir(store.path().join("_runs")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(runs.len(), 2, "{runs:?}");
     let failed =
         runs.iter().map(|id| read(id.to_str().unwrap())).find(|r| r["status"] == "failed").expect("a failed run");
-    assert!(failed["error"].as_str().unwrap().contains("no_such_column"), "{failed}\n{err}");
+    assert!(failed["error"].as_str().unwrap().contains("4000"), "{failed}\n{err}");
     let last = failed["stages"].as_array().unwrap().last().unwrap();
-    assert_eq!((last["name"].as_str(), last["status"].as_str()), (Some("clean"), Some("failed")), "{failed}");
+    assert_eq!((last["name"].as_str(), last["status"].as_str()), (Some("validate"), Some("failed")), "{failed}");
+
+    // A projection naming a column the data lacks fails before any data
+    // moves: no stage ran, and no run was recorded.
+    let mut broken = manifest.clone();
+    broken.stages.get_mut("clean").expect("a clean stage").columns = Some(vec!["no_such_column".into()]);
+    let err = exec.run(&broken, &dir).expect_err("the clean stage cannot read its column").to_string();
+    assert!(err.contains("stage \"clean\": columns: reads column \"no_such_column\", which `stage:validate` does not have (its columns: age, sex, bmi"), "{err}");
+    assert_eq!(std::fs::read_dir(store.path().join("_runs")).unwrap().count(), 2);
 }
 
 #[test]
@@ -494,4 +505,44 @@ fn cut_stage(text: &str, name: &str) -> String {
     let start = text.find(&format!("[stage.{name}]\n")).unwrap();
     let end = text[start + 1..].find("\n[stage.").map_or(text.len(), |e| start + 2 + e);
     format!("{}{}", &text[..start], &text[end..])
+}
+
+/// Names and types, in order (nullability aside: a column is nullable in
+/// a batch only when it holds a null).
+fn columns_of(schema: &arrow::datatypes::Schema) -> Vec<(String, arrow::datatypes::DataType)> {
+    schema.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect()
+}
+
+#[test]
+fn every_demo_stage_is_checked_before_its_run_against_the_schema_it_reads() {
+    for name in ["diabetes", "breast_cancer", "wine", "iris"] {
+        let dir = repo().join("examples").join(name);
+        let manifest = Manifest::load(&dir.join("wasmpipe.toml")).expect("demo manifest parses");
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), 2);
+        let storage = wasmpipe_storage::Storage::new(&dir).with_options(manifest.storage.clone());
+        let (_, checked) = exec.check(&manifest, &storage, Some(&dir)).expect("demo checks");
+        // The Rust estimators say what they write (`describe`): only the
+        // stages after logistic regression (a probability column per class
+        // it learns) or after iris's Python scaler (a Python estimator does
+        // not say) wait for their columns.
+        let waiting: &[&str] = match name {
+            "diabetes" => &[],
+            "iris" => &["scale_test", "fit", "predict", "evaluate"],
+            _ => &["evaluate"],
+        };
+        for (stage, how) in &checked.stages {
+            let columns = matches!(how, wasmpipe_executor::Checked::Columns(_));
+            assert_eq!(columns, !waiting.contains(&stage.as_str()), "{name}.{stage}: {how}");
+        }
+        // What the checks found each stage will write is what it wrote.
+        exec.run(&manifest, &dir).expect("demo runs");
+        for (stage, predicted) in &checked.writes {
+            let batches = read_committed(&store.path().join(name).join(stage));
+            let Some(first) = batches.first() else { continue };
+            assert_eq!(columns_of(predicted), columns_of(&first.schema()), "{name}.{stage}");
+        }
+        let found = checked.writes.len();
+        assert!(found >= if name == "iris" { 2 } else { 5 }, "{name}: {:?}", checked.writes.keys());
+    }
 }

@@ -623,10 +623,20 @@ fn column_selectors_resolve_against_the_input_and_equal_the_lists_they_stand_for
 }
 
 #[test]
-fn a_column_selector_that_cannot_be_resolved_fails_its_stage_and_a_malformed_one_fails_first() {
+fn a_column_selector_or_config_that_does_not_fit_the_input_fails_before_data_moves_or_when_its_stage_starts() {
     let csv = data("iris.csv");
-    let try_run = |stage: &str, config: &str| {
-        let text = manifest(&csv, 2, stage, config);
+    // `after_estimator`: the stage reads the output of an estimator whose
+    // schema is known only once it has run (logistic regression: a
+    // probability column per class it learns).
+    let try_run = |stage: &str, config: &str, after_estimator: bool| {
+        let mut text = manifest(&csv, 2, stage, config);
+        if after_estimator {
+            text = text.replace("inputs = [\"stage:ingest\"]", "inputs = [\"stage:mid\"]");
+            text.push_str(&format!(
+                "\n[stage.mid]\ncomponent = {}\ninputs = [\"stage:ingest\"]\nconfig = {{ features = [\"sepal_length\"], target = \"target\" }}\n",
+                toml_path(&component("logreg"))
+            ));
+        }
         let store = tempfile::tempdir().unwrap();
         let (exec, _) = executor(store.path(), 2);
         let err = run_text(&exec, &text, store.path()).expect_err(config).to_string();
@@ -640,12 +650,16 @@ fn a_column_selector_that_cannot_be_resolved_fails_its_stage_and_a_malformed_one
         ("columns = { select = \"numbers\" }", "`select = \"numbers\"`: no such type of column (the types: all,"),
         ("columns = { select = \"all\", exlude = [\"target\"] }", "a column selector takes no key `exlude`"),
     ] {
-        let (err, ingested) = try_run("scaler", config);
+        let (err, ingested) = try_run("scaler", config, false);
         assert!(err.contains(says) && err.contains("hint: fix the column selector"), "{config}: {err}");
         assert!(!ingested, "{config}: ingest ran before the selector was refused");
     }
     // Well formed, but not for this input, or a config the stage rejects
-    // once its columns are known: the stage fails before its first task.
+    // once its columns are known; a column list naming a column the input
+    // lacks, or one of a type the stage does not take. Where the input's
+    // schema is known before the run (ingest, a transformer, reads a CSV),
+    // the run fails before ingest runs; after an estimator, when the stage
+    // starts or its first task reads.
     for (stage, config, says) in [
         (
             "scaler",
@@ -667,11 +681,23 @@ fn a_column_selector_that_cannot_be_resolved_fails_its_stage_and_a_malformed_one
             "features = { select = \"float\" }\nk = 2\ncentroids = [[1.0, 2.0], [3.0, 4.0]]",
             "invalid config: centroids: [1.0, 2.0] is not 4 finite numbers",
         ),
+        ("scaler", "columns = [\"sepal_length\", \"sepal_lenght\"]", "column not found: \"sepal_lenght\""),
+        ("linreg", "features = [\"petal_width\"]\ntarget = \"sepal_widht\"", "column not found: \"sepal_widht\""),
     ] {
-        let (err, ingested) = try_run(stage, config);
+        let (err, ingested) = try_run(stage, config, false);
         assert!(err.contains(says) && err.contains("stage \"feat\"") && err.contains("hint:"), "{config}: {err}");
-        assert!(ingested, "{config}");
+        assert!(err.contains("checked before any data moved"), "{config}: {err}");
+        assert!(!ingested, "{config}: ingest ran before the stage was checked");
+        let (late, ingested) = try_run(stage, config, true);
+        // (Its selector then selects the regression's columns too.)
+        let says = says.replace("is not 4 finite", "is not 7 finite");
+        assert!(late.contains(&says) && late.contains("stage \"feat\""), "{config}: {late}");
+        assert!(ingested, "{config}: after an estimator, checked when it runs");
     }
+    // A config error is found before the run after an estimator too, and
+    // with the other stages' errors.
+    let (err, ingested) = try_run("scaler", "columns = [\"sepal_length\"]\nclip = 3", true);
+    assert!(err.contains("stage \"feat\": invalid config: unknown field `clip`") && !ingested, "{err}");
     // Counted against the columns it selects, not a stand-in: the same
     // kmeans config with 4 coordinates per centroid runs.
     let run = run(
@@ -724,4 +750,142 @@ fn a_column_selector_reads_the_schema_the_stage_sees() {
     std::fs::copy(&one, many.join("2.csv")).unwrap();
     let err = run_text(&exec, &direct(&many), store.path()).unwrap_err().to_string();
     assert!(err.contains("a text input of 2 files") && err.contains("declare the input's `schema`"), "{err}");
+}
+
+#[test]
+fn each_estimator_says_before_the_run_the_schema_it_writes() {
+    let csv = data("iris.csv");
+    let features = "[\"sepal_length\", \"petal_width\", \"target\"]";
+    for (stage, config) in [
+        ("scaler", format!("columns = {features}")),
+        ("minmax", format!("columns = {features}")),
+        ("imputer", format!("columns = {features}")),
+        ("bucketizer", "columns = [\"sepal_length\", \"target\"]\nn_buckets = 3".to_string()),
+        ("kmeans", format!("features = {features}\nk = 3")),
+        ("linreg", "features = [\"sepal_length\", \"target\"]\ntarget = \"petal_width\"".to_string()),
+        ("split", "fractions = { train = 0.7, test = 0.3 }\nseed = 1".to_string()),
+        ("split", "fractions = { train = 0.7, test = 0.3 }\nseed = 1\nkeep = \"test\"".to_string()),
+        ("validate", "rules = [{ column = \"target\", check = \"allowed\", values = [0, 1, 2] }]".to_string()),
+        ("baseline", format!("mode = \"scaler\"\ncolumns = {features}")),
+    ] {
+        let text = manifest(&csv, 2, stage, &config);
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), 2);
+        let parsed = wasmpipe_manifest::Manifest::parse(&text).unwrap();
+        let storage = wasmpipe_storage::Storage::new(store.path());
+        let (_, checked) = exec.check(&parsed, &storage, Some(store.path())).unwrap_or_else(|e| panic!("{e}"));
+        let said = checked.writes.get("feat").unwrap_or_else(|| panic!("{stage} says nothing: {checked:?}"));
+        run_text(&exec, &text, store.path()).unwrap_or_else(|e| panic!("{stage}: {e}"));
+        let wrote = read_committed(&store.path().join("ml/feat"))[0].schema();
+        let columns = |s: &arrow::datatypes::Schema| {
+            s.fields().iter().map(|f| (f.name().clone(), f.data_type().clone())).collect::<Vec<_>>()
+        };
+        assert_eq!(columns(said), columns(&wrote), "{stage}: {config}");
+    }
+    // What they say is checked: a column of the wrong type, or missing.
+    let text = format!(
+        "{}\n[stage.names]\ncomponent = {}\ninputs = [\"stage:ingest\"]\nconfig = {{ columns = [\"target\"], n_buckets = 2 }}\n[stage.feat]\ncomponent = {}\ninputs = [\"stage:names\"]\nconfig = {{ features = [\"target_bucket\", \"sepal_lenght\"], target = \"petal_width\" }}\n",
+        ingest_head(&csv, 150, 2),
+        toml_path(&component("bucketizer")),
+        toml_path(&component("linreg")),
+    );
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let err = run_text(&exec, &text, store.path()).unwrap_err().to_string();
+    assert!(err.contains("stage \"feat\": column not found: \"sepal_lenght\""), "{err}");
+    assert!(err.contains("target_bucket") && err.contains("(checked against the schema it will read)"), "{err}");
+    assert!(!store.path().join("ml/ingest").exists(), "{err}");
+}
+
+#[test]
+fn the_checks_before_a_run_read_inputs_projections_and_models_as_the_run_would() {
+    let csv = data("iris.csv");
+    let stage = |name: &str, component_name: &str, rest: &str| {
+        format!("\n[stage.{name}]\ncomponent = {}\n{rest}\n", toml_path(&component(component_name)))
+    };
+    let refused = |text: &str, says: &str| {
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), 2);
+        let err = run_text(&exec, text, store.path()).expect_err(says).to_string();
+        assert!(err.contains("(checked before any data moved)") && err.contains(says), "{says}\n{err}");
+        assert!(std::fs::read_dir(store.path()).unwrap().next().is_none(), "{says}: something ran");
+    };
+    let head = "version = 1\nname = \"ml\"\n[defaults]\nbatch_rows = 64\nrow_group_rows = 64\n";
+    // An input that is not there.
+    refused(
+        &format!("{head}{}", stage("ingest", "passthrough", "inputs = [\"/no/such/file.csv\"]")),
+        "file:///no/such/file.csv: no such file or object",
+    );
+    // A declared schema naming a column the CSV file's header lacks.
+    refused(
+        &format!(
+            "{head}{}",
+            stage(
+                "ingest",
+                "passthrough",
+                &format!("inputs = [{}]\nschema = {{ sepal_lenght = \"float64\" }}", toml_path(&csv))
+            )
+        ),
+        "stage \"ingest\": schema: declares column \"sepal_lenght\", which file://",
+    );
+    // A projection naming the routing column of a named output.
+    let split = format!(
+        "{}{}",
+        stage("ingest", "passthrough", &format!("inputs = [{}]", toml_path(&csv))),
+        stage(
+            "split",
+            "split",
+            "inputs = [\"stage:ingest\"]\noutputs = [\"train\", \"test\"]\nroute = \"split\"\nconfig = { fractions = { train = 0.8, test = 0.2 } }"
+        ),
+    );
+    refused(
+        &format!(
+            "{head}{split}{}",
+            stage("z", "passthrough", "inputs = [\"stage:split.train\"]\ncolumns = [\"split\", \"sepal_length\"]")
+        ),
+        "stage \"z\": columns: reads column \"split\", which `stage:split.train` does not have (its columns: sepal_length,",
+    );
+    // A model applied with another configuration than it was fitted with
+    // writes what the fit's configuration says (linreg's `prediction`):
+    // not said for it, so checked when it starts, and the run reads `yhat`.
+    let text = format!(
+        "{head}{split}{}{}{}",
+        stage(
+            "fit",
+            "linreg",
+            "inputs = [\"stage:split.train\"]\nconfig = { features = [\"sepal_length\"], target = \"petal_width\", prediction = \"yhat\" }"
+        ),
+        stage(
+            "predict",
+            "linreg",
+            "inputs = [\"stage:split.test\"]\nmodel = \"stage:fit\"\nconfig = { features = [\"sepal_length\"], target = \"petal_width\" }"
+        ),
+        stage(
+            "score",
+            "evaluate",
+            "inputs = [\"stage:predict\"]\nconfig = { target = \"petal_width\", prediction = \"yhat\" }"
+        ),
+    );
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let parsed = wasmpipe_manifest::Manifest::parse(&text).unwrap();
+    let (_, checked) = exec.check(&parsed, &wasmpipe_storage::Storage::new(store.path()), Some(store.path())).unwrap();
+    let how = |name: &str| checked.stages.iter().find(|(s, _)| s == name).unwrap().1.to_string();
+    assert!(how("predict").starts_with("checked when it starts (it applies a model that another stage"), "{checked:?}");
+    assert!(how("fit").starts_with("config and columns checked"), "{checked:?}");
+    run_text(&exec, &text, store.path()).unwrap_or_else(|e| panic!("{e}"));
+    // A stage whose dry run fails otherwise than by rejecting its config
+    // or columns is left to its tasks, and the check says so.
+    let text = format!(
+        "{head}{}{}",
+        stage("ingest", "passthrough", &format!("inputs = [{}]", toml_path(&csv))),
+        stage("bad", "hostile", "inputs = [\"stage:ingest\"]\nconfig = { mode = \"fail\" }"),
+    );
+    let parsed = wasmpipe_manifest::Manifest::parse(&text).unwrap();
+    let (_, checked) = exec.check(&parsed, &wasmpipe_storage::Storage::new(store.path()), Some(store.path())).unwrap();
+    let said = checked.stages[1].1.to_string();
+    assert!(
+        said.contains("its dry run on no rows failed (hostile stage failed on purpose), so its columns are checked when its tasks read them"),
+        "{said}"
+    );
 }

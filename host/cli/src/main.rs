@@ -680,7 +680,7 @@ fn run(args: RunArgs, color: bool, display: Arc<progress::Display>) -> anyhow::R
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let plan = match &args.from {
+    let (plan, checked) = match &args.from {
         Some(root) => {
             let root = absolute_location(root)?;
             let store = match &args.store {
@@ -691,8 +691,8 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             executor.allow(allowed(&args.allow_input)?, allowed(&args.allow_output)?);
             let (name, version) = name_version(&args.target)?;
             let (plan, _) = executor.deployed_plan(&root, name, version)?;
-            executor.check_resolved(&plan, None)?;
-            plan
+            let checked = executor.check_resolved(&plan, None)?;
+            (plan, checked)
         }
         None => {
             let store = absolute_location(args.store.as_deref().unwrap_or("wasmpipe-data"))?;
@@ -705,23 +705,26 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             executor.check(&manifest, &storage, Some(&base_dir))?
         }
     };
-    let at_start = plan.checked_at_start().count();
     for (_, message) in plan.leakage() {
         eprintln!("warning: {message}");
     }
+    let (columns, config, at_start) = checked.counts();
     println!(
-        "pipeline {:?} (plan {}): {} stages resolve, their inputs and outputs are allowed, and every stage accepts its configuration{}",
+        "pipeline {:?} (plan {}): {}, their inputs and outputs are allowed, and every stage accepts its configuration",
         plan.pipeline,
         &plan.hash()[..12],
-        plan.stages.len(),
-        match at_start {
-            0 => String::new(),
-            1 => " (1 stage that applies a fitted model or selects its columns by pattern or type is checked when it starts)".into(),
-            n => format!(
-                " ({n} stages that apply a fitted model or select their columns by pattern or type are checked when they start)"
-            ),
-        }
+        match plan.stages.len() {
+            1 => "1 stage resolves".to_string(),
+            n => format!("{n} stages resolve"),
+        },
     );
+    println!(
+        "  checked before any data moves: {columns} against the columns they will read, {config} their configuration only; {at_start} when they start"
+    );
+    let width = checked.stages.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    for (name, how) in &checked.stages {
+        println!("  {name:width$}  {how}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

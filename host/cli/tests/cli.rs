@@ -533,7 +533,7 @@ fn a_config_a_stage_rejects_fails_check_and_run_before_any_data_moves() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(65), "{command}: {err}");
         assert!(
-            err.contains("2 stages reject their configuration (checked before any data moved)"),
+            err.contains("2 stages reject their configuration or input (checked before any data moved)"),
             "{command}: {err}"
         );
         assert!(err.contains("stage \"fit\": invalid config: unknown field `targett`"), "{command}: {err}");
@@ -542,6 +542,26 @@ fn a_config_a_stage_rejects_fails_check_and_run_before_any_data_moves() {
         // was recorded.
         assert!(!store.exists(), "{command} wrote {}", store.display());
     }
+    // A column the input lacks, in a stage that reads a transformer's
+    // output (its schema known before the run), fails the same way.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("targett = \"b\"", "target = \"bb\"")
+            .replace("predictionn = \"p\"", "prediction = \"prediction\""),
+    )
+    .unwrap();
+    let out = wasmpipe().arg("check").arg(&manifest).arg("--store").arg(&store).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{err}");
+    assert!(err.contains("a stage rejects its configuration or input (checked before any data moved)"), "{err}");
+    assert!(
+        err.contains(
+            "stage \"fit\": column not found: \"bb\" (the batch has a, b) (checked against the schema it will read)"
+        ),
+        "{err}"
+    );
+    std::fs::write(&manifest, &text).unwrap();
     // Publishing the plan for another engine (Ray) checks it the same way.
     let out = wasmpipe().arg("plan").arg(&manifest).arg("--publish").arg(&store).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -551,6 +571,15 @@ fn a_config_a_stage_rejects_fails_check_and_run_before_any_data_moves() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("8 stages resolve") && text.contains("every stage accepts its configuration"), "{text}");
-    assert!(text.contains("(4 stages that apply a fitted model or select their columns"), "{text}");
+    assert!(
+        text.contains("checked before any data moves: 7 against the columns they will read, 1 their configuration only; 0 when they start"),
+        "{text}"
+    );
+    assert!(text.contains("  ingest      config and columns checked against the 31 columns it will read"), "{text}");
+    assert!(text.contains("  scale_test  config and columns checked against the 31 columns it will read"), "{text}");
+    assert!(
+        text.contains("  evaluate    config checked; its columns when its tasks read them (what stage \"predict\" writes is known once it has run)"),
+        "{text}"
+    );
     assert!(!repo().join("examples/breast_cancer/wasmpipe-data").exists());
 }

@@ -106,7 +106,7 @@ pub enum RunError {
     /// A stage whose column selectors have just resolved rejects its
     /// configuration (checked when it started, before its first task).
     #[error(
-        "stage {stage:?}: invalid config: {why}\n  (checked when the stage started, its column selectors resolved: {selected})\n  hint: fix [stage.{stage}.config] in the manifest"
+        "stage {stage:?}: {why}\n  (checked when the stage started, its column selectors resolved: {selected})\n  hint: fix [stage.{stage}.config] in the manifest"
     )]
     ConfigAtStart {
         /// The stage.
@@ -196,13 +196,15 @@ fn no_such_model(registry: &str, wanted: &str, matches: &[String]) -> String {
 
 fn rejected_configs(rejected: &[(String, String)]) -> String {
     let mut text = match rejected.len() {
-        1 => "a stage rejects its configuration (checked before any data moved):".to_string(),
-        n => format!("{n} stages reject their configuration (checked before any data moved):"),
+        1 => "a stage rejects its configuration or input (checked before any data moved):".to_string(),
+        n => format!("{n} stages reject their configuration or input (checked before any data moved):"),
     };
     for (stage, why) in rejected {
-        text.push_str(&format!("\n  stage {stage:?}: invalid config: {why}"));
+        text.push_str(&format!("\n  stage {stage:?}: {why}"));
     }
-    text.push_str("\n  hint: fix the [stage.NAME.config] tables in the manifest");
+    if !rejected.iter().all(|(_, why)| why.contains("hint:")) {
+        text.push_str("\n  hint: fix the [stage.NAME.config] tables in the manifest");
+    }
     text
 }
 

@@ -33,6 +33,7 @@ mod engine;
 mod error;
 mod leakage;
 mod plan;
+mod probe;
 pub mod record;
 mod registry;
 mod select;
@@ -54,6 +55,7 @@ pub use error::{EXIT_DETERMINISTIC, EXIT_INTERNAL, EXIT_OK, EXIT_TRANSIENT, RunE
 pub use plan::{
     ComponentRef, InputRef, Limits, LockedPipeline, LockedStage, ModelRef, OutputRef, Outputs, PLAN_FORMAT, PLANS_DIR,
 };
+pub use probe::{Checked, ConfigCheck};
 pub use record::{LogLine, RUN_FORMAT, RUNS_DIR, RunLog, RunRecord, StageLog, StageRecord, TaskEntry};
 pub use task::{FitStep, MERGE_FAN_IN, StageTasks, TASK_FORMAT, TaskKind, TaskOutcome, TaskSpec, WrittenObject};
 pub use wasmpipe_storage::deployments::DeployedPipeline;
@@ -434,7 +436,7 @@ impl Executor {
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         plan.check(authority, &self.config.store)?;
-        self.check_configs(plan, &components)?;
+        self.check_configs(plan, &components, storage)?;
         let run_id = new_run_id();
         let started_at = std::time::SystemTime::now();
         self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clear();

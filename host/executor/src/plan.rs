@@ -21,6 +21,7 @@ use wasmpipe_storage::{Storage, StorageError};
 use wasmpipe_toolchain::Toolchain;
 
 use crate::authority::Authority;
+use crate::probe::ConfigCheck;
 use crate::{Executor, RunError};
 
 /// The version of the plan document.
@@ -99,15 +100,6 @@ pub struct Outputs {
     pub names: Vec<String>,
     /// The routing column.
     pub route: String,
-}
-
-impl LockedStage {
-    /// Whether its configuration is checked when it starts rather than
-    /// with the plan: it applies a fitted model (which does not exist yet),
-    /// or has column selectors (they resolve against what it reads).
-    pub fn checked_at_start(&self) -> bool {
-        self.model.is_some() || crate::select::check(&self.config).unwrap_or(true)
-    }
 }
 
 fn is_no(b: &bool) -> bool {
@@ -364,12 +356,6 @@ impl LockedPipeline {
         Ok(())
     }
 
-    /// The stages whose configuration is checked when they start rather
-    /// than with the plan (see [`LockedStage::checked_at_start`]).
-    pub fn checked_at_start(&self) -> impl Iterator<Item = &LockedStage> {
-        self.stages.iter().filter(|s| s.checked_at_start())
-    }
-
     /// The evaluations that may score a model on rows it was fitted on:
     /// `(stage, what to tell its operator)` (see `leakage`).
     pub fn leakage(&self) -> Vec<(String, String)> {
@@ -449,10 +435,6 @@ fn origin_url(origin: &Path) -> String {
     }
 }
 
-/// The most CPU a stage's configuration check may take: opening a stage
-/// reads its configuration; one that takes longer is checked when it runs.
-const CHECK_CPU: Duration = Duration::from_secs(2);
-
 impl Executor {
     /// Resolve `manifest` into its plan; relative locations resolve
     /// through `storage` (the manifest's directory `local_dir`, or a
@@ -469,82 +451,25 @@ impl Executor {
 
     /// Resolve `manifest` (as [`Executor::resolve`]) and check it as a run
     /// would before any data moves: what it may read and write, and every
-    /// stage's configuration ([`Executor::check_configs`]).
+    /// stage's configuration and columns ([`Executor::check_configs`]).
     pub fn check(
         &self,
         manifest: &Manifest,
         storage: &Storage,
         local_dir: Option<&Path>,
-    ) -> Result<LockedPipeline, RunError> {
+    ) -> Result<(LockedPipeline, ConfigCheck), RunError> {
         let (plan, components) = self.resolve_loaded(manifest, storage, local_dir)?;
         self.check_plan(&plan, local_dir)?;
-        self.check_configs(&plan, &components)?;
-        Ok(plan)
+        let checked = self.check_configs(&plan, &components, storage)?;
+        Ok((plan, checked))
     }
 
     /// [`Executor::check`] for a resolved plan (one from a local manifest
     /// in `local_dir`, or a deployed one).
-    pub fn check_resolved(&self, plan: &LockedPipeline, local_dir: Option<&Path>) -> Result<(), RunError> {
+    pub fn check_resolved(&self, plan: &LockedPipeline, local_dir: Option<&Path>) -> Result<ConfigCheck, RunError> {
         self.check_plan(plan, local_dir)?;
-        self.check_configs(plan, &self.load_components(plan)?)
-    }
-
-    /// Have every stage of `plan` check its configuration before any data
-    /// moves. Each component is instantiated once, with no data, and opened
-    /// as its first task would open it (a transformer's `open`, a fitting
-    /// stage's first `fit-open`): that is where a stage reads its
-    /// configuration, so a misspelt key or a bad value fails the run here,
-    /// every stage that rejects its configuration named, not after the
-    /// stages before it have run. A stage that applies a fitted model (which
-    /// does not exist yet) or has column selectors (which resolve against
-    /// what it reads) is checked when it starts instead
-    /// ([`LockedStage::checked_at_start`]). Any other failure of that call
-    /// is left to the tasks, which report it with their data.
-    pub fn check_configs(&self, plan: &LockedPipeline, components: &[StageComponent]) -> Result<(), RunError> {
-        let mut rejected = Vec::new();
-        for (stage, component) in plan.stages.iter().zip(components) {
-            if stage.checked_at_start() {
-                continue;
-            }
-            if let Err(why) = self.check_config(plan, stage, component, &stage.config) {
-                rejected.push((stage.name.clone(), why));
-            }
-        }
-        if rejected.is_empty() { Ok(()) } else { Err(RunError::Config { rejected }) }
-    }
-
-    /// Open `stage` (loaded as `component`) with `config` and no data, as
-    /// its first task would: why it rejects that configuration, if it does.
-    pub(crate) fn check_config(
-        &self,
-        plan: &LockedPipeline,
-        stage: &LockedStage,
-        component: &StageComponent,
-        config: &str,
-    ) -> Result<(), String> {
-        use wasmpipe_runtime::{CallError, InstanceLimits, InstanceSetup, TaskInfo};
-        let limits = InstanceLimits { cpu: stage.limits.cpu().min(CHECK_CPU), ..stage.limits.instance() };
-        let setup = InstanceSetup {
-            config_json: config.into(),
-            label: format!("{}[check]", stage.name),
-            sink: None,
-            seed: Sha256::digest(format!("check {}", stage.name).as_bytes()).into(),
-        };
-        let info = TaskInfo {
-            pipeline: plan.pipeline.clone(),
-            stage: stage.name.clone(),
-            partition: 0,
-            partitions: 1,
-            pass: 0,
-        };
-        let opened = self.runtime.instantiate(component, &limits, setup).and_then(|mut instance| match stage.kind {
-            StageKind::Transformer => instance.open(&info, None),
-            StageKind::Estimator | StageKind::Aggregator => instance.fit_open(&info, None),
-        });
-        match opened {
-            Err(CallError::Config(why)) => Err(why),
-            _ => Ok(()),
-        }
+        // Every location in a plan is absolute (see `Executor::run_plan`).
+        self.check_configs(plan, &self.load_components(plan)?, &Storage::new("."))
     }
 
     /// [`Executor::resolve`], also returning the loaded components.

@@ -87,7 +87,7 @@ pub(crate) struct PreparedStage<'a> {
 }
 
 /// The Arrow schema a stage's declared `schema` reads text inputs as.
-fn declared_schema(columns: &indexmap::IndexMap<String, ColumnType>) -> SchemaRef {
+pub(crate) fn declared_schema(columns: &indexmap::IndexMap<String, ColumnType>) -> SchemaRef {
     let field = |(name, t): (&String, &ColumnType)| {
         let data_type = match t {
             ColumnType::Boolean => DataType::Boolean,
@@ -336,24 +336,12 @@ fn input_schema(
     let storage_err = |source| RunError::Storage { stage: stage.name.clone(), source };
     let columns_err = |reason| RunError::Columns { stage: stage.name.clone(), reason };
     let Some(first) = partitions.first() else { return Ok(None) };
-    // What the stage sees of a partition's schema: projected (a Parquet
-    // file's columns stay in the file's order, a text file's come in the
-    // projection's), without the routing column of a named output.
-    let seen = |schema: &Schema, route: Option<&Route>| -> Schema {
-        let fields: Vec<Arc<Field>> = match &stage.columns {
-            Some(columns) if first.schema().is_none() => {
-                columns.iter().filter_map(|c| schema.field_with_name(c).ok()).cloned().map(Arc::new).collect()
-            }
-            Some(columns) => schema.fields().iter().filter(|f| columns.contains(f.name())).cloned().collect(),
-            None => schema.fields().iter().cloned().collect(),
-        };
-        Schema::new(fields.into_iter().filter(|f| route.is_none_or(|r| &r.column != f.name())).collect::<Vec<_>>())
-    };
-    let route = |i: usize| routes.get(i).and_then(Option::as_ref);
+    let text = first.schema().is_none();
+    let route = |i: usize| routes.get(i).and_then(Option::as_ref).map(|r| r.column.as_str());
     if let Some(schema) = first.schema() {
-        let want = seen(&schema, route(0));
+        let want = seen(stage, &schema, text, route(0));
         for (i, p) in partitions.iter().enumerate().skip(1) {
-            let other = p.schema().map(|s| seen(&s, route(i)));
+            let other = p.schema().map(|s| seen(stage, &s, text, route(i)));
             if other.as_ref().is_some_and(|o| o.fields() != want.fields()) || other.is_none() {
                 return Err(columns_err(format!(
                     "its column selectors need one schema, but its input files disagree: {} and {}",
@@ -365,7 +353,7 @@ fn input_schema(
         return Ok(Some(Arc::new(want)));
     }
     if let Some(schema) = declared {
-        return Ok(Some(Arc::new(seen(&schema, None))));
+        return Ok(Some(Arc::new(seen(stage, &schema, text, None))));
     }
     if partitions.len() > 1 {
         return Err(columns_err(format!(
@@ -373,19 +361,35 @@ fn input_schema(
             partitions.len()
         )));
     }
-    let inferred = exec
-        .io
-        .block_on(async {
-            let mut stream = read::open(first, None, 1024, None).await?;
-            while let Some(chunk) = stream.next().await {
-                if let Chunk::Rows(batch) = chunk? {
-                    return Ok(Some(batch.schema()));
-                }
-            }
-            Ok(None)
-        })
-        .map_err(storage_err)?;
-    Ok(inferred.map(|schema| Arc::new(seen(&schema, None))))
+    let inferred = exec.io.block_on(inferred_schema(first)).map_err(storage_err)?;
+    Ok(inferred.map(|schema| Arc::new(seen(stage, &schema, text, None))))
+}
+
+/// The schema the reader infers for a text partition (none when it has no
+/// rows).
+pub(crate) async fn inferred_schema(part: &Partition) -> Result<Option<SchemaRef>, StorageError> {
+    let mut stream = read::open(part, None, 1024, None).await?;
+    while let Some(chunk) = stream.next().await {
+        if let Chunk::Rows(batch) = chunk? {
+            return Ok(Some(batch.schema()));
+        }
+    }
+    Ok(None)
+}
+
+/// What `stage` sees of a schema its input has: projected by its `columns`
+/// (a Parquet file's columns stay in the file's order, a `text` file's come
+/// in the projection's), without `route`, the routing column of a named
+/// output.
+pub(crate) fn seen(stage: &LockedStage, schema: &Schema, text: bool, route: Option<&str>) -> Schema {
+    let fields: Vec<Arc<Field>> = match &stage.columns {
+        Some(columns) if text => {
+            columns.iter().filter_map(|c| schema.field_with_name(c).ok()).cloned().map(Arc::new).collect()
+        }
+        Some(columns) => schema.fields().iter().filter(|f| columns.contains(f.name())).cloned().collect(),
+        None => schema.fields().iter().cloned().collect(),
+    };
+    Schema::new(fields.into_iter().filter(|f| route != Some(f.name().as_str())).collect::<Vec<_>>())
 }
 
 /// Where a partition is, for people: `URL row group N`, or the file's URL.

@@ -1,0 +1,433 @@
+//! The checks before any data moves. Every stage is opened as its first
+//! task would open it, which is where it reads its configuration, and,
+//! where the schema it will read is known, handed an empty batch of that
+//! schema, as dbt's `--empty` runs a model on no rows. The stage's own code
+//! decides what is valid: a misspelt key, a column it needs that its input
+//! lacks, a column of a type it does not take, each fails the run in its
+//! first second, every stage that rejects what it was given named.
+//!
+//! What a stage will read is known before the run when it reads locations
+//! (a Parquet footer, a declared schema, or a single text file's inferred
+//! one), or a stage whose output schema the dry run found: a transformer
+//! answers the empty batch with the schema it writes. An estimator's rows
+//! need its model, which does not exist yet, so the stages after it are
+//! checked against their configuration only, and against their columns
+//! when their tasks read them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use sha2::{Digest, Sha256};
+use wasmpipe_runtime::{CallError, InstanceLimits, InstanceSetup, StageComponent, StageKind, TaskInfo};
+use wasmpipe_storage::read::{self, Format};
+use wasmpipe_storage::{Storage, StorageError};
+
+use crate::authority::verify_deployed_input;
+use crate::plan::{InputRef, LockedPipeline, LockedStage, ModelRef};
+use crate::stage::{declared_schema, inferred_schema, seen};
+use crate::{Executor, RunError, select};
+
+/// The most CPU one stage's check may take; a stage that takes longer is
+/// checked by its tasks.
+const CHECK_CPU: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How far a stage was checked before the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// Its configuration, and its columns against the schema it will read
+    /// (this many columns).
+    Columns(usize),
+    /// Its configuration; its columns are checked when its tasks read
+    /// them, since what it reads comes from a stage whose output schema is
+    /// known only when that stage has run (`after`).
+    Config {
+        /// The stage upstream whose output schema is not known yet.
+        after: Option<String>,
+    },
+    /// Its configuration; its dry run on no rows failed otherwise than by
+    /// rejecting its configuration or columns (it gave up, trapped, or ran
+    /// out of time), which its tasks, given rows, may not: they report it.
+    DryRun {
+        /// What it said, first line.
+        why: String,
+    },
+    /// When it starts: it applies a fitted model (which does not exist
+    /// yet), or selects its columns from an input whose schema is known
+    /// only then.
+    AtStart {
+        /// Why, in words.
+        why: &'static str,
+    },
+}
+
+/// What the checks before the run found, stage by stage in plan order.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigCheck {
+    /// Each stage's name and how far it was checked.
+    pub stages: Vec<(String, Checked)>,
+    /// The schema each stage will write, where it was found before the run.
+    pub writes: BTreeMap<String, SchemaRef>,
+}
+
+impl ConfigCheck {
+    /// How many stages were checked each way: against their columns, their
+    /// configuration only, when they start.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let count = |f: fn(&Checked) -> bool| self.stages.iter().filter(|(_, c)| f(c)).count();
+        (
+            count(|c| matches!(c, Checked::Columns(_))),
+            count(|c| matches!(c, Checked::Config { .. } | Checked::DryRun { .. })),
+            count(|c| matches!(c, Checked::AtStart { .. })),
+        )
+    }
+}
+
+impl std::fmt::Display for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Checked::Columns(1) => write!(f, "config and columns checked against the 1 column it will read"),
+            Checked::Columns(n) => write!(f, "config and columns checked against the {n} columns it will read"),
+            Checked::DryRun { why } => write!(
+                f,
+                "config checked; its dry run on no rows failed ({why}), so its columns are checked when its tasks read them"
+            ),
+            Checked::Config { after: Some(up) } => write!(
+                f,
+                "config checked; its columns when its tasks read them (what stage {up:?} writes is known once it has run)"
+            ),
+            Checked::Config { after: None } => write!(f, "config checked; its columns when its tasks read them"),
+            Checked::AtStart { why } => write!(f, "checked when it starts ({why})"),
+        }
+    }
+}
+
+/// A stage's verdict: how far it was checked and the schema it writes, if
+/// known; or why it rejects what it was given.
+type Verdict = Result<(Checked, Option<SchemaRef>), String>;
+
+impl Executor {
+    /// Have every stage of `plan` (loaded as `components`) check its
+    /// configuration, and its columns where the schema it reads is known,
+    /// before any data moves; locations resolve through `storage`. Every
+    /// stage that rejects what it was given is named in one error.
+    pub fn check_configs(
+        &self,
+        plan: &LockedPipeline,
+        components: &[StageComponent],
+        storage: &Storage,
+    ) -> Result<ConfigCheck, RunError> {
+        let mut writes: HashMap<&str, Option<SchemaRef>> = HashMap::new();
+        let mut checked = ConfigCheck::default();
+        let mut rejected = Vec::new();
+        for (stage, component) in plan.stages.iter().zip(components) {
+            let verdict = self.reads(storage, plan, stage, &writes).and_then(|(reads, after)| {
+                self.probe(plan, stage, component, reads.as_ref()).map(|(how, wrote)| match how {
+                    Checked::Config { .. } => (Checked::Config { after }, wrote),
+                    how => (how, wrote),
+                })
+            });
+            match verdict {
+                Ok((how, wrote)) => {
+                    checked.stages.push((stage.name.clone(), how));
+                    if let Some(wrote) = &wrote {
+                        checked.writes.insert(stage.name.clone(), wrote.clone());
+                    }
+                    writes.insert(&stage.name, wrote);
+                }
+                Err(why) => {
+                    rejected.push((stage.name.clone(), why));
+                    writes.insert(&stage.name, None);
+                }
+            }
+        }
+        if rejected.is_empty() { Ok(checked) } else { Err(RunError::Config { rejected }) }
+    }
+
+    /// Open `stage` (loaded as `component`) with `config` and no data, as
+    /// its first task would: why it rejects that configuration, if it does.
+    pub(crate) fn check_config(
+        &self,
+        plan: &LockedPipeline,
+        stage: &LockedStage,
+        component: &StageComponent,
+        config: &str,
+    ) -> Result<(), String> {
+        match self.dry_run(plan, stage, component, config, None) {
+            Err(why) => Err(why),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// The schema `stage` will read, when it is known before the run; else
+    /// the stage upstream whose output is not known yet, if that is why.
+    /// A projection (`columns`) naming a column its input lacks is refused.
+    fn reads(
+        &self,
+        storage: &Storage,
+        plan: &LockedPipeline,
+        stage: &LockedStage,
+        writes: &HashMap<&str, Option<SchemaRef>>,
+    ) -> Result<(Option<SchemaRef>, Option<String>), String> {
+        let mut schemas = Vec::new();
+        for input in &stage.inputs {
+            let (schema, text, route) = match input {
+                InputRef::Stage { stage: up, output } => {
+                    let Some(Some(wrote)) = writes.get(up.as_str()) else { return Ok((None, Some(up.clone()))) };
+                    let route = match output {
+                        Some(_) => plan.stage(up).ok().and_then(|s| s.outputs.as_ref()).map(|o| o.route.as_str()),
+                        None => None,
+                    };
+                    (wrote.clone(), false, route)
+                }
+                InputRef::Location { url } => match self.location_schema(storage, plan, stage, url)? {
+                    Some((schema, text)) => (schema, text, None),
+                    None => return Ok((None, None)),
+                },
+            };
+            // (A named output's rows come without their routing column.)
+            let has = |c: &str| schema.field_with_name(c).is_ok() && route != Some(c);
+            if let Some(missing) = stage.columns.iter().flatten().find(|c| !has(c)) {
+                let names: Vec<&str> =
+                    schema.fields().iter().map(|f| f.name().as_str()).filter(|n| route != Some(*n)).collect();
+                return Err(format!(
+                    "columns: reads column {missing:?}, which `{input}` does not have (its columns: {})\n  hint: fix `columns` in [stage.{}]",
+                    names.join(", "),
+                    stage.name
+                ));
+            }
+            schemas.push(Arc::new(seen(stage, &schema, text, route)));
+        }
+        // Inputs of different schemas: the tasks see each as it is.
+        Ok(match schemas.split_first() {
+            Some((first, rest)) if rest.iter().all(|s| s.fields() == first.fields()) => (Some(first.clone()), None),
+            _ => (None, None),
+        })
+    }
+
+    /// The schema of the location `url`, as `stage` reads it (before its
+    /// projection), and whether it is text: the first file's Parquet
+    /// schema, the declared schema of text files (whose columns the first
+    /// CSV file must have), or the schema inferred from a single text file;
+    /// none for several text files without a declared schema (each infers
+    /// its own). A location that cannot be listed, or a first file that
+    /// cannot be read, fails the check as it would fail the run.
+    fn location_schema(
+        &self,
+        storage: &Storage,
+        plan: &LockedPipeline,
+        stage: &LockedStage,
+        url: &str,
+    ) -> Result<Option<(SchemaRef, bool)>, String> {
+        let format = stage.format.map(|f| match f {
+            wasmpipe_manifest::Format::Parquet => Format::Parquet,
+            wasmpipe_manifest::Format::Csv => Format::Csv,
+            wasmpipe_manifest::Format::Jsonl => Format::Jsonl,
+        });
+        let read = |e: StorageError| e.to_string();
+        let location = storage.resolve(url).map_err(read)?;
+        let listing = self.io.block_on(read::list(&location, format)).map_err(read)?;
+        let Some(first) = listing.files.first() else { return Ok(None) };
+        let text = first.format != Format::Parquet;
+        let declared = stage.schema.as_ref().map(declared_schema);
+        if text && declared.is_none() && listing.files.len() > 1 {
+            return Ok(None);
+        }
+        self.io.block_on(verify_deployed_input(plan.root.as_deref(), &first.location)).map_err(read)?;
+        let parts = self.io.block_on(read::partitions(std::slice::from_ref(first))).map_err(read)?;
+        let Some(part) = parts.first() else { return Ok(None) };
+        if let Some(schema) = part.schema() {
+            return Ok(Some((schema, false)));
+        }
+        // A text file: what its first rows hold (a CSV file's header).
+        let inferred = self.io.block_on(inferred_schema(part)).map_err(read)?;
+        match (declared, inferred) {
+            (Some(declared), Some(inferred)) => {
+                let file = first.location.url();
+                if first.format == Format::Csv
+                    && let Some(missing) =
+                        declared.fields().iter().find(|f| inferred.field_with_name(f.name()).is_err())
+                {
+                    let names: Vec<&str> = inferred.fields().iter().map(|f| f.name().as_str()).collect();
+                    return Err(format!(
+                        "schema: declares column {:?}, which {file} does not have (its header: {})\n  hint: fix `schema` in [stage.{}]",
+                        missing.name(),
+                        names.join(", "),
+                        stage.name
+                    ));
+                }
+                Ok(Some((declared, true)))
+            }
+            (Some(declared), None) => Ok(Some((declared, true))),
+            (None, inferred) => Ok(inferred.map(|schema| (schema, true))),
+        }
+    }
+
+    /// Check `stage` against `reads`, the schema it will read if known: its
+    /// configuration's selectors resolved, then its dry run.
+    fn probe(
+        &self,
+        plan: &LockedPipeline,
+        stage: &LockedStage,
+        component: &StageComponent,
+        reads: Option<&SchemaRef>,
+    ) -> Verdict {
+        if let Some(model) = &stage.model {
+            // Its rows come from the model, applied as the stage that fits
+            // it would: said for it only when that stage is the same
+            // component with the same configuration.
+            let fitted_alike = match model {
+                ModelRef::Stage { stage: fit } => plan
+                    .stage(fit)
+                    .is_ok_and(|f| f.component.sha256 == stage.component.sha256 && f.config == stage.config),
+                _ => false,
+            };
+            return match reads {
+                Some(schema) if fitted_alike => self.describe(plan, stage, component, schema),
+                _ if fitted_alike => Ok((Checked::AtStart { why: "it applies a model fitted in this run" }, None)),
+                _ => Ok((
+                    Checked::AtStart {
+                        why: "it applies a model that another stage or run fitted with its own configuration",
+                    },
+                    None,
+                )),
+            };
+        }
+        let config = match (select::check(&stage.config), reads) {
+            (Ok(false), _) => stage.config.clone(),
+            (Ok(true), Some(schema)) => select::resolve(&stage.config, Some(schema))?.config,
+            (Ok(true), None) => {
+                return Ok((
+                    Checked::AtStart {
+                        why: "its column selectors resolve against what it reads, known once the stages before it have run",
+                    },
+                    None,
+                ));
+            }
+            // Malformed: refused with the plan, before this.
+            (Err(why), _) => return Err(why),
+        };
+        self.dry_run(plan, stage, component, &config, reads)
+    }
+
+    /// How a check instantiates `stage` with `config`, and the task it
+    /// says it is.
+    fn check_setup(
+        &self,
+        plan: &LockedPipeline,
+        stage: &LockedStage,
+        config: &str,
+    ) -> (InstanceLimits, InstanceSetup, TaskInfo) {
+        let limits = InstanceLimits { cpu: stage.limits.cpu().min(CHECK_CPU), ..stage.limits.instance() };
+        let setup = InstanceSetup {
+            config_json: config.into(),
+            label: format!("{}[check]", stage.name),
+            sink: None,
+            seed: Sha256::digest(format!("check {}", stage.name).as_bytes()).into(),
+        };
+        let info = TaskInfo {
+            pipeline: plan.pipeline.clone(),
+            stage: stage.name.clone(),
+            partition: 0,
+            partitions: 1,
+            pass: 0,
+        };
+        (limits, setup, info)
+    }
+
+    /// Open `stage` with `config` as its first task would and, when `reads`
+    /// is known, hand it an empty batch of that schema.
+    fn dry_run(
+        &self,
+        plan: &LockedPipeline,
+        stage: &LockedStage,
+        component: &StageComponent,
+        config: &str,
+        reads: Option<&SchemaRef>,
+    ) -> Verdict {
+        let (limits, setup, info) = self.check_setup(plan, stage, config);
+        let mut instance = match self.runtime.instantiate(component, &limits, setup) {
+            Ok(instance) => instance,
+            Err(e) => return said(e),
+        };
+        let open = match stage.kind {
+            StageKind::Transformer => instance.open(&info, None),
+            StageKind::Estimator | StageKind::Aggregator => instance.fit_open(&info, None),
+        };
+        if let Err(e) = open {
+            return said(e);
+        }
+        let Some(schema) = reads else { return Ok((Checked::Config { after: None }, None)) };
+        let how = Checked::Columns(schema.fields().len());
+        let empty = RecordBatch::new_empty(schema.clone());
+        match stage.kind {
+            StageKind::Transformer => {
+                let wrote = match instance.transform(empty) {
+                    Ok(Some(batch)) => Some(batch.schema()),
+                    Ok(None) => match instance.close() {
+                        Ok(batch) => batch.map(|b| b.schema()),
+                        Err(e) => return said(e),
+                    },
+                    Err(e) => return said(e),
+                };
+                Ok((how, wrote.filter(|_| stage.emit_rows)))
+            }
+            StageKind::Aggregator => match instance.fit_batch(empty) {
+                Ok(()) => Ok((how, None)),
+                Err(e) => said(e),
+            },
+            // What an estimator writes, it says, if it can (`describe`).
+            StageKind::Estimator => {
+                match instance.fit_batch(empty).and_then(|()| instance.output_schema(&info, schema)) {
+                    Ok(wrote) => Ok((how, wrote.map(Arc::new).filter(|_| stage.emit_rows))),
+                    Err(e) => said(e),
+                }
+            }
+        }
+    }
+
+    /// Check `stage`, which applies a model fitted in this run, against
+    /// `reads`: what it writes, as it says before the model exists
+    /// (`describe`); with no model to open, a stage that does not say is
+    /// checked when it starts.
+    fn describe(
+        &self,
+        plan: &LockedPipeline,
+        stage: &LockedStage,
+        component: &StageComponent,
+        reads: &SchemaRef,
+    ) -> Verdict {
+        let unchecked = Checked::AtStart { why: "it applies a model fitted in this run" };
+        if !component.describes() {
+            return Ok((unchecked, None));
+        }
+        let config = select::resolve(&stage.config, Some(reads))?.config;
+        let (limits, setup, info) = self.check_setup(plan, stage, &config);
+        let wrote = self.runtime.instantiate(component, &limits, setup).and_then(|mut i| i.output_schema(&info, reads));
+        match wrote {
+            Ok(wrote) => Ok((Checked::Columns(reads.fields().len()), wrote.map(Arc::new))),
+            Err(e) => said(e),
+        }
+    }
+}
+
+/// A stage's verdict from how its check failed: it rejected its
+/// configuration or its columns; any other failure (a deadline, a trap) is
+/// left to its tasks, which report it with their data.
+fn said(e: CallError) -> Verdict {
+    match e {
+        CallError::Config(why) => Err(format!("invalid config: {why}")),
+        CallError::Columns(why) => Err(format!("{why} (checked against the schema it will read)")),
+        other => Ok((Checked::DryRun { why: first_line(&other.to_string()) }, None)),
+    }
+}
+
+/// The first line of `text`, at most 160 characters.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    match line.char_indices().nth(160) {
+        Some((at, _)) => format!("{}...", &line[..at]),
+        None => line.to_string(),
+    }
+}
