@@ -753,6 +753,47 @@ fn a_column_selector_reads_the_schema_the_stage_sees() {
 }
 
 #[test]
+fn an_iterative_fit_that_may_take_more_passes_than_its_limit_is_refused_before_data_moves() {
+    let csv = data("iris.csv");
+    let features = "[\"sepal_length\", \"petal_width\"]";
+    // (stage, config, the most passes it says its fit may take)
+    for (stage, config, passes) in [
+        ("logreg", format!("features = {features}\ntarget = \"target\"\nmax_iter = 3"), 3),
+        // The first k distinct rows: one pass, then Lloyd's.
+        ("kmeans", format!("features = {features}\nk = 3\nmax_iter = 1"), 2),
+        // k-means++: k + 1 seeding passes (k with one trial), then Lloyd's.
+        ("kmeans", format!("features = {features}\nk = 3\ninit = \"k-means++\"\nmax_iter = 1"), 5),
+        ("kmeans", format!("features = {features}\nk = 3\ninit = \"k-means++\"\nlocal_trials = 1\nmax_iter = 1"), 4),
+        ("kmeans", format!("features = {features}\ncentroids = [[5.0, 0.2], [6.5, 1.8]]\nmax_iter = 4"), 4),
+    ] {
+        let limited =
+            |n: u32| format!("{}\n[stage.feat.limits]\nmax_passes = {n}\n", manifest(&csv, 2, stage, &config));
+        // Within its limit it runs, and takes no more passes than it said
+        // (exactly those when `max_iter` stops it at its first Lloyd pass).
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), 2);
+        let report = run_text(&exec, &limited(passes), store.path()).unwrap_or_else(|e| panic!("{config}: {e}"));
+        if let Some(took) = result(&report, "feat").get("passes") {
+            let took = took.as_u64().unwrap();
+            assert!(took <= passes as u64, "{config}: took {took} passes, said at most {passes}");
+            if config.ends_with("max_iter = 1") {
+                assert_eq!(took, passes as u64, "{config}");
+            }
+        }
+        // Below it, it is refused before any data moves.
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), 2);
+        let err = run_text(&exec, &limited(passes - 1), store.path()).unwrap_err().to_string();
+        let said = format!(
+            "stage \"feat\": invalid config: its fit may take up to {passes} passes, more than its `max_passes` limit of {}",
+            passes - 1
+        );
+        assert!(err.contains(&said) && err.contains("raise `max_passes` in [stage.feat.limits]"), "{config}: {err}");
+        assert!(!store.path().join("ml/ingest").exists(), "{config}: {err}");
+    }
+}
+
+#[test]
 fn each_estimator_says_before_the_run_the_schema_it_writes() {
     let csv = data("iris.csv");
     let features = "[\"sepal_length\", \"petal_width\", \"target\"]";

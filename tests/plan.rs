@@ -1,8 +1,9 @@
 //! Golden tests of the resolved plan: each demo manifest's plan beside
 //! `plans/NAME.json` (paths relative to the repository; component hashes
 //! and sizes, which depend on the toolchain that built them, blanked), and
-//! the error each unresolvable reference gives, in `plans/errors.txt`.
-//! Run with `BLESS=1` to rewrite them after an intended change.
+//! the error each unresolvable reference gives, in `plans/errors.txt`, and
+//! the error of each stage that rejects its configuration or input, found
+//! before any data moves, in `plans/checks.txt`. Run with `BLESS=1` to rewrite them after an intended change.
 
 use std::path::Path;
 
@@ -117,5 +118,76 @@ fn each_unresolvable_reference_fails_before_any_data_moves() {
     let built = component("passthrough").parent().unwrap().display().to_string();
     let mut failures = Vec::new();
     check("errors.txt", &actual.replace(&built, "<built>"), &mut failures);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The breast-cancer demo's manifest with each `(from, to)` replaced once.
+fn breast_cancer_with(edits: &[(&str, &str)]) -> String {
+    let path = repo().join("examples/breast_cancer/wasmpipe.toml");
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "the demo manifest has no {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    text
+}
+
+#[test]
+fn each_stage_that_rejects_its_config_or_input_fails_the_check_before_any_data_moves() {
+    let demo = repo().join("examples/breast_cancer").canonicalize().unwrap();
+    let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
+        ("a misspelt config key", vec![(", c = 1.0 }", ", cc = 1.0 }")]),
+        ("a column its input lacks", vec![("stratify = \"target\"", "stratify = \"targt\"")]),
+        (
+            "a selector that selects nothing",
+            vec![("exclude = [\"target\"] } }", "glob = \"mean_*\", regex = \"^worst_\" } }")],
+        ),
+        (
+            "a projection naming a column the input lacks",
+            vec![(
+                "inputs = [\"breast_cancer.csv\"]",
+                "inputs = [\"breast_cancer.csv\"]\ncolumns = [\"mean_radius\", \"mean_radios\"]",
+            )],
+        ),
+        (
+            "a declared column the file lacks",
+            vec![(
+                "inputs = [\"breast_cancer.csv\"]",
+                "inputs = [\"breast_cancer.csv\"]\nschema = { mean_radios = \"float64\" }",
+            )],
+        ),
+        (
+            "a column of a type the stage does not take",
+            vec![(
+                "inputs = [\"breast_cancer.csv\"]",
+                "inputs = [\"breast_cancer.csv\"]\nschema = { target = \"utf8\" }",
+            )],
+        ),
+        ("an iteration count above the stage's max_passes", vec![(", c = 1.0 }", ", c = 1.0, max_iter = 150 }")]),
+        ("a missing input", vec![("inputs = [\"breast_cancer.csv\"]", "inputs = [\"breast_cancer.cvs\"]")]),
+        (
+            "two stages at once",
+            vec![
+                ("stratify = \"target\"", "stratify = \"targt\""),
+                ("config = { target = \"target\" }", "config = { taget = \"target\" }"),
+            ],
+        ),
+    ];
+    let mut actual = String::new();
+    for (what, edits) in cases {
+        let store = tempfile::tempdir().unwrap();
+        let (exec, _) = executor(store.path(), 1);
+        let manifest = Manifest::parse(&breast_cancer_with(&edits)).unwrap();
+        let err = match exec.check(&manifest, &Storage::new(&demo), Some(&demo)) {
+            Ok(_) => panic!("{what}: checked"),
+            Err(e) => e.to_string(),
+        };
+        // Nothing ran: the store holds no output.
+        let wrote: Vec<_> = std::fs::read_dir(store.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(wrote.is_empty(), "{what}: the check wrote {wrote:?}");
+        actual.push_str(&format!("## {what}\n{}\n\n", err.replace(&demo.display().to_string(), "<demo>")));
+    }
+    let mut failures = Vec::new();
+    check("checks.txt", &actual, &mut failures);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -154,10 +154,13 @@ pub enum RunError {
     },
     /// Stages rejected their configuration when the run checked them,
     /// before any data moved: each stage's name and what it said.
-    #[error("{}", rejected_configs(.rejected))]
+    #[error("{}", rejected_configs(.rejected, .unchecked))]
     Config {
         /// `(stage, why)`, in the plan's order.
         rejected: Vec<(String, String)>,
+        /// The stages downstream of a rejected one, which could not be
+        /// checked in full.
+        unchecked: Vec<String>,
     },
     /// A plan cannot be read or does not fit what was asked of it.
     #[error("plan {url}: {reason}")]
@@ -194,16 +197,28 @@ fn no_such_model(registry: &str, wanted: &str, matches: &[String]) -> String {
     }
 }
 
-fn rejected_configs(rejected: &[(String, String)]) -> String {
+fn rejected_configs(rejected: &[(String, String)], unchecked: &[String]) -> String {
     let mut text = match rejected.len() {
         1 => "a stage rejects its configuration or input (checked before any data moved):".to_string(),
         n => format!("{n} stages reject their configuration or input (checked before any data moved):"),
     };
+    // Each stage's hint under it: its own, or where its configuration is.
     for (stage, why) in rejected {
+        let why = why.replace("\n  hint:", "\n    hint:");
         text.push_str(&format!("\n  stage {stage:?}: {why}"));
+        if !why.contains("hint:") {
+            text.push_str(&format!("\n    hint: fix [stage.{stage}.config] in the manifest"));
+        }
     }
-    if !rejected.iter().all(|(_, why)| why.contains("hint:")) {
-        text.push_str("\n  hint: fix the [stage.NAME.config] tables in the manifest");
+    match unchecked {
+        [] => {}
+        [one] => text.push_str(&format!(
+            "\n  (stage {one:?} reads what a rejected stage writes, and is checked in full once that is fixed)"
+        )),
+        many => text.push_str(&format!(
+            "\n  (stages {} read what a rejected stage writes, and are checked in full once that is fixed)",
+            many.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ")
+        )),
     }
     text
 }

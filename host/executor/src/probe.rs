@@ -121,6 +121,9 @@ impl Executor {
         let mut writes: HashMap<&str, Option<SchemaRef>> = HashMap::new();
         let mut checked = ConfigCheck::default();
         let mut rejected = Vec::new();
+        // The stages that read what a rejected stage writes, at any remove:
+        // not checked against their columns, which depend on it.
+        let mut after_rejected: Vec<&str> = Vec::new();
         for (stage, component) in plan.stages.iter().zip(components) {
             let verdict = self.reads(storage, plan, stage, &writes).and_then(|(reads, after)| {
                 self.probe(plan, stage, component, reads.as_ref()).map(|(how, wrote)| match how {
@@ -130,6 +133,20 @@ impl Executor {
             });
             match verdict {
                 Ok((how, wrote)) => {
+                    let upstream = stage.inputs.iter().filter_map(|i| match i {
+                        InputRef::Stage { stage, .. } => Some(stage),
+                        InputRef::Location { .. } => None,
+                    });
+                    let model = match &stage.model {
+                        Some(ModelRef::Stage { stage }) => Some(stage),
+                        _ => None,
+                    };
+                    if upstream
+                        .chain(model)
+                        .any(|up| rejected.iter().any(|(r, _)| r == up) || after_rejected.contains(&up.as_str()))
+                    {
+                        after_rejected.push(&stage.name);
+                    }
                     checked.stages.push((stage.name.clone(), how));
                     if let Some(wrote) = &wrote {
                         checked.writes.insert(stage.name.clone(), wrote.clone());
@@ -142,7 +159,10 @@ impl Executor {
                 }
             }
         }
-        if rejected.is_empty() { Ok(checked) } else { Err(RunError::Config { rejected }) }
+        if rejected.is_empty() {
+            return Ok(checked);
+        }
+        Err(RunError::Config { rejected, unchecked: after_rejected.into_iter().map(String::from).collect() })
     }
 
     /// Open `stage` (loaded as `component`) with `config` and no data, as
@@ -357,6 +377,21 @@ impl Executor {
         };
         if let Err(e) = open {
             return said(e);
+        }
+        // An iterative fit whose configuration may ask for more passes than
+        // the run allows would fail at its limit, after all those passes.
+        if stage.kind != StageKind::Transformer {
+            match instance.fit_passes(&info) {
+                Ok(Some(passes)) if passes > stage.limits.max_passes => {
+                    return Err(format!(
+                        "invalid config: its fit may take up to {passes} passes, more than its `max_passes` limit of {}\n  hint: lower the iterations in [stage.{name}.config], or raise `max_passes` in [stage.{name}.limits]",
+                        stage.limits.max_passes,
+                        name = stage.name
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => return said(e),
+            }
         }
         let Some(schema) = reads else { return Ok((Checked::Config { after: None }, None)) };
         let how = Checked::Columns(schema.fields().len());

@@ -496,4 +496,13 @@ impl StageInstance {
         };
         Ok(said.into_iter().map(field).collect::<Option<Vec<_>>>().map(Schema::new))
     }
+
+    /// `describe.fit-passes`: the most fit passes the stage's configuration
+    /// may take, the first included. `None` when it does not say: it does
+    /// not export `describe`, or its passes are not bounded by its
+    /// configuration.
+    pub fn fit_passes(&mut self, task: &TaskInfo) -> Result<Option<u32>, CallError> {
+        let Some(g) = self.describe.clone() else { return Ok(None) };
+        self.guarded(|s| g.call_fit_passes(s, task))?.map_err(stage_error)
+    }
 }

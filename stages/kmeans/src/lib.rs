@@ -26,7 +26,9 @@
 //! is (with a warning; scikit-learn relocates it instead). The fit has
 //! converged when no centroid moved more than `tol` (Euclidean); with the
 //! default `tol = 0` that is when the assignment no longer changes. After
-//! `max_iter` passes the stage stops with a warning.
+//! `max_iter` passes the stage stops with a warning. A fit that may take
+//! more passes than the stage's `max_passes` limit (default 100) allows,
+//! its seeding's included, is refused before any data moves.
 //!
 //! `init = "first"` takes the first k distinct rows of the data in
 //! partition order: each partition collects its own first k distinct rows
@@ -666,6 +668,21 @@ impl Estimator for KMeans {
     type State = State;
     type Carry = Carry;
     type Model = Model;
+
+    /// The seeding's passes (see the module's documentation), then Lloyd's
+    /// up to `max_iter` in all, at least one.
+    fn fit_passes(_task: &Task) -> Result<Option<u32>> {
+        let Settings { config, k, trials, .. } = settings()?;
+        let seeding = match (&config.centroids, config.init.as_deref()) {
+            (Some(_), _) => 0,
+            (None, Some(KMEANS_PP)) if k == 1 => 1,
+            (None, Some(KMEANS_PP)) if trials == 1 => k,
+            (None, Some(KMEANS_PP)) => k + 1,
+            (None, _) => 1,
+        };
+        let seeding = u32::try_from(seeding).unwrap_or(u32::MAX);
+        Ok(Some(config.max_iter.max(seeding.saturating_add(1))))
+    }
 
     fn begin(_task: &Task, carry: Option<Carry>) -> Result<State> {
         let Settings { config, k, n_init, .. } = settings()?;

@@ -58,8 +58,9 @@
 //! by at most `tol` relative to it; the final step is then applied (Newton
 //! converges quadratically, so what remains is of the order of its square)
 //! and the model is done. After `max_iter` passes without converging the
-//! stage keeps the last accepted weights and logs a warning. Keep
-//! `max_iter` within the stage's `max_passes` limit (default 100).
+//! stage keeps the last accepted weights and logs a warning. A `max_iter`
+//! above the stage's `max_passes` limit (default 100) is refused before any
+//! data moves.
 //!
 //! # Where the work runs
 //!
@@ -383,6 +384,10 @@ impl Estimator for LogReg {
     type State = State;
     type Carry = Carry;
     type Model = Model;
+
+    fn fit_passes(_task: &Task) -> Result<Option<u32>> {
+        Ok(Some(config()?.max_iter))
+    }
 
     fn begin(_task: &Task, carry: Option<Carry>) -> Result<State> {
         let config = config()?;

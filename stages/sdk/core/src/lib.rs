@@ -489,6 +489,16 @@ pub trait Estimator: 'static {
     fn merge(left: Self::State, right: Self::State) -> Result<Self::State>;
     /// Finish pass `pass` from the fully merged state.
     fn finalize(state: Self::State, pass: u32) -> Result<Outcome<Self::Model, Self::Carry>>;
+    /// The most passes this fit may take with its configuration ([`config`]),
+    /// the first included: an iterative estimator's `max_iter`, say. The
+    /// host refuses, before any data moves, a configuration that may take
+    /// more than the stage's `max_passes` limit, rather than stop the fit
+    /// at the limit after all those passes. `None`, the default, says its
+    /// passes are not bounded by its configuration (one pass, or until it
+    /// converges).
+    fn fit_passes(_task: &Task) -> Result<Option<u32>> {
+        Ok(None)
+    }
 }
 
 /// The transform half of an estimator: applies the fitted model. A model
@@ -668,6 +678,12 @@ pub mod glue {
     pub fn predictor_output_schema<P: Predictor>(task: TaskInfo, input: Schema) -> Result<Option<Schema>> {
         install_panic_hook();
         P::output_schema(&task.into(), &input)
+    }
+
+    /// `describe.fit-passes` for an [`Estimator`].
+    pub fn estimator_fit_passes<E: Estimator>(task: TaskInfo) -> Result<Option<u32>> {
+        install_panic_hook();
+        E::fit_passes(&task.into())
     }
 
     /// `fit.fit-open`.

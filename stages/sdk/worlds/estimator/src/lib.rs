@@ -4,7 +4,7 @@
 
 #![doc(hidden)]
 
-use wasmpipe_sdk_core::glue::{TaskInfo, predictor_open, predictor_output_schema};
+use wasmpipe_sdk_core::glue::{TaskInfo, estimator_fit_passes, predictor_open, predictor_output_schema};
 use wasmpipe_sdk_core::{Batch, Estimator, Predictor, Result, Schema, take_state, with_state};
 
 /// Generated bindings of the world, sharing the core crate's imports.
@@ -48,5 +48,8 @@ impl<E: Estimator, P: Predictor<Model = E::Model>> bindings::exports::wasmpipe::
 {
     fn output_schema(task: TaskInfo, input: Schema) -> Result<Option<Schema>> {
         predictor_output_schema::<P>(task, input)
+    }
+    fn fit_passes(task: TaskInfo) -> Result<Option<u32>> {
+        estimator_fit_passes::<E>(task)
     }
 }
