@@ -791,6 +791,12 @@ fn an_iterative_fit_that_may_take_more_passes_than_its_limit_is_refused_before_d
         assert!(err.contains(&said) && err.contains("raise `max_passes` in [stage.feat.limits]"), "{config}: {err}");
         assert!(!store.path().join("ml/ingest").exists(), "{config}: {err}");
     }
+    // A count past what 32 bits hold is not wrapped round to a small one.
+    let config = format!("features = {features}\nk = 4294967295\ninit = \"k-means++\"\nlocal_trials = 2\nmax_iter = 2");
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let err = run_text(&exec, &manifest(&csv, 2, "kmeans", &config), store.path()).unwrap_err().to_string();
+    assert!(err.contains("its fit may take up to 4294967295 passes, more than its `max_passes` limit of 100"), "{err}");
 }
 
 #[test]
@@ -915,6 +921,45 @@ fn the_checks_before_a_run_read_inputs_projections_and_models_as_the_run_would()
     assert!(how("predict").starts_with("checked when it starts (it applies a model that another stage"), "{checked:?}");
     assert!(how("fit").starts_with("config and columns checked"), "{checked:?}");
     run_text(&exec, &text, store.path()).unwrap_or_else(|e| panic!("{e}"));
+    // A model stage's selectors stand for the features the model is fitted
+    // on, whatever it reads: rows lacking one are refused before the run,
+    // and rows without the target are predicted (a batch prediction).
+    let fit = |apply_to: &str, features: &str| {
+        let config = format!("config = {{ features = {features}, target = \"target\" }}");
+        format!(
+            "{head}{split}{}{}",
+            stage("fit", "logreg", &format!("inputs = [\"stage:split.train\"]\n{config}")),
+            stage(
+                "predict",
+                "logreg",
+                &format!("inputs = [\"stage:split.test\"]\nmodel = \"stage:fit\"\ncolumns = {apply_to}\n{config}")
+            ),
+        )
+    };
+    refused(
+        &fit("[\"sepal_length\", \"sepal_width\", \"target\"]", "{ select = \"numeric\", exclude = [\"target\"] }"),
+        "stage \"predict\": column not found: \"petal_length\"",
+    );
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let features = "[\"sepal_length\", \"sepal_width\", \"petal_length\", \"petal_width\"]";
+    let unlabelled = fit(features, features);
+    let report = run_text(&exec, &unlabelled, store.path()).unwrap_or_else(|e| panic!("{e}"));
+    let predicted = report.stages.iter().find(|s| s.name == "predict").unwrap();
+    assert!(predicted.rows_out > 0, "{predicted:?}");
+    let rows = read_committed(&store.path().join("ml/predict"));
+    assert!(
+        rows[0].schema().field_with_name("prediction").is_ok() && rows[0].schema().field_with_name("target").is_err()
+    );
+    // A declared schema types text; over Parquet it is refused.
+    refused(
+        &format!(
+            "{head}{}{}",
+            stage("ingest", "passthrough", &format!("inputs = [{}]", toml_path(&csv))),
+            stage("typed", "passthrough", "inputs = [\"stage:ingest\"]\nschema = { target = \"utf8\" }"),
+        ),
+        "stage \"typed\": schema: declares a schema, which types text inputs (CSV, JSON Lines), but reads `stage:ingest`",
+    );
     // A stage whose dry run fails otherwise than by rejecting its config
     // or columns is left to its tasks, and the check says so.
     let text = format!(

@@ -165,6 +165,11 @@ fn each_stage_that_rejects_its_config_or_input_fails_the_check_before_any_data_m
         ),
         ("an iteration count above the stage's max_passes", vec![(", c = 1.0 }", ", c = 1.0, max_iter = 150 }")]),
         ("a missing input", vec![("inputs = [\"breast_cancer.csv\"]", "inputs = [\"breast_cancer.cvs\"]")]),
+        ("a prediction that would overwrite the target", vec![(", c = 1.0 }", ", c = 1.0, prediction = \"target\" }")]),
+        (
+            "a declared schema over Parquet",
+            vec![("inputs = [\"stage:ingest\"]", "inputs = [\"stage:ingest\"]\nschema = { target = \"utf8\" }")],
+        ),
         (
             "two stages at once",
             vec![

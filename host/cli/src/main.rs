@@ -178,8 +178,9 @@ enum EngineArg {
 /// Check a pipeline without running it: everything a run checks before
 /// data moves. The manifest resolves (stage crates build, components load,
 /// references and inputs exist), the run may read and write where it
-/// would, and every stage accepts its configuration (each is opened, with
-/// no data, as its first task would be).
+/// would, and no stage rejects its configuration or the columns it will
+/// read (each is opened, with no data, as its first task would be; see
+/// the lines it prints for how far each was checked).
 #[derive(clap::Args)]
 struct CheckArgs {
     /// The manifest (wasmpipe.toml); with `--from`, the deployed pipeline:
@@ -710,7 +711,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let (columns, config, at_start) = checked.counts();
     println!(
-        "pipeline {:?} (plan {}): {}, their inputs and outputs are allowed, and every stage accepts its configuration",
+        "pipeline {:?} (plan {}): {}, their inputs and outputs are allowed, and no stage rejects what it was given",
         plan.pipeline,
         &plan.hash()[..12],
         match plan.stages.len() {

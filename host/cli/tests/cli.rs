@@ -570,7 +570,7 @@ fn a_config_a_stage_rejects_fails_check_and_run_before_any_data_moves() {
     let out = wasmpipe().args(["check", "examples/breast_cancer/wasmpipe.toml"]).current_dir(repo()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("8 stages resolve") && text.contains("every stage accepts its configuration"), "{text}");
+    assert!(text.contains("8 stages resolve") && text.contains("no stage rejects what it was given"), "{text}");
     assert!(
         text.contains("checked before any data moves: 7 against the columns they will read, 1 their configuration only; 0 when they start"),
         "{text}"

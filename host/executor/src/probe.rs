@@ -119,6 +119,7 @@ impl Executor {
         storage: &Storage,
     ) -> Result<ConfigCheck, RunError> {
         let mut writes: HashMap<&str, Option<SchemaRef>> = HashMap::new();
+        let mut read: HashMap<&str, SchemaRef> = HashMap::new();
         let mut checked = ConfigCheck::default();
         let mut rejected = Vec::new();
         // The stages that read what a rejected stage writes, at any remove:
@@ -126,7 +127,10 @@ impl Executor {
         let mut after_rejected: Vec<&str> = Vec::new();
         for (stage, component) in plan.stages.iter().zip(components) {
             let verdict = self.reads(storage, plan, stage, &writes).and_then(|(reads, after)| {
-                self.probe(plan, stage, component, reads.as_ref()).map(|(how, wrote)| match how {
+                if let Some(reads) = &reads {
+                    read.insert(&stage.name, reads.clone());
+                }
+                self.probe(plan, stage, component, reads.as_ref(), &read).map(|(how, wrote)| match how {
                     Checked::Config { .. } => (Checked::Config { after }, wrote),
                     how => (how, wrote),
                 })
@@ -194,6 +198,9 @@ impl Executor {
         for input in &stage.inputs {
             let (schema, text, route) = match input {
                 InputRef::Stage { stage: up, output } => {
+                    if stage.schema.is_some() {
+                        return Err(declared_over_parquet(&format!("`{input}`, the Parquet a stage writes")));
+                    }
                     let Some(Some(wrote)) = writes.get(up.as_str()) else { return Ok((None, Some(up.clone()))) };
                     let route = match output {
                         Some(_) => plan.stage(up).ok().and_then(|s| s.outputs.as_ref()).map(|o| o.route.as_str()),
@@ -258,6 +265,9 @@ impl Executor {
         let parts = self.io.block_on(read::partitions(std::slice::from_ref(first))).map_err(read)?;
         let Some(part) = parts.first() else { return Ok(None) };
         if let Some(schema) = part.schema() {
+            if declared.is_some() {
+                return Err(declared_over_parquet(&format!("{}, a Parquet file", first.location.url())));
+            }
             return Ok(Some((schema, false)));
         }
         // A text file: what its first rows hold (a CSV file's header).
@@ -285,13 +295,15 @@ impl Executor {
     }
 
     /// Check `stage` against `reads`, the schema it will read if known: its
-    /// configuration's selectors resolved, then its dry run.
+    /// configuration's selectors resolved, then its dry run. `read` holds
+    /// what each stage checked before it reads, where known.
     fn probe(
         &self,
         plan: &LockedPipeline,
         stage: &LockedStage,
         component: &StageComponent,
         reads: Option<&SchemaRef>,
+        read: &HashMap<&str, SchemaRef>,
     ) -> Verdict {
         if let Some(model) = &stage.model {
             // Its rows come from the model, applied as the stage that fits
@@ -303,8 +315,14 @@ impl Executor {
                     .is_ok_and(|f| f.component.sha256 == stage.component.sha256 && f.config == stage.config),
                 _ => false,
             };
+            // Its column selectors stand for the columns the model was
+            // fitted on: resolved against what the fitting stage reads.
+            let fitted_on = match model {
+                ModelRef::Stage { stage: fit } => read.get(fit.as_str()),
+                _ => None,
+            };
             return match reads {
-                Some(schema) if fitted_alike => self.describe(plan, stage, component, schema),
+                Some(schema) if fitted_alike => self.describe(plan, stage, component, schema, fitted_on),
                 _ if fitted_alike => Ok((Checked::AtStart { why: "it applies a model fitted in this run" }, None)),
                 _ => Ok((
                     Checked::AtStart {
@@ -384,7 +402,7 @@ impl Executor {
             match instance.fit_passes(&info) {
                 Ok(Some(passes)) if passes > stage.limits.max_passes => {
                     return Err(format!(
-                        "invalid config: its fit may take up to {passes} passes, more than its `max_passes` limit of {}\n  hint: lower the iterations in [stage.{name}.config], or raise `max_passes` in [stage.{name}.limits]",
+                        "invalid config: its fit may take up to {passes} passes, more than its `max_passes` limit of {}\n  hint: raise `max_passes` in [stage.{name}.limits], or change [stage.{name}.config] to take fewer (its `max_iter`, say)",
                         stage.limits.max_passes,
                         name = stage.name
                     ));
@@ -424,20 +442,31 @@ impl Executor {
 
     /// Check `stage`, which applies a model fitted in this run, against
     /// `reads`: what it writes, as it says before the model exists
-    /// (`describe`); with no model to open, a stage that does not say is
-    /// checked when it starts.
+    /// (`describe`), its column selectors resolved against `fitted_on`,
+    /// what the fitting stage reads; with no model to open, a stage that
+    /// does not say is checked when it starts.
     fn describe(
         &self,
         plan: &LockedPipeline,
         stage: &LockedStage,
         component: &StageComponent,
         reads: &SchemaRef,
+        fitted_on: Option<&SchemaRef>,
     ) -> Verdict {
         let unchecked = Checked::AtStart { why: "it applies a model fitted in this run" };
         if !component.describes() {
             return Ok((unchecked, None));
         }
-        let config = select::resolve(&stage.config, Some(reads))?.config;
+        let config = match (select::check(&stage.config)?, fitted_on) {
+            (false, _) => stage.config.clone(),
+            (true, Some(fitted_on)) => {
+                // They resolve against what it reads when it starts, as
+                // they did for the fitting stage.
+                select::resolve(&stage.config, Some(reads))?;
+                select::resolve(&stage.config, Some(fitted_on))?.config
+            }
+            (true, None) => return Ok((unchecked, None)),
+        };
         let (limits, setup, info) = self.check_setup(plan, stage, &config);
         let wrote = self.runtime.instantiate(component, &limits, setup).and_then(|mut i| i.output_schema(&info, reads));
         match wrote {
@@ -458,11 +487,25 @@ fn said(e: CallError) -> Verdict {
     }
 }
 
-/// The first line of `text`, at most 160 characters.
+/// What `text` says before any backtrace, on one line, at most 200
+/// characters.
 fn first_line(text: &str) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    match line.char_indices().nth(160) {
+    let said: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.contains("backtrace") && !l.starts_with("hint:"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = said.join(" ");
+    match line.char_indices().nth(200) {
         Some((at, _)) => format!("{}...", &line[..at]),
-        None => line.to_string(),
+        None => line,
     }
+}
+
+/// Why a stage that declares a `schema` cannot read `what`, Parquet.
+fn declared_over_parquet(what: &str) -> String {
+    format!(
+        "schema: declares a schema, which types text inputs (CSV, JSON Lines), but reads {what}, which carries its own schema\n  hint: remove `schema`, or read the text files in a stage of their own"
+    )
 }

@@ -9,7 +9,7 @@
 //! init = "first"             # default: the first k distinct rows; or "k-means++"
 //! seed = 0                   # default; k-means++ only: its random draws
 //! n_init = 1                 # default; k-means++ only: seedings run side by side, the least inertia kept
-//! local_trials = 3           # default 2 + floor(ln k) (scikit-learn's); k-means++ only: candidates per center
+//! local_trials = 3           # default 2 + floor(ln k) (scikit-learn's), at most 20; k-means++ only: candidates per center
 //! # centroids = [[5.0, 1.5], [6.0, 4.5], [6.5, 5.5]]   # or explicit starting centroids (then no `init`)
 //! max_iter = 100             # default; most fit passes in all, init passes included (then at least one Lloyd pass)
 //! tol = 0.0                  # default; stop once no centroid moves more than this
@@ -218,8 +218,8 @@ fn settings() -> Result<Settings> {
     if !(1..=MAX_N_INIT).contains(&n_init) {
         return invalid(format!("n_init: from 1 to {MAX_N_INIT}, got {n_init}"));
     }
-    // scikit-learn's choice: 2 + floor(ln k).
-    let trials = config.local_trials.unwrap_or(2 + (k as f64).ln() as usize);
+    // scikit-learn's choice: 2 + floor(ln k), within the bound.
+    let trials = config.local_trials.unwrap_or((2 + (k as f64).ln() as usize).min(MAX_LOCAL_TRIALS));
     if !(1..=MAX_LOCAL_TRIALS).contains(&trials) {
         return invalid(format!("local_trials: from 1 to {MAX_LOCAL_TRIALS}, got {trials}"));
     }
@@ -673,6 +673,7 @@ impl Estimator for KMeans {
     /// up to `max_iter` in all, at least one.
     fn fit_passes(_task: &Task) -> Result<Option<u32>> {
         let Settings { config, k, trials, .. } = settings()?;
+        let k = k as u64;
         let seeding = match (&config.centroids, config.init.as_deref()) {
             (Some(_), _) => 0,
             (None, Some(KMEANS_PP)) if k == 1 => 1,
@@ -680,8 +681,8 @@ impl Estimator for KMeans {
             (None, Some(KMEANS_PP)) => k + 1,
             (None, _) => 1,
         };
-        let seeding = u32::try_from(seeding).unwrap_or(u32::MAX);
-        Ok(Some(config.max_iter.max(seeding.saturating_add(1))))
+        let passes = u64::from(config.max_iter).max(seeding + 1);
+        Ok(Some(u32::try_from(passes).unwrap_or(u32::MAX)))
     }
 
     fn begin(_task: &Task, carry: Option<Carry>) -> Result<State> {

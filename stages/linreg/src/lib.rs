@@ -43,6 +43,12 @@ fn config() -> Result<Config> {
             config.target, config.target
         )));
     }
+    if config.features.contains(&config.prediction) || config.prediction == config.target {
+        return Err(wasmpipe_sdk::Error::InvalidConfig(format!(
+            "prediction: {:?} is a feature or the target, which the prediction would overwrite; name a new column",
+            config.prediction
+        )));
+    }
     Ok(config)
 }
 

@@ -141,6 +141,12 @@ fn config() -> Result<Config> {
             config.target, config.target
         ));
     }
+    if config.features.contains(&config.prediction) || config.prediction == config.target {
+        return Err(Error::InvalidConfig(format!(
+            "prediction: {:?} is a feature or the target, which the prediction would overwrite; name a new column",
+            config.prediction
+        )));
+    }
     if config.c <= 0.0 || !config.c.is_finite() {
         return invalid(format!("c: must be a positive number, got {}", config.c));
     }
@@ -718,9 +724,8 @@ impl Apply for Model {
     /// Its columns checked; what it writes is not said: a probability
     /// column per class, and the classes are learnt.
     fn output_schema(_task: &Task, input: &[Field]) -> Result<Option<Schema>> {
-        let config = config()?;
-        wasmpipe_sdk::numeric(input, &config.features)?;
-        wasmpipe_sdk::field(input, &config.target)?;
+        // (The rows it predicts need no target: the fit checks that.)
+        wasmpipe_sdk::numeric(input, &config()?.features)?;
         Ok(None)
     }
 }
