@@ -184,7 +184,8 @@ fn a_hash_the_registry_does_not_hold_is_a_clear_error() {
     let missing = "ab".repeat(32);
     let err =
         run_text(&exec, &scoring(dir, &[("predict", &format!("sha256:{missing}"))]), dir).unwrap_err().to_string();
-    assert!(err.contains("stage \"predict\""), "{err}");
+    // Found before any data moves, as each of these below.
+    assert!(err.contains("(checked before any data moved)") && err.contains("stage \"predict\""), "{err}");
     assert!(err.contains(&format!("no model sha256:{missing}")), "{err}");
     assert!(err.contains(&format!("_models/{missing}/model.bin")), "names where it looked: {err}");
     assert!(err.contains("wasmpipe models"), "{err}");
@@ -192,9 +193,18 @@ fn a_hash_the_registry_does_not_hold_is_a_clear_error() {
     // A pipeline that has not run has no model to give.
     let err = run_text(&exec, &scoring(dir, &[("predict", "pipeline:other/fit")]), dir).unwrap_err().to_string();
     assert!(err.contains("other/fit holds no committed model") && err.contains("run pipeline \"other\""), "{err}");
+    assert!(err.contains("(checked before any data moved)"), "{err}");
+
+    // A model applied to rows that lack one of its features: the stage,
+    // opened with the model, says so on no rows.
+    let sha = exec.models().unwrap()[0].sha256.clone();
+    let text = scoring(dir, &[("predict", &format!("sha256:{sha}"))])
+        .replace("\nmodel = ", "\ncolumns = [\"age\", \"target\"]\nmodel = ");
+    let err = run_text(&exec, &text, dir).unwrap_err().to_string();
+    assert!(err.contains("(checked before any data moved)"), "{err}");
+    assert!(err.contains("stage \"predict\": column not found: \"sex\""), "{err}");
 
     // A damaged registry copy is refused, not applied.
-    let sha = exec.models().unwrap()[0].sha256.clone();
     std::fs::write(dir.join("_models").join(&sha).join("model.bin"), b"{}").unwrap();
     let err = run_text(&exec, &scoring(dir, &[("predict", &format!("sha256:{sha}"))]), dir).unwrap_err().to_string();
     assert!(err.contains("changed or damaged"), "{err}");

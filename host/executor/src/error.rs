@@ -340,6 +340,12 @@ impl TaskFailure {
 
 /// Transient when the store could not be reached or answered with an
 /// error worth retrying; deterministic when the data is bad or missing.
+/// Whether `e` may pass on a retry (a store that did not answer, a
+/// conflicting commit), as opposed to one that will fail again.
+pub(crate) fn is_transient(e: &StorageError) -> bool {
+    storage_exit_code(e) == EXIT_TRANSIENT
+}
+
 fn storage_exit_code(e: &StorageError) -> u8 {
     let transient_source = |source: &object_store::Error| {
         !matches!(

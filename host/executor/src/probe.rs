@@ -26,7 +26,7 @@ use wasmpipe_storage::{Storage, StorageError};
 
 use crate::authority::verify_deployed_input;
 use crate::plan::{InputRef, LockedPipeline, LockedStage, ModelRef};
-use crate::stage::{declared_schema, inferred_schema, seen};
+use crate::stage::{applied_model, declared_schema, inferred_schema, seen};
 use crate::{Executor, RunError, select};
 
 /// The most CPU one stage's check may take; a stage that takes longer is
@@ -104,8 +104,34 @@ impl std::fmt::Display for Checked {
 }
 
 /// A stage's verdict: how far it was checked and the schema it writes, if
-/// known; or why it rejects what it was given.
-type Verdict = Result<(Checked, Option<SchemaRef>), String>;
+/// known; or why the check stopped.
+type Verdict = Result<(Checked, Option<SchemaRef>), Stop>;
+
+/// Why a stage's check stopped short of a verdict.
+enum Stop {
+    /// The stage rejects what it was given, or its input is not there.
+    Rejects(String),
+    /// Reading its input failed in a way a retry may mend (a store that
+    /// did not answer): the run fails with it, as it would have.
+    Fails(RunError),
+}
+
+impl From<String> for Stop {
+    fn from(why: String) -> Stop {
+        Stop::Rejects(why)
+    }
+}
+
+impl Stop {
+    /// Reading `stage`'s input or model failed with `e`.
+    fn reading(stage: &LockedStage, e: StorageError) -> Stop {
+        if crate::error::is_transient(&e) {
+            Stop::Fails(RunError::Storage { stage: stage.name.clone(), source: e })
+        } else {
+            Stop::Rejects(e.to_string())
+        }
+    }
+}
 
 impl Executor {
     /// Have every stage of `plan` (loaded as `components`) check its
@@ -130,7 +156,7 @@ impl Executor {
                 if let Some(reads) = &reads {
                     read.insert(&stage.name, reads.clone());
                 }
-                self.probe(plan, stage, component, reads.as_ref(), &read).map(|(how, wrote)| match how {
+                self.probe(storage, plan, stage, component, reads.as_ref(), &read).map(|(how, wrote)| match how {
                     Checked::Config { .. } => (Checked::Config { after }, wrote),
                     how => (how, wrote),
                 })
@@ -157,10 +183,11 @@ impl Executor {
                     }
                     writes.insert(&stage.name, wrote);
                 }
-                Err(why) => {
+                Err(Stop::Rejects(why)) => {
                     rejected.push((stage.name.clone(), why));
                     writes.insert(&stage.name, None);
                 }
+                Err(Stop::Fails(e)) => return Err(e),
             }
         }
         if rejected.is_empty() {
@@ -178,9 +205,9 @@ impl Executor {
         component: &StageComponent,
         config: &str,
     ) -> Result<(), String> {
-        match self.dry_run(plan, stage, component, config, None) {
-            Err(why) => Err(why),
-            Ok(_) => Ok(()),
+        match self.dry_run(plan, stage, component, config, None, None) {
+            Err(Stop::Rejects(why)) => Err(why),
+            Err(Stop::Fails(_)) | Ok(_) => Ok(()),
         }
     }
 
@@ -193,13 +220,13 @@ impl Executor {
         plan: &LockedPipeline,
         stage: &LockedStage,
         writes: &HashMap<&str, Option<SchemaRef>>,
-    ) -> Result<(Option<SchemaRef>, Option<String>), String> {
+    ) -> Result<(Option<SchemaRef>, Option<String>), Stop> {
         let mut schemas = Vec::new();
         for input in &stage.inputs {
             let (schema, text, route) = match input {
                 InputRef::Stage { stage: up, output } => {
                     if stage.schema.is_some() {
-                        return Err(declared_over_parquet(&format!("`{input}`, the Parquet a stage writes")));
+                        return Err(declared_over_parquet(&format!("`{input}`, the Parquet a stage writes")).into());
                     }
                     let Some(Some(wrote)) = writes.get(up.as_str()) else { return Ok((None, Some(up.clone()))) };
                     let route = match output {
@@ -218,11 +245,11 @@ impl Executor {
             if let Some(missing) = stage.columns.iter().flatten().find(|c| !has(c)) {
                 let names: Vec<&str> =
                     schema.fields().iter().map(|f| f.name().as_str()).filter(|n| route != Some(*n)).collect();
-                return Err(format!(
+                return Err(Stop::Rejects(format!(
                     "columns: reads column {missing:?}, which `{input}` does not have (its columns: {})\n  hint: fix `columns` in [stage.{}]",
                     names.join(", "),
                     stage.name
-                ));
+                )));
             }
             schemas.push(Arc::new(seen(stage, &schema, text, route)));
         }
@@ -246,13 +273,13 @@ impl Executor {
         plan: &LockedPipeline,
         stage: &LockedStage,
         url: &str,
-    ) -> Result<Option<(SchemaRef, bool)>, String> {
+    ) -> Result<Option<(SchemaRef, bool)>, Stop> {
         let format = stage.format.map(|f| match f {
             wasmpipe_manifest::Format::Parquet => Format::Parquet,
             wasmpipe_manifest::Format::Csv => Format::Csv,
             wasmpipe_manifest::Format::Jsonl => Format::Jsonl,
         });
-        let read = |e: StorageError| e.to_string();
+        let read = |e: StorageError| Stop::reading(stage, e);
         let location = storage.resolve(url).map_err(read)?;
         let listing = self.io.block_on(read::list(&location, format)).map_err(read)?;
         let Some(first) = listing.files.first() else { return Ok(None) };
@@ -266,7 +293,7 @@ impl Executor {
         let Some(part) = parts.first() else { return Ok(None) };
         if let Some(schema) = part.schema() {
             if declared.is_some() {
-                return Err(declared_over_parquet(&format!("{}, a Parquet file", first.location.url())));
+                return Err(declared_over_parquet(&format!("{}, a Parquet file", first.location.url())).into());
             }
             return Ok(Some((schema, false)));
         }
@@ -280,12 +307,12 @@ impl Executor {
                         declared.fields().iter().find(|f| inferred.field_with_name(f.name()).is_err())
                 {
                     let names: Vec<&str> = inferred.fields().iter().map(|f| f.name().as_str()).collect();
-                    return Err(format!(
+                    return Err(Stop::Rejects(format!(
                         "schema: declares column {:?}, which {file} does not have (its header: {})\n  hint: fix `schema` in [stage.{}]",
                         missing.name(),
                         names.join(", "),
                         stage.name
-                    ));
+                    )));
                 }
                 Ok(Some((declared, true)))
             }
@@ -299,12 +326,16 @@ impl Executor {
     /// what each stage checked before it reads, where known.
     fn probe(
         &self,
+        storage: &Storage,
         plan: &LockedPipeline,
         stage: &LockedStage,
         component: &StageComponent,
         reads: Option<&SchemaRef>,
         read: &HashMap<&str, SchemaRef>,
     ) -> Verdict {
+        if let Some(model @ (ModelRef::Registry { .. } | ModelRef::Output { .. })) = &stage.model {
+            return self.apply_existing(storage, plan, stage, component, model, reads);
+        }
         if let Some(model) = &stage.model {
             // Its rows come from the model, applied as the stage that fits
             // it would: said for it only when that stage is the same
@@ -332,21 +363,35 @@ impl Executor {
                 )),
             };
         }
-        let config = match (select::check(&stage.config), reads) {
-            (Ok(false), _) => stage.config.clone(),
-            (Ok(true), Some(schema)) => select::resolve(&stage.config, Some(schema))?.config,
-            (Ok(true), None) => {
-                return Ok((
-                    Checked::AtStart {
-                        why: "its column selectors resolve against what it reads, known once the stages before it have run",
-                    },
-                    None,
-                ));
-            }
-            // Malformed: refused with the plan, before this.
-            (Err(why), _) => return Err(why),
+        match resolved(stage, reads)? {
+            Some(config) => self.dry_run(plan, stage, component, &config, reads, None),
+            None => Ok((selectors_unknown(), None)),
+        }
+    }
+
+    /// Check `stage`, which applies a model that exists before the run
+    /// (the registry's, another run's): the model fetched as its tasks will
+    /// fetch it, then the stage opened with it and, where the schema it
+    /// will read is known, handed an empty batch of that schema.
+    fn apply_existing(
+        &self,
+        storage: &Storage,
+        plan: &LockedPipeline,
+        stage: &LockedStage,
+        component: &StageComponent,
+        model: &ModelRef,
+        reads: Option<&SchemaRef>,
+    ) -> Verdict {
+        let model = match applied_model(self, storage, plan, stage, model, &mut Vec::new()) {
+            Ok(model) => model,
+            Err(RunError::Model { reason, .. }) => return Err(reason.into()),
+            Err(RunError::Storage { source, .. }) => return Err(Stop::reading(stage, source)),
+            Err(other) => return Err(other.to_string().into()),
         };
-        self.dry_run(plan, stage, component, &config, reads)
+        match resolved(stage, reads)? {
+            Some(config) => self.dry_run(plan, stage, component, &config, reads, Some(&model.bytes)),
+            None => Ok((selectors_unknown(), None)),
+        }
     }
 
     /// How a check instantiates `stage` with `config`, and the task it
@@ -374,8 +419,9 @@ impl Executor {
         (limits, setup, info)
     }
 
-    /// Open `stage` with `config` as its first task would and, when `reads`
-    /// is known, hand it an empty batch of that schema.
+    /// Open `stage` with `config` as its first task would (to fit, or to
+    /// apply `model`) and, when `reads` is known, hand it an empty batch of
+    /// that schema.
     fn dry_run(
         &self,
         plan: &LockedPipeline,
@@ -383,14 +429,17 @@ impl Executor {
         component: &StageComponent,
         config: &str,
         reads: Option<&SchemaRef>,
+        model: Option<&[u8]>,
     ) -> Verdict {
         let (limits, setup, info) = self.check_setup(plan, stage, config);
         let mut instance = match self.runtime.instantiate(component, &limits, setup) {
             Ok(instance) => instance,
             Err(e) => return said(e),
         };
-        let open = match stage.kind {
-            StageKind::Transformer => instance.open(&info, None),
+        // A stage applying a model transforms, as a transformer does.
+        let kind = if model.is_some() { StageKind::Transformer } else { stage.kind };
+        let open = match kind {
+            StageKind::Transformer => instance.open(&info, model),
             StageKind::Estimator | StageKind::Aggregator => instance.fit_open(&info, None),
         };
         if let Err(e) = open {
@@ -398,14 +447,14 @@ impl Executor {
         }
         // An iterative fit whose configuration may ask for more passes than
         // the run allows would fail at its limit, after all those passes.
-        if stage.kind != StageKind::Transformer {
+        if kind != StageKind::Transformer {
             match instance.fit_passes(&info) {
                 Ok(Some(passes)) if passes > stage.limits.max_passes => {
-                    return Err(format!(
+                    return Err(Stop::Rejects(format!(
                         "invalid config: its fit may take up to {passes} passes, more than its `max_passes` limit of {}\n  hint: raise `max_passes` in [stage.{name}.limits], or change [stage.{name}.config] to take fewer (its `max_iter`, say)",
                         stage.limits.max_passes,
                         name = stage.name
-                    ));
+                    )));
                 }
                 Ok(_) => {}
                 Err(e) => return said(e),
@@ -414,7 +463,7 @@ impl Executor {
         let Some(schema) = reads else { return Ok((Checked::Config { after: None }, None)) };
         let how = Checked::Columns(schema.fields().len());
         let empty = RecordBatch::new_empty(schema.clone());
-        match stage.kind {
+        match kind {
             StageKind::Transformer => {
                 let wrote = match instance.transform(empty) {
                     Ok(Some(batch)) => Some(batch.schema()),
@@ -476,13 +525,32 @@ impl Executor {
     }
 }
 
+/// `stage`'s configuration with its column selectors resolved against
+/// `reads`; none when it has selectors and `reads` is not known.
+fn resolved(stage: &LockedStage, reads: Option<&SchemaRef>) -> Result<Option<String>, String> {
+    // (A malformed selector was refused with the plan, before this.)
+    Ok(match (select::check(&stage.config)?, reads) {
+        (false, _) => Some(stage.config.clone()),
+        (true, Some(schema)) => Some(select::resolve(&stage.config, Some(schema))?.config),
+        (true, None) => None,
+    })
+}
+
+/// Why a stage with column selectors whose input is not known yet is
+/// checked when it starts.
+fn selectors_unknown() -> Checked {
+    Checked::AtStart {
+        why: "its column selectors resolve against what it reads, known once the stages before it have run",
+    }
+}
+
 /// A stage's verdict from how its check failed: it rejected its
 /// configuration or its columns; any other failure (a deadline, a trap) is
 /// left to its tasks, which report it with their data.
 fn said(e: CallError) -> Verdict {
     match e {
-        CallError::Config(why) => Err(format!("invalid config: {why}")),
-        CallError::Columns(why) => Err(format!("{why} (checked against the schema it will read)")),
+        CallError::Config(why) => Err(format!("invalid config: {why}").into()),
+        CallError::Columns(why) => Err(format!("{why} (checked against the schema it will read)").into()),
         other => Ok((Checked::DryRun { why: first_line(&other.to_string()) }, None)),
     }
 }

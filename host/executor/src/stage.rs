@@ -422,7 +422,7 @@ fn fit_groups(sizes: &[u64], target: u64) -> Vec<Range<usize>> {
 /// The model that `source` names, for a stage that applies a model fitted
 /// elsewhere instead of fitting one; its lineage entry is added to
 /// `lineage`.
-fn applied_model(
+pub(crate) fn applied_model(
     exec: &Executor,
     storage: &Storage,
     plan: &LockedPipeline,
