@@ -225,25 +225,12 @@ fn all_finite(columns: &[Arc<Float64Array>]) -> bool {
 
 /// The Arrow type for a WIT data type, for `cast`.
 fn arrow_type(t: &DataType) -> KernelResult<ArrowType> {
-    use crate::bindings::TimeUnit;
-    use arrow::datatypes::TimeUnit as U;
-    Ok(match t {
-        DataType::Boolean => ArrowType::Boolean,
-        DataType::Int32 => ArrowType::Int32,
-        DataType::Int64 => ArrowType::Int64,
-        DataType::Float32 => ArrowType::Float32,
-        DataType::Float64 => ArrowType::Float64,
-        DataType::Utf8 => ArrowType::Utf8,
-        DataType::Timestamp(u) => ArrowType::Timestamp(
-            match u {
-                TimeUnit::Second => U::Second,
-                TimeUnit::Millisecond => U::Millisecond,
-                TimeUnit::Microsecond => U::Microsecond,
-                TimeUnit::Nanosecond => U::Nanosecond,
-            },
-            None,
-        ),
-        DataType::Other(name) => return Err(WitError::TypeMismatch(format!("cannot cast to {name}"))),
+    crate::host::arrow_type(t).ok_or_else(|| {
+        let name = match t {
+            DataType::Other(name) => name.as_str(),
+            _ => "that type",
+        };
+        WitError::TypeMismatch(format!("cannot cast to {name}"))
     })
 }
 
