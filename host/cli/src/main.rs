@@ -274,6 +274,11 @@ struct TaskArgs {
     /// Stage logs on stderr as text, or as one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Keep this attempt (its outcome or error, and the warnings the stage
+    /// logged) under `<store>/_runs/RUN_ID/tasks/`, for `wasmpipe record
+    /// --collect` (engines without a driver process: Kubernetes).
+    #[arg(long)]
+    run_id: Option<String>,
 }
 
 /// Commit a stage of a plan from the records its tasks left: checks that
@@ -301,8 +306,9 @@ struct CommitArgs {
 /// Ray driver calls it when its run ends): reads the run's log as JSON on
 /// stdin (its id, engine, start, the stages committed with their tasks'
 /// outcomes, the failed stage's tasks, warnings, the error; see
-/// docs/run-record.md) and writes `<store>/_runs/<run id>/run.json` and
-/// `report.html`, as `wasmpipe run` does. Prints where, as JSON.
+/// docs/run-record.md), or with `--collect` gathers it from the task
+/// attempts kept in the store, and writes `<store>/_runs/<run id>/run.json`
+/// and `report.html`, as `wasmpipe run` does. Prints where, as JSON.
 #[derive(clap::Args)]
 struct RecordArgs {
     /// The plan's URL or path.
@@ -311,6 +317,18 @@ struct RecordArgs {
     /// The store (default: the one the plan is kept in).
     #[arg(long, env = "WASMPIPE_STORE")]
     store: Option<String>,
+    /// Gather the log of this run from the attempts its tasks kept in the
+    /// store (`wasmpipe task --run-id`, as `wasmpipe render k8s --run-id`
+    /// renders them) instead of reading it on stdin.
+    #[arg(long, value_name = "RUN_ID")]
+    collect: Option<String>,
+    /// With `--collect`: the engine that drove the run.
+    #[arg(long, default_value = "k8s", requires = "collect")]
+    engine: String,
+    /// With `--collect`: why the engine says the run failed (e.g. which
+    /// Job failed); a failed task's own error comes first.
+    #[arg(long, requires = "collect")]
+    error: Option<String>,
 }
 
 /// Build a stage crate, or a Python stage (a `pyproject.toml` with
@@ -862,6 +880,7 @@ fn task(args: TaskArgs) -> anyhow::Result<ExitCode> {
         task,
         pass: args.pass,
         attempt: args.attempt,
+        run_id: args.run_id,
     };
     match executor.run_task(&spec) {
         Ok(outcome) => {
@@ -933,9 +952,15 @@ fn commit(args: CommitArgs) -> anyhow::Result<ExitCode> {
 
 fn record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let plan = absolute_location(&args.plan)?;
-    let log: wasmpipe_executor::RunLog = serde_json::from_reader(std::io::stdin().lock())
-        .context("reading the run log (JSON on stdin; docs/run-record.md says what it holds)")?;
     let executor = task_executor(&plan, args.store.as_deref(), LogFormat::Text)?;
+    let log: wasmpipe_executor::RunLog = match &args.collect {
+        Some(run_id) => match executor.collect_run(&plan, run_id, &args.engine, args.error.clone()) {
+            Ok(log) => log,
+            Err(e) => return Ok(contract_failure(e)),
+        },
+        None => serde_json::from_reader(std::io::stdin().lock())
+            .context("reading the run log (JSON on stdin; docs/run-record.md says what it holds)")?,
+    };
     match executor.record_run(&plan, log) {
         Ok((store, record)) => {
             let kept = wasmpipe_executor::record::location(&store, &record.run_id);

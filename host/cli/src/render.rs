@@ -41,6 +41,12 @@ pub struct RenderArgs {
     /// credentials: `AWS_ACCESS_KEY_ID`, ...).
     #[arg(long, value_name = "NAME")]
     pub secret: Option<String>,
+    /// The run's id: its tasks keep their attempts under
+    /// `STORE/_runs/RUN_ID/tasks/` and its commits name it, so `wasmpipe
+    /// record --collect RUN_ID` can keep the run's record (give the same id
+    /// to every render of one run; engines/k8s/apply.sh does).
+    #[arg(long)]
+    pub run_id: Option<String>,
     /// Write one file per Job here (`NN-NAME.json`, in the order to apply
     /// them) and print their paths; print nothing when the pipeline is done.
     #[arg(long, value_name = "DIR")]
@@ -126,7 +132,8 @@ fn job(args: &RenderArgs, plan: &LockedPipeline, tasks: &StageTasks, round: &Rou
 }
 
 /// The rounds of the next step of `tasks`' stage.
-fn rounds(plan_url: &str, plan_sha: &str, store: &str, tasks: &StageTasks) -> Vec<Round> {
+fn rounds(plan_url: &str, plan_sha: &str, store: &str, run_id: Option<&str>, tasks: &StageTasks) -> Vec<Round> {
+    let run: Vec<&str> = run_id.map(|id| vec!["--run-id", id]).unwrap_or_default();
     let task = |kind: String, pass: u32| -> Vec<String> {
         [
             "wasmpipe",
@@ -145,6 +152,7 @@ fn rounds(plan_url: &str, plan_sha: &str, store: &str, tasks: &StageTasks) -> Ve
             store,
         ]
         .iter()
+        .chain(&run)
         .map(|s| s.to_string())
         .collect()
     };
@@ -179,7 +187,7 @@ fn rounds(plan_url: &str, plan_sha: &str, store: &str, tasks: &StageTasks) -> Ve
     rounds.push(Round {
         name: "commit".into(),
         completions: 1,
-        command: commit.iter().map(|s| s.to_string()).collect(),
+        command: commit.iter().chain(&run).map(|s| s.to_string()).collect(),
     });
     rounds
 }
@@ -191,6 +199,9 @@ pub fn render(
     store: &str,
     args: &RenderArgs,
 ) -> anyhow::Result<Vec<PathBuf>> {
+    if let Some(run_id) = &args.run_id {
+        wasmpipe_executor::record::check_run_id(run_id).map_err(anyhow::Error::msg)?;
+    }
     let plan_url = executor.publish_plan(plan, &Storage::new("."), store)?;
     let plan_sha = plan.hash();
     if args.out.exists() {
@@ -208,7 +219,7 @@ pub fn render(
             continue;
         }
         let mut written = Vec::new();
-        for (i, round) in rounds(&plan_url, &plan_sha, store, &tasks).iter().enumerate() {
+        for (i, round) in rounds(&plan_url, &plan_sha, store, args.run_id.as_deref(), &tasks).iter().enumerate() {
             let doc = job(args, plan, &tasks, round);
             let name = doc["metadata"]["name"].as_str().expect("named").to_string();
             let path = args.out.join(format!("{:02}-{name}.json", i + 1));

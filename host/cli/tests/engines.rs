@@ -532,6 +532,32 @@ fn kubernetes_validate(files: &[String]) {
     assert!(out.status.success(), "kubernetes-validate refused a rendered Job:\n{stdout}\n{stderr}");
 }
 
+/// `engines/k8s/apply.sh` on the deployed pipeline `demo` under `root`,
+/// with `tests/fake-kubectl` standing in for `kubectl` (it runs each Job's
+/// pods here, as the Job controller would); `env` on top.
+fn apply_sh(demo: &str, root: &Path, state: &Path, env: &[(&str, &str)]) -> Output {
+    let bin = state.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let kubectl = bin.join("kubectl");
+    if !kubectl.exists() {
+        std::os::unix::fs::symlink(repo().join("host/cli/tests/fake-kubectl"), &kubectl).unwrap();
+    }
+    let wasmpipe_dir = Path::new(env!("CARGO_BIN_EXE_wasmpipe")).parent().unwrap();
+    let path = format!("{}:{}:{}", bin.display(), wasmpipe_dir.display(), std::env::var("PATH").unwrap());
+    let mut cmd = Command::new(repo().join("engines/k8s/apply.sh"));
+    cmd.args([demo, &root.display().to_string(), "registry.example/wasmpipe:test"])
+        .current_dir(repo())
+        .env("PATH", path)
+        .env("FAKE_K8S_DIR", state)
+        .env("WASMPIPE_K8S_POLL", "0")
+        .env_remove("WASMPIPE_STORE")
+        .env_remove("WASMPIPE_RUN_ID");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
 #[test]
 fn kubernetes_jobs_rendered_step_by_step_and_run_as_their_pods_would_equal_a_local_run() {
     for demo in ["diabetes", "wine"] {
@@ -541,44 +567,170 @@ fn kubernetes_jobs_rendered_step_by_step_and_run_as_their_pods_would_equal_a_loc
         let from = root.display().to_string();
         ok(wasmpipe().args(["run", demo, "-q", "--from", &from]).output().unwrap());
         let local = snapshot_dir(&root.join("data"));
+        let local_record = records(&root.join("data")).remove(0);
         std::fs::remove_dir_all(root.join("data")).unwrap();
 
-        let jobs_dir = dir.path().join("jobs");
-        let mut steps = 0;
+        // As an operator runs it: render, apply each Job, wait, render again.
+        let state = dir.path().join("k8s");
+        let (_, stderr) = ok(apply_sh(demo, &root, &state, &[]));
+        assert!(stderr.contains("every stage committed"), "{demo}:\n{stderr}");
+        let mut applied: Vec<String> = std::fs::read_dir(state.join("applied"))
+            .unwrap()
+            .map(|e| e.unwrap().path().display().to_string())
+            .collect();
+        applied.sort();
+        kubernetes_validate(&applied);
         let mut pods = 0;
-        loop {
-            steps += 1;
-            assert!(steps <= 100, "{demo}: rendering did not finish in 100 steps");
-            let (listed, _) = ok(wasmpipe()
-                .args(["render", "k8s", demo, "--from", &from, "--image", "registry.example/wasmpipe:test", "--out"])
-                .arg(&jobs_dir)
-                .output()
-                .unwrap());
-            let files: Vec<String> = listed.lines().map(String::from).collect();
-            if files.is_empty() {
-                break;
-            }
-            kubernetes_validate(&files);
-            // Apply in order, each Job to completion: every index's pod.
-            for file in &files {
-                let job: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
-                assert_eq!(job["spec"]["completionMode"], "Indexed");
-                assert_eq!(job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"][0], 65);
-                let container = &job["spec"]["template"]["spec"]["containers"][0];
-                let command: Vec<String> =
-                    container["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-                assert_eq!(command[0], "wasmpipe");
-                for index in 0..job["spec"]["completions"].as_u64().unwrap() {
-                    let args: Vec<String> =
-                        command[1..].iter().map(|a| a.replace("$(JOB_COMPLETION_INDEX)", &index.to_string())).collect();
-                    let out = wasmpipe().args(&args).env("JOB_COMPLETION_INDEX", index.to_string()).output().unwrap();
-                    ok(out);
-                    pods += 1;
-                }
-            }
+        for file in &applied {
+            let job: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+            assert_eq!(job["spec"]["completionMode"], "Indexed");
+            assert_eq!(job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"][0], 65);
+            let command = &job["spec"]["template"]["spec"]["containers"][0]["command"];
+            assert_eq!(command[0], "wasmpipe");
+            assert!(command.as_array().unwrap().iter().any(|a| a == "--run-id"), "{file}: every pod names the run");
+            pods += job["spec"]["completions"].as_u64().unwrap();
         }
         assert!(pods > 50, "{demo}: {pods} pods");
         assert_same(&local, &snapshot_dir(&root.join("data")), &format!("{demo} as Kubernetes Jobs"));
+
+        // The run is recorded as a local run is: the same stages, tasks,
+        // rows and reports, and the page beside it.
+        let kept = records(&root.join("data"));
+        assert_eq!(kept.len(), 1, "{demo}: one record");
+        let k8s = &kept[0];
+        assert_eq!((k8s["engine"].as_str(), k8s["status"].as_str()), (Some("k8s"), Some("succeeded")), "{k8s}");
+        assert_eq!(k8s["plan_sha256"], local_record["plan_sha256"]);
+        let (ours, theirs) = (k8s["stages"].as_array().unwrap(), local_record["stages"].as_array().unwrap());
+        assert_eq!(ours.len(), theirs.len());
+        for (ours, theirs) in ours.iter().zip(theirs) {
+            assert_eq!(stage_said(ours), stage_said(theirs), "{demo}: the stage's record");
+        }
+        let run_id = k8s["run_id"].as_str().unwrap();
+        assert!(run_id.starts_with("k8s-"), "{run_id}");
+        let page = root.join("data/_runs").join(run_id).join("report.html");
+        let html = std::fs::read_to_string(&page).unwrap();
+        assert!(html.contains(run_id) && html.contains("k8s"), "the report names the run and its engine");
+    }
+}
+
+#[test]
+fn a_kubernetes_run_that_fails_is_recorded_with_its_task_s_error_and_resumes_under_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    ok(wasmpipe().args(["deploy", "examples/diabetes/wasmpipe.toml", "--to"]).arg(&root).output().unwrap());
+    let state = dir.path().join("k8s");
+    let store = root.join("data");
+    let run = [("WASMPIPE_RUN_ID", "k8s-nightly")];
+
+    // A task that fails as a bug would (exit 65): its Job fails, apply.sh
+    // stops, and the record names the stage, the task and its own error.
+    let out = apply_sh("diabetes", &root, &state, &[run[0], ("FAKE_K8S_BREAK", "predict-test-transform")]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let failed = records(&store).remove(0);
+    assert_eq!((failed["run_id"].as_str(), failed["status"].as_str()), (Some("k8s-nightly"), Some("failed")));
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("stage \"predict_test\", transform:0: ") && error.contains("hashes to"),
+        "the task's own error comes first: {error}"
+    );
+    assert!(error.contains("Kubernetes Job wp-diabetes-predict-test-transform-"), "then the engine's: {error}");
+    let stages = failed["stages"].as_array().unwrap();
+    let last = stages.last().unwrap();
+    assert_eq!((last["name"].as_str(), last["status"].as_str()), (Some("predict_test"), Some("failed")));
+    assert!(stages[..stages.len() - 1].iter().all(|s| s["status"] == "ran"), "{stages:?}");
+    assert!(stages.iter().any(|s| s["name"] == "fit_train" && s["tasks"].as_array().unwrap().len() > 1));
+
+    // The same run id resumes: only what is left runs, and the record is
+    // replaced by the whole run's, with the failed attempt as a warning.
+    let (_, stderr) = ok(apply_sh("diabetes", &root, &state, &run));
+    assert!(stderr.contains("every stage committed (run k8s-nightly)"), "{stderr}");
+    let kept = records(&store);
+    assert_eq!(kept.len(), 1, "one run, one record");
+    assert_eq!(kept[0]["status"], "succeeded", "{}", kept[0]);
+    assert!(kept[0].get("error").is_none());
+    let warnings = kept[0]["warnings"].as_array().unwrap();
+    assert!(
+        warnings.iter().any(|w| w["label"] == "predict_test[transform:0 pass 0]"
+            && w["message"].as_str().unwrap().contains("failed (exit 65) and was retried")),
+        "{warnings:?}"
+    );
+
+    // A pod killed before it keeps anything (out of memory): the record
+    // says which Job failed, and that the stage's tasks were not done.
+    let out = apply_sh("diabetes", &root, &state, &[("WASMPIPE_RUN_ID", "k8s-killed"), ("FAKE_K8S_KILL", "-")]);
+    assert_eq!(out.status.code(), Some(0), "every stage was committed already: nothing to apply");
+    let again = records(&store).into_iter().find(|r| r["run_id"] == "k8s-killed").unwrap();
+    assert_eq!(again["status"], "succeeded");
+    assert!(again["stages"].as_array().unwrap().iter().all(|s| s["committed_by"] == "k8s-nightly"), "{again}");
+    std::fs::remove_dir_all(&store).unwrap();
+    let out =
+        apply_sh("diabetes", &root, &state, &[("WASMPIPE_RUN_ID", "k8s-killed"), ("FAKE_K8S_KILL", "validate-fit")]);
+    assert_eq!(out.status.code(), Some(1));
+    let killed = records(&store).remove(0);
+    assert_eq!((killed["run_id"].as_str(), killed["status"].as_str()), (Some("k8s-killed"), Some("failed")));
+    let error = killed["error"].as_str().unwrap();
+    assert!(error.starts_with("Kubernetes Job wp-diabetes-validate-fit-p0-"), "{error}");
+    let stages = killed["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "ingest ran, validate failed: {stages:?}");
+    assert_eq!((stages[1]["name"].as_str(), stages[1]["status"].as_str()), (Some("validate"), Some("failed")));
+}
+
+/// A task's attempt, kept with `--run-id`, says what went wrong when the
+/// task fails; a run id that cannot name a directory is refused.
+#[test]
+fn a_task_keeps_its_attempt_for_the_run_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let manifest = "examples/diabetes/wasmpipe.toml";
+    let (url, _) = ok(wasmpipe().args(["plan", manifest, "--publish"]).arg(&store).output().unwrap());
+    let url = url.trim();
+    let task = |task: &str, run_id: &str| {
+        wasmpipe()
+            .args(["task", "--plan", url, "--stage", "ingest", "--task", task, "--run-id", run_id])
+            .output()
+            .unwrap()
+    };
+    let out = task("transform:999", "r1");
+    assert_eq!(out.status.code(), Some(70), "{}", text(&out).1);
+    let out = task("transform:0", "r1");
+    ok(out);
+    let dir_of = store.join("_runs/r1/tasks/ingest");
+    let mut kept: Vec<serde_json::Value> = std::fs::read_dir(&dir_of)
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    kept.sort_by_key(|a| a["task"].as_str().unwrap().len());
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert_eq!((kept[0]["task"].as_str(), kept[0]["exit_code"].as_u64()), (Some("transform:0"), Some(0)));
+    assert_eq!(kept[0]["outcome"]["rows_out"], 442);
+    assert_eq!((kept[1]["task"].as_str(), kept[1]["exit_code"].as_u64()), (Some("transform:999"), Some(70)));
+    assert!(kept[1]["error"].as_str().unwrap().contains("999"), "{}", kept[1]);
+    assert!(kept[1].get("outcome").is_none());
+
+    // The record of a run whose first stage did not commit: the task that
+    // failed is why, and the one that was done is kept.
+    let collect = |run_id: &str| {
+        let (said, _) = ok(wasmpipe()
+            .args(["record", "--plan", url, "--collect", run_id, "--engine", "by-hand"])
+            .output()
+            .unwrap());
+        assert!(said.contains(&format!("_runs/{run_id}/run.json")), "{said}");
+        records(&store).into_iter().find(|r| r["run_id"] == run_id).unwrap()
+    };
+    let r1 = collect("r1");
+    assert_eq!((r1["engine"].as_str(), r1["status"].as_str()), (Some("by-hand"), Some("failed")));
+    assert!(r1["error"].as_str().unwrap().starts_with("stage \"ingest\", transform:999: "), "{r1}");
+    assert_eq!(r1["stages"][0]["tasks"].as_array().unwrap().len(), 1, "the task that was done");
+    // No task failed, but the stage was not committed: the engine stopped.
+    ok(task("transform:0", "r2"));
+    let r2 = collect("r2");
+    assert!(r2["error"].as_str().unwrap().starts_with("stage \"ingest\" was not committed"), "{r2}");
+
+    for bad in ["../x", "a/b", ""] {
+        let out = task("transform:0", bad);
+        assert_eq!(out.status.code(), Some(65), "{bad:?}: {}", text(&out).1);
+        assert!(text(&out).1.contains("is not a run id"), "{bad:?}");
     }
 }
 

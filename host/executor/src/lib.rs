@@ -503,6 +503,44 @@ impl Executor {
     /// Run one task of the plan at `spec.plan` in this process (what
     /// `wasmpipe task` does), writing under this executor's store.
     pub fn run_task(&self, spec: &TaskSpec) -> Result<TaskOutcome, RunError> {
+        let Some(run_id) = &spec.run_id else {
+            return self.run_one_task(spec);
+        };
+        let refuse = |reason: String| RunError::Plan { url: spec.plan.clone(), reason };
+        record::check_run_id(run_id).map_err(refuse)?;
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let started_ms = unix_ms(std::time::SystemTime::now());
+        let result = self.run_one_task(spec);
+        let warnings = std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()));
+        let attempt = record::TaskAttempt {
+            format: record::ATTEMPT_FORMAT,
+            stage: spec.stage.clone(),
+            task: spec.task.to_string(),
+            pass: spec.pass,
+            started_ms,
+            outcome: result.as_ref().ok().cloned(),
+            error: result.as_ref().err().map(ToString::to_string),
+            exit_code: result.as_ref().map_or_else(RunError::exit_code, |_| EXIT_OK),
+            warnings,
+        };
+        let nonce = new_run_id();
+        let unkept = |source| RunError::Storage { stage: spec.stage.clone(), source };
+        let kept = Storage::new(".")
+            .resolve(&self.config.store)
+            .and_then(|store| self.io.block_on(record::write_attempt(&store, run_id, &attempt, &nonce)));
+        match (result, kept) {
+            // A task whose attempt is not kept would be missing from the
+            // run's record: fail it as transient, and its retry resumes.
+            (Ok(_), Err(e)) => Err(unkept(e)),
+            (Err(task), Err(e)) => {
+                tracing::warn!("the attempt of task {} was not kept for run {run_id}: {e}", spec.task);
+                Err(task)
+            }
+            (result, Ok(())) => result,
+        }
+    }
+
+    fn run_one_task(&self, spec: &TaskSpec) -> Result<TaskOutcome, RunError> {
         let plan = self.load_plan(&spec.plan)?;
         task::check_spec_plan(spec, &plan.hash())?;
         let locked = plan.stage(&spec.stage)?;
@@ -641,6 +679,108 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// The log of run `run_id` of the plan at `plan_url` from the task
+    /// attempts `wasmpipe task --run-id` kept in the store (what `wasmpipe
+    /// record --collect` keeps as the run's record, for engines without a
+    /// driver process: Kubernetes). The run's stages are the plan's first
+    /// ones that are committed; the first one that is not failed, with the
+    /// first of its tasks whose every attempt failed as the cause, or
+    /// `error` (what the engine saw: a Job failed) when none did.
+    pub fn collect_run(
+        &self,
+        plan_url: &str,
+        run_id: &str,
+        engine: &str,
+        mut error: Option<String>,
+    ) -> Result<RunLog, RunError> {
+        let refuse = |reason: String| RunError::Plan { url: plan_url.to_string(), reason };
+        record::check_run_id(run_id).map_err(refuse)?;
+        let plan = self.load_plan(plan_url)?;
+        let storage = Storage::new(".");
+        let unread = |source| RunError::Storage { stage: "(the run's task attempts)".into(), source };
+        let store = storage.resolve(&self.config.store).map_err(unread)?;
+        let (attempts, unreadable) = self.io.block_on(record::attempts(&store, run_id)).map_err(unread)?;
+        let mut warnings: Vec<LogLine> = Vec::new();
+        let mut log = RunLog {
+            run_id: run_id.to_string(),
+            engine: engine.to_string(),
+            started_ms: attempts
+                .iter()
+                .map(|a| a.started_ms)
+                .min()
+                .unwrap_or_else(|| unix_ms(std::time::SystemTime::now())),
+            stages: Vec::new(),
+            running: Vec::new(),
+            warnings: Vec::new(),
+            error: None,
+        };
+        for line in unreadable {
+            warnings.push(LogLine { level: "warn".into(), label: "(record)".into(), message: line });
+        }
+        for locked in &plan.stages {
+            let mine: Vec<&record::TaskAttempt> = attempts.iter().filter(|a| a.stage == locked.name).collect();
+            // A task's outcome is its first attempt that did the work (the
+            // others resumed it); failed attempts of a task that later
+            // succeeded were retried, and say so.
+            let mut outcomes: Vec<TaskOutcome> = Vec::new();
+            for a in &mine {
+                warnings.extend(a.warnings.iter().cloned());
+                let Some(o) = &a.outcome else { continue };
+                match outcomes.iter_mut().find(|k| k.task == o.task && k.pass == o.pass) {
+                    Some(kept) if kept.resumed && !o.resumed => *kept = o.clone(),
+                    Some(_) => {}
+                    None => outcomes.push(o.clone()),
+                }
+            }
+            let succeeded =
+                |a: &record::TaskAttempt| outcomes.iter().any(|o| o.task.to_string() == a.task && o.pass == a.pass);
+            let prepared = stage::prepare(self, &storage, &plan, locked, self.load_component(locked)?)?;
+            let committed = commit::identical(&prepared)
+                .map_err(|source| RunError::Storage { stage: locked.name.clone(), source })?
+                .is_some();
+            let mut failed = None;
+            for a in mine.iter().filter(|a| a.error.is_some()) {
+                let why = a.error.as_deref().unwrap_or_default();
+                if !committed && !succeeded(a) && failed.is_none() {
+                    // Name the task, as a task's own failure does.
+                    let named = format!("stage {:?}, {}", a.stage, a.task);
+                    failed = Some(if why.starts_with(&named) { why.to_string() } else { format!("{named}: {why}") });
+                    continue;
+                }
+                let label = format!("{}[{} pass {}]", a.stage, a.task, a.pass);
+                let then = if succeeded(a) { "and was retried" } else { "and the stage committed without it" };
+                let message = format!("an attempt failed (exit {}) {then}: {why}", a.exit_code);
+                warnings.push(LogLine { level: "warn".into(), label, message });
+            }
+            if committed {
+                let begun = outcomes.iter().map(|o| o.started_ms).min().unwrap_or_default();
+                let ended = outcomes.iter().map(|o| o.started_ms + (o.seconds * 1000.0) as u64).max().unwrap_or(begun);
+                let seconds = ended.saturating_sub(begun) as f64 / 1000.0;
+                log.stages.push(StageLog { name: locked.name.clone(), seconds, outcomes });
+                continue;
+            }
+            log.running = outcomes;
+            log.error = Some(match (failed, error.take()) {
+                (Some(task), Some(engine)) => format!("{task}\n  ({engine})"),
+                (Some(task), None) => task,
+                (None, Some(engine)) => engine,
+                (None, None) => format!(
+                    "stage \"{}\" was not committed: the engine stopped before its tasks were done ({} recorded)\n  hint: run it again; what was done is kept",
+                    locked.name,
+                    log.running.len()
+                ),
+            });
+            break;
+        }
+        if log.error.is_none() {
+            log.error = error;
+        }
+        log.warnings = warnings.into_iter().take(record::MAX_WARNINGS).collect();
+        Ok(log)
+    }
+}
+
 /// Why `log` cannot be the log of a run of `plan`: its stages must be the
 /// plan's first ones, in order (all of them when it did not fail), each
 /// task outcome its own stage's, and its numbers what a run can have.
@@ -680,6 +820,11 @@ fn check_log(plan: &LockedPipeline, log: &RunLog) -> Result<(), String> {
         return Err(format!("stage \"{}\": seconds {} is not a wall time", s.name, s.seconds));
     }
     Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 fn new_run_id() -> String {

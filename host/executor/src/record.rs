@@ -176,6 +176,81 @@ pub struct StageLog {
     pub outcomes: Vec<TaskOutcome>,
 }
 
+/// One attempt at one task of a run, kept by `wasmpipe task --run-id` under
+/// `<store>/_runs/<run id>/tasks/<stage>/` for engines without a driver
+/// process to see what each task did (Kubernetes): `wasmpipe record
+/// --collect` turns a run's attempts into its record
+/// ([`crate::Executor::collect_run`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskAttempt {
+    /// Always [`ATTEMPT_FORMAT`].
+    pub format: u32,
+    /// The stage.
+    pub stage: String,
+    /// The task, as `wasmpipe task --task` names it.
+    pub task: String,
+    /// Its fit pass.
+    pub pass: u32,
+    /// When the attempt started, milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// What it did, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<TaskOutcome>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The exit code `wasmpipe task` gave (0 when it succeeded).
+    pub exit_code: u8,
+    /// Warnings and errors the stage logged during the attempt.
+    #[serde(default)]
+    pub warnings: Vec<LogLine>,
+}
+
+/// The version of [`TaskAttempt`]'s layout.
+pub const ATTEMPT_FORMAT: u32 = 1;
+
+/// Where a run's task attempts are kept, below its directory.
+const ATTEMPTS_DIR: &str = "tasks";
+
+/// Keep `attempt` of run `run_id` below the store `store`; `nonce` tells
+/// attempts of one task apart.
+pub(crate) async fn write_attempt(
+    store: &Location,
+    run_id: &str,
+    attempt: &TaskAttempt,
+    nonce: &str,
+) -> Result<(), StorageError> {
+    let name = format!("{}.{}.{}-{nonce}.json", attempt.pass, attempt.task.replace(':', "."), attempt.started_ms);
+    let at = store.child(RUNS_DIR).child(run_id).child(ATTEMPTS_DIR).child(&attempt.stage).child(&name);
+    let json = serde_json::to_vec_pretty(attempt).expect("a task attempt serializes");
+    at.put(bytes::Bytes::from(json)).await
+}
+
+/// The task attempts kept for run `run_id` below the store `store`, in the
+/// order they started, and what was found there that is not an attempt
+/// (its URL and why), to be named in the record rather than dropped.
+pub(crate) async fn attempts(store: &Location, run_id: &str) -> Result<(Vec<TaskAttempt>, Vec<String>), StorageError> {
+    use futures::TryStreamExt;
+    let dir = store.child(RUNS_DIR).child(run_id).child(ATTEMPTS_DIR);
+    let metas: Vec<_> = match dir.store().list(Some(dir.path())).try_collect().await {
+        Ok(m) => m,
+        Err(object_store::Error::NotFound { .. }) => Vec::new(),
+        Err(e) => return Err(dir.error(e)),
+    };
+    let (mut kept, mut unreadable) = (Vec::new(), Vec::new());
+    for meta in metas {
+        let at = dir.at(meta.location);
+        if let Some((bytes, _)) = at.get_opt().await? {
+            match serde_json::from_slice::<TaskAttempt>(&bytes) {
+                Ok(attempt) => kept.push(attempt),
+                Err(e) => unreadable.push(format!("{} is not a task attempt ({e}); left out of the record", at.url())),
+            }
+        }
+    }
+    kept.sort_by(|a, b| a.started_ms.cmp(&b.started_ms).then_with(|| a.task.cmp(&b.task)));
+    Ok((kept, unreadable))
+}
+
 /// A warning or error a stage logged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogLine {

@@ -152,6 +152,12 @@ pub struct TaskSpec {
     /// task write the same bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<String>,
+    /// The run the task belongs to, when the engine has no driver process
+    /// to keep its outcome (Kubernetes): the attempt, failed or not, is
+    /// kept under `<store>/_runs/<run id>/tasks/` for `wasmpipe record
+    /// --collect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<String>,
 }
 
 /// An object a task wrote, relative to the stage's output.

@@ -91,6 +91,39 @@ pub async fn write(storage: &Storage, store: &Location, run: &RunRecord) -> Resu
 
 const CSS: &str = include_str!("report.css");
 
+/// `stages` with what each read, for the graph. Records written before
+/// the record named its stages' inputs (format 1 without `inputs`) have
+/// none: those are read from the stage's commit, whose inputs are
+/// `URL[@IDENTITY][#OUTPUT]` (an upstream output's commit identity, and
+/// which of its named outputs) or `model URL@IDENTITY` (a model, not an
+/// edge of the graph); an input another stage of the run wrote is named as
+/// that stage (`stage:NAME`, `stage:NAME.OUTPUT`).
+fn with_inputs(stages: &[StageRecord], details: &[StageDetails]) -> Vec<StageRecord> {
+    let trim = |url: &str| url.trim_end_matches('/').to_string();
+    let mut filled = stages.to_vec();
+    for (stage, d) in filled.iter_mut().zip(details) {
+        let Some(commit) = d.commit.as_ref().filter(|_| stage.inputs.is_empty()) else { continue };
+        stage.inputs = commit
+            .inputs
+            .iter()
+            .filter(|input| !input.starts_with("model "))
+            .map(|input| {
+                let (read, output) = input.split_once('#').map_or((input.as_str(), None), |(r, o)| (r, Some(o)));
+                let url = match read.rsplit_once('@') {
+                    Some((url, id)) if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) => url,
+                    _ => read,
+                };
+                match (stages.iter().find(|s| trim(&s.output) == trim(url)), output) {
+                    (Some(upstream), None) => format!("stage:{}", upstream.name),
+                    (Some(upstream), Some(output)) => format!("stage:{}.{output}", upstream.name),
+                    (None, _) => input.clone(),
+                }
+            })
+            .collect();
+    }
+    filled
+}
+
 /// The page of `run`, with `details[i]` what its `stages[i]` committed
 /// (missing entries count as nothing read back).
 pub fn render(run: &RunRecord, details: &[StageDetails]) -> String {
@@ -111,7 +144,7 @@ pub fn render(run: &RunRecord, details: &[StageDetails]) -> String {
                 section #graph {
                     h2 { "Pipeline" }
                     p.note { "Stages left to right in the order data flows; each edge is labelled with the rows it carried." }
-                    (PreEscaped(graph::svg(&run.stages)))
+                    (PreEscaped(graph::svg(&with_inputs(&run.stages, details))))
                 }
                 section #timeline {
                     h2 { "Timeline" }
@@ -572,6 +605,27 @@ mod tests {
         assert!(page.contains("chart predicted-evaluate could not be drawn"), "{page}");
         assert!(page.contains("The confusion matrix of 100 classes is too large to draw"), "{page}");
         assert!(page.len() < 200_000, "{} bytes", page.len());
+    }
+
+    #[test]
+    fn a_record_that_names_no_inputs_takes_them_from_the_commits() {
+        let (ingest, fit) = (stage("ingest", &[], None), stage("fit", &[], None));
+        let commit = |inputs: &[&str]| -> StageDetails {
+            let commit = serde_json::json!({
+                "format": "1", "pipeline": "p", "stage": "s", "run_id": "r1", "component": "c", "config": "c",
+                "inputs": inputs, "parts": [], "model": null, "rows": 10, "committed_at": 0,
+            });
+            StageDetails { commit: Some(serde_json::from_value(commit).unwrap()), quarantine: None }
+        };
+        let id = "ab".repeat(32);
+        let (rows, model) = (format!("file:///s/ingest/@{id}#train"), format!("model file:///s/fit@{id}"));
+        let details = [commit(&["file:///data/x.csv"]), commit(&[&rows, &model])];
+        let page = render(&run(vec![ingest, fit], None), &details);
+        let graph = &page[page.find("<svg class=\"graph\"").unwrap()..];
+        let graph = &graph[..graph.find("</svg>").unwrap()];
+        assert!(graph.contains("data-stage=\"x.csv\""), "the file read is a box: {graph}");
+        assert_eq!(graph.matches("class=\"edge\"").count(), 2, "x.csv to ingest, ingest to fit: {graph}");
+        assert!(graph.contains(">train<"), "the edge names the output it carries: {graph}");
     }
 
     #[test]
