@@ -18,8 +18,11 @@ plan=$(wasmpipe plan "$pipeline" --from "$root" --publish "$store")
 failure="apply.sh stopped before the pipeline was done"
 finish() {
     rm -rf "$jobs"
-    wasmpipe record --plan "$plan" --store "$store" --collect "$run_id" --engine k8s \
-        ${failure:+--error "$failure"} >&2 || echo "the run's record was not kept" >&2
+    if ! wasmpipe record --plan "$plan" --store "$store" --collect "$run_id" --engine k8s \
+        ${failure:+--error "$failure"} >&2; then
+        echo "the record of run $run_id was not kept" >&2
+        exit 1
+    fi
 }
 trap finish EXIT
 echo "run $run_id of $pipeline" >&2
@@ -28,8 +31,15 @@ while true; do
         --run-id "$run_id" ${secret:+--secret "$secret"} --out "$jobs")
     [ -n "$files" ] || break
     for job in $files; do
-        kubectl apply -f "$job"
         name=$(basename "$job" .json | cut -d- -f2-)
+        # A Job of this run applied before (the run resumed): one that
+        # completed is not run again, one that failed is replaced.
+        before=$(kubectl get "job/$name" -o jsonpath='{.status.conditions[?(@.status=="True")].type}' 2>/dev/null || true)
+        case " $before " in
+            *" Complete "*) continue ;;
+            *" Failed "*) kubectl delete "job/$name" --wait=true ;;
+        esac
+        kubectl apply -f "$job"
         # Until the Job completes, or fails (an index failed for good).
         while true; do
             state=$(kubectl get "job/$name" -o jsonpath='{.status.conditions[?(@.status=="True")].type}')

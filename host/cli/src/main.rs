@@ -296,7 +296,7 @@ struct CommitArgs {
     #[arg(long, env = "WASMPIPE_STORE")]
     store: Option<String>,
     /// The run id to record (default: a new one): 1 to 128 ASCII letters,
-    /// digits, `-`, `_` and `.`, not starting with `.` (it names the run's
+    /// digits, `-`, `_` and `.`, starting with a letter or digit (it names the run's
     /// directory under `_runs/`).
     #[arg(long)]
     run_id: Option<String>,

@@ -61,6 +61,17 @@ fn dns_name(parts: &[&str]) -> String {
     name.trim_matches('-').to_string()
 }
 
+/// A short tag of the run in its Jobs' names (the first 6 hex digits of
+/// its id's SHA-256), so that two runs of one plan render Jobs of their
+/// own: a Job's pod template cannot change once applied.
+fn run_tag(args: &RenderArgs) -> String {
+    use sha2::Digest;
+    args.run_id
+        .as_deref()
+        .map(|id| hex::encode(sha2::Sha256::digest(id.as_bytes()))[..6].to_string())
+        .unwrap_or_default()
+}
+
 /// One round of a stage as an Indexed Job: `completions` pods, pod `i`
 /// running `command` with `$(JOB_COMPLETION_INDEX)` = `i`.
 struct Round {
@@ -103,7 +114,7 @@ fn job(args: &RenderArgs, plan: &LockedPipeline, tasks: &StageTasks, round: &Rou
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": dns_name(&["wp", &plan.pipeline, &tasks.stage, &round.name, &hash[..8]]),
+            "name": dns_name(&["wp", &plan.pipeline, &tasks.stage, &round.name, &hash[..8], &run_tag(args)]),
             "namespace": args.namespace,
             "labels": labels,
         },
@@ -201,6 +212,19 @@ pub fn render(
 ) -> anyhow::Result<Vec<PathBuf>> {
     if let Some(run_id) = &args.run_id {
         wasmpipe_executor::record::check_run_id(run_id).map_err(anyhow::Error::msg)?;
+        // A run id names one run: of one plan.
+        let runs = Storage::new(".").resolve(store)?;
+        let io = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        if let Some(kept) = io.block_on(wasmpipe_executor::record::find_exact(&runs, run_id))?
+            && kept.plan_sha256 != plan.hash()
+        {
+            anyhow::bail!(
+                "run {run_id} is recorded already, for plan {} (pipeline {}), not this one ({})\n  hint: give this run its own id",
+                kept.plan_sha256,
+                kept.pipeline,
+                plan.hash()
+            );
+        }
     }
     let plan_url = executor.publish_plan(plan, &Storage::new("."), store)?;
     let plan_sha = plan.hash();

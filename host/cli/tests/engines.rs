@@ -687,7 +687,7 @@ fn a_task_keeps_its_attempt_for_the_run_that_names_it() {
     let url = url.trim();
     let task = |task: &str, run_id: &str| {
         wasmpipe()
-            .args(["task", "--plan", url, "--stage", "ingest", "--task", task, "--run-id", run_id])
+            .args(["task", "--plan", url, "--stage", "ingest", "--task", task, &format!("--run-id={run_id}")])
             .output()
             .unwrap()
     };
@@ -727,7 +727,30 @@ fn a_task_keeps_its_attempt_for_the_run_that_names_it() {
     let r2 = collect("r2");
     assert!(r2["error"].as_str().unwrap().starts_with("stage \"ingest\" was not committed"), "{r2}");
 
-    for bad in ["../x", "a/b", ""] {
+    // What does not belong to the run is named in its record and left
+    // out: an attempt kept under another stage's folder, one of another
+    // plan; a run id no task kept anything for is refused.
+    let kept_r2: Vec<std::path::PathBuf> =
+        std::fs::read_dir(store.join("_runs/r2/tasks/ingest")).unwrap().map(|e| e.unwrap().path()).collect();
+    let attempt = std::fs::read_to_string(&kept_r2[0]).unwrap();
+    std::fs::create_dir_all(store.join("_runs/r2/tasks/clean")).unwrap();
+    std::fs::write(store.join("_runs/r2/tasks/clean/moved.json"), &attempt).unwrap();
+    let mut other: serde_json::Value = serde_json::from_str(&attempt).unwrap();
+    other["plan_sha256"] = "ab".repeat(32).into();
+    std::fs::write(store.join("_runs/r2/tasks/ingest/other.json"), other.to_string()).unwrap();
+    let r2 = collect("r2");
+    assert_eq!(r2["stages"][0]["tasks"].as_array().unwrap().len(), 1, "{r2}");
+    let warnings = r2["warnings"].to_string();
+    assert!(
+        warnings.contains("moved.json: it names stage \\\"ingest\\\" but is kept under \\\"clean\\\""),
+        "{warnings}"
+    );
+    assert!(warnings.contains("1 attempts kept under run r2 ran another plan"), "{warnings}");
+    let out = wasmpipe().args(["record", "--plan", url, "--collect", "ghost"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(text(&out).1.contains("no task kept an attempt of this plan for run ghost"), "{}", text(&out).1);
+
+    for bad in ["../x", "a/b", "", "-x"] {
         let out = task("transform:0", bad);
         assert_eq!(out.status.code(), Some(65), "{bad:?}: {}", text(&out).1);
         assert!(text(&out).1.contains("is not a run id"), "{bad:?}");

@@ -452,7 +452,8 @@ impl Executor {
         };
         let run = (run_id.as_str(), engine, self.config.store.as_str());
         let error = result.as_ref().err().map(ToString::to_string);
-        let record = record::of_run(run, plan, started_at, (&so_far.stages, &so_far.running), warnings, error);
+        let times = (started_at, std::time::SystemTime::now());
+        let record = record::of_run(run, plan, times, (&so_far.stages, &so_far.running), warnings, error);
         // The record is for the operator: a store that cannot take it does
         // not fail a run that did its work.
         match storage.resolve(&self.config.store) {
@@ -511,15 +512,20 @@ impl Executor {
         self.warnings.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let started_ms = unix_ms(std::time::SystemTime::now());
         let result = self.run_one_task(spec);
-        let warnings = std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut warnings = std::mem::take(&mut *self.warnings.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in &mut warnings {
+            w.message = record::cut(std::mem::take(&mut w.message));
+        }
         let attempt = record::TaskAttempt {
             format: record::ATTEMPT_FORMAT,
+            plan_sha256: self.load_plan(&spec.plan).map(|p| p.hash()).unwrap_or_default(),
             stage: spec.stage.clone(),
             task: spec.task.to_string(),
             pass: spec.pass,
             started_ms,
+            ended_ms: unix_ms(std::time::SystemTime::now()),
             outcome: result.as_ref().ok().cloned(),
-            error: result.as_ref().err().map(ToString::to_string),
+            error: result.as_ref().err().map(|e| record::cut(e.to_string())),
             exit_code: result.as_ref().map_or_else(RunError::exit_code, |_| EXIT_OK),
             warnings,
         };
@@ -671,9 +677,12 @@ impl Executor {
             stages.push(StageReport::of_commit(&prepared, committed, &log.run_id, logged.outcomes, wall));
         }
         let started = std::time::UNIX_EPOCH + Duration::from_millis(log.started_ms);
+        let ended = log
+            .ended_ms
+            .map_or_else(std::time::SystemTime::now, |ms| std::time::UNIX_EPOCH + Duration::from_millis(ms));
         let run = (log.run_id.as_str(), log.engine.as_str(), self.config.store.as_str());
         let warnings = log.warnings.into_iter().take(record::MAX_WARNINGS).collect();
-        let record = record::of_run(run, &plan, started, (&stages, &log.running), warnings, log.error);
+        let record = record::of_run(run, &plan, (started, ended), (&stages, &log.running), warnings, log.error);
         self.io.block_on(record::write(&store, &record)).map_err(unkept)?;
         Ok((store, record))
     }
@@ -700,7 +709,26 @@ impl Executor {
         let storage = Storage::new(".");
         let unread = |source| RunError::Storage { stage: "(the run's task attempts)".into(), source };
         let store = storage.resolve(&self.config.store).map_err(unread)?;
-        let (attempts, unreadable) = self.io.block_on(record::attempts(&store, run_id)).map_err(unread)?;
+        let (attempts, mut unreadable) = self.io.block_on(record::attempts(&store, run_id)).map_err(unread)?;
+        let hash = plan.hash();
+        let (attempts, others): (Vec<_>, Vec<_>) = attempts.into_iter().partition(|a| a.plan_sha256 == hash);
+        if let Some(other) = others.first() {
+            unreadable.push(format!(
+                "{} attempts kept under run {run_id} ran another plan ({}), not this one ({hash}); left out of the record\n  hint: give each run its own id",
+                others.len(),
+                other.plan_sha256
+            ));
+        }
+        // A run none of whose tasks kept an attempt is recorded only when
+        // it found every stage committed (nothing left to run), and never
+        // over a record kept already (a local run's, say).
+        let none_kept = format!(
+            "no task kept an attempt of this plan for run {run_id} under {}\n  hint: check the run id (`wasmpipe runs` lists the runs recorded); only tasks given `--run-id` keep attempts",
+            store.child(RUNS_DIR).child(run_id).child("tasks").url()
+        );
+        if attempts.is_empty() && self.io.block_on(record::find_exact(&store, run_id)).map_err(unread)?.is_some() {
+            return Err(refuse(format!("run {run_id} is recorded already; {none_kept}")));
+        }
         let mut warnings: Vec<LogLine> = Vec::new();
         let mut log = RunLog {
             run_id: run_id.to_string(),
@@ -710,6 +738,7 @@ impl Executor {
                 .map(|a| a.started_ms)
                 .min()
                 .unwrap_or_else(|| unix_ms(std::time::SystemTime::now())),
+            ended_ms: attempts.iter().map(|a| a.ended_ms).max(),
             stages: Vec::new(),
             running: Vec::new(),
             warnings: Vec::new(),
@@ -760,6 +789,9 @@ impl Executor {
                 log.stages.push(StageLog { name: locked.name.clone(), seconds, outcomes });
                 continue;
             }
+            if attempts.is_empty() {
+                return Err(refuse(none_kept));
+            }
             log.running = outcomes;
             log.error = Some(match (failed, error.take()) {
                 (Some(task), Some(engine)) => format!("{task}\n  ({engine})"),
@@ -773,8 +805,10 @@ impl Executor {
             });
             break;
         }
-        if log.error.is_none() {
-            log.error = error;
+        // Every stage committed: what the engine said (it stopped after the
+        // last commit) is a warning, not the run's failure.
+        if let Some(said) = error.filter(|_| log.error.is_none()) {
+            warnings.push(LogLine { level: "warn".into(), label: format!("({engine})"), message: record::cut(said) });
         }
         log.warnings = warnings.into_iter().take(record::MAX_WARNINGS).collect();
         Ok(log)
@@ -795,6 +829,11 @@ fn check_log(plan: &LockedPipeline, log: &RunLog) -> Result<(), String> {
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
     if u128::from(log.started_ms) > now_ms + 24 * 3_600_000 {
         return Err(format!("started_ms {} is in the future; give milliseconds since the Unix epoch", log.started_ms));
+    }
+    if let Some(ended) = log.ended_ms.filter(|&e| e < log.started_ms || u128::from(e) > now_ms + 24 * 3_600_000) {
+        return Err(format!(
+            "ended_ms {ended} is before started_ms or in the future; give milliseconds since the Unix epoch"
+        ));
     }
     let planned: Vec<&str> = plan.stages.iter().map(|s| s.name.as_str()).collect();
     let logged: Vec<&str> = log.stages.iter().map(|s| s.name.as_str()).collect();

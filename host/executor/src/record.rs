@@ -149,6 +149,9 @@ pub struct RunLog {
     pub engine: String,
     /// When the run started, milliseconds since the Unix epoch.
     pub started_ms: u64,
+    /// When it ended (default: when `wasmpipe record` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
     /// The stages committed, in the plan's order.
     pub stages: Vec<StageLog>,
     /// What the tasks of the stage that failed did (the stage after the
@@ -185,6 +188,9 @@ pub struct StageLog {
 pub struct TaskAttempt {
     /// Always [`ATTEMPT_FORMAT`].
     pub format: u32,
+    /// The SHA-256 of the plan it ran: attempts of another plan kept under
+    /// the same run id are not this run's.
+    pub plan_sha256: String,
     /// The stage.
     pub stage: String,
     /// The task, as `wasmpipe task --task` names it.
@@ -193,6 +199,8 @@ pub struct TaskAttempt {
     pub pass: u32,
     /// When the attempt started, milliseconds since the Unix epoch.
     pub started_ms: u64,
+    /// When it ended.
+    pub ended_ms: u64,
     /// What it did, when it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<TaskOutcome>,
@@ -211,6 +219,56 @@ pub const ATTEMPT_FORMAT: u32 = 1;
 
 /// Where a run's task attempts are kept, below its directory.
 const ATTEMPTS_DIR: &str = "tasks";
+
+/// Most bytes of an attempt read back (its error and warnings are cut to
+/// [`MAX_MESSAGE`] when kept); a larger object is named, not read.
+const MAX_ATTEMPT_BYTES: u64 = 1 << 20;
+
+/// Most bytes of one message (an error, a warning) an attempt keeps.
+pub(crate) const MAX_MESSAGE: usize = 4096;
+
+/// `text` cut to at most [`MAX_MESSAGE`] bytes, on a character boundary.
+pub(crate) fn cut(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE {
+        let mut at = MAX_MESSAGE;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push_str(" [cut]");
+    }
+    text
+}
+
+/// Why `attempt`, kept at `<stage folder>/...`, cannot be an attempt of a
+/// run that started no earlier than 2020: its folder, its outcome and
+/// itself must name one stage, and its times and counts be ones a task can
+/// have.
+fn implausible(attempt: &TaskAttempt, folder: &str) -> Option<String> {
+    const EARLIEST_MS: u64 = 1_577_836_800_000; // 2020-01-01
+    const MAX_COUNT: u64 = 1 << 53;
+    let now_ms = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    if attempt.stage != folder {
+        return Some(format!("it names stage {:?} but is kept under {folder:?}", attempt.stage));
+    }
+    let day = 24 * 3_600_000;
+    if !(EARLIEST_MS..=now_ms + day).contains(&attempt.started_ms) || attempt.ended_ms < attempt.started_ms {
+        return Some(format!(
+            "its times ({} to {} ms since the Unix epoch) are not ones a task of this run can have",
+            attempt.started_ms, attempt.ended_ms
+        ));
+    }
+    if let Some(o) = &attempt.outcome {
+        let counts = [o.rows_in, o.rows_out, o.rows_quarantined, o.bytes_read, o.bytes_written];
+        if o.stage != attempt.stage || o.task.to_string() != attempt.task || o.pass != attempt.pass {
+            return Some(format!("its outcome is of {} {} pass {}, not its own task", o.stage, o.task, o.pass));
+        }
+        if !(o.seconds.is_finite() && (0.0..1e6).contains(&o.seconds)) || counts.iter().any(|&c| c > MAX_COUNT) {
+            return Some("its outcome's time or counts are not ones a task can have".into());
+        }
+    }
+    None
+}
 
 /// Keep `attempt` of run `run_id` below the store `store`; `nonce` tells
 /// attempts of one task apart.
@@ -239,10 +297,21 @@ pub(crate) async fn attempts(store: &Location, run_id: &str) -> Result<(Vec<Task
     };
     let (mut kept, mut unreadable) = (Vec::new(), Vec::new());
     for meta in metas {
+        // `<stage>/<file>` below the run's attempts.
+        let folder = meta.location.parts().nth(dir.path().parts().count()).map(|p| p.as_ref().to_string());
+        let size = meta.size;
         let at = dir.at(meta.location);
+        if size > MAX_ATTEMPT_BYTES {
+            unreadable
+                .push(format!("{} is {size} bytes, larger than any task attempt; left out of the record", at.url()));
+            continue;
+        }
         if let Some((bytes, _)) = at.get_opt().await? {
             match serde_json::from_slice::<TaskAttempt>(&bytes) {
-                Ok(attempt) => kept.push(attempt),
+                Ok(attempt) => match implausible(&attempt, folder.as_deref().unwrap_or_default()) {
+                    None => kept.push(attempt),
+                    Some(why) => unreadable.push(format!("{}: {why}; left out of the record", at.url())),
+                },
                 Err(e) => unreadable.push(format!("{} is not a task attempt ({e}); left out of the record", at.url())),
             }
         }
@@ -333,14 +402,14 @@ fn rfc3339(t: SystemTime) -> String {
 pub(crate) fn of_run(
     run: (&str, &str, &str),
     plan: &LockedPipeline,
-    started: SystemTime,
+    times: (SystemTime, SystemTime),
     stages: (&[StageReport], &[TaskOutcome]),
     warnings: Vec<LogLine>,
     error: Option<String>,
 ) -> RunRecord {
     let (stages, running) = stages;
     let (run_id, engine, store) = run;
-    let ended = SystemTime::now();
+    let (started, ended) = times;
     let mut records: Vec<StageRecord> = stages.iter().map(|s| StageRecord::of(s, plan)).collect();
     if error.is_some()
         && let Some(failed) = plan.stages.get(stages.len())
@@ -391,9 +460,10 @@ pub(crate) fn of_run(
 /// digits, `-`, `_` and `.`, not starting with `.`.
 pub fn check_run_id(run_id: &str) -> Result<(), String> {
     let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if run_id.is_empty() || run_id.len() > 128 || run_id.starts_with('.') || !run_id.chars().all(fine) {
+    let first_fine = run_id.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if run_id.len() > 128 || !first_fine || !run_id.chars().all(fine) {
         return Err(format!(
-            "{run_id:?} is not a run id: use 1 to 128 ASCII letters, digits, '-', '_' and '.', not starting with '.'"
+            "{run_id:?} is not a run id: use 1 to 128 ASCII letters, digits, '-', '_' and '.', starting with a letter or digit"
         ));
     }
     Ok(())
@@ -464,7 +534,7 @@ mod tests {
         for fine in ["1764000000-1a2b3c4d", "nightly.2026-12-02", "a_b"] {
             assert_eq!(check_run_id(fine), Ok(()), "{fine}");
         }
-        for bad in ["", ".", "..", "../x", "a/b", "a b", "é", &"x".repeat(129)] {
+        for bad in ["", ".", "..", "../x", "a/b", "a b", "é", "-x", "_x", &"x".repeat(129)] {
             assert!(check_run_id(bad).is_err(), "{bad:?}");
         }
     }
