@@ -386,7 +386,7 @@ fn main() {
     // Garage's CPU for the upload (measured once, above) comes on top of
     // the read's on these cores.
     lines.push(format!(
-        "bound passthrough s3 = raw_get ranged + upload = {:.2} s (measured {:.2} s: {:.2} of the bound)",
+        "bound passthrough s3 = raw_get ranged + upload = {:.2} s (measured {:.2} s; bound/measured = {:.2})",
         secs("raw_get ranged") + up,
         secs("passthrough s3"),
         (secs("raw_get ranged") + up) / secs("passthrough s3")
