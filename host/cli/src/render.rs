@@ -53,11 +53,17 @@ pub struct RenderArgs {
     pub out: PathBuf,
 }
 
-/// A Kubernetes name: lowercase letters, digits and `-`, at most 63.
-fn dns_name(parts: &[&str]) -> String {
-    let joined = parts.join("-").to_ascii_lowercase();
-    let mut name: String = joined.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    name.truncate(63);
+/// A Kubernetes name: lowercase letters, digits and `-`, at most 63. The
+/// `parts` are cut to fit; the `tags` that tell names apart (the plan's
+/// hash, the run's) are kept whole at the end.
+fn dns_name(parts: &[&str], tags: &[&str]) -> String {
+    let clean = |s: String| -> String {
+        s.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
+    };
+    let tags = clean(tags.iter().filter(|t| !t.is_empty()).copied().collect::<Vec<_>>().join("-"));
+    let mut name = clean(parts.join("-"));
+    name.truncate(63 - tags.len().min(62) - 1);
+    let name = format!("{}-{tags}", name.trim_matches('-'));
     name.trim_matches('-').to_string()
 }
 
@@ -114,7 +120,7 @@ fn job(args: &RenderArgs, plan: &LockedPipeline, tasks: &StageTasks, round: &Rou
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": dns_name(&["wp", &plan.pipeline, &tasks.stage, &round.name, &hash[..8], &run_tag(args)]),
+            "name": dns_name(&["wp", &plan.pipeline, &tasks.stage, &round.name], &[&hash[..8], &run_tag(args)]),
             "namespace": args.namespace,
             "labels": labels,
         },
@@ -254,4 +260,22 @@ pub fn render(
         return Ok(written);
     }
     Ok(Vec::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dns_name;
+
+    #[test]
+    fn a_long_name_is_cut_but_keeps_the_tags_that_tell_runs_apart() {
+        assert_eq!(
+            dns_name(&["wp", "Diabetes", "fit_train", "fit-p0"], &["389058", "ab12cd"]),
+            "wp-diabetes-fit-train-fit-p0-389058-ab12cd"
+        );
+        assert_eq!(dns_name(&["wp", "p", "s"], &["389058", ""]), "wp-p-s-389058");
+        let long = "x".repeat(100);
+        let name = dns_name(&["wp", &long, "combine-p12-l3"], &["38905819", "ab12cd"]);
+        assert_eq!(name.len(), 63, "{name}");
+        assert!(name.ends_with("x-38905819-ab12cd"), "{name}");
+    }
 }
