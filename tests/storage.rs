@@ -180,6 +180,31 @@ async fn conformance(root: Location, expect: Conditional) {
         assert_eq!(winner, "run-3", "{url}: without conditional updates the last writer wins");
     }
 
+    // A part larger than the encoder's chunks (1 MiB) and than an upload's
+    // part (10 MiB on object stores): read back whole, and its BLAKE3 is
+    // that of its bytes.
+    let rows = 1_400_000;
+    let noise: Vec<f64> = (0..rows as u64).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64).collect();
+    let wide = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from_iter_values(0..rows as i64)) as _),
+        ("x", Arc::new(Float64Array::from(noise.clone())) as _),
+    ])
+    .unwrap();
+    let mut w = PartWriter::new(&root.child("big"), part_name(0, &"d".repeat(64)), "d".repeat(64), 300_000);
+    for from in (0..rows).step_by(100_000) {
+        w.write(&wide.slice(from, 100_000)).await.unwrap();
+    }
+    let part = w.finish().await.unwrap().unwrap();
+    let bytes = root.child("big").child(&part.name).get_opt().await.unwrap().unwrap().0;
+    assert!(bytes.len() > 11 << 20, "{url}: {} bytes is more than an upload part", bytes.len());
+    assert_eq!(part.bytes, bytes.len() as u64);
+    assert_eq!(part.blake3.as_deref(), Some(blake3::hash(&bytes).to_hex().as_str()), "{url}: the part's checksum");
+    let back = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes, 1 << 20).unwrap();
+    let xs: Vec<f64> = back
+        .flat_map(|b| b.unwrap().column(1).as_any().downcast_ref::<Float64Array>().unwrap().values().to_vec())
+        .collect();
+    assert_eq!(xs, noise, "{url}: every value of the large part, in order");
+
     // A record that is not a commit is a clear error naming it.
     root.child("bad/_wasmpipe_commit.json").put(b"{not json".to_vec()).await.unwrap();
     let err = read::list(&root.child("bad"), None).await.unwrap_err().to_string();

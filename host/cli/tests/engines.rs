@@ -324,7 +324,8 @@ fn duplicate_attempts_of_a_task_leave_one_part_with_the_same_bytes() {
     let commit: serde_json::Value =
         serde_json::from_slice(&std::fs::read(output.join("_wasmpipe_commit.json")).unwrap()).unwrap();
     assert_eq!(commit["parts"].as_array().unwrap().len(), 1, "{commit}");
-    assert_eq!(commit["parts"][0]["sha256"], a["objects"][0]["sha256"]);
+    assert_eq!(commit["parts"][0]["blake3"], a["objects"][0]["blake3"]);
+    assert_eq!(commit["parts"][0]["blake3"].as_str(), Some(blake3::hash(&first_bytes).to_hex().as_str()));
     assert!(!output.join("_wasmpipe_tasks").exists(), "the commit cleans up its working directory");
     // A local run of the same pipeline finds it committed.
     let (stdout, _) = ok(wasmpipe().arg("run").arg(&manifest).arg("--store").arg(&store).output().unwrap());

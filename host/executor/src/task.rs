@@ -167,14 +167,23 @@ pub struct WrittenObject {
     pub name: String,
     /// Its size in bytes.
     pub bytes: u64,
-    /// SHA-256 of its bytes.
+    /// BLAKE3 of its bytes (a Parquet part's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// SHA-256 of its bytes (a model's or a report's; a part's in
+    /// outcomes of earlier versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
 }
 
 impl WrittenObject {
     fn of(part: &Part) -> WrittenObject {
-        WrittenObject { name: part.name.clone(), bytes: part.bytes, sha256: part.sha256.clone() }
+        WrittenObject {
+            name: part.name.clone(),
+            bytes: part.bytes,
+            blake3: part.blake3.clone(),
+            sha256: part.sha256.clone(),
+        }
     }
 }
 
@@ -511,6 +520,7 @@ fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailu
             outcome.objects.push(WrittenObject {
                 name: model.name.clone(),
                 bytes: model.bytes,
+                blake3: None,
                 sha256: Some(sha.clone()),
             });
             outcome.bytes_written += model.bytes;
@@ -776,6 +786,7 @@ async fn write_report(
     let mut written = vec![WrittenObject {
         name: json.clone(),
         bytes: published.json.len() as u64,
+        blake3: None,
         sha256: Some(content_sha256(published.json.as_bytes())),
     }];
     let mut table = None;
@@ -783,7 +794,7 @@ async fn write_report(
         let mut writer = PartWriter::new(output, table_name.clone(), String::new(), rows.num_rows().max(1));
         writer.write(rows).await?;
         if let Some(part) = writer.finish().await? {
-            written.push(WrittenObject { name: part.name, bytes: part.bytes, sha256: part.sha256 });
+            written.push(WrittenObject::of(&part));
             table = Some(table_name);
         }
     }

@@ -1,18 +1,12 @@
 //! Writing a task's output as one Parquet part.
 
-use std::sync::{Arc, Mutex};
-
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use object_store::buffered::BufWriter;
-use parquet::arrow::AsyncArrowWriter;
-use parquet::arrow::async_writer::AsyncFileWriter;
+use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-
-use sha2::{Digest, Sha256};
 
 use crate::commit::Part;
 use crate::{Location, StorageError};
@@ -25,6 +19,13 @@ const UPLOADS_IN_FLIGHT: usize = 2;
 /// so that there a task holds about the same whatever the size of its part.
 const UPLOAD_PART: usize = 10 << 20;
 const LOCAL_PART: usize = 1 << 20;
+
+/// The encoder hands its bytes on in chunks of this size. A row group is
+/// serialized whole when it closes; into one growing buffer (as parquet's
+/// `AsyncArrowWriter` does) that cost a copy per doubling and fresh, zeroed
+/// pages every row group: the scaler on 2M rows in 500k-row groups took
+/// 14% more CPU and 150 MiB more peak memory.
+const CHUNK: usize = 1 << 20;
 
 /// The deterministic object name of a task's part: its index (so parts
 /// sort in task order) and its identity (so a retried task rewrites the
@@ -40,9 +41,7 @@ pub struct PartWriter {
     name: String,
     task_id: String,
     row_group_rows: usize,
-    writer: Option<AsyncArrowWriter<HashingSink>>,
-    /// The SHA-256 of the bytes written so far.
-    hash: Arc<Mutex<Sha256>>,
+    writer: Option<Encoder>,
     schema: Option<arrow::datatypes::SchemaRef>,
     rows: u64,
 }
@@ -50,16 +49,7 @@ pub struct PartWriter {
 impl PartWriter {
     /// Prepare to write `name` under `output`.
     pub fn new(output: &Location, name: String, task_id: String, row_group_rows: usize) -> Self {
-        PartWriter {
-            output: output.clone(),
-            name,
-            task_id,
-            row_group_rows,
-            writer: None,
-            hash: Arc::default(),
-            schema: None,
-            rows: 0,
-        }
+        PartWriter { output: output.clone(), name, task_id, row_group_rows, writer: None, schema: None, rows: 0 }
     }
 
     fn err(&self, source: parquet::errors::ParquetError) -> StorageError {
@@ -95,9 +85,9 @@ impl PartWriter {
             let part = if at.local_file().is_some() { LOCAL_PART } else { UPLOAD_PART };
             let inner = BufWriter::with_capacity(at.store().clone(), at.path().clone(), part)
                 .with_max_concurrency(UPLOADS_IN_FLIGHT);
-            let sink = HashingSink { inner, hash: self.hash.clone() };
-            let w = AsyncArrowWriter::try_new(sink, batch.schema(), Some(props)).map_err(|e| self.err(e))?;
-            self.writer = Some(w);
+            let parquet =
+                ArrowWriter::try_new(Chunks::default(), batch.schema(), Some(props)).map_err(|e| self.err(e))?;
+            self.writer = Some(Encoder { parquet, upload: inner, hash: blake3::Hasher::new() });
             self.schema = Some(batch.schema());
         }
         let first = self.schema.as_ref().expect("set with the writer");
@@ -106,7 +96,10 @@ impl PartWriter {
             return Err(StorageError::SchemaMismatch { url: self.output.child(&self.name).url().into(), detail });
         }
         let writer = self.writer.as_mut().expect("created above");
-        let result = writer.write(batch).await;
+        let result = match writer.parquet.write(batch) {
+            Ok(()) => writer.upload(false).await,
+            Err(e) => Err(e),
+        };
         result.map_err(|e| self.err(e))?;
         self.rows += batch.num_rows() as u64;
         Ok(())
@@ -119,11 +112,12 @@ impl PartWriter {
 
     /// Finish the file. `None` when no rows were written.
     pub async fn finish(mut self) -> Result<Option<Part>, StorageError> {
-        let Some(writer) = self.writer.take() else {
+        let Some(mut writer) = self.writer.take() else {
             return Ok(None);
         };
-        let result = writer.close().await;
-        let _metadata = result.map_err(|e| self.err(e))?;
+        writer.parquet.finish().map_err(|e| self.err(e))?;
+        writer.upload(true).await.map_err(|e| self.err(e))?;
+        tokio::io::AsyncWriteExt::shutdown(&mut writer.upload).await.map_err(|e| self.err(e.into()))?;
         let at = self.output.child(&self.name);
         use object_store::ObjectStoreExt;
         let bytes = at
@@ -132,13 +126,14 @@ impl PartWriter {
             .await
             .map_err(|source| StorageError::Store { url: at.url().into(), source })?
             .size;
-        let sha256 = hex::encode(std::mem::take(&mut *self.hash.lock().expect("no panics while held")).finalize());
+        let blake3 = writer.hash.finalize().to_hex().to_string();
         Ok(Some(Part {
             name: self.name,
             rows: self.rows,
             bytes,
             task: self.task_id,
-            sha256: Some(sha256),
+            blake3: Some(blake3),
+            sha256: None,
             outputs: Default::default(),
         }))
     }
@@ -149,20 +144,63 @@ fn schema_differs(a: &arrow::datatypes::SchemaRef, b: &arrow::datatypes::SchemaR
         || a.fields().iter().zip(b.fields()).any(|(x, y)| x.name() != y.name() || x.data_type() != y.data_type())
 }
 
-/// The object store writer, hashing what goes through it: a part's
-/// checksum costs no second read.
-struct HashingSink {
-    inner: BufWriter,
-    hash: Arc<Mutex<Sha256>>,
+/// The Parquet encoder and the upload it feeds, hashing what goes
+/// through: a part's checksum costs no second read.
+struct Encoder {
+    parquet: ArrowWriter<Chunks>,
+    upload: BufWriter,
+    hash: blake3::Hasher,
 }
 
-impl AsyncFileWriter for HashingSink {
-    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        self.hash.lock().expect("no panics while held").update(&bs);
-        AsyncFileWriter::write(&mut self.inner, bs)
+impl Encoder {
+    /// Hand the encoded chunks on to the upload: the full ones, or all
+    /// when `all`.
+    async fn upload(&mut self, all: bool) -> parquet::errors::Result<()> {
+        let chunks = self.parquet.inner_mut();
+        if all {
+            chunks.seal();
+        }
+        for chunk in chunks.full.drain(..) {
+            self.hash.update(&chunk);
+            self.upload.put(chunk).await.map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Encoded bytes in chunks of `CHUNK`, none of which is ever grown.
+#[derive(Default)]
+struct Chunks {
+    full: Vec<Bytes>,
+    filling: Vec<u8>,
+}
+
+impl Chunks {
+    fn seal(&mut self) {
+        if !self.filling.is_empty() {
+            self.full.push(std::mem::take(&mut self.filling).into());
+        }
+    }
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            if self.filling.capacity() == 0 {
+                self.filling = Vec::with_capacity(CHUNK);
+            }
+            let take = buf.len().min(CHUNK - self.filling.len());
+            self.filling.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.filling.len() == CHUNK {
+                self.seal();
+            }
+        }
+        Ok(n)
     }
 
-    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        AsyncFileWriter::complete(&mut self.inner)
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
