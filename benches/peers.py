@@ -8,8 +8,8 @@ zstd Parquet into a fresh place; the outputs are checked equal (to 1e-9
 relative for the scaler and least squares, the same predicted classes
 but for rows within 1e-4 of the boundary for logistic regression) after
 the timed runs. Reports median wall and CPU seconds and peak RSS (of the
-tool's process, from wait4) and `ratio <job> wasmpipe/<peer> = X` lines
-(wall time).
+tool's process, from wait4), `ratio <job> wasmpipe/<peer> = X` lines
+(wall time) and `ratio <job> cpu wasmpipe/<peer> = X` lines (CPU time).
 
     .tools/venv/bin/python benches/peers.py   # make bench runs it
 
@@ -35,7 +35,7 @@ from results_md import replace_section
 REPO = Path(__file__).resolve().parent.parent
 WASMPIPE = REPO / "target" / "release" / "wasmpipe"
 ROWS = int(os.environ.get("WASMPIPE_BENCH_PEER_ROWS", "2000000"))
-RUNS = 3
+RUNS = 5
 THREADS = 2
 ENV = {
     **os.environ,
@@ -311,6 +311,8 @@ def main() -> None:
         ours = next(r for r in results if r["job"] == job and r["tool"] == "wasmpipe")
         for peer in (r for r in results if r["job"] == job and r["tool"] != "wasmpipe"):
             ratios.append(f"ratio {job} wasmpipe/{peer['tool']} = {ours['wall'] / peer['wall']:.2f}")
+        for peer in (r for r in results if r["job"] == job and r["tool"] != "wasmpipe"):
+            ratios.append(f"ratio {job} cpu wasmpipe/{peer['tool']} = {ours['cpu'] / peer['cpu']:.2f}")
     print("\n".join(lines + [""] + ratios))
     section = (
         "## Peers\n\nWritten by `benches/peers.py` (`make bench`); each run replaces this section.\n\n"

@@ -190,7 +190,8 @@ async fn conformance(root: Location, expect: Conditional) {
         ("x", Arc::new(Float64Array::from(noise.clone())) as _),
     ])
     .unwrap();
-    let mut w = PartWriter::new(&root.child("big"), part_name(0, &"d".repeat(64)), "d".repeat(64), 300_000);
+    // Row groups of 250k rows from batches of 100k: batches split across them.
+    let mut w = PartWriter::new(&root.child("big"), part_name(0, &"d".repeat(64)), "d".repeat(64), 250_000);
     for from in (0..rows).step_by(100_000) {
         w.write(&wide.slice(from, 100_000)).await.unwrap();
     }
@@ -199,11 +200,15 @@ async fn conformance(root: Location, expect: Conditional) {
     assert!(bytes.len() > 11 << 20, "{url}: {} bytes is more than an upload part", bytes.len());
     assert_eq!(part.bytes, bytes.len() as u64);
     assert_eq!(part.blake3.as_deref(), Some(blake3::hash(&bytes).to_hex().as_str()), "{url}: the part's checksum");
-    let back = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes, 1 << 20).unwrap();
+    let back = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(bytes.clone(), 1 << 20).unwrap();
     let xs: Vec<f64> = back
         .flat_map(|b| b.unwrap().column(1).as_any().downcast_ref::<Float64Array>().unwrap().values().to_vec())
         .collect();
     assert_eq!(xs, noise, "{url}: every value of the large part, in order");
+    let footer = parquet::file::reader::SerializedFileReader::new(bytes).unwrap();
+    let groups: Vec<i64> =
+        parquet::file::reader::FileReader::metadata(&footer).row_groups().iter().map(|g| g.num_rows()).collect();
+    assert_eq!(groups, [250_000, 250_000, 250_000, 250_000, 250_000, 150_000], "{url}: row groups");
 
     // A record that is not a commit is a clear error naming it.
     root.child("bad/_wasmpipe_commit.json").put(b"{not json".to_vec()).await.unwrap();

@@ -1,11 +1,17 @@
 //! Writing a task's output as one Parquet part.
 
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use object_store::buffered::BufWriter;
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 
 use crate::commit::Part;
@@ -20,11 +26,12 @@ const UPLOADS_IN_FLIGHT: usize = 2;
 const UPLOAD_PART: usize = 10 << 20;
 const LOCAL_PART: usize = 1 << 20;
 
-/// The encoder hands its bytes on in chunks of this size. A row group is
-/// serialized whole when it closes; into one growing buffer (as parquet's
-/// `AsyncArrowWriter` does) that cost a copy per doubling and fresh, zeroed
-/// pages every row group: the scaler on 2M rows in 500k-row groups took
-/// 14% more CPU and 150 MiB more peak memory.
+/// The encoder hands its bytes on in chunks of this size, uploaded column
+/// by column as a row group closes. Serialized whole into one growing
+/// buffer (as parquet's `AsyncArrowWriter` does), a row group cost a copy
+/// per doubling, fresh zeroed pages every time, and its size again in
+/// memory: the scaler on 2M rows in 500k-row groups took 14% more CPU and
+/// 150 MiB more peak memory.
 const CHUNK: usize = 1 << 20;
 
 /// The deterministic object name of a task's part: its index (so parts
@@ -85,9 +92,25 @@ impl PartWriter {
             let part = if at.local_file().is_some() { LOCAL_PART } else { UPLOAD_PART };
             let inner = BufWriter::with_capacity(at.store().clone(), at.path().clone(), part)
                 .with_max_concurrency(UPLOADS_IN_FLIGHT);
-            let parquet =
-                ArrowWriter::try_new(Chunks::default(), batch.schema(), Some(props)).map_err(|e| self.err(e))?;
-            self.writer = Some(Encoder { parquet, upload: inner, hash: blake3::Hasher::new() });
+            let max_rows = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
+            let chunks = Arc::new(Mutex::new(Chunks::default()));
+            // The writer adds the Arrow schema to the file's metadata; the
+            // row groups are then encoded here, so that each column chunk
+            // goes to the upload as soon as it is serialized.
+            let (file, factory) = ArrowWriter::try_new(Shared(chunks.clone()), batch.schema(), Some(props))
+                .and_then(ArrowWriter::into_serialized_writer)
+                .map_err(|e| self.err(e))?;
+            self.writer = Some(Encoder {
+                file,
+                factory,
+                schema: batch.schema(),
+                columns: Vec::new(),
+                buffered: 0,
+                max_rows,
+                chunks,
+                upload: inner,
+                hash: blake3::Hasher::new(),
+            });
             self.schema = Some(batch.schema());
         }
         let first = self.schema.as_ref().expect("set with the writer");
@@ -96,10 +119,7 @@ impl PartWriter {
             return Err(StorageError::SchemaMismatch { url: self.output.child(&self.name).url().into(), detail });
         }
         let writer = self.writer.as_mut().expect("created above");
-        let result = match writer.parquet.write(batch) {
-            Ok(()) => writer.upload(false).await,
-            Err(e) => Err(e),
-        };
+        let result = writer.write(batch).await;
         result.map_err(|e| self.err(e))?;
         self.rows += batch.num_rows() as u64;
         Ok(())
@@ -115,9 +135,8 @@ impl PartWriter {
         let Some(mut writer) = self.writer.take() else {
             return Ok(None);
         };
-        writer.parquet.finish().map_err(|e| self.err(e))?;
-        writer.upload(true).await.map_err(|e| self.err(e))?;
-        tokio::io::AsyncWriteExt::shutdown(&mut writer.upload).await.map_err(|e| self.err(e.into()))?;
+        let result = writer.finish().await;
+        result.map_err(|e| self.err(e))?;
         let at = self.output.child(&self.name);
         use object_store::ObjectStoreExt;
         let bytes = at
@@ -147,25 +166,87 @@ fn schema_differs(a: &arrow::datatypes::SchemaRef, b: &arrow::datatypes::SchemaR
 /// The Parquet encoder and the upload it feeds, hashing what goes
 /// through: a part's checksum costs no second read.
 struct Encoder {
-    parquet: ArrowWriter<Chunks>,
+    file: SerializedFileWriter<Shared>,
+    factory: ArrowRowGroupWriterFactory,
+    schema: SchemaRef,
+    /// The open row group's column writers (none open: empty).
+    columns: Vec<ArrowColumnWriter>,
+    buffered: usize,
+    max_rows: usize,
+    /// What `file` wrote and the upload has not taken yet.
+    chunks: Arc<Mutex<Chunks>>,
     upload: BufWriter,
     hash: blake3::Hasher,
 }
 
 impl Encoder {
-    /// Hand the encoded chunks on to the upload: the full ones, or all
-    /// when `all`.
-    async fn upload(&mut self, all: bool) -> parquet::errors::Result<()> {
-        let chunks = self.parquet.inner_mut();
-        if all {
-            chunks.seal();
-        }
-        for chunk in chunks.full.drain(..) {
-            self.hash.update(&chunk);
-            self.upload.put(chunk).await.map_err(|e| parquet::errors::ParquetError::External(Box::new(e)))?;
+    async fn write(&mut self, batch: &RecordBatch) -> parquet::errors::Result<()> {
+        let mut at = 0;
+        while at < batch.num_rows() {
+            if self.columns.is_empty() {
+                self.columns = self.factory.create_column_writers(self.file.flushed_row_groups().len())?;
+            }
+            let n = (self.max_rows - self.buffered).min(batch.num_rows() - at);
+            let piece = batch.slice(at, n);
+            let mut writers = self.columns.iter_mut();
+            for (field, column) in self.schema.fields().iter().zip(piece.columns()) {
+                for leaf in compute_leaves(field, column)? {
+                    writers.next().expect("a writer per leaf").write(&leaf)?;
+                }
+            }
+            (self.buffered, at) = (self.buffered + n, at + n);
+            if self.buffered == self.max_rows {
+                self.close_row_group().await?;
+            }
         }
         Ok(())
     }
+
+    /// Serialize the open row group, uploading each column chunk as soon
+    /// as it is written.
+    async fn close_row_group(&mut self) -> parquet::errors::Result<()> {
+        if self.columns.is_empty() {
+            return Ok(());
+        }
+        let mut group = self.file.next_row_group()?;
+        for column in std::mem::take(&mut self.columns) {
+            column.close()?.append_to_row_group(&mut group)?;
+            upload(&self.chunks, &mut self.upload, &mut self.hash, false).await?;
+        }
+        group.close()?;
+        self.buffered = 0;
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> parquet::errors::Result<()> {
+        self.close_row_group().await?;
+        self.file.finish()?;
+        upload(&self.chunks, &mut self.upload, &mut self.hash, true).await?;
+        tokio::io::AsyncWriteExt::shutdown(&mut self.upload).await?;
+        Ok(())
+    }
+}
+
+/// Hand the encoded chunks on to the upload: the full ones, or all when
+/// `all`.
+async fn upload(
+    chunks: &Mutex<Chunks>,
+    upload: &mut BufWriter,
+    hash: &mut blake3::Hasher,
+    all: bool,
+) -> parquet::errors::Result<()> {
+    let full = {
+        let mut chunks = chunks.lock().unwrap_or_else(|e| e.into_inner());
+        if all {
+            chunks.seal();
+        }
+        std::mem::take(&mut chunks.full)
+    };
+    for chunk in full {
+        hash.update(&chunk);
+        upload.put(chunk).await.map_err(|e| ParquetError::External(Box::new(e)))?;
+    }
+    Ok(())
 }
 
 /// Encoded bytes in chunks of `CHUNK`, none of which is ever grown.
@@ -183,18 +264,22 @@ impl Chunks {
     }
 }
 
-impl std::io::Write for Chunks {
+/// The Parquet file writer's end of the chunks.
+struct Shared(Arc<Mutex<Chunks>>);
+
+impl std::io::Write for Shared {
     fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
         let n = buf.len();
+        let mut chunks = self.0.lock().unwrap_or_else(|e| e.into_inner());
         while !buf.is_empty() {
-            if self.filling.capacity() == 0 {
-                self.filling = Vec::with_capacity(CHUNK);
+            if chunks.filling.capacity() == 0 {
+                chunks.filling = Vec::with_capacity(CHUNK);
             }
-            let take = buf.len().min(CHUNK - self.filling.len());
-            self.filling.extend_from_slice(&buf[..take]);
+            let take = buf.len().min(CHUNK - chunks.filling.len());
+            chunks.filling.extend_from_slice(&buf[..take]);
             buf = &buf[take..];
-            if self.filling.len() == CHUNK {
-                self.seal();
+            if chunks.filling.len() == CHUNK {
+                chunks.seal();
             }
         }
         Ok(n)
