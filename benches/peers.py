@@ -53,16 +53,17 @@ SCALER = {
 import sys, duckdb
 con = duckdb.connect(config={"threads": 2})
 src = sys.argv[1]
-cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM '{src}'").fetchall() if r[0].startswith("f")][:10]
+names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM '{src}'").fetchall()]
+cols = [c for c in names if c.startswith("f")][:10]
 stats = ", ".join(f"avg({c}) AS m_{c}, stddev_pop({c}) AS s_{c}" for c in cols)
-scaled = ", ".join(f"({c} - m_{c}) / s_{c} AS {c}" for c in cols)
+scaled = ", ".join(f"({c} - m_{c}) / s_{c} AS {c}" if c in cols else c for c in names)
 con.execute(f"COPY (SELECT {scaled} FROM '{src}', (SELECT {stats} FROM '{src}')) TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)")
 """,
     "polars": """
 import sys, polars as pl
 lf = pl.scan_parquet(sys.argv[1])
 cols = [c for c in lf.collect_schema().names() if c.startswith("f")][:10]
-lf.select([((pl.col(c) - pl.col(c).mean()) / pl.col(c).std(ddof=0)).alias(c) for c in cols]) \\
+lf.with_columns([((pl.col(c) - pl.col(c).mean()) / pl.col(c).std(ddof=0)).alias(c) for c in cols]) \\
   .sink_parquet(sys.argv[2], compression="zstd", compression_level=1)
 """,
     "pyarrow": """
@@ -77,8 +78,8 @@ for b in f.iter_batches(batch_size=65536, columns=cols):
 mean = {c: s[c] / n for c in cols}
 std = {c: (ss[c] / n - mean[c] ** 2) ** 0.5 for c in cols}
 w = None
-for b in f.iter_batches(batch_size=65536, columns=cols):
-    out = pa.record_batch([pc.divide(pc.subtract(b[c], mean[c]), std[c]) for c in cols], names=cols)
+for b in f.iter_batches(batch_size=65536):
+    out = pa.record_batch([pc.divide(pc.subtract(b[c], mean[c]), std[c]) if c in cols else b[c] for c in b.schema.names], names=b.schema.names)
     w = w or pq.ParquetWriter(sys.argv[2], out.schema, compression="zstd", compression_level=1)
     w.write_batch(out)
 w.close()
@@ -239,7 +240,10 @@ def main() -> None:
 
             ours = wasmpipe_output(w / "scaler-wasmpipe-1", "scaler")
             for peer in SCALER:
-                check_equal("scaler", ours, pq.read_table(w / f"scaler-{peer}-1.parquet"), ten, 1e-9)
+                theirs = pq.read_table(w / f"scaler-{peer}-1.parquet")
+                if theirs.column_names != ours.column_names:
+                    sys.exit(f"scaler: {peer} wrote columns {theirs.column_names}, wasmpipe {ours.column_names}")
+                check_equal("scaler", ours, theirs, ours.column_names, 1e-9)
 
         def check_lstsq(w: Path) -> None:
             import pyarrow.parquet as pq
@@ -321,7 +325,7 @@ def main() -> None:
         f" {THREADS} threads for every tool; zstd level 1 output; medians of {RUNS} alternating runs after a warm-up;"
         " outputs checked equal; peak RSS of the tool's process\n"
         "- every job reads the Parquet, fits, and writes every row with its result"
-        " (scaler: the scaled columns; least squares and logistic regression: the input and the prediction),"
+        " (scaler: every column, the features scaled; least squares and logistic regression: the input and the prediction),"
         " but lstsq_fit, which fits only (wasmpipe: `emit_rows = false`) and gives the coefficients\n\n"
         f"```\n" + "\n".join(lines) + "\n```\n\n```\n" + "\n".join(ratios) + "\n```\n"
     )
