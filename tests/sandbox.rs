@@ -370,6 +370,20 @@ fn partitions_that_write_different_schemas_fail_at_commit() {
 }
 
 #[test]
+fn a_stage_that_emits_rows_without_columns_fails_with_the_reason() {
+    let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let input = ingest_iris(&exec, store.path());
+    // (A part writer without columns once looped for good once a row
+    // group's worth of rows had come.)
+    let err = hostile(&exec, &input, store.path(), "mode = \"no_columns\"", "").unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("rows with no columns") && text.contains("hostile"), "{text}");
+    assert!(!store.path().join("hostile/hostile/_wasmpipe_commit.json").exists(), "nothing was committed");
+}
+
+#[test]
 fn wasi_random_numbers_are_the_same_in_every_attempt_of_a_task() {
     let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());
     let store = tempfile::tempdir().unwrap();

@@ -735,6 +735,12 @@ pub(crate) fn component_bytes(
                     .map_err(build_err)?;
                 return read_component(stage, built.path);
             }
+            if toolchain.is_none()
+                && let Some(built) = wasmpipe_toolchain::fresh_any(&dir)
+            {
+                tracing::debug!(stage, "{} is unchanged since it built {}", dir.display(), built.path.display());
+                return read_component(stage, built.path);
+            }
             let tc = match toolchain {
                 Some(tc) => tc.clone(),
                 None => {

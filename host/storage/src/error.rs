@@ -93,6 +93,16 @@ pub enum StorageError {
         /// The columns the file has.
         available: String,
     },
+    /// A task's output has rows but no columns: Parquet cannot hold them.
+    #[error(
+        "{url}: the stage emitted {rows} rows with no columns\n  hint: a Parquet part needs at least one column; keep a column, or emit no rows"
+    )]
+    NoColumns {
+        /// The part being written.
+        url: String,
+        /// The rows of the batch.
+        rows: usize,
+    },
     /// A task's output batches do not share one schema.
     #[error(
         "{url}: the stage's output schema changed between batches: {detail}\n  hint: every batch a stage emits must have the same columns and types"

@@ -68,6 +68,10 @@ impl PartWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        if batch.num_columns() == 0 {
+            let url = self.output.child(&self.name).url().into();
+            return Err(StorageError::NoColumns { url, rows: batch.num_rows() });
+        }
         if self.writer.is_none() {
             let mut props = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -92,6 +96,10 @@ impl PartWriter {
             let part = if at.local_file().is_some() { LOCAL_PART } else { UPLOAD_PART };
             let inner = BufWriter::with_capacity(at.store().clone(), at.path().clone(), part)
                 .with_max_concurrency(UPLOADS_IN_FLIGHT);
+            // Row groups are cut by rows alone: the byte limit and
+            // content-defined chunking live in `ArrowWriter::write`, which
+            // this writer does not use.
+            debug_assert!(props.max_row_group_bytes().is_none() && props.content_defined_chunking().is_none());
             let max_rows = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
             let chunks = Arc::new(Mutex::new(Chunks::default()));
             // The writer adds the Arrow schema to the file's metadata; the
@@ -137,6 +145,8 @@ impl PartWriter {
         };
         let result = writer.finish().await;
         result.map_err(|e| self.err(e))?;
+        let blake3 = writer.hash.finalize().to_hex().to_string();
+        drop(writer);
         let at = self.output.child(&self.name);
         use object_store::ObjectStoreExt;
         let bytes = at
@@ -145,7 +155,6 @@ impl PartWriter {
             .await
             .map_err(|source| StorageError::Store { url: at.url().into(), source })?
             .size;
-        let blake3 = writer.hash.finalize().to_hex().to_string();
         Ok(Some(Part {
             name: self.name,
             rows: self.rows,
@@ -258,8 +267,13 @@ struct Chunks {
 
 impl Chunks {
     fn seal(&mut self) {
-        if !self.filling.is_empty() {
+        if self.filling.len() >= CHUNK / 4 {
             self.full.push(std::mem::take(&mut self.filling).into());
+        } else if !self.filling.is_empty() {
+            // A small tail (a footer, a small part) is copied: its chunk's
+            // whole megabyte would otherwise go with it to the store.
+            self.full.push(Bytes::copy_from_slice(&self.filling));
+            self.filling.clear();
         }
     }
 }

@@ -201,9 +201,19 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         let built = Built { path: out.clone(), size: 14, sha256: hex::encode(Sha256::digest(b"\0asm component")) };
         remember(&krate, &TC, &built, &dep_info, SystemTime::now());
-        assert_eq!(fresh(&krate, &TC), Some(built));
+        assert_eq!(fresh(&krate, &TC), Some(built.clone()));
         // Built with one toolchain, it is not what another would build.
-        assert!(fresh(&krate, &Toolchain::Rustup { target: "wasm32-unknown-unknown" }).is_none());
+        let unknown = Toolchain::Rustup { target: "wasm32-unknown-unknown" };
+        assert!(fresh(&krate, &unknown).is_none());
+        // Found without detecting the toolchain: the first of detect()'s
+        // rustup targets that built it (none named by WASMPIPE_TOOLCHAIN).
+        if std::env::var_os("WASMPIPE_TOOLCHAIN").is_none() {
+            assert_eq!(crate::fresh_any(&krate), Some(built.clone()));
+            touch(&source);
+            assert_eq!(crate::fresh_any(&krate), None, "changed since");
+            remember(&krate, &unknown, &built, &dep_info, SystemTime::now());
+            assert_eq!(crate::fresh_any(&krate), Some(built), "built since by the other target");
+        }
         build();
         std::fs::remove_file(&source).unwrap();
         assert!(fresh(&krate, &TC).is_none(), "a source is gone");

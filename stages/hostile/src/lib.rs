@@ -6,6 +6,7 @@
 //! * `snoop`: tries to read a file, the environment and the network, and
 //!   reports what it got as a one-row batch (must get nothing);
 //! * `panic`: panics (the host must name the stage and the message);
+//! * `no_columns`: emits its rows with every column dropped;
 //! * `fail`: returns a stage error;
 //! * `random`: passes rows through with a column of WASI random numbers
 //!   (every attempt of a task must draw the same ones).
@@ -221,6 +222,7 @@ impl Transformer for Hostile {
                 };
                 Ok(Some(batch.with_column("mixed", &column)?))
             }
+            "no_columns" => Ok(Some(batch.select(&[])?)),
             "fail" => wasmpipe_sdk::fail!("hostile stage failed on purpose"),
             other => Err(wasmpipe_sdk::Error::InvalidConfig(format!("unknown mode {other:?}"))),
         }
