@@ -384,6 +384,48 @@ fn a_stage_that_emits_rows_without_columns_fails_with_the_reason() {
 }
 
 #[test]
+fn a_stage_emitting_huge_rows_cannot_make_the_writer_hold_a_row_group_of_them() {
+    let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    // Iris as one partition, handed over a row at a time; each row comes
+    // back as 2 MiB of text zstd keeps at 3/4: 225 MB of pages in what
+    // would be one row group of 150 rows.
+    let text = format!(
+        r#"
+        version = 1
+        name = "fat"
+        [stage.ingest]
+        component = {}
+        inputs = [{}]
+        limits = {{ row_group_rows = 150 }}
+        [stage.hostile]
+        component = {}
+        inputs = ["stage:ingest"]
+        limits = {{ batch_rows = 1, row_group_rows = 150 }}
+        config = {{ mode = "fat_rows", n = 2097152 }}
+        "#,
+        toml_path(&component("passthrough")),
+        toml_path(&testdata().join("ml/iris.csv")),
+        toml_path(&component("hostile")),
+    );
+    run_text(&exec, &text, store.path()).unwrap();
+    let out = store.path().join("fat/hostile");
+    let commit: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("_wasmpipe_commit.json")).unwrap()).unwrap();
+    let part = std::fs::File::open(out.join(commit["parts"][0]["name"].as_str().unwrap())).unwrap();
+    let footer = parquet::file::reader::SerializedFileReader::new(part).unwrap();
+    let groups = parquet::file::reader::FileReader::metadata(&footer).row_groups().to_vec();
+    let rows: i64 = groups.iter().map(|g| g.num_rows()).sum();
+    assert_eq!(rows, 150);
+    assert!(groups.len() >= 2, "the row group was cut by its size: {} row groups", groups.len());
+    let cap = wasmpipe_storage::write::MAX_ROW_GROUP_BYTES as i64;
+    for g in &groups {
+        assert!(g.compressed_size() <= cap + (2 << 20), "a row group of {} bytes", g.compressed_size());
+    }
+}
+
+#[test]
 fn wasi_random_numbers_are_the_same_in_every_attempt_of_a_task() {
     let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());
     let store = tempfile::tempdir().unwrap();

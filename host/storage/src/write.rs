@@ -34,6 +34,12 @@ const LOCAL_PART: usize = 1 << 20;
 /// 150 MiB more peak memory.
 const CHUNK: usize = 1 << 20;
 
+/// A row group closes once its encoded pages take this much memory, however
+/// few its rows: a stage emitting large values cannot make a writer hold
+/// more (and every column chunk stays under what the reader accepts,
+/// [`crate::MAX_CHUNK_BYTES`]).
+pub const MAX_ROW_GROUP_BYTES: usize = 128 << 20;
+
 /// The deterministic object name of a task's part: its index (so parts
 /// sort in task order) and its identity (so a retried task rewrites the
 /// same object and a changed task writes a new one).
@@ -204,7 +210,8 @@ impl Encoder {
                 }
             }
             (self.buffered, at) = (self.buffered + n, at + n);
-            if self.buffered == self.max_rows {
+            let held: usize = self.columns.iter().map(ArrowColumnWriter::memory_size).sum();
+            if self.buffered == self.max_rows || held >= MAX_ROW_GROUP_BYTES {
                 self.close_row_group().await?;
             }
         }

@@ -7,6 +7,9 @@
 //!   reports what it got as a one-row batch (must get nothing);
 //! * `panic`: panics (the host must name the stage and the message);
 //! * `no_columns`: emits its rows with every column dropped;
+//! * `fat_rows`: emits, for each batch, one row of `n` bytes of text no
+//!   compressor shrinks much (the writer must not hold a row group of them
+//!   whole);
 //! * `fail`: returns a stage error;
 //! * `random`: passes rows through with a column of WASI random numbers
 //!   (every attempt of a task must draw the same ones).
@@ -55,7 +58,7 @@ struct Config {
     n: u64,
 }
 
-struct Hostile(Config, Task);
+struct Hostile(Config, Task, u64);
 
 /// A million floats, built in the host.
 fn million() -> Result<Column> {
@@ -76,7 +79,7 @@ impl Transformer for Hostile {
         if config.partition.is_some_and(|p| p != task.partition) {
             config.mode = "pass".into();
         }
-        Ok(Hostile(config, task.clone()))
+        Ok(Hostile(config, task.clone(), 0))
     }
 
     fn transform(&mut self, batch: Batch) -> Result<Option<Batch>> {
@@ -223,6 +226,22 @@ impl Transformer for Hostile {
                 Ok(Some(batch.with_column("mixed", &column)?))
             }
             "no_columns" => Ok(Some(batch.select(&[])?)),
+            "fat_rows" => {
+                // 64 symbols drawn by xorshift, a new stream each batch.
+                const SYMBOLS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+                self.2 += 1;
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ self.2;
+                let text: String = (0..self.0.n)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        SYMBOLS[(x >> 58) as usize] as char
+                    })
+                    .collect();
+                let column = Column::from_utf8(&[Some(text)])?;
+                Ok(Some(Batch::from_columns(&[("blob".to_string(), &column)])?))
+            }
             "fail" => wasmpipe_sdk::fail!("hostile stage failed on purpose"),
             other => Err(wasmpipe_sdk::Error::InvalidConfig(format!("unknown mode {other:?}"))),
         }
