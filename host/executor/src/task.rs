@@ -475,11 +475,11 @@ fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailu
     let carry = carry(stage, pass)?;
     let carry_id = PreparedStage::carry_id(carry.as_deref());
     let top = stage.merge_levels().len() as u32 - 1;
-    let (states, rows) = states_of(stage, pass, &carry_id, top, 0..stage.merge_levels()[top as usize], "the merge")?;
-    outcome.rows_in = rows;
     let deadline = stage.wall_deadline();
     let mut inst = stage.instantiate(format!("{}[merge]", stage.stage.name), &task_id)?;
-    let state = fold(&mut inst, states)?;
+    let items = 0..stage.merge_levels()[top as usize];
+    let (state, rows) = fold_states(stage, &mut inst, pass, &carry_id, top, items, "the merge")?;
+    outcome.rows_in = rows;
     let finished = inst.finalize(&state, pass)?;
     let record = match finished {
         FitOutcome::NextPass(next) => {
@@ -534,19 +534,23 @@ fn merge_task(stage: &PreparedStage, pass: u32) -> Result<TaskOutcome, TaskFailu
     Ok(outcome)
 }
 
-/// The partial states `items` of `level` of pass `pass`'s merge tree
-/// (level 0: the fit tasks' states), in order, with the rows they folded;
-/// `who` names the task that needs them, in the error when one is missing.
-fn states_of(
+/// Merge the partial states `items` of `level` of pass `pass`'s merge
+/// tree (level 0: the fit tasks' states) in order, pairwise from the left,
+/// with the rows they folded. Each state is read when its turn comes, so
+/// the host holds one besides the merged one, however large a stage makes
+/// its states. `who` names the task that needs them, in the error when one
+/// is missing.
+fn fold_states(
     stage: &PreparedStage,
+    inst: &mut StageInstance,
     pass: u32,
     carry_id: &str,
     level: u32,
     items: std::ops::Range<usize>,
     who: &str,
-) -> Result<(Vec<bytes::Bytes>, u64), TaskFailure> {
+) -> Result<(Vec<u8>, u64), TaskFailure> {
     let io = &stage.exec.io;
-    let mut states = Vec::with_capacity(items.len());
+    let mut merged: Option<Vec<u8>> = None;
     let mut rows = 0;
     for index in items {
         let id = match level {
@@ -556,7 +560,10 @@ fn states_of(
         match io.block_on(commit::read_task(&stage.output, &id))? {
             Some((TaskRecord::Fit { rows: r, .. } | TaskRecord::Combine { rows: r, .. }, state)) => {
                 rows += r;
-                states.push(state);
+                merged = Some(match merged {
+                    None => state.to_vec(),
+                    Some(left) => inst.merge(&left, &state)?,
+                });
             }
             _ => {
                 let task = if level == 0 { format!("fit:{index}") } else { format!("combine:{level}:{index}") };
@@ -567,14 +574,7 @@ fn states_of(
             }
         }
     }
-    Ok((states, rows))
-}
-
-/// Merge `states` in order, pairwise from the left.
-fn fold(inst: &mut StageInstance, states: Vec<bytes::Bytes>) -> Result<Vec<u8>, TaskFailure> {
-    let mut states = states.into_iter();
-    let first = states.next().expect("at least one state").to_vec();
-    Ok(states.try_fold(first, |acc, s| inst.merge(&acc, &s))?)
+    Ok((merged.expect("a merge has at least one state"), rows))
 }
 
 /// Merge group `group` of level `level` of pass `pass`'s merge tree: the
@@ -592,10 +592,9 @@ fn combine_task(stage: &PreparedStage, pass: u32, level: u32, group: usize) -> R
     }
     let below = stage.merge_levels()[level as usize - 1];
     let items = group * MERGE_FAN_IN..((group + 1) * MERGE_FAN_IN).min(below);
-    let (states, rows) = states_of(stage, pass, &carry_id, level - 1, items, "a combine")?;
     let deadline = stage.wall_deadline();
     let mut inst = stage.instantiate(format!("{}[combine {level}:{group}]", stage.stage.name), &task_id)?;
-    let state = fold(&mut inst, states)?;
+    let (state, rows) = fold_states(stage, &mut inst, pass, &carry_id, level - 1, items, "a combine")?;
     let record = TaskRecord::Combine { pass, level, rows };
     write_record(stage, &deadline, &task_id, &record, &state)?;
     outcome.rows_in = rows;
