@@ -426,6 +426,27 @@ fn a_stage_emitting_huge_rows_cannot_make_the_writer_hold_a_row_group_of_them() 
 }
 
 #[test]
+fn long_column_names_and_long_error_messages_are_bounded() {
+    let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());
+    let store = tempfile::tempdir().unwrap();
+    let (exec, _) = executor(store.path(), 2);
+    let input = ingest_iris(&exec, store.path());
+    // A megabyte name would be copied into every batch, footer and record.
+    let err = hostile(&exec, &input, store.path(), "mode = \"long_name\"\nn = 1048576", "").unwrap_err().to_string();
+    assert!(
+        err.contains("a column name of 1048576 bytes") && err.contains("at most 1024"),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(err.len() < 8 << 10, "the error names the name without repeating it: {} bytes", err.len());
+    // A 64 MiB message is cut where the host keeps it.
+    let err = hostile(&exec, &input, store.path(), "mode = \"long_error\"\nn = 67108864", "").unwrap_err().to_string();
+    assert!(err.contains("67108864 bytes, cut"), "{}", &err[..err.len().min(2000)]);
+    assert!(err.len() < 16 << 10, "{} bytes of error", err.len());
+    still_works(&exec, &input, store.path());
+}
+
+#[test]
 fn wasi_random_numbers_are_the_same_in_every_attempt_of_a_task() {
     let _one = ATTACKS.lock().unwrap_or_else(|e| e.into_inner());
     let store = tempfile::tempdir().unwrap();

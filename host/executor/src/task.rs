@@ -728,7 +728,17 @@ fn check_routes(
             outputs.route
         )));
     };
-    let values = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
+    // Text only: casting another type to text would be host work (and
+    // memory, 9 bytes a boolean) the stage chose without paying for it.
+    use arrow::datatypes::DataType::{LargeUtf8, Utf8, Utf8View};
+    if !matches!(column.data_type(), Utf8 | LargeUtf8 | Utf8View) {
+        return Err(TaskFailure::Route(format!(
+            "its route column {:?} is {}, not text",
+            outputs.route,
+            column.data_type()
+        )));
+    }
+    let values = arrow::compute::cast(column, &Utf8)
         .map_err(|e| TaskFailure::Route(format!("its route column {:?} is not text ({e})", outputs.route)))?;
     let mut counts = vec![0u64; outputs.names.len()];
     let stray =

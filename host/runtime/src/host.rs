@@ -230,9 +230,11 @@ impl StageState {
     }
 }
 
-/// The bookkeeping a batch handle costs besides its arrays.
+/// The bookkeeping a batch handle costs besides its arrays: its fields,
+/// names included (every batch a call makes holds its own copy of them).
 fn batch_cost(batch: &RecordBatch) -> usize {
-    HANDLE_BYTES + FIELD_BYTES * batch.num_columns()
+    let names: usize = batch.schema().fields().iter().map(|f| f.name().len()).sum();
+    HANDLE_BYTES + FIELD_BYTES * batch.num_columns() + names
 }
 
 impl WasiView for StageState {
@@ -498,6 +500,7 @@ fn assemble(columns: Vec<(String, ArrayRef)>) -> Result<RecordBatch, WitError> {
         return Err(WitError::InvalidArgument("a batch needs at least one column".into()));
     };
     check_width(columns.len())?;
+    columns.iter().try_for_each(|(name, _)| check_name(name))?;
     let rows = first.1.len();
     let mut fields = Vec::with_capacity(columns.len());
     let mut seen = std::collections::HashSet::with_capacity(columns.len());
@@ -534,6 +537,22 @@ fn check_width(columns: usize) -> Result<(), WitError> {
 /// See [`check_width`]; the same as the readers' limit.
 pub const MAX_BATCH_COLUMNS: usize = 10_000;
 
+/// Longest column name a stage may give, in bytes. Names are copied into
+/// every batch, part footer, task record and quarantined row: unbounded,
+/// 10,000 columns of megabyte names would be gigabytes per copy.
+pub const MAX_NAME_BYTES: usize = 1 << 10;
+
+fn check_name(name: &str) -> Result<(), WitError> {
+    if name.len() > MAX_NAME_BYTES {
+        let head: String = name.chars().take(40).collect();
+        return Err(WitError::InvalidArgument(format!(
+            "a column name of {} bytes ({head:?}…); at most {MAX_NAME_BYTES} are allowed",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Bytes of a batch's rows, each column counted as often as it appears
 /// (a copy of the batch, its rendering or its encoding touches each).
 pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
@@ -561,6 +580,7 @@ pub(crate) fn repeated_bytes(batch: &RecordBatch) -> usize {
 /// Replace or append columns, keeping the nullability of untouched fields.
 fn replace_columns(batch: &RecordBatch, set: Vec<(String, ArrayRef)>) -> Result<RecordBatch, WitError> {
     check_width(batch.num_columns() + set.len())?;
+    set.iter().try_for_each(|(name, _)| check_name(name))?;
     let schema = batch.schema();
     let mut fields: Vec<ArrowField> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
@@ -722,6 +742,9 @@ impl types::HostBatch for StageState {
         names: Vec<String>,
     ) -> Result<Result<Resource<BatchHandle>, WitError>> {
         let batch = &self.table.get(&this)?.0;
+        if let Err(e) = check_width(names.len()) {
+            return Ok(Err(e));
+        }
         let kept = names.iter().map(|n| column_index(batch, n)).collect::<Result<Vec<_>, _>>().and_then(|gone| {
             let gone: std::collections::HashSet<usize> = gone.into_iter().collect();
             let keep: Vec<usize> = (0..batch.num_columns()).filter(|i| !gone.contains(i)).collect();
@@ -831,8 +854,8 @@ impl host::Host for StageState {
             return Ok(Err(WitError::InvalidArgument("a report is published from `finalize` only".into())));
         }
         self.budget.check_time()?;
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&json) {
-            return Ok(Err(WitError::InvalidArgument(format!("the report is not JSON: {e}"))));
+        if let Err(e) = check_report(&json) {
+            return Ok(Err(e));
         }
         self.budget.hold(json.len())?;
         if let Some(old) = self.report.take() {
@@ -841,6 +864,51 @@ impl host::Host for StageState {
         self.report = Some(Report { json, table });
         Ok(Ok(()))
     }
+}
+
+/// Largest report a stage may publish, in bytes of JSON. A report is
+/// copied into the stage's records, parsed and rendered (pretty-printed,
+/// charted) by the host after the instance is gone: its size and nesting
+/// bound that work.
+pub const MAX_REPORT_BYTES: usize = 8 << 20;
+
+/// Deepest nesting of arrays and objects a report may have.
+pub const MAX_REPORT_DEPTH: usize = 32;
+
+/// Whether `json` may be published as a report: JSON, at most
+/// [`MAX_REPORT_BYTES`], nested at most [`MAX_REPORT_DEPTH`] deep.
+pub(crate) fn check_report(json: &str) -> Result<(), WitError> {
+    if json.len() > MAX_REPORT_BYTES {
+        return Err(WitError::InvalidArgument(format!(
+            "a report of {} bytes; at most {} MiB are allowed (publish large results as the report's table)",
+            json.len(),
+            MAX_REPORT_BYTES >> 20
+        )));
+    }
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_REPORT_DEPTH {
+        return Err(WitError::InvalidArgument(format!(
+            "a report nested {deepest} deep; at most {MAX_REPORT_DEPTH} levels are allowed"
+        )));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(json)
+        .map(|_| ())
+        .map_err(|e| WitError::InvalidArgument(format!("the report is not JSON: {e}")))
 }
 
 /// Longest quarantine reason kept, in bytes: a reason says why in a line;
@@ -874,5 +942,35 @@ impl StageState {
         for line in String::from_utf8_lossy(bytes).lines().filter(|l| !l.trim().is_empty()) {
             self.push_log(LogRecord { level, message: line.to_string() });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_is_checked_for_size_depth_and_syntax() {
+        assert!(check_report(r#"{"accuracy": 0.9, "curve": [[0, 1], [1, 1]], "note": "[[[[ {{{{"}"#).is_ok());
+        let deep = format!("{}{}", "[".repeat(MAX_REPORT_DEPTH + 1), "]".repeat(MAX_REPORT_DEPTH + 1));
+        let err = check_report(&deep).unwrap_err().to_string();
+        assert!(err.contains("nested 33 deep"), "{err}");
+        // Brackets in strings, escaped quotes included, are text.
+        let quoted = format!(r#"{{"a": "\"{}"}}"#, "[".repeat(100));
+        assert!(check_report(&quoted).is_ok());
+        let big = format!("[{}1]", "1,".repeat(MAX_REPORT_BYTES / 2));
+        assert!(check_report(&big).unwrap_err().to_string().contains("at most 8 MiB"));
+        assert!(check_report("{not json").unwrap_err().to_string().contains("not JSON"));
+    }
+
+    #[test]
+    fn column_names_are_bounded_and_paid_for() {
+        let array: ArrayRef = Arc::new(arrow::array::Float64Array::from(vec![1.0]));
+        let long = "n".repeat(MAX_NAME_BYTES + 1);
+        let err = assemble(vec![(long.clone(), array.clone())]).unwrap_err().to_string();
+        assert!(err.contains("a column name of 1025 bytes"), "{err}");
+        let batch = assemble(vec![("x".repeat(MAX_NAME_BYTES), array.clone())]).unwrap();
+        assert_eq!(batch_cost(&batch), HANDLE_BYTES + FIELD_BYTES + MAX_NAME_BYTES);
+        assert!(replace_columns(&batch, vec![(long, array)]).is_err());
     }
 }

@@ -276,13 +276,27 @@ impl Runtime {
 /// The stage's own error, in words.
 fn stage_error(e: WitError) -> CallError {
     CallError::Stage(match e {
-        WitError::InvalidConfig(m) => return CallError::Config(m),
-        WitError::ColumnNotFound(m) => return CallError::Columns(format!("column not found: {m}")),
-        WitError::TypeMismatch(m) => return CallError::Columns(format!("type mismatch: {m}")),
-        WitError::LengthMismatch(m) => format!("length mismatch: {m}"),
-        WitError::InvalidArgument(m) => format!("invalid argument: {m}"),
-        WitError::StageFailed(m) => m,
+        WitError::InvalidConfig(m) => return CallError::Config(cut_message(m)),
+        WitError::ColumnNotFound(m) => return CallError::Columns(format!("column not found: {}", cut_message(m))),
+        WitError::TypeMismatch(m) => return CallError::Columns(format!("type mismatch: {}", cut_message(m))),
+        WitError::LengthMismatch(m) => format!("length mismatch: {}", cut_message(m)),
+        WitError::InvalidArgument(m) => format!("invalid argument: {}", cut_message(m)),
+        WitError::StageFailed(m) => cut_message(m),
     })
+}
+
+/// Longest error message of a stage kept, in bytes: an error travels into
+/// run records, terminals and reports.
+pub const MESSAGE_BYTES: usize = 4 << 10;
+
+fn cut_message(mut m: String) -> String {
+    if m.len() > MESSAGE_BYTES {
+        let total = m.len();
+        let end = (0..=MESSAGE_BYTES).rev().find(|&i| m.is_char_boundary(i)).unwrap_or(0);
+        m.truncate(end);
+        m.push_str(&format!("… ({total} bytes, cut)"));
+    }
+    m
 }
 
 impl StageInstance {
@@ -486,6 +500,18 @@ impl StageInstance {
         let Some(said) = self.guarded(|s| g.call_output_schema(s, task, &fields))?.map_err(stage_error)? else {
             return Ok(None);
         };
+        // What it says is held and checked by the host: as wide as a batch
+        // may be, with names as long as a batch's.
+        if said.len() > crate::host::MAX_BATCH_COLUMNS
+            || said.iter().any(|f| f.name.len() > crate::host::MAX_NAME_BYTES)
+        {
+            return Err(CallError::Stage(format!(
+                "describe.output-schema gave {} columns; at most {} are allowed, with names of at most {} bytes",
+                said.len(),
+                crate::host::MAX_BATCH_COLUMNS,
+                crate::host::MAX_NAME_BYTES
+            )));
+        }
         // A column it passes on keeps its Arrow type (a time zone, a type
         // the WIT names only as `other`); a new one is made from its type.
         let field = |f: Field| -> Option<ArrowField> {

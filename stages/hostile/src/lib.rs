@@ -10,6 +10,8 @@
 //! * `fat_rows`: emits, for each batch, one row of `n` bytes of text no
 //!   compressor shrinks much (the writer must not hold a row group of them
 //!   whole);
+//! * `long_name`: names a column with `n` bytes;
+//! * `long_error`: fails with a message of `n` bytes;
 //! * `fail`: returns a stage error;
 //! * `random`: passes rows through with a column of WASI random numbers
 //!   (every attempt of a task must draw the same ones).
@@ -242,6 +244,11 @@ impl Transformer for Hostile {
                 let column = Column::from_utf8(&[Some(text)])?;
                 Ok(Some(Batch::from_columns(&[("blob".to_string(), &column)])?))
             }
+            "long_name" => {
+                let column = Column::from_f64(&[1.0], None)?;
+                Ok(Some(Batch::from_columns(&[("n".repeat(self.0.n as usize), &column)])?))
+            }
+            "long_error" => wasmpipe_sdk::fail!("{}", "e".repeat(self.0.n as usize)),
             "fail" => wasmpipe_sdk::fail!("hostile stage failed on purpose"),
             other => Err(wasmpipe_sdk::Error::InvalidConfig(format!("unknown mode {other:?}"))),
         }
