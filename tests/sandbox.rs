@@ -344,6 +344,13 @@ fn quarantining_with_huge_reasons_is_charged_to_the_deadline() {
 }
 
 #[test]
+fn quarantined_rows_are_charged_for_the_names_they_are_rendered_with() {
+    // 6 MiB of booleans, but 50 GB of JSON once every row carries 1,000
+    // names of 1 KiB.
+    host_memory_failure(&attack("quarantine_names", 50_000, SMALL));
+}
+
+#[test]
 fn a_long_wasi_sleep_fails_at_once_without_waiting() {
     let a = attack("sleep", 30, "timeout_s = 1");
     deadline_failure(&a, 1000);

@@ -836,8 +836,11 @@ impl host::Host for StageState {
         self.budget.check_time()?;
         if rows.num_rows() > 0 {
             // The host renders the rows as JSON text (escaped: up to 6
-            // bytes a byte) before writing them.
-            self.budget.reserve(batch_bytes(&rows).saturating_mul(6))?;
+            // bytes a byte) before writing them, every column's name on
+            // every row.
+            let names: usize = rows.schema().fields().iter().map(|f| f.name().len() + 4).sum();
+            let text = batch_bytes(&rows).saturating_add(names.saturating_mul(rows.num_rows()));
+            self.budget.reserve(text.saturating_mul(6))?;
             let reasons = cut_reasons(&reasons);
             self.budget.claim(reasons.as_ref())?;
             self.quarantined.push(Quarantined { rows, reasons });

@@ -11,6 +11,8 @@
 //!   compressor shrinks much (the writer must not hold a row group of them
 //!   whole);
 //! * `long_name`: names a column with `n` bytes;
+//! * `quarantine_names`: quarantines `n` rows of 1,000 boolean columns with
+//!   1 KiB names (each row rendered with every name);
 //! * `long_error`: fails with a message of `n` bytes;
 //! * `fail`: returns a stage error;
 //! * `random`: passes rows through with a column of WASI random numbers
@@ -247,6 +249,14 @@ impl Transformer for Hostile {
             "long_name" => {
                 let column = Column::from_f64(&[1.0], None)?;
                 Ok(Some(Batch::from_columns(&[("n".repeat(self.0.n as usize), &column)])?))
+            }
+            "quarantine_names" => {
+                let flags = Column::from_bool(&vec![true; self.0.n as usize], None)?;
+                let names: Vec<(String, &Column)> =
+                    (0..1000).map(|i| (format!("{i:04}{}", "n".repeat(1020)), &flags)).collect();
+                let rows = Batch::from_columns(&names)?;
+                wasmpipe_sdk::quarantine(&rows, &vec!["r".to_string(); self.0.n as usize])?;
+                Ok(Some(batch))
             }
             "long_error" => wasmpipe_sdk::fail!("{}", "e".repeat(self.0.n as usize)),
             "fail" => wasmpipe_sdk::fail!("hostile stage failed on purpose"),
