@@ -228,16 +228,8 @@ const MAX_ATTEMPT_BYTES: u64 = 1 << 20;
 pub(crate) const MAX_MESSAGE: usize = 4096;
 
 /// `text` cut to at most [`MAX_MESSAGE`] bytes, on a character boundary.
-pub(crate) fn cut(mut text: String) -> String {
-    if text.len() > MAX_MESSAGE {
-        let mut at = MAX_MESSAGE;
-        while !text.is_char_boundary(at) {
-            at -= 1;
-        }
-        text.truncate(at);
-        text.push_str(" [cut]");
-    }
-    text
+pub(crate) fn cut(text: String) -> String {
+    if text.len() > MAX_MESSAGE { wasmpipe_runtime::cut(&text, MAX_MESSAGE) } else { text }
 }
 
 /// Why `attempt`, kept at `<stage folder>/...`, cannot be an attempt of a

@@ -160,10 +160,7 @@ impl StageState {
 
     fn push_log(&mut self, mut record: LogRecord) {
         if record.message.len() > LOG_LINE_BYTES {
-            // A new string: a truncated one would keep its whole capacity.
-            let cut = record.message.floor_char_boundary(LOG_LINE_BYTES);
-            let more = record.message.len() - cut;
-            record.message = format!("{}... ({more} more bytes cut)", &record.message[..cut]);
+            record.message = cut(&record.message, LOG_LINE_BYTES);
         }
         if let Some(sink) = &self.sink {
             sink(&self.label, &record);
@@ -927,16 +924,19 @@ fn cut_reasons(reasons: &ArrayRef) -> ArrayRef {
     if strings.iter().flatten().all(|r| r.len() <= REASON_BYTES) {
         return reasons.clone();
     }
-    let cut = strings.iter().map(|r| {
-        r.map(|r| match r.len() <= REASON_BYTES {
-            true => r.to_string(),
-            false => {
-                let cut = r.floor_char_boundary(REASON_BYTES);
-                format!("{}... ({} more bytes cut)", &r[..cut], r.len() - cut)
-            }
-        })
-    });
-    Arc::new(cut.collect::<StringArray>())
+    let kept = strings.iter().map(|r| r.map(|r| cut(r, REASON_BYTES)));
+    Arc::new(kept.collect::<StringArray>())
+}
+
+/// `text` as a new string of at most `max` bytes (cut on a character
+/// boundary, saying how much was cut): a truncated string would keep its
+/// whole capacity.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let at = text.floor_char_boundary(max);
+    format!("{}... ({} more bytes cut)", &text[..at], text.len() - at)
 }
 
 impl StageState {

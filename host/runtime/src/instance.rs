@@ -289,14 +289,8 @@ fn stage_error(e: WitError) -> CallError {
 /// run records, terminals and reports.
 pub const MESSAGE_BYTES: usize = 4 << 10;
 
-fn cut_message(mut m: String) -> String {
-    if m.len() > MESSAGE_BYTES {
-        let total = m.len();
-        let end = (0..=MESSAGE_BYTES).rev().find(|&i| m.is_char_boundary(i)).unwrap_or(0);
-        m.truncate(end);
-        m.push_str(&format!("… ({total} bytes, cut)"));
-    }
-    m
+fn cut_message(m: String) -> String {
+    if m.len() > MESSAGE_BYTES { crate::host::cut(&m, MESSAGE_BYTES) } else { m }
 }
 
 impl StageInstance {

@@ -38,7 +38,7 @@ pub use engine::{EPOCH_TICK, Runtime, RuntimeConfig, default_cache_dir, to_compo
 pub use error::{CallError, RuntimeError};
 pub use host::{
     BatchHandle, ColumnHandle, LOG_KEEP_BYTES, LOG_LINE_BYTES, LogRecord, LogSink, MemoryCap, Quarantined,
-    REASON_BYTES, Report, data_type,
+    REASON_BYTES, Report, cut, data_type,
 };
 pub use instance::{InstanceLimits, InstanceSetup, StageComponent, StageInstance, StageKind};
 pub use wasmpipe_toolchain::componentize;
