@@ -55,14 +55,13 @@ pub struct PartWriter {
     task_id: String,
     row_group_rows: usize,
     writer: Option<Encoder>,
-    schema: Option<arrow::datatypes::SchemaRef>,
     rows: u64,
 }
 
 impl PartWriter {
     /// Prepare to write `name` under `output`.
     pub fn new(output: &Location, name: String, task_id: String, row_group_rows: usize) -> Self {
-        PartWriter { output: output.clone(), name, task_id, row_group_rows, writer: None, schema: None, rows: 0 }
+        PartWriter { output: output.clone(), name, task_id, row_group_rows, writer: None, rows: 0 }
     }
 
     fn err(&self, source: parquet::errors::ParquetError) -> StorageError {
@@ -125,9 +124,8 @@ impl PartWriter {
                 upload: inner,
                 hash: blake3::Hasher::new(),
             });
-            self.schema = Some(batch.schema());
         }
-        let first = self.schema.as_ref().expect("set with the writer");
+        let first = &self.writer.as_ref().expect("created above").schema;
         if schema_differs(first, &batch.schema()) {
             let detail = format!("expected {:?}, got {:?}", first.fields(), batch.schema().fields());
             return Err(StorageError::SchemaMismatch { url: self.output.child(&self.name).url().into(), detail });
@@ -141,7 +139,7 @@ impl PartWriter {
 
     /// The schema of what was written, once anything was.
     pub fn schema(&self) -> Option<&arrow::datatypes::SchemaRef> {
-        self.schema.as_ref()
+        self.writer.as_ref().map(|w| &w.schema)
     }
 
     /// Finish the file. `None` when no rows were written.
