@@ -168,16 +168,13 @@ fn debian_build_std() -> Option<Toolchain> {
 pub fn detect() -> Result<Toolchain, ToolchainError> {
     let forced = std::env::var("WASMPIPE_TOOLCHAIN").ok();
     let targets = rustup_targets();
-    let has = |t: &str| targets.iter().any(|x| x == t);
+    let rustup = rustup_preference(forced.as_deref())
+        .iter()
+        .find(|&&t| targets.iter().any(|x| x == t))
+        .map(|&target| Toolchain::Rustup { target });
     let choice = match forced.as_deref() {
-        Some("wasip2") => has("wasm32-wasip2").then_some(Toolchain::Rustup { target: "wasm32-wasip2" }),
-        Some("unknown") => {
-            has("wasm32-unknown-unknown").then_some(Toolchain::Rustup { target: "wasm32-unknown-unknown" })
-        }
-        Some("build-std") => debian_build_std(),
-        _ if has("wasm32-wasip2") => Some(Toolchain::Rustup { target: "wasm32-wasip2" }),
-        _ if has("wasm32-unknown-unknown") => Some(Toolchain::Rustup { target: "wasm32-unknown-unknown" }),
-        _ => debian_build_std(),
+        Some("wasip2" | "unknown") => rustup,
+        _ => rustup.or_else(debian_build_std),
     };
     choice.ok_or_else(|| ToolchainError::NotFound {
         tried: match forced {
@@ -185,6 +182,18 @@ pub fn detect() -> Result<Toolchain, ToolchainError> {
             None => "rustup targets wasm32-wasip2 and wasm32-unknown-unknown; Debian rustc-web with rust-web-src and wasm-ld".into(),
         },
     })
+}
+
+/// The rustup targets [`detect`] tries, in its order: the one
+/// `WASMPIPE_TOOLCHAIN` names, none when it names Debian's build-std,
+/// both otherwise.
+fn rustup_preference(forced: Option<&str>) -> &'static [&'static str] {
+    match forced {
+        Some("wasip2") => &["wasm32-wasip2"],
+        Some("unknown") => &["wasm32-unknown-unknown"],
+        Some("build-std") => &[],
+        _ => &["wasm32-wasip2", "wasm32-unknown-unknown"],
+    }
 }
 
 /// The component of the crate at `crate_dir` as the toolchain [`detect`]
@@ -195,13 +204,8 @@ pub fn detect() -> Result<Toolchain, ToolchainError> {
 /// since been removed is still the crate's component.) `None`: detect the
 /// toolchain and ask [`fresh`] or build.
 pub fn fresh_any(crate_dir: &Path) -> Option<Built> {
-    let candidates: &[&'static str] = match std::env::var("WASMPIPE_TOOLCHAIN").ok().as_deref() {
-        Some("wasip2") => &["wasm32-wasip2"],
-        Some("unknown") => &["wasm32-unknown-unknown"],
-        Some(_) => &[],
-        None => &["wasm32-wasip2", "wasm32-unknown-unknown"],
-    };
-    candidates.iter().find_map(|&target| fresh(crate_dir, &Toolchain::Rustup { target }))
+    let forced = std::env::var("WASMPIPE_TOOLCHAIN").ok();
+    rustup_preference(forced.as_deref()).iter().find_map(|&target| fresh(crate_dir, &Toolchain::Rustup { target }))
 }
 
 /// Find a toolchain that emits core modules (rustup's
